@@ -1,0 +1,70 @@
+"""adaptkit: transfer learning and parameter-efficient fine-tuning from one YAML recipe.
+
+The public API is listed in ``__all__``. Importing adaptkit does not import torch: the
+training functions load it when first called, so listing plugins and validating recipes
+stay fast.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from adaptkit.errors import AdaptkitError, ContractViolation, RecipeError
+from adaptkit.hookspecs import hookimpl
+from adaptkit.recipe import Recipe, load_recipe
+from adaptkit.strategy import Strategy, StrategyOptions, WrapContext
+from adaptkit.task import Task, TaskOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptkitError", "ContractViolation", "RecipeError", "Recipe", "Strategy", "StrategyOptions", "Task",
+    "TaskOptions", "WrapContext", "hookimpl", "load_recipe", "list_strategies", "get_strategy",
+    "list_plugins", "run", "load", "check_strategy", "__version__",
+]
+
+
+def list_strategies() -> dict[str, type[Strategy]]:
+    """Every installed strategy, by name, as registered through entry points."""
+    from adaptkit.plugins import get_registry
+
+    return dict(get_registry().strategies)
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    """The strategy class registered as ``name``; the error suggests the closest name."""
+    import difflib
+
+    strategies = list_strategies()
+    if name not in strategies:
+        close = difflib.get_close_matches(name, list(strategies), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise AdaptkitError(f"unknown strategy {name!r}{hint} (installed: {', '.join(sorted(strategies))})")
+    return strategies[name]
+
+
+def list_plugins() -> list[Any]:
+    """Every plugin entry point found, with version, what it registered, and any error."""
+    from adaptkit.plugins import get_registry
+
+    return list(get_registry().plugins)
+
+
+def run(recipe: Any, overwrite: bool = False, progress: bool = True) -> Any:
+    """Train a recipe (a path, a dict or a ``Recipe``) and return a ``RunResult``."""
+    from adaptkit.runner import run as _run
+
+    return _run(recipe, overwrite=overwrite, progress=progress)
+
+
+def load(run_dir: Any) -> Any:
+    """Load a finished run folder as a ``Predictor`` with ``.predict(rows)``."""
+    from adaptkit.predict import load_run
+
+    return load_run(run_dir)
+
+
+def check_strategy(strategy: Any, options: Any = None) -> Any:
+    """Run the architecture-preserving contract on tiny BERT and GPT-2 models (see adaptkit.testing)."""
+    from adaptkit.testing import check_strategy as _check
+
+    return _check(strategy, options)

@@ -1,0 +1,55 @@
+"""Every hook adaptkit calls, in one place: this module is the plugin author's reference.
+
+A plugin is any module named by an entry point in the ``adaptkit`` group. It implements
+some of the hooks below with the ``adaptkit.hookimpl`` marker; the names of its functions
+must match exactly (a misspelt ``adaptkit_*`` function is an error, not a silent no-op).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("adaptkit")
+hookimpl = pluggy.HookimplMarker("adaptkit")
+
+
+@hookspec
+def adaptkit_register_strategies(register: Callable[[type], None]) -> None:
+    """Register strategy classes: call ``register(StrategyClass)`` once per strategy.
+
+    Called once when the plugin manager is built. Each class subclasses
+    ``adaptkit.Strategy`` and carries a unique ``name``; two plugins registering the same
+    name is an error that names both distributions. Returns nothing.
+    """
+
+
+@hookspec
+def adaptkit_register_tasks(register: Callable[[type], None]) -> None:
+    """Register task types: call ``register(TaskClass)`` once per task.
+
+    Called once when the plugin manager is built. Each class subclasses ``adaptkit.Task``
+    and carries a unique ``name`` (the recipe's ``task.type``). Returns nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def adaptkit_resolve_model(name: str) -> str | None:
+    """Turn a model name from a recipe into a local directory, or return None to pass.
+
+    Called before a model is loaded, with ``model.name`` exactly as written in the recipe.
+    The first non-None answer wins (``firstresult``); when every plugin passes, adaptkit
+    treats the name as a local path or a Hugging Face Hub id. Use it to serve models that a
+    package ships for offline use.
+    """
+
+
+@hookspec
+def adaptkit_on_event(event: str, payload: dict[str, Any]) -> None:
+    """Observe a training event; the return value is ignored.
+
+    Called on the main process only, with ``event`` one of ``run_start``, ``epoch_end``
+    (payload: epoch, metrics), ``checkpoint`` (payload: path, step) and ``run_end``
+    (payload: metrics, output_dir). Use it for logging or notifications; raising stops
+    the run with an error that names the plugin.
+    """

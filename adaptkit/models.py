@@ -1,0 +1,170 @@
+"""Resolve a recipe's model name to something loadable, and refuse what is unsafe.
+
+Order: a plugin's ``adaptkit_resolve_model`` answer (e.g. a model a package ships), then a
+local folder, then a Hugging Face Hub id. A Hub id that is neither cached nor reachable fails
+at once with a message saying so, instead of retrying for half a minute inside the Hub client.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from adaptkit.errors import ModelSourceError
+
+HUB_HOST = "huggingface.co"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are: ``location`` is a folder or a Hub id; ``origin`` says how."""
+
+    name: str
+    location: str
+    origin: str  # "plugin", "local", "hub-cache", "hub"
+    local_files_only: bool
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_on_hub(name: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        return False
+    found = try_to_load_from_cache(name, "config.json", revision=revision)
+    return isinstance(found, str)
+
+
+def check_weight_files(folder: Path, allow_pickle: bool) -> None:
+    """Refuse pickle-only checkpoints unless the recipe allows them: pickle can run code."""
+    has_safetensors = any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json"))
+    pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+    if not has_safetensors and pickled and not allow_pickle:
+        raise ModelSourceError(
+            f"model folder {folder} holds only pickle weights ({', '.join(sorted(pickled))}); loading "
+            f"them can run arbitrary code. Convert them to safetensors, or set 'model.allow_pickle: "
+            f"true' in the recipe if you trust their source"
+        )
+
+
+def resolve_model_source(name: str, revision: str | None = None, allow_pickle: bool = False) -> ModelSource:
+    """Find ``name``: plugin answer, local folder, Hub cache, then the Hub itself."""
+    from adaptkit.plugins import get_registry
+
+    answer = get_registry().manager.hook.adaptkit_resolve_model(name=name)
+    if answer:
+        folder = Path(answer)
+        check_weight_files(folder, allow_pickle)
+        return ModelSource(name, str(folder), "plugin", True)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"model folder {path} has no config.json: it is not a transformers model folder")
+        check_weight_files(path, allow_pickle)
+        return ModelSource(name, str(path.resolve()), "local", True)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelSourceError(f"model folder {name!r} does not exist")
+    if _cached_on_hub(name, revision):
+        return ModelSource(name, name, "hub-cache", True)
+    if not _hub_reachable():
+        raise ModelSourceError(
+            f"model {name!r} is not a local folder, not in the Hugging Face cache, and the Hub "
+            f"({HUB_HOST}) cannot be reached from this machine. Download it where there is a "
+            f"network (`huggingface-cli download {name} --local-dir DIR`) and set model.name to DIR"
+        )
+    return ModelSource(name, name, "hub", False)
+
+
+def quiet_hf_logging() -> None:
+    """Silence library chatter that says nothing actionable (weights newly initialised for a head)."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*newly initialized.*")
+
+
+def load_tokenizer(recipe, source: ModelSource | None):
+    """The recipe's tokenizer, with a padding token guaranteed (decoders often lack one)."""
+    from transformers import AutoTokenizer
+
+    section = recipe.model
+    if section.tokenizer is not None:
+        tok_source = resolve_model_source(section.tokenizer, section.revision, section.allow_pickle)
+    else:
+        tok_source = source
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            tok_source.location, revision=section.revision, local_files_only=tok_source.local_files_only,
+            trust_remote_code=section.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"cannot load a tokenizer from {tok_source.name!r}: {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_config(recipe, source: ModelSource | None):
+    from transformers import AutoConfig
+
+    section = recipe.model
+    if section.config is not None:
+        settings = dict(section.config)
+        model_type = settings.pop("model_type")
+        try:
+            return AutoConfig.for_model(model_type, **settings)
+        except (ValueError, KeyError) as exc:
+            raise ModelSourceError(f"model.config: {exc}") from None
+    try:
+        return AutoConfig.from_pretrained(source.location, revision=section.revision,
+                                          local_files_only=source.local_files_only,
+                                          trust_remote_code=section.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"cannot load the config of {source.name!r}: {str(exc).splitlines()[0]}") from None
+
+
+def build_model(recipe, task, tokenizer, source: ModelSource | None, seed: int):
+    """The task model: pretrained weights, or the same architecture freshly initialised.
+
+    The seed is set right before construction, so a random initialisation (and a new task
+    head) is the same every time: exports can be re-loaded onto an identical base.
+    """
+    from transformers import set_seed
+
+    section = recipe.model
+    config = load_config(recipe, source)
+    if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
+    from_config = section.config is not None or section.init == "random"
+    set_seed(seed)
+    kwargs: dict = {"trust_remote_code": section.trust_remote_code}
+    if not from_config:
+        kwargs.update(revision=section.revision, local_files_only=source.local_files_only,
+                      use_safetensors=None if section.allow_pickle else True)
+    try:
+        model = task.build_model(source.location if source else "", config, from_config, **kwargs)
+    except OSError as exc:
+        raise ModelSourceError(f"cannot load model {section.name!r}: {str(exc).splitlines()[0]}") from None
+    if from_config and section.name is None and hasattr(model, "resize_token_embeddings"):
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+    return model

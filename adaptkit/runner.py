@@ -1,0 +1,194 @@
+"""``adaptkit.run``: recipe in, verified output folder out.
+
+The order is the contract's: record the base signature and outputs, wrap, train, verify
+frozen weights, save, reload what was saved with the standard tools, unwrap, verify the
+architecture and the merged outputs. Any broken promise stops the run before the output
+folder appears, with the rule and the parameter named.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import yaml
+
+from adaptkit.errors import AdaptkitError
+from adaptkit.recipe import Recipe, load_recipe
+
+PROBE_ROWS = 8
+
+
+@dataclass
+class RunResult:
+    """What ``adaptkit.run`` returns: where the outputs are and the figures in metrics.json."""
+
+    output_dir: Path
+    metrics: dict[str, Any]
+
+    @property
+    def eval(self) -> dict[str, float]:
+        return self.metrics["eval"]
+
+
+def _as_recipe(recipe: Union[Recipe, str, Path, dict]) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    return load_recipe(recipe)
+
+
+def _count_parameters(model) -> dict[str, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total}
+
+
+class Session:
+    """Everything one run builds once: plugins, task, data, tokenizer, model factory."""
+
+    def __init__(self, recipe: Recipe, log: Callable[[str], None] = print):
+        from adaptkit.data import load_splits
+        from adaptkit.models import load_tokenizer, quiet_hf_logging, resolve_model_source
+        from adaptkit.plugins import get_registry
+
+        quiet_hf_logging()
+        self.recipe = recipe
+        self.log = log
+        registry = get_registry()
+        self.registry = registry
+        self.task = registry.tasks[recipe.task.type](recipe.task_options)
+        self.strategy_cls = registry.strategies[recipe.strategy.name]
+        required = self.task.required_columns()
+        label_column = getattr(recipe.task_options, "label_column", None)
+        self.splits = load_splits(recipe, required, stratify_column=label_column)
+        self.task.setup(self.splits.train)
+        section = recipe.model
+        self.source = (resolve_model_source(section.name, section.revision, section.allow_pickle)
+                       if section.name else None)
+        self.tokenizer = load_tokenizer(recipe, self.source)
+        self.train_data = self.task.preprocess(self.splits.train, self.tokenizer)
+        self.eval_data = self.task.preprocess(self.splits.eval, self.tokenizer)
+
+    def build_base(self):
+        from adaptkit.models import build_model
+
+        return build_model(self.recipe, self.task, self.tokenizer, self.source, self.recipe.training.seed)
+
+    def probe_batch(self) -> dict:
+        rows = self.eval_data.select(range(min(PROBE_ROWS, len(self.eval_data))))
+        return self.task.collate(self.tokenizer)([rows[i] for i in range(len(rows))])
+
+
+def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progress: bool = True,
+        log: Callable[[str], None] = print) -> RunResult:
+    """Train the recipe's strategy, enforce the contract, and write the output folder."""
+    from adaptkit import __version__
+    from adaptkit.contract import (FrozenWeights, architecture_signature, check_close, check_signature,
+                                   model_outputs)
+    from adaptkit.outputs import check_output_dir, staged_output, write_json
+    from adaptkit.report import model_card
+    from adaptkit.strategy import WrapContext
+    from adaptkit.train import fit, make_accelerator, peak_memory_bytes
+
+    recipe = _as_recipe(recipe)
+    output_dir = Path(recipe.output.dir)
+    check_output_dir(output_dir, overwrite)
+    wall_started = time.perf_counter()
+    session = Session(recipe, log)
+    strategy = session.strategy_cls(recipe.strategy_options)
+    name = strategy.name
+    accelerator = make_accelerator(recipe.training, log)
+
+    base = session.build_base()
+    head = session.task.head_modules(base)
+    context = WrapContext(model_type=getattr(base.config, "model_type", "unknown"), task=session.task.name,
+                          head_modules=head, peft_task_type=session.task.peft_task_type)
+    base_signature = architecture_signature(base)
+    probe = session.probe_batch()
+    model = strategy.wrap(base, context)
+    parameters = _count_parameters(model)
+    if parameters["trainable"] == 0:
+        raise AdaptkitError(f"strategy {name!r} left no parameter trainable on this model; check its options")
+    frozen = FrozenWeights.snapshot(model)
+    learning_rate = recipe.training.learning_rate or strategy.default_learning_rate
+    if accelerator.is_main_process:
+        log(f"{name}: {parameters['trainable']:,} of {parameters['total']:,} parameters trainable "
+            f"({100 * parameters['trainable'] / parameters['total']:.2f}%), lr {learning_rate:g}, "
+            f"{len(session.train_data)} train / {len(session.eval_data)} eval rows")
+    session.registry.manager.hook.adaptkit_on_event(event="run_start", payload={"recipe": recipe.resolved_dict()})
+
+    result = fit(model, strategy, session.task, session.train_data, session.eval_data, session.tokenizer,
+                 recipe.training, accelerator, learning_rate, progress=progress,
+                 on_epoch_end=lambda epoch, metrics: session.registry.manager.hook.adaptkit_on_event(
+                     event="epoch_end", payload={"epoch": epoch, "metrics": metrics}))
+    model = accelerator.unwrap_model(model)
+    peak = peak_memory_bytes(accelerator.device)
+    model = model.cpu() if accelerator.device.type != "cpu" else model
+    contract: list[str] = []
+    frozen.verify(name, model)
+    contract.append(f"frozen: {len(frozen)} frozen parameter tensors bit-identical after training")
+    wrapped_out = model_outputs(model, probe)
+
+    if not accelerator.is_main_process:
+        return RunResult(output_dir, {})
+    with staged_output(output_dir, overwrite) as staging:
+        export_dir = staging / ("adapter" if strategy.export_kind == "adapter" else "model")
+        strategy.save(model, export_dir)
+        if recipe.output.verify_export:
+            reloaded = strategy.load(session.build_base(), export_dir)
+            check_close(name, "export", wrapped_out, model_outputs(reloaded, probe), strategy.merge_tolerance,
+                        f"the {strategy.export_kind} saved in {export_dir.name}/ and reloaded")
+            contract.append(f"export: {export_dir.name}/ reloads with "
+                            f"{'peft' if strategy.export_kind == 'adapter' else 'transformers'} and gives the same outputs")
+            del reloaded
+        unwrapped = strategy.unwrap(model)
+        check_signature(name, base_signature, architecture_signature(unwrapped), head)
+        contract.append("signature: unwrapped model has exactly the base architecture "
+                        f"({len(base_signature.parameters)} parameter tensors)")
+        if strategy.mergeable:
+            check_close(name, "equivalence", wrapped_out, model_outputs(unwrapped, probe),
+                        strategy.merge_tolerance, "merged model against the trained wrapped model")
+            contract.append(f"equivalence: merged model matches the trained model within {strategy.merge_tolerance:g}")
+            if recipe.output.merge and strategy.export_kind == "adapter":
+                unwrapped.save_pretrained(staging / "model", safe_serialization=True)
+        elif recipe.output.merge:
+            log(f"output.merge: strategy {name!r} cannot be merged into the base weights; only its "
+                f"{strategy.export_kind} is saved")
+        session.tokenizer.save_pretrained(staging / "tokenizer")
+
+        summary = {
+            "adaptkit_version": __version__,
+            "strategy": name,
+            "task": session.task.name,
+            "task_state": session.task.state(),
+            "base_model": session.source.location if session.source else None,
+            "model_class": type(unwrapped).__name__,
+            "num_labels": getattr(unwrapped.config, "num_labels", None),
+            "eval": result.final_metrics,
+            "history": result.history,
+            "loss_curve": result.loss_curve,
+            "parameters": parameters,
+            "train_examples": len(session.train_data),
+            "eval_examples": len(session.eval_data),
+            "eval_source": session.splits.eval_source,
+            "learning_rate": learning_rate,
+            "steps": result.steps,
+            "train_seconds": round(result.train_seconds, 3),
+            "train_examples_per_second": round(result.train_examples / result.train_seconds, 2)
+            if result.train_seconds else None,
+            "wall_seconds": round(time.perf_counter() - wall_started, 3),
+            "peak_memory_bytes": peak,
+            "device": str(accelerator.device),
+            "export": {"kind": strategy.export_kind, "path": str(output_dir / export_dir.name)},
+            "contract": contract,
+            "recipe": recipe.resolved_dict(),
+        }
+        write_json(staging / "metrics.json", summary)
+        (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved_dict(), sort_keys=False))
+        (staging / "README.md").write_text(model_card(summary))
+    session.registry.manager.hook.adaptkit_on_event(event="run_end", payload={"metrics": summary,
+                                                                             "output_dir": str(output_dir)})
+    return RunResult(output_dir, summary)

@@ -1,0 +1,110 @@
+"""The base class every strategy plugin subclasses.
+
+A strategy adapts a pretrained model without changing its architecture: ``wrap`` freezes,
+injects or quantizes; ``unwrap`` merges what was learned back into the base weights (or
+removes it), so the result has exactly the base model's signature. The core, not the
+strategy, checks that promise (``adaptkit.contract``) on every run.
+
+This module imports no torch: recipes are validated from the ``Options`` models alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import torch
+
+
+class StrategyOptions(BaseModel):
+    """Base for a strategy's recipe section; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class WrapContext:
+    """What a strategy may need to know about the model it wraps.
+
+    ``head_modules`` are the qualified names of the task head (the classifier a new label
+    set needs): the one part of the model whose shape follows the task. Strategies keep it
+    trainable unless they have reason not to.
+    """
+
+    model_type: str
+    task: str
+    head_modules: list[str] = field(default_factory=list)
+    peft_task_type: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy:
+    """Subclass me, set ``name`` and ``Options``, implement ``wrap`` and ``unwrap``.
+
+    ``mergeable`` says whether ``unwrap`` folds the learned change into base weights
+    (LoRA, full fine-tune) or only removes it (prompt tuning, bottleneck adapters): the
+    contract checks equal outputs after a merge and exact base outputs after a removal.
+    ``export_kind`` is ``"model"`` (a transformers folder) or ``"adapter"`` (a peft folder).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[StrategyOptions]] = StrategyOptions
+    mergeable: ClassVar[bool] = True
+    export_kind: ClassVar[str] = "model"
+    # Absolute tolerance for "merged computes what wrapped computed"; 4-bit bases need more.
+    merge_tolerance: ClassVar[float] = 1e-4
+    # The learning rate used when the recipe gives none: LoRA wants ~10x full fine-tuning's.
+    default_learning_rate: ClassVar[float] = 5e-5
+
+    def __init__(self, options: StrategyOptions | dict[str, Any] | None = None):
+        if options is None:
+            options = self.Options()
+        elif isinstance(options, dict):
+            options = self.Options.model_validate(options)
+        self.options = options
+
+    def wrap(self, model: "torch.nn.Module", context: WrapContext) -> "torch.nn.Module":
+        """Prepare ``model`` for training: set ``requires_grad``, inject modules, quantize."""
+        raise NotImplementedError
+
+    def unwrap(self, model: "torch.nn.Module") -> "torch.nn.Module":
+        """Merge or remove what ``wrap`` added; return a model with the base architecture."""
+        raise NotImplementedError
+
+    def parameter_groups(self, model: "torch.nn.Module", learning_rate: float,
+                         weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; override for per-layer or per-matrix learning rates."""
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        groups = [{"params": decay, "weight_decay": weight_decay, "lr": learning_rate}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0, "lr": learning_rate})
+        return groups
+
+    def save(self, model: "torch.nn.Module", directory: Path) -> Path:
+        """Write what the run produced, as safetensors, in a folder the standard tools load.
+
+        The default saves a transformers folder (``from_pretrained`` loads it); strategies
+        whose wrapped model is not a plain transformers model override this.
+        """
+        model.save_pretrained(directory, safe_serialization=True)
+        return directory
+
+    def load(self, base_model: "torch.nn.Module", directory: Path) -> "torch.nn.Module":
+        """Load what ``save`` wrote onto a freshly loaded base model, ready for inference."""
+        return type(base_model).from_pretrained(directory)
+
+    @classmethod
+    def summary(cls) -> str:
+        """One line for listings: ``description`` or the docstring's first line."""
+        if cls.description:
+            return cls.description
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""

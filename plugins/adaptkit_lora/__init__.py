@@ -1,0 +1,101 @@
+"""``lora``: low-rank adapters through peft; merges back into the base weights exactly."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from pydantic import Field, PositiveInt
+
+from adaptkit import Strategy, StrategyOptions, hookimpl
+
+# Attention and feed-forward projections per model family (config.model_type).
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "key", "value", "dense"],
+    "roberta": ["query", "key", "value", "dense"],
+    "xlm-roberta": ["query", "key", "value", "dense"],
+    "electra": ["query", "key", "value", "dense"],
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "vit": ["query", "key", "value", "dense"],
+}
+
+
+class LoraOptions(StrategyOptions):
+    r: PositiveInt = Field(8, description="Rank of the update matrices.")
+    alpha: float = Field(16, gt=0, description="Scaling numerator: the update is scaled by alpha / r.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: Optional[Union[list[str], str]] = Field(
+        None, description="Module names (or a regex) to adapt; per-family defaults when absent.")
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed low-rank adaptation.")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r), stabler at high rank.")
+    loraplus_lr_ratio: Optional[float] = Field(
+        None, gt=0, description="LoRA+: train the B matrices at this multiple of the learning rate.")
+    train_head: bool = Field(True, description="Train the task head (peft modules_to_save).")
+
+
+def target_modules_for(model_type: str, configured: Optional[Union[list[str], str]]) -> Union[list[str], str]:
+    if configured:
+        return configured
+    if model_type in DEFAULT_TARGETS:
+        return DEFAULT_TARGETS[model_type]
+    return "all-linear"
+
+
+class Lora(Strategy):
+    """Low-rank adapters (LoRA, DoRA, rsLoRA, LoRA+) on attention and feed-forward layers."""
+
+    name = "lora"
+    Options = LoraOptions
+    mergeable = True
+    export_kind = "adapter"
+    default_learning_rate = 5e-4
+
+    def peft_config(self, context):
+        from peft import LoraConfig
+
+        opts = self.options
+        return LoraConfig(
+            r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout,
+            target_modules=target_modules_for(context.model_type, opts.target_modules),
+            use_dora=opts.use_dora, use_rslora=opts.use_rslora,
+            task_type=context.peft_task_type,
+            modules_to_save=list(context.head_modules) if opts.train_head and context.head_modules else None,
+            exclude_modules=list(context.head_modules) or None,
+        )
+
+    def wrap(self, model, context):
+        from peft import get_peft_model
+
+        return get_peft_model(model, self.peft_config(context))
+
+    def unwrap(self, model):
+        return model.merge_and_unload()
+
+    def parameter_groups(self, model, learning_rate: float, weight_decay: float) -> list[dict[str, Any]]:
+        ratio = self.options.loraplus_lr_ratio
+        if not ratio:
+            return super().parameter_groups(model, learning_rate, weight_decay)
+        normal, fast = [], []
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                (fast if "lora_B" in name else normal).append(param)
+        return [{"params": normal, "lr": learning_rate, "weight_decay": weight_decay},
+                {"params": fast, "lr": learning_rate * ratio, "weight_decay": weight_decay}]
+
+    def save(self, model, directory: Path) -> Path:
+        model.save_pretrained(directory, safe_serialization=True)
+        return directory
+
+    def load(self, base_model, directory: Path):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base_model, directory)
+
+
+@hookimpl
+def adaptkit_register_strategies(register):
+    register(Lora)
