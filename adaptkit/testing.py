@@ -43,7 +43,7 @@ def tiny_gpt2():
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                        num_labels=NUM_LABELS, pad_token_id=0)
+                        num_labels=NUM_LABELS, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     return GPT2ForSequenceClassification(config)
 
 
@@ -103,6 +103,9 @@ def _context(model: torch.nn.Module, family: str) -> WrapContext:
 def check_strategy(strategy_cls: type[Strategy], options: Any = None,
                    families: Optional[list[str]] = None) -> ConformanceReport:
     """Run every contract rule on tiny models of each family; raise ``ContractViolation`` on failure."""
+    from adaptkit.models import quiet_hf_logging
+
+    quiet_hf_logging()
     report = ConformanceReport(strategy_cls.name or strategy_cls.__name__)
     name = report.strategy
     for family in families or list(FAMILIES):

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny models built from configs and small data written in the test."""
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # resolved offline to the packaged copy
+
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "max_position_embeddings": 128}
+TINY_GPT2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}
+
+POSITIVE = ["good", "great", "lovely", "superb", "fine", "wonderful"]
+NEGATIVE = ["bad", "awful", "poor", "dreadful", "boring", "terrible"]
+FILLER = ["the", "film", "was", "really", "quite", "a", "story", "plot", "and", "acting"]
+
+
+def sentiment_rows(count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Rows a tiny model can learn: the label is which word list the sentence draws from."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        label = rng.randint(0, 1)
+        words = rng.sample(FILLER, 4) + [rng.choice(POSITIVE if label else NEGATIVE)]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def tiny_recipe_dict(tmp_path: Path, strategy: str = "full", **sections: Any) -> dict[str, Any]:
+    """A complete recipe on a tiny BERT built from a config and 96/32 rows of synthetic data."""
+    train = write_table(tmp_path / "train.csv", sentiment_rows(96, seed=1))
+    evaluation = write_table(tmp_path / "eval.csv", sentiment_rows(32, seed=2))
+    recipe = {
+        "model": {"config": dict(TINY_BERT), "tokenizer": MINILM},
+        "task": {"type": "sequence_classification", "text_column": "text", "label_column": "label",
+                 "max_length": 32},
+        "data": {"train": str(train), "eval": str(evaluation)},
+        "strategy": {"name": strategy},
+        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "seed": 0},
+        "output": {"dir": str(tmp_path / "run")},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(recipe.get(key), dict):
+            recipe[key] = {**recipe[key], **value}
+        else:
+            recipe[key] = value
+    return recipe
+
+
+def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path):
+    """Factory: ``tiny_recipe(strategy="lora", training={...})`` -> recipe dict."""
+    def make(strategy: str = "full", **sections: Any) -> dict[str, Any]:
+        return tiny_recipe_dict(tmp_path, strategy, **sections)
+    return make
