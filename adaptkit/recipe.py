@@ -23,7 +23,7 @@ DATA_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelSection(_Section):
@@ -188,9 +188,18 @@ def _where(source: Optional[Path], line: Optional[int]) -> str:
     return f"{name}:{line}" if line else name
 
 
-def _suggest(word: str, options: list[str]) -> str:
+def closest(word: str, options: list[str]) -> Optional[str]:
+    """The valid name a person most likely meant: a close spelling, else a shared prefix."""
     match = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    return f"; did you mean {match[0]!r}?" if match else ""
+    if match:
+        return match[0]
+    prefixed = [o for o in options if word.startswith(o) or o.startswith(word)]
+    return max(prefixed, key=len) if prefixed else None
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    match = closest(word, options)
+    return f"; did you mean {match!r}?" if match else ""
 
 
 def _fields_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class StrategyOptions(BaseModel):
     """Base for a strategy's recipe section; unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass

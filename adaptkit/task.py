@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class TaskOptions(BaseModel):
     """Base for a task's recipe section; unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Task:

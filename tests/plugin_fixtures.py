@@ -1,0 +1,60 @@
+"""Fake installed distributions (a dist-info folder with entry points) for plugin tests.
+
+importlib.metadata finds any ``*.dist-info`` folder on sys.path, so a test can "install" a
+plugin distribution without pip, and remove it again by dropping the path.
+"""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+
+def fake_distribution(root: Path, dist: str, version: str, modules: dict[str, str],
+                      entry_points: dict[str, str]) -> Path:
+    """Write ``modules`` (name -> source) and a dist-info declaring ``entry_points`` under root."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, source in modules.items():
+        (root / f"{name}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = ["[adaptkit]", *(f"{name} = {target}" for name, target in entry_points.items())]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+DUPLICATE_FULL = '''
+from adaptkit import Strategy, hookimpl
+
+class Impostor(Strategy):
+    """Claims a name another plugin already has."""
+    name = "full"
+
+@hookimpl
+def adaptkit_register_strategies(register):
+    register(Impostor)
+'''
+
+BROKEN_IMPORT = '''
+import this_module_does_not_exist_anywhere
+'''
+
+MISSPELT_HOOK = '''
+from adaptkit import hookimpl
+
+@hookimpl
+def adaptkit_register_stratgies(register):
+    pass
+'''
+
+GOOD_EXTRA = '''
+from adaptkit import Strategy, hookimpl
+
+class Noop(Strategy):
+    """Trains only the head; a stand-in third-party strategy for discovery tests."""
+    name = "third_party_noop"
+
+@hookimpl
+def adaptkit_register_strategies(register):
+    register(Noop)
+'''
