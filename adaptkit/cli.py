@@ -22,6 +22,11 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a recipe without training (no torch import)")
     validate.add_argument("recipe")
 
+    plan = commands.add_parser("plan", help="trainable parameters, touched modules and memory, before training")
+    plan.add_argument("recipe")
+    plan.add_argument("--strategies", help="comma-separated strategies to plan (default: the recipe's)")
+    plan.add_argument("--all", action="store_true", help="plan every installed strategy")
+
     commands.add_parser("schema", help="print the recipe JSON Schema (installed plugins included)")
 
     plugins = commands.add_parser("plugins", help="list installed plugins, their strategies and errors")
@@ -52,6 +57,24 @@ def _cmd_validate(args) -> int:
     recipe = load_recipe(args.recipe)
     print(f"{args.recipe}: valid ({recipe.task.type}, strategy {recipe.strategy.name}, "
           f"output {recipe.output.dir})")
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    from rich.console import Console
+
+    from adaptkit import list_strategies
+    from adaptkit.plan import plan, render
+    from adaptkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    names = sorted(list_strategies()) if args.all else (args.strategies.split(",") if args.strategies else None)
+    if names:
+        from adaptkit import get_strategy
+
+        for name in names:
+            get_strategy(name)  # an unknown name is an error that suggests the closest one
+    Console(width=200).print(render(plan(recipe, names)))
     return 0
 
 
@@ -94,7 +117,7 @@ def _cmd_predict(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "schema": _cmd_schema, "plugins": _cmd_plugins,
+COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "plan": _cmd_plan, "schema": _cmd_schema, "plugins": _cmd_plugins,
             "predict": _cmd_predict}
 
 

@@ -316,10 +316,33 @@ def _validate(data: Any, source: Optional[Path], lines: _LineFinder, check_files
     except ValidationError as exc:
         raise RecipeError(_format_errors(exc, Recipe, shown, lines)) from None
     recipe._source = source
+    _check_requirements(recipe, shown, lines)
     _validate_plugin_sections(recipe, shown, lines)
     if check_files:
         _check_data_files(recipe, shown, lines)
     return recipe
+
+
+def _check_requirements(recipe: Recipe, shown: Optional[Path], lines: _LineFinder) -> None:
+    """``requires:`` names plugin distributions; check them before any plugin is used."""
+    from importlib import metadata
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for index, text in enumerate(recipe.requires):
+        where = _where(shown, lines.line(("requires", index)))
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement as exc:
+            raise RecipeError(f"{where}: requires[{index}]: {text!r} is not a requirement specifier: {exc}") from None
+        try:
+            installed = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            raise RecipeError(f"{where}: requires[{index}]: this recipe needs {text!r}, which is not installed; "
+                              f"install it with: pip install '{text}'") from None
+        if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
+            raise RecipeError(f"{where}: requires[{index}]: this recipe needs {text!r} but {requirement.name} "
+                              f"{installed} is installed; upgrade with: pip install '{text}'")
 
 
 def _validate_plugin_sections(recipe: Recipe, shown: Optional[Path], lines: _LineFinder) -> None:

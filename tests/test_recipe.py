@@ -107,6 +107,27 @@ def test_unreadable_recipes(tmp_path, content, fragment):
         load_recipe(path)
 
 
+@pytest.mark.parametrize("requirement, fragment", [
+    ("adaptkit-no-such-plugin>=1.0", "install it with: pip install 'adaptkit-no-such-plugin>=1.0'"),
+    ("adaptkit>=99", "adaptkit 0.1.0 is installed; upgrade with"),
+    ("not a !! specifier", "is not a requirement specifier"),
+])
+def test_requires_checks_plugin_distributions_first(recipe_dir, requirement, fragment):
+    path = recipe_dir / "recipe.yaml"
+    # the strategy is unknown too: the missing requirement must be what the user hears about
+    path.write_text(GOOD.replace("name: lora", "name: from_that_plugin") + f"requires:\n  - {requirement}\n")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    assert ":18:" in str(caught.value) and "requires[0]" in str(caught.value)
+    assert fragment in str(caught.value)
+
+
+def test_requires_satisfied_passes(recipe_dir):
+    path = recipe_dir / "recipe.yaml"
+    path.write_text(GOOD + "requires:\n  - adaptkit>=0.1\n  - peft\n")
+    assert load_recipe(path).requires == ["adaptkit>=0.1", "peft"]
+
+
 def test_cli_exit_status_2_and_message_on_stderr(recipe_dir, capsys):
     path = recipe_dir / "recipe.yaml"
     path.write_text(GOOD.replace("  r: 4", "  rank: 4"))
