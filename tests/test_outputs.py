@@ -1,0 +1,103 @@
+"""The output folder: standard-tool exports, metrics.json, and never a partial or overwritten folder."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from adaptkit.errors import AdaptkitError
+from adaptkit.recipe import Recipe, load_recipe
+from adaptkit.runner import Session, run
+from conftest import tiny_recipe_dict
+
+QUIET = {"progress": False, "log": lambda _: None}
+TRAINING = {"epochs": 2, "batch_size": 16, "seed": 0, "num_threads": 1}
+
+
+def _probe(recipe: dict) -> tuple[Session, dict]:
+    session = Session(Recipe.from_dict(recipe), log=lambda _: None)
+    rows = session.eval_data.select(range(8))
+    batch = session.task.collate(session.tokenizer)([rows[i] for i in range(len(rows))])
+    return session, {k: v for k, v in batch.items() if k != "labels"}
+
+
+def test_lora_adapter_and_merged_model_load_with_the_standard_tools(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    recipe = tiny_recipe_dict(tmp_path, "lora", training=TRAINING, output={"dir": str(tmp_path / "run"), "merge": True})
+    result = run(recipe, **QUIET)
+    session, batch = _probe(recipe)
+    with torch.no_grad():
+        base_logits = session.build_base().eval()(**batch).logits
+        adapter = PeftModel.from_pretrained(session.build_base(), result.output_dir / "adapter").eval()
+        adapter_logits = adapter(**batch).logits
+        merged = AutoModelForSequenceClassification.from_pretrained(result.output_dir / "model").eval()
+        merged_logits = merged(**batch).logits
+    assert (result.output_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert (result.output_dir / "model" / "model.safetensors").is_file()
+    assert torch.allclose(adapter_logits, merged_logits, atol=1e-4)
+    assert not torch.allclose(adapter_logits, base_logits, atol=1e-4), "training changed nothing"
+    assert merged.config.id2label == {0: "0", 1: "1"}
+
+
+def test_full_run_folder_metrics_and_overwrite_rules(tmp_path, monkeypatch):
+    from transformers import AutoModelForSequenceClassification
+
+    recipe = tiny_recipe_dict(tmp_path, "full", training=TRAINING)
+    result = run(recipe, **QUIET)
+    folder = result.output_dir
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert [entry["epoch"] for entry in metrics["history"]] == [1, 2]
+    assert all({"eval_accuracy", "eval_loss", "train_loss"} <= set(entry) for entry in metrics["history"])
+    assert metrics["loss_curve"] and all(point["loss"] > 0 for point in metrics["loss_curve"])
+    assert metrics["wall_seconds"] > 0 and metrics["train_seconds"] > 0
+    assert 0 < metrics["parameters"]["trainable"] == metrics["parameters"]["total"]
+    assert metrics["peak_memory_bytes"] > 0
+    assert metrics["eval"]["accuracy"] == metrics["history"][-1]["eval_accuracy"]
+    assert load_recipe(folder / "recipe.yaml").training.epochs == 2
+    assert "full" in (folder / "README.md").read_text()
+
+    session, batch = _probe(recipe)
+    model = AutoModelForSequenceClassification.from_pretrained(folder / "model").eval()
+    eval_batch = session.task.collate(session.tokenizer)([session.eval_data[i] for i in range(len(session.eval_data))])
+    with torch.no_grad():
+        loss = float(model(**eval_batch).loss)
+    assert abs(loss - metrics["eval"]["loss"]) < 1e-4, "model/ is not the trained model"
+
+    before = (folder / "metrics.json").read_bytes()
+    with pytest.raises(AdaptkitError, match="already holds results.*--overwrite"):
+        run(recipe, **QUIET)
+    # A failing run with overwrite leaves the previous results exactly as they were.
+    import adaptkit.report
+
+    def broken_card(summary):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(adaptkit.report, "model_card", broken_card)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(recipe, overwrite=True, **QUIET)
+    assert (folder / "metrics.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    monkeypatch.undo()
+    rerun = run({**recipe, "training": {**TRAINING, "epochs": 1}}, overwrite=True, **QUIET)
+    assert len(rerun.metrics["history"]) == 1
+    assert len(json.loads((folder / "metrics.json").read_text())["history"]) == 1
+
+
+def test_a_failing_run_leaves_no_output_folder(tmp_path, monkeypatch):
+    recipe = tiny_recipe_dict(tmp_path, "full", training={**TRAINING, "epochs": 1, "checkpoint_every_steps": 0})
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("export broke")
+
+    import adaptkit.strategy
+
+    monkeypatch.setattr(adaptkit.strategy.Strategy, "save", fails)
+    with pytest.raises(RuntimeError, match="export broke"):
+        run(recipe, **QUIET)
+    assert not (tmp_path / "run").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+    # What was trained stays resumable: the end-of-run checkpoint is kept for --resume.
+    assert (tmp_path / "run.checkpoints").is_dir()
