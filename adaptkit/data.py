@@ -19,9 +19,22 @@ class Splits:
 
 
 def load_table(path: Path) -> "datasets.Dataset":  # noqa: F821
-    """One local file as a ``datasets.Dataset`` (cached by datasets, keyed by file content)."""
+    """One local file as a ``datasets.Dataset`` (cached by datasets, keyed by file content).
+
+    A folder is read by datasets' ``imagefolder`` builder: one sub-folder per class gives an
+    ``image`` column and a ``label`` column (class names from the sub-folder names).
+    """
     import datasets
 
+    if path.is_dir():
+        try:
+            table = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
+        except Exception as exc:  # datasets raises several kinds for an empty or odd folder
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{path}: cannot read as an image folder: {reason}") from None
+        if len(table) == 0:
+            raise DataError(f"{path}: no images")
+        return table
     kind = data_format(path)
     if kind is None:
         raise DataError(f"{path}: unsupported data file type {path.suffix!r}")

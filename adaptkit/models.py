@@ -108,7 +108,11 @@ def load_tokenizer(recipe, source: ModelSource | None):
     from transformers import AutoTokenizer
 
     section = recipe.model
-    if section.tokenizer is not None:
+    if section.tokenizer is not None and Path(section.tokenizer).expanduser().is_dir():
+        # A tokenizer folder (a run's tokenizer/) has no config.json, so it is not a model source.
+        folder = Path(section.tokenizer).expanduser().resolve()
+        tok_source = ModelSource(section.tokenizer, str(folder), "local", True)
+    elif section.tokenizer is not None:
         tok_source = resolve_model_source(section.tokenizer, section.revision, section.allow_pickle)
     else:
         tok_source = source
@@ -152,8 +156,9 @@ def build_model(recipe, task, tokenizer, source: ModelSource | None, seed: int):
 
     section = recipe.model
     config = load_config(recipe, source)
-    if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
-        config.pad_token_id = tokenizer.pad_token_id
+    pad_token_id = getattr(tokenizer, "pad_token_id", None)  # an image processor has none
+    if getattr(config, "pad_token_id", None) is None and pad_token_id is not None:
+        config.pad_token_id = pad_token_id
     from_config = section.config is not None or section.init == "random"
     set_seed(seed)
     kwargs: dict = {"trust_remote_code": section.trust_remote_code}
@@ -164,7 +169,9 @@ def build_model(recipe, task, tokenizer, source: ModelSource | None, seed: int):
         model = task.build_model(source.location if source else "", config, from_config, **kwargs)
     except OSError as exc:
         raise ModelSourceError(f"cannot load model {section.name!r}: {str(exc).splitlines()[0]}") from None
-    if from_config and section.name is None and hasattr(model, "resize_token_embeddings"):
-        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    resizable = hasattr(tokenizer, "__len__") and hasattr(embeddings, "num_embeddings")  # not an image model
+    if from_config and section.name is None and resizable:
+        if embeddings.num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
     return model

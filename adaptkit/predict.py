@@ -33,14 +33,14 @@ class Predictor:
         with torch.no_grad():
             for start in range(0, len(encoded), self.batch_size):
                 chunk = encoded.select(range(start, min(start + self.batch_size, len(encoded))))
-                batch = collate([{k: v for k, v in chunk[i].items() if k != "labels"} for i in range(len(chunk))])
-                outputs.extend(self.task.predict_rows(self.model(**batch).logits.float()))
+                batch = collate([chunk[i] for i in range(len(chunk))])
+                outputs.extend(self.task.predict_batch(self.model, batch))
         return outputs
 
 
 def load_run(run_dir: Union[str, Path]) -> Predictor:
     """Rebuild the trained model of ``run_dir`` from its saved export and recipe."""
-    from adaptkit.models import load_tokenizer, quiet_hf_logging, resolve_model_source, build_model
+    from adaptkit.models import quiet_hf_logging, resolve_model_source, build_model
     from adaptkit.plugins import get_registry
     from adaptkit.recipe import Recipe
 
@@ -61,7 +61,7 @@ def load_run(run_dir: Union[str, Path]) -> Predictor:
     recipe.model.tokenizer = str(folder / "tokenizer")
     source = (resolve_model_source(recipe.model.name, recipe.model.revision, recipe.model.allow_pickle)
               if recipe.model.name else None)
-    tokenizer = load_tokenizer(recipe, source)
+    tokenizer = task.load_processor(recipe, source)
     base = build_model(recipe, task, tokenizer, source, recipe.training.seed)
     model = strategy.load(base, folder / Path(summary["export"]["path"]).name)
     return Predictor(model=model, tokenizer=tokenizer, task=task)

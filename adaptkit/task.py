@@ -30,6 +30,8 @@ class Task:
     # The metric that decides "better" by default, and whether higher is better.
     primary_metric: ClassVar[str] = "loss"
     greater_is_better: ClassVar[bool] = False
+    # Whether the inputs are text: a model built from ``model.config`` then needs ``model.tokenizer``.
+    needs_tokenizer: ClassVar[bool] = True
 
     def __init__(self, options: TaskOptions | dict[str, Any] | None = None):
         if options is None:
@@ -52,14 +54,47 @@ class Task:
         """Qualified module names of the task head (their shape follows the task)."""
         return []
 
+    def load_processor(self, recipe: Any, source: Any) -> Any:
+        """What turns raw rows into model inputs, handed to ``preprocess`` and ``collate``.
+
+        A tokenizer by default; a vision task returns an image processor instead. It is saved
+        beside the run (``save_pretrained``) and reloaded from ``recipe.model.tokenizer`` by
+        ``adaptkit predict``, so whatever is returned must round-trip through that folder.
+        """
+        from adaptkit.models import load_tokenizer
+
+        return load_tokenizer(recipe, source)
+
     def preprocess(self, dataset: "datasets.Dataset", tokenizer: Any) -> "datasets.Dataset":
         raise NotImplementedError
 
     def collate(self, tokenizer: Any):
         raise NotImplementedError
 
+    def batch_outputs(self, outputs: Any, batch: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+        """Per-example tensors that evaluation keeps from one batch (first dimension: the rows).
+
+        The loop gathers them across processes and batches and calls ``compute_metrics`` with
+        them as keywords. The default keeps logits and labels; a task whose logits are large
+        (a language model's [rows, tokens, vocabulary]) reduces them here, batch by batch.
+        """
+        kept = {"logits": outputs.logits}
+        if "labels" in batch:
+            kept["labels"] = batch["labels"]
+        return kept
+
     def compute_metrics(self, logits: "torch.Tensor", labels: "torch.Tensor") -> dict[str, float]:
+        """Scores from the gathered ``batch_outputs`` (passed as keywords), on labelled data."""
         raise NotImplementedError
+
+    def predict_batch(self, model: "torch.nn.Module", batch: dict[str, "torch.Tensor"]) -> list[Any]:
+        """One prediction per row of a collated batch; ``labels`` may be present and are not inputs.
+
+        The default runs the model once and hands the logits to ``predict_rows``; a task that
+        generates, or needs what ``preprocess`` put in ``labels`` (word positions), overrides it.
+        """
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.predict_rows(model(**inputs).logits.float())
 
     def predict_rows(self, logits: "torch.Tensor") -> list[Any]:
         """Turn model outputs into one prediction per input row (for ``adaptkit predict``)."""

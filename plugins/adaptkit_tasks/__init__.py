@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 from adaptkit import hookimpl
+from adaptkit_tasks.causal_lm import CausalLM
+from adaptkit_tasks.image_classification import ImageClassification
 from adaptkit_tasks.sequence_classification import SequenceClassification
+from adaptkit_tasks.token_classification import TokenClassification
 
 
 @hookimpl
 def adaptkit_register_tasks(register):
     register(SequenceClassification)
+    register(CausalLM)
+    register(TokenClassification)
+    register(ImageClassification)

@@ -1,0 +1,191 @@
+"""Causal language modelling: adapt a decoder to plain text or to prompt/response pairs.
+
+Labels are the input ids (the model shifts them); with ``loss_on: response`` the prompt
+positions are labelled -100, so the model learns to answer, not to repeat questions.
+Evaluation never gathers [rows, tokens, vocabulary] logits: each batch is reduced to a
+per-row sum of token losses and a token count, from which perplexity follows exactly.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, PositiveInt, model_validator
+
+from adaptkit.task import Task, TaskOptions
+
+IGNORE = -100
+
+
+class CausalLMOptions(TaskOptions):
+    text_column: Optional[str] = Field(
+        None, description="Column of plain text to model (give this, or prompt_column and response_column).")
+    prompt_column: Optional[str] = Field(None, description="Column holding the instruction or prompt.")
+    response_column: Optional[str] = Field(None, description="Column holding the answer the model should learn.")
+    template: str = Field(
+        "{prompt}\n", description="How a prompt is laid out before its response; must contain {prompt}.")
+    loss_on: Literal["all", "response"] = Field(
+        "all", description="'response' scores only the response tokens (prompt tokens are labelled -100).")
+    max_length: PositiveInt = Field(256, description="Tokens kept per example; longer examples are truncated.")
+    append_eos: bool = Field(True, description="End every text (or response) with the tokenizer's end token.")
+    max_new_tokens: PositiveInt = Field(32, description="Tokens generated per row by `adaptkit predict`.")
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> "CausalLMOptions":
+        pair = (self.prompt_column is not None, self.response_column is not None)
+        if self.text_column is None and pair != (True, True):
+            raise ValueError("give text_column (plain text) or both prompt_column and response_column")
+        if self.text_column is not None and any(pair):
+            raise ValueError("give text_column or prompt_column/response_column, not both")
+        if self.prompt_column is not None and "{prompt}" not in self.template:
+            raise ValueError("template must contain {prompt}")
+        if self.loss_on == "response" and self.text_column is not None:
+            raise ValueError("loss_on: response needs prompt_column and response_column")
+        return self
+
+
+def _end_token(tokenizer: Any) -> Optional[int]:
+    """The id that ends a text: eos for decoders' tokenizers, [SEP] for BERT-style ones."""
+    for name in ("eos_token_id", "sep_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def _start_tokens(tokenizer: Any) -> list[int]:
+    """A BOS prefix where the tokenizer has a distinct one (llama); none where BOS is EOS (gpt2)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return [int(bos)] if bos is not None and bos != getattr(tokenizer, "eos_token_id", None) else []
+
+
+class CausalLM(Task):
+    """Fine-tune a decoder on text, or on prompt/response pairs (optionally scoring responses only)."""
+
+    name = "causal_lm"
+    Options = CausalLMOptions
+    peft_task_type = "CAUSAL_LM"
+    primary_metric = "perplexity"
+    greater_is_better = False
+
+    # ------------------------------------------------------------------ data
+    def required_columns(self) -> list[str]:
+        opts = self.options
+        return [opts.text_column] if opts.text_column else [opts.prompt_column, opts.response_column]
+
+    def encode_row(self, tokenizer: Any, text: Optional[str], prompt: Optional[str],
+                   response: Optional[str]) -> dict[str, list[int]]:
+        """Token ids and labels of one example; a prompt without response is a generation input.
+
+        Pieces are tokenized separately and joined, so the prompt/response boundary is exact
+        (tokenizing the joined string could merge tokens across it).
+        """
+        opts = self.options
+        end = [_end_token(tokenizer)] if opts.append_eos and _end_token(tokenizer) is not None else []
+        start = _start_tokens(tokenizer)
+        if opts.text_column is not None:
+            ids = start + tokenizer(text or "", add_special_tokens=False)["input_ids"] + end
+            ids = ids[:opts.max_length]
+            return {"input_ids": ids, "labels": list(ids), "length": len(ids)}
+        prompt_ids = start + tokenizer(opts.template.replace("{prompt}", prompt or ""),
+                                       add_special_tokens=False)["input_ids"]
+        if response is None:  # generation: the prompt alone, its tail kept when too long
+            prompt_ids = prompt_ids[-opts.max_length:]
+            return {"input_ids": prompt_ids, "labels": [IGNORE] * len(prompt_ids), "length": len(prompt_ids)}
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + end
+        # A long prompt gives up its head so at least half the budget (or the whole response) remains.
+        room = opts.max_length - min(len(response_ids), opts.max_length // 2)
+        prompt_ids = prompt_ids[-room:] if len(prompt_ids) > room else prompt_ids
+        ids = (prompt_ids + response_ids)[:opts.max_length]
+        masked = opts.loss_on == "response"
+        labels = ([IGNORE] * len(prompt_ids) if masked else list(prompt_ids)) + response_ids
+        return {"input_ids": ids, "labels": labels[:len(ids)], "length": len(ids)}
+
+    def preprocess(self, dataset, tokenizer):
+        opts = self.options
+        has_response = opts.response_column is not None and opts.response_column in dataset.column_names
+
+        def encode(row):
+            if opts.text_column is not None:
+                return self.encode_row(tokenizer, row[opts.text_column], None, None)
+            response = row[opts.response_column] if has_response else None
+            return self.encode_row(tokenizer, None, row[opts.prompt_column],
+                                   None if response is None else str(response))
+
+        return dataset.map(encode, remove_columns=dataset.column_names, desc="tokenizing")
+
+    def collate(self, tokenizer):
+        import torch
+
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+        def collate(rows):
+            width = max(len(row["input_ids"]) for row in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+            for i, row in enumerate(rows):  # right padding: position ids stay 0..n-1 for training
+                n = len(row["input_ids"])
+                ids[i, :n] = torch.tensor(row["input_ids"])
+                mask[i, :n] = 1
+                labels[i, :n] = torch.tensor(row["labels"])
+            return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+        return collate
+
+    # ------------------------------------------------------------------ model
+    def build_model(self, source: str, config: Any, from_config: bool, **kwargs: Any):
+        from transformers import AutoModelForCausalLM
+
+        if from_config:
+            return AutoModelForCausalLM.from_config(config, **{k: v for k, v in kwargs.items()
+                                                               if k == "trust_remote_code"})
+        return AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
+
+    def head_modules(self, model) -> list[str]:
+        """None: lm_head's shape follows the vocabulary, not the task, and is often tied to the
+        input embeddings; declaring it a head would make peft copy (and untie) it."""
+        return []
+
+    # ------------------------------------------------------------------ metrics
+    def batch_outputs(self, outputs, batch):
+        """Per-row sums of next-token losses and token counts: O(rows), not O(rows x vocab)."""
+        import torch
+
+        logits = outputs.logits[:, :-1, :].float()
+        targets = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE,
+                                                   reduction="none")
+        return {"loss_sum": losses.sum(dim=1), "tokens": (targets != IGNORE).sum(dim=1)}
+
+    def compute_metrics(self, loss_sum, tokens) -> dict[str, float]:
+        import math
+
+        count = int(tokens.sum())
+        mean = float(loss_sum.double().sum()) / count if count else math.nan
+        return {"token_loss": mean, "perplexity": math.exp(min(mean, 700.0)) if count else math.nan,
+                "tokens": float(count)}
+
+    def predict_batch(self, model, batch) -> list[str]:
+        """Greedy continuation of each row's prompt (or text), decoded without special tokens.
+
+        Rows are generated one at a time, unpadded: right-padded batches would make a decoder
+        continue from pad tokens, and per-row generation needs no padding-side assumptions.
+        """
+        import torch
+
+        tokenizer = getattr(self, "_tokenizer", None)
+        results = []
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+            prompt = ids[mask.bool()].unsqueeze(0)
+            output = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                                    max_new_tokens=self.options.max_new_tokens, do_sample=False,
+                                    eos_token_id=_end_token(tokenizer) if tokenizer is not None else None,
+                                    pad_token_id=getattr(tokenizer, "pad_token_id", None))
+            new = output[0, prompt.shape[1]:].tolist()
+            results.append(tokenizer.decode(new, skip_special_tokens=True).strip() if tokenizer is not None else new)
+        return results
+
+    def load_processor(self, recipe, source):
+        """The tokenizer, remembered so ``predict_batch`` can decode what it generates."""
+        self._tokenizer = super().load_processor(recipe, source)
+        return self._tokenizer
