@@ -1,0 +1,36 @@
+"""The example plugin's own tests: the same conformance kit every adaptkit strategy runs."""
+from __future__ import annotations
+
+import torch
+
+from adaptkit.testing import FAMILIES, _context, _train_steps, check_strategy
+from adaptkit_example import BitFit
+
+
+def test_check_strategy_passes():
+    report = check_strategy(BitFit)
+    assert sum("equivalence" in line for line in report.passed) == 2
+
+
+def test_only_biases_and_head_train():
+    torch.manual_seed(0)
+    model = FAMILIES["bert"]()
+    BitFit().wrap(model, _context(model, "bert"))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith(".bias") or n.startswith("classifier.") for n in trainable)
+    assert "classifier.weight" in trainable
+    assert "bert.encoder.layer.0.attention.self.query.bias" in trainable
+    assert "bert.encoder.layer.0.attention.self.query.weight" not in trainable
+
+
+def test_weights_do_not_move_biases_do():
+    torch.manual_seed(0)
+    model = FAMILIES["gpt2"]()
+    strategy = BitFit({"train_head": False})
+    strategy.wrap(model, _context(model, "gpt2"))
+    weight = model.transformer.h[0].mlp.c_fc.weight.clone()
+    bias = model.transformer.h[0].mlp.c_fc.bias.clone()
+    _train_steps(strategy, model)
+    assert torch.equal(model.transformer.h[0].mlp.c_fc.weight, weight)
+    assert not torch.equal(model.transformer.h[0].mlp.c_fc.bias, bias)
+    assert not model.score.weight.requires_grad
