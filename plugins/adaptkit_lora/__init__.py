@@ -20,8 +20,13 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "vit": ["query", "key", "value", "dense"],
+    # transformers 5 names ViT's projections q_proj/k_proj/v_proj/o_proj, fc1/fc2; 4.x query/key/value/dense.
+    "vit": ["query", "key", "value", "dense", "q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"],
 }
+
+
+# Families whose projections are transformers' Conv1D (weights stored input-major).
+CONV1D_FAMILIES = {"gpt2"}
 
 
 class LoraOptions(StrategyOptions):
@@ -38,11 +43,23 @@ class LoraOptions(StrategyOptions):
 
 
 def target_modules_for(model_type: str, configured: Optional[Union[list[str], str]]) -> Union[list[str], str]:
+    """The recipe's target modules, else the family's known projections, else peft's "all-linear"."""
     if configured:
         return configured
     if model_type in DEFAULT_TARGETS:
         return DEFAULT_TARGETS[model_type]
     return "all-linear"
+
+
+def freeze_saved_modules(model) -> None:
+    """Freeze the copies peft trains whole (modules_to_save).
+
+    peft's sequence-classification wrapper adds the classifier to modules_to_save on its own,
+    so ``train_head: false`` must be enforced after wrapping, not only in the config.
+    """
+    for name, param in model.named_parameters():
+        if ".modules_to_save." in name:
+            param.requires_grad_(False)
 
 
 class Lora(Strategy):
@@ -62,6 +79,7 @@ class Lora(Strategy):
             r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout,
             target_modules=target_modules_for(context.model_type, opts.target_modules),
             use_dora=opts.use_dora, use_rslora=opts.use_rslora,
+            fan_in_fan_out=context.model_type in CONV1D_FAMILIES,
             task_type=context.peft_task_type,
             modules_to_save=list(context.head_modules) if opts.train_head and context.head_modules else None,
             exclude_modules=list(context.head_modules) or None,
@@ -70,21 +88,32 @@ class Lora(Strategy):
     def wrap(self, model, context):
         from peft import get_peft_model
 
-        return get_peft_model(model, self.peft_config(context))
+        model = get_peft_model(model, self.peft_config(context))
+        if not self.options.train_head:
+            freeze_saved_modules(model)
+        return model
 
     def unwrap(self, model):
         return model.merge_and_unload()
 
     def parameter_groups(self, model, learning_rate: float, weight_decay: float) -> list[dict[str, Any]]:
+        """LoRA+ (Hayou et al. 2024): the B matrices train ``loraplus_lr_ratio`` times faster than A.
+
+        Biases and norms keep the base rule of no weight decay; empty groups are dropped.
+        """
         ratio = self.options.loraplus_lr_ratio
         if not ratio:
             return super().parameter_groups(model, learning_rate, weight_decay)
-        normal, fast = [], []
+        groups: dict[tuple[bool, bool], list] = {}
         for name, param in model.named_parameters():
-            if param.requires_grad:
-                (fast if "lora_B" in name else normal).append(param)
-        return [{"params": normal, "lr": learning_rate, "weight_decay": weight_decay},
-                {"params": fast, "lr": learning_rate * ratio, "weight_decay": weight_decay}]
+            if not param.requires_grad:
+                continue
+            fast = "lora_B" in name or "lora_embedding_B" in name
+            no_decay = param.ndim < 2 or "norm" in name.lower()
+            groups.setdefault((fast, no_decay), []).append(param)
+        return [{"params": params, "lr": learning_rate * (ratio if fast else 1.0),
+                 "weight_decay": 0.0 if no_decay else weight_decay}
+                for (fast, no_decay), params in sorted(groups.items())]
 
     def save(self, model, directory: Path) -> Path:
         model.save_pretrained(directory, safe_serialization=True)

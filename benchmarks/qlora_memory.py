@@ -1,0 +1,154 @@
+"""QLoRA memory and merge error on all-MiniLM-L6-v2: the 4-bit base against the float32 base.
+
+Model memory is the bytes the model holds: every parameter and buffer, plus the tensors in
+each 4-bit weight's quantization state (block scales, the nested scales of double
+quantization, the code book), which bitsandbytes keeps outside ``parameters()``. The target is
+a 4-bit base at most 0.35x the float32 base.
+
+It also trains the wrapped model a few steps on real SST-2 rows and reports the largest
+difference between the wrapped model's logits and the merged (de-quantized, float32) model's,
+per compute dtype: the measurement behind ``adaptkit_qlora.MERGE_TOLERANCE``.
+
+Usage: python benchmarks/qlora_memory.py [--steps 5] [--no-merge]
+Writes benchmarks/results/qlora_memory.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+TRAIN = ROOT / "data" / "sst2" / "train_2k.tsv"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def model_bytes(model) -> int:
+    """Bytes held by parameters, buffers and 4-bit quantization states (each tensor counted once)."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+
+    def add(tensor: Any) -> None:
+        nonlocal total
+        if isinstance(tensor, torch.Tensor) and id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += tensor.numel() * tensor.element_size()
+
+    for tensor in [*model.parameters(), *model.buffers()]:
+        add(tensor)
+        state = getattr(tensor, "quant_state", None)
+        while state is not None:
+            add(state.absmax)
+            add(state.code)
+            add(getattr(state, "offset", None))
+            state = getattr(state, "state2", None)
+    return total
+
+
+def load_base(num_labels: int = 2):
+    from transformers import AutoModelForSequenceClassification
+
+    from adaptkit.models import quiet_hf_logging, resolve_model_source
+
+    quiet_hf_logging()
+    source = resolve_model_source(MODEL)
+    return AutoModelForSequenceClassification.from_pretrained(source.location, num_labels=num_labels), source
+
+
+def context_for(model):
+    from adaptkit import WrapContext
+    from adaptkit_tasks.sequence_classification import SequenceClassification
+
+    return WrapContext(model_type=model.config.model_type, task="sequence_classification",
+                       head_modules=SequenceClassification().head_modules(model), peft_task_type="SEQ_CLS")
+
+
+def batches(source, steps: int, size: int = 16):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.location)
+    with TRAIN.open(newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    text_key = next(k for k in rows[0] if k != "label")
+    out = []
+    for step in range(steps + 1):
+        chunk = rows[step * size:(step + 1) * size]
+        encoded = tokenizer([r[text_key] for r in chunk], padding=True, truncation=True, max_length=128,
+                            return_tensors="pt")
+        import torch
+
+        encoded["labels"] = torch.tensor([int(r["label"]) for r in chunk])
+        out.append(dict(encoded))
+    return out
+
+
+def merge_error(compute_dtype: str, steps: int) -> float:
+    """Largest |wrapped - merged| logit difference after ``steps`` AdamW steps at lr 1e-3."""
+    import torch
+
+    from adaptkit.contract import model_outputs
+    from adaptkit_qlora import QLora
+
+    base, source = load_base()
+    data = batches(source, steps)
+    strategy = QLora({"compute_dtype": compute_dtype})
+    model = strategy.wrap(base, context_for(base))
+    groups = [g for g in strategy.parameter_groups(model, 1e-3, 0.0) if g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    model.train()
+    for batch in data[:-1]:
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    probe = data[-1]
+    wrapped = model_outputs(model, probe)
+    merged = model_outputs(strategy.unwrap(model), probe)
+    return (wrapped - merged).abs().max().item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5, help="training steps before the merge check")
+    parser.add_argument("--no-merge", action="store_true", help="only measure memory")
+    args = parser.parse_args()
+    from adaptkit_qlora import QLora, QLoraOptions, quantize_model
+
+    base, _ = load_base()
+    fp32 = model_bytes(base)
+    rows = []
+    for options in ({"quantize_embeddings": True}, {"quantize_embeddings": False}):
+        model, _ = load_base()
+        quantize_model(model, QLoraOptions(**options), context_for(model).head_modules)
+        alone = model_bytes(model)
+        model, _ = load_base()
+        wrapped = QLora(options).wrap(model, context_for(model))
+        rows.append({"base": "4-bit nf4, double quant" + (", embeddings 4-bit" if options["quantize_embeddings"]
+                                                           else ", embeddings float32"),
+                     "bytes": alone, "with_adapter": model_bytes(wrapped)})
+    result: dict[str, Any] = {"model": MODEL, "float32_bytes": fp32, "quantized": [
+        {**r, "ratio": round(r["bytes"] / fp32, 4), "ratio_with_adapter": round(r["with_adapter"] / fp32, 4)}
+        for r in rows]}
+    if not args.no_merge:
+        result["merge_error"] = {dtype: merge_error(dtype, args.steps) for dtype in ("float32", "bfloat16", "float16")}
+    lines = [f"# QLoRA memory on {MODEL}", "", "| base | MiB | ratio to float32 | with LoRA adapter + head |",
+             "|---|---:|---:|---:|", f"| float32 | {fp32 / 2**20:.1f} | 1.000 | |"]
+    for r in result["quantized"]:
+        lines.append(f"| {r['base']} | {r['bytes'] / 2**20:.1f} | {r['ratio']:.3f} | {r['ratio_with_adapter']:.3f} |")
+    if "merge_error" in result:
+        lines += ["", f"Largest |wrapped - merged| logit difference after {args.steps} training steps:", "",
+                  "| compute dtype | max difference |", "|---|---:|"]
+        lines += [f"| {k} | {v:.3g} |" for k, v in result["merge_error"].items()]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "qlora_memory.md").write_text(text)
+    (RESULTS / "qlora_memory.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""``qlora``: LoRA on a base whose weights are stored in 4-bit (NF4 or FP4) by bitsandbytes.
+
+The core hands every strategy an already-loaded full-precision model, so quantization
+happens in ``wrap``: each ``nn.Linear`` (and GPT-2's ``Conv1D``) becomes a bitsandbytes
+``Linear4bit`` and, by default, each ``nn.Embedding`` an ``Embedding4bit``, built from the
+module's own weights. The task head and any module named in ``skip_modules`` stay in full
+precision. LoRA (with every option of the ``lora`` strategy, reused from ``adaptkit_lora``)
+then trains on top of the frozen 4-bit weights.
+
+``unwrap`` de-quantizes each 4-bit module back to its original class and dtype and merges
+the adapter into those de-quantized weights, so the result has the base signature exactly
+and computes what the trained 4-bit model computed (it does not re-quantize: a merged
+4-bit model would carry a second rounding error and a non-base module tree).
+
+bitsandbytes and torch are imported inside functions: validating a recipe never loads them.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from pydantic import Field
+
+from adaptkit import hookimpl
+from adaptkit_lora import Lora, LoraOptions
+
+# The attribute a quantized module carries to remember what it replaced (class, dtype, extras).
+_ORIGIN = "_adaptkit_qlora_origin"
+
+# merged-against-wrapped tolerance per compute dtype. The merged model uses exactly the
+# de-quantized weights the 4-bit kernels used, so the 4-bit rounding itself is not part of it;
+# what remains is the wrapped model's activation precision. Largest differences measured
+# (benchmarks/qlora_memory.py on all-MiniLM-L6-v2 after 5 steps at lr 1e-3; the conformance
+# models after 3 steps at lr 1e-2): float32 9e-8 / 6e-8, bfloat16 4.4e-4 / 3.2e-4,
+# float16 8.5e-5 / 5.8e-5. Each tolerance leaves about 10x headroom over the worst.
+MERGE_TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-3, "float16": 1e-3}
+
+
+class QLoraOptions(LoraOptions):
+    quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit data type: NF4 (normal float, the QLoRA choice) or FP4.")
+    double_quant: bool = Field(
+        True, description="Quantize the per-block scales too (saves ~0.4 bit per weight).")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the 4-bit weights are de-quantized to for each matmul; "
+                               "bfloat16 is faster on GPUs, float32 is exact and the CPU default.")
+    quantize_embeddings: bool = Field(
+        True, description="Store the frozen input embeddings in 4-bit too; on small encoders the "
+                          "vocabulary table is half of the model.")
+    skip_modules: list[str] = Field(
+        default_factory=list,
+        description="Modules (qualified names or name suffixes) kept in full precision, besides the task head.")
+
+
+def _named(name: str, patterns: Iterable[str]) -> bool:
+    """True if ``name`` or one of its ancestors is one of ``patterns`` (exactly or as a suffix)."""
+    parts = name.split(".")
+    prefixes = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return any(p in prefixes or any(q.endswith("." + p) for q in prefixes) for p in patterns)
+
+
+def _as_list(value: Any) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+_EMBEDDING_CLASS: Any = None
+
+
+def _embedding4bit_class():
+    """bitsandbytes' ``Embedding4bit`` that can be saved: peft's adapter export and any checkpoint
+    call ``model.state_dict()``, which the stock class refuses. It writes the packed weight and
+    its quantization state, as ``Linear4bit`` does."""
+    global _EMBEDDING_CLASS
+    if _EMBEDDING_CLASS is None:
+        import bitsandbytes as bnb
+        from torch import nn
+
+        class Embedding4bit(bnb.nn.Embedding4bit):
+            def _save_to_state_dict(self, destination, prefix, keep_vars):
+                nn.Module._save_to_state_dict(self, destination, prefix, keep_vars)
+                for key, value in self.weight.quant_state.as_dict(packed=True).items():
+                    destination[prefix + "weight." + key] = value if keep_vars else value.detach()
+
+        _EMBEDDING_CLASS = Embedding4bit
+    return _EMBEDDING_CLASS
+
+
+def quantize_model(model, options: QLoraOptions, keep: Iterable[str]):
+    """Replace linear layers (and embeddings) outside ``keep`` by 4-bit bitsandbytes modules, in place.
+
+    Built from each module's own weights: the core has already loaded the model in full
+    precision, and rebuilding it through ``from_pretrained(quantization_config=...)`` would
+    load it twice and lose a head the task initialised.
+    """
+    import bitsandbytes as bnb
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    keep = list(keep)
+    compute = _dtype(options.compute_dtype)
+    for name, module in list(model.named_modules()):
+        if not name or _named(name, keep):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        if isinstance(module, (torch.nn.Linear, Conv1D)):
+            transposed = isinstance(module, Conv1D)
+            weight = module.weight.detach()
+            weight = weight.t() if transposed else weight
+            out_features, in_features = weight.shape
+            new = bnb.nn.Linear4bit(in_features, out_features, bias=module.bias is not None, compute_dtype=compute,
+                                    compress_statistics=options.double_quant, quant_type=options.quant_type,
+                                    device="meta")
+            new.weight = bnb.nn.Params4bit(weight.contiguous(), requires_grad=False,
+                                           compress_statistics=options.double_quant,
+                                           quant_type=options.quant_type).to(weight.device)
+            # bitsandbytes repacks CPU weights for its AVX512-bf16 kernel on the first no-grad forward:
+            # that rewrites the frozen 4-bit bytes in place (breaking the frozen rule), switches the
+            # scales to bf16 and fails on layers narrower than one block. Keep the portable format.
+            new.support_avx512bf16_for_cpu = False
+            if module.bias is not None:
+                new.bias = torch.nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+            setattr(new, _ORIGIN, {"cls": type(module), "dtype": module.weight.dtype})
+        elif isinstance(module, torch.nn.Embedding) and options.quantize_embeddings:
+            weight = module.weight.detach()
+            new = _embedding4bit_class()(module.num_embeddings, module.embedding_dim, dtype=weight.dtype,
+                                       quant_type=options.quant_type, device="meta")
+            # No double quantization here: Embedding4bit's row-wise lookup (bitsandbytes 0.50)
+            # reads the block scales as plain floats and returns wrong rows when they are nested.
+            new.weight = bnb.nn.Params4bit(weight.contiguous(), requires_grad=False, compress_statistics=False,
+                                           quant_type=options.quant_type).to(weight.device)
+            setattr(new, _ORIGIN, {"cls": type(module), "dtype": weight.dtype,
+                                   "padding_idx": module.padding_idx})
+        else:
+            continue
+        setattr(parent, child, new)
+    return model
+
+
+def dequantize_model(model):
+    """Put every module ``quantize_model`` replaced back as its original class, in its original dtype."""
+    import torch
+    from bitsandbytes.functional import dequantize_4bit
+    from transformers.pytorch_utils import Conv1D
+
+    for name, module in list(model.named_modules()):
+        origin = getattr(module, _ORIGIN, None)
+        if origin is None:
+            continue
+        weight = dequantize_4bit(module.weight.data, module.weight.quant_state).to(origin["dtype"])
+        parent_name, _, child = name.rpartition(".")
+        cls = origin["cls"]
+        if issubclass(cls, torch.nn.Embedding):
+            new = cls(weight.shape[0], weight.shape[1], padding_idx=origin["padding_idx"],
+                      dtype=origin["dtype"], device=weight.device)
+            new.weight = torch.nn.Parameter(weight, requires_grad=False)
+        elif issubclass(cls, Conv1D):
+            new = cls(weight.shape[0], weight.shape[1])
+            new.weight = torch.nn.Parameter(weight.t().contiguous(), requires_grad=False)
+        else:
+            new = cls(weight.shape[1], weight.shape[0], bias=module.bias is not None, dtype=origin["dtype"],
+                      device=weight.device)
+            new.weight = torch.nn.Parameter(weight, requires_grad=False)
+        if getattr(module, "bias", None) is not None and hasattr(new, "bias"):
+            new.bias = torch.nn.Parameter(module.bias.detach().to(origin["dtype"]).clone(), requires_grad=False)
+        new.train(module.training)
+        setattr(model.get_submodule(parent_name), child, new)
+    return model
+
+
+def context_has_conv1d(model) -> bool:
+    """Whether the model's projections are transformers' Conv1D (GPT-2 family)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in model.modules())
+
+
+class QLora(Lora):
+    """LoRA on a 4-bit (NF4/FP4) base: the QLoRA recipe; the base takes ~0.14x its float32 memory."""
+
+    name = "qlora"
+    Options = QLoraOptions
+    mergeable = True
+    export_kind = "adapter"
+    default_learning_rate = 5e-4
+    # float32 compute (the default); instances use MERGE_TOLERANCE[compute_dtype].
+    merge_tolerance = MERGE_TOLERANCE["float32"]
+
+    def __init__(self, options: QLoraOptions | dict[str, Any] | None = None):
+        super().__init__(options)
+        self.merge_tolerance = MERGE_TOLERANCE[self.options.compute_dtype]
+        self._keep: list[str] = []
+
+    def kept_modules(self, context) -> list[str]:
+        """Modules left in full precision: the task head (its shape follows the task) and ``skip_modules``."""
+        return list(context.head_modules) + list(self.options.skip_modules)
+
+    def peft_config(self, context):
+        config = super().peft_config(context)
+        # Linear4bit stores every weight output-major, GPT-2's Conv1D included once quantized.
+        config.fan_in_fan_out = False
+        return config
+
+    def wrap(self, model, context):
+        from peft import get_peft_model
+
+        self._keep = self.kept_modules(context)
+        quantize_model(model, self.options, self._keep)
+        return get_peft_model(model, self.peft_config(context))
+
+    def unwrap(self, model):
+        """Merge the adapter into a de-quantized copy of the base: the base signature, not re-quantized."""
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+        config = copy.deepcopy(model.peft_config["default"])
+        state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        base = dequantize_model(model.unload())
+        # De-quantized GPT-2 projections are Conv1D again (input-major weights).
+        config.fan_in_fan_out = context_has_conv1d(base)
+        again = get_peft_model(base, config)
+        set_peft_model_state_dict(again, state)
+        return again.merge_and_unload()
+
+    def load(self, base_model, directory: Path):
+        """Quantize a fresh base exactly as ``wrap`` did, then load the adapter onto it with peft."""
+        from peft import PeftModel, PeftConfig
+
+        config = PeftConfig.from_pretrained(directory)
+        # lora's config excludes the task head from adaptation and lists it in modules_to_save.
+        heads = {*(config.modules_to_save or []), *_as_list(config.exclude_modules)}
+        keep = sorted(heads) + list(self.options.skip_modules)
+        quantize_model(base_model, self.options, keep)
+        return PeftModel.from_pretrained(base_model, directory)
+
+
+@hookimpl
+def adaptkit_register_strategies(register):
+    register(QLora)

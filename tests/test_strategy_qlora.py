@@ -1,0 +1,122 @@
+"""The ``qlora`` strategy: a 4-bit bitsandbytes base (on CPU) with LoRA on top."""
+from __future__ import annotations
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from transformers.pytorch_utils import Conv1D
+
+import adaptkit
+from adaptkit.contract import architecture_signature, model_outputs
+from adaptkit.testing import FAMILIES, _batch, _context, _train_steps, check_strategy
+from adaptkit_lora import LoraOptions
+from adaptkit_qlora import MERGE_TOLERANCE, QLora, QLoraOptions
+
+
+def _wrapped(family: str, options=None):
+    torch.manual_seed(0)
+    base = FAMILIES[family]()
+    strategy = QLora(options)
+    return strategy, strategy.wrap(base, _context(base, family))
+
+
+def test_check_strategy_passes():
+    report = check_strategy(QLora)
+    assert sum("equivalence" in line for line in report.passed) == 2
+
+
+def test_check_strategy_passes_with_fp4_and_dora():
+    check_strategy(QLora, {"quant_type": "fp4", "use_dora": True, "double_quant": False}, families=["bert"])
+
+
+def test_options_extend_lora_options():
+    assert issubclass(QLoraOptions, LoraOptions)
+    assert QLoraOptions().quant_type == "nf4" and QLoraOptions().double_quant is True
+    with pytest.raises(ValueError):
+        QLoraOptions(quant_type="int4")
+    with pytest.raises(ValueError):
+        QLoraOptions(compute_dtype="float64")
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_linear_layers_are_4bit_and_the_head_is_not(family):
+    _, model = _wrapped(family)
+    base = model.get_base_model()
+    quantized = [n for n, m in base.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized
+    plain = [n for n, m in base.named_modules() if type(m) in (torch.nn.Linear, Conv1D) and ".lora_" not in n]
+    head = "classifier" if family == "bert" else "score"
+    # the only full-precision linear layers left are the head (its trained copy and the original)
+    assert plain and all(n.startswith(head + ".") for n in plain), plain
+    weight = base.get_submodule(quantized[0]).weight
+    assert weight.dtype == torch.uint8 and weight.quant_state.quant_type == "nf4"
+    assert any(isinstance(m, bnb.nn.Embedding4bit) for m in base.modules())
+
+
+def test_skip_modules_stay_in_full_precision():
+    _, model = _wrapped("bert", {"skip_modules": ["pooler", "layer.1.output.dense"]})
+    base = model.get_base_model()
+    assert type(base.bert.pooler.dense.base_layer) is torch.nn.Linear  # "dense" is a LoRA target too
+    assert isinstance(base.bert.encoder.layer[1].output.dense.base_layer, torch.nn.Linear)
+    assert not isinstance(base.bert.encoder.layer[1].output.dense.base_layer, bnb.nn.Linear4bit)
+    assert isinstance(base.bert.encoder.layer[0].output.dense.base_layer, bnb.nn.Linear4bit)
+
+
+def test_4bit_weights_and_scales_bit_identical_after_training():
+    strategy, model = _wrapped("bert")
+    layers = [m for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Embedding4bit))]
+    before = [(m.weight.data.clone(), m.weight.quant_state.absmax.clone()) for m in layers]
+    _train_steps(strategy, model)
+    model_outputs(model, _batch(7))  # an eval forward too (bitsandbytes may repack CPU weights there)
+    for layer, (weight, absmax) in zip(layers, before):
+        assert torch.equal(layer.weight.data, weight)
+        assert torch.equal(layer.weight.quant_state.absmax, absmax)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_unwrap_dequantizes_to_the_base_classes_and_dtype(family):
+    torch.manual_seed(0)
+    base = FAMILIES[family]()
+    signature = architecture_signature(base)
+    strategy = QLora()
+    model = strategy.wrap(base, _context(base, family))
+    _train_steps(strategy, model)
+    merged = strategy.unwrap(model)
+    assert architecture_signature(merged) == signature
+    assert all(p.dtype == torch.float32 for p in merged.parameters())
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_merge_tolerance_follows_compute_dtype(dtype):
+    strategy, model = _wrapped("bert", {"compute_dtype": dtype})
+    assert strategy.merge_tolerance == MERGE_TOLERANCE[dtype] > QLora.merge_tolerance
+    _train_steps(strategy, model)
+    wrapped = model_outputs(model, _batch(7))
+    merged = model_outputs(strategy.unwrap(model), _batch(7))
+    worst = (wrapped - merged).abs().max().item()
+    assert 0 < worst <= strategy.merge_tolerance
+
+
+def test_load_reproduces_the_wrapped_outputs_exactly(tmp_path):
+    strategy, model = _wrapped("gpt2", {"train_head": True})
+    _train_steps(strategy, model)
+    wrapped = model_outputs(model, _batch(7))
+    strategy.save(model, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    torch.manual_seed(0)
+    reloaded = QLora().load(FAMILIES["gpt2"](), tmp_path / "adapter")
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in reloaded.modules())
+    assert torch.equal(model_outputs(reloaded, _batch(7)), wrapped)
+
+
+def test_run_end_to_end_enforces_the_contract(tiny_recipe):
+    result = adaptkit.run(tiny_recipe("qlora", training={"epochs": 1}), progress=False)
+    assert result.metrics["strategy"] == "qlora"
+    assert any(line.startswith("equivalence") for line in result.metrics["contract"])
+    assert (result.output_dir / "adapter" / "adapter_config.json").exists()
+
+
+def test_frozen_head_stays_full_precision_through_save_and_load():
+    """With train_head off the head is still kept out of quantization, in wrap and in load."""
+    report = check_strategy(QLora, {"train_head": False}, families=["bert"])
+    assert any("export" in line for line in report.passed)
