@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaptkitError", "ContractViolation", "RecipeError", "Recipe", "Strategy", "StrategyOptions", "Task",
     "TaskOptions", "WrapContext", "hookimpl", "load_recipe", "list_strategies", "get_strategy",
-    "list_plugins", "run", "load", "check_strategy", "__version__",
+    "list_plugins", "run", "load", "check_strategy", "advise", "compare", "__version__",
 ]
 
 
@@ -49,11 +49,14 @@ def list_plugins() -> list[Any]:
     return list(get_registry().plugins)
 
 
-def run(recipe: Any, overwrite: bool = False, progress: bool = True) -> Any:
-    """Train a recipe (a path, a dict or a ``Recipe``) and return a ``RunResult``."""
+def run(recipe: Any, overwrite: bool = False, progress: bool = True, resume: bool = False) -> Any:
+    """Train a recipe (a path, a dict or a ``Recipe``) and return a ``RunResult``.
+
+    ``resume=True`` continues the newest complete checkpoint of an interrupted run.
+    """
     from adaptkit.runner import run as _run
 
-    return _run(recipe, overwrite=overwrite, progress=progress)
+    return _run(recipe, overwrite=overwrite, progress=progress, resume=resume)
 
 
 def load(run_dir: Any) -> Any:
@@ -68,3 +71,24 @@ def check_strategy(strategy: Any, options: Any = None) -> Any:
     from adaptkit.testing import check_strategy as _check
 
     return _check(strategy, options)
+
+
+def advise(recipe: Any, **options: Any) -> Any:
+    """Judge data suitability, transferability and cost before training; returns an ``AdviceReport``.
+
+    See ``adaptkit.advise.advise`` for the options (strategies, probe_steps, max_feature_rows, ...).
+    """
+    from adaptkit.advise import advise as _advise
+
+    return _advise(recipe, **options)
+
+
+def compare(recipe: Any, strategies: Any, seeds: Any = None, sizes: Any = None, **options: Any) -> Any:
+    """Train strategies and the from-scratch baseline on the same data; returns a ``CompareReport``.
+
+    ``strategies`` may include ``"scratch"`` (same architecture, random weights); see
+    ``adaptkit.compare.compare`` for the output folder and the verdict's rules.
+    """
+    from adaptkit.compare import compare as _compare
+
+    return _compare(recipe, strategies, seeds=seeds, sizes=sizes, **options)

@@ -18,6 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("recipe")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from the newest complete checkpoint in <output.dir>.checkpoints/")
 
     validate = commands.add_parser("validate", help="check a recipe without training (no torch import)")
     validate.add_argument("recipe")
@@ -36,13 +38,94 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir")
     predict.add_argument("--input", required=True, help="CSV/TSV/JSON/JSONL/Parquet rows")
     predict.add_argument("--output", help="where to write predictions (default: predictions.csv in run_dir)")
+    _add_transfer_commands(commands)
     return parser
+
+
+def _add_transfer_commands(commands) -> None:
+    """``advise`` and ``compare``: does transfer pay on this data? (adaptkit.advise, adaptkit.compare)"""
+    advise = commands.add_parser("advise", help="before training: data suitability, transferability "
+                                                "(LogME, linear probe vs random weights) and cost per strategy")
+    advise.add_argument("recipe")
+    advise.add_argument("--output", help="JSON report path (default: <output.dir>-advice.json)")
+    advise.add_argument("--overwrite", action="store_true", help="replace an existing JSON report")
+    advise.add_argument("--strategies", help="comma-separated strategies to judge (default: every installed one)")
+    advise.add_argument("--max-rows", type=int, default=2000, help="training rows used for LogME and the probe")
+    advise.add_argument("--probe-steps", type=int, default=3, help="real optimizer steps timed per strategy (0: none)")
+    advise.add_argument("--power-watts", type=float, help="power draw for energy figures (default: RAPL or 15 W/core)")
+    advise.add_argument("--grid-intensity", type=float, help="gCO2e per kWh (default 475, world average)")
+
+    compare = commands.add_parser("compare", help="train several strategies and a from-scratch baseline; "
+                                                  "table, plot, HTML report and a transfer verdict")
+    compare.add_argument("recipe")
+    compare.add_argument("--strategies", required=True,
+                         help="comma-separated strategies; 'scratch' = same architecture from random weights")
+    compare.add_argument("--seeds", help="comma-separated seeds (default: the recipe's)")
+    compare.add_argument("--sizes", help="comma-separated training-set sizes for a learning curve")
+    compare.add_argument("--output", help="output folder (default: <output.dir>-compare)")
+    compare.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    compare.add_argument("--scratch-strategy", default=None,
+                         help="strategy that trains the random-weight baseline (default: full)")
+    compare.add_argument("--lr", action="append", default=[], metavar="NAME=RATE",
+                         help="learning rate for one strategy (repeatable), e.g. --lr scratch=3e-4")
+    compare.add_argument("--power-watts", type=float, help="power draw for energy figures (default: RAPL or 15 W/core)")
+    compare.add_argument("--grid-intensity", type=float, help="gCO2e per kWh (default 475, world average)")
+    compare.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+
+
+def _cmd_advise(args) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from adaptkit.advise import advise, default_output, render
+    from adaptkit.compare import parse_list
+    from adaptkit.outputs import write_json
+    from adaptkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    output = Path(args.output) if args.output else default_output(recipe)
+    if output.exists() and not args.overwrite:
+        raise AdaptkitError(f"{output} already exists; pass --overwrite to replace it or --output another path")
+    report = advise(recipe, strategies=parse_list(args.strategies), probe_steps=args.probe_steps,
+                    max_feature_rows=args.max_rows, power_watts=args.power_watts,
+                    grid_g_per_kwh=args.grid_intensity, log=lambda line: print(line, file=sys.stderr))
+    console = Console(width=160)
+    for part in render(report):
+        console.print(part)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json(output, report.to_dict())
+    print(f"wrote {output}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from adaptkit.compare import compare, parse_list
+    from adaptkit.recipe import load_recipe
+
+    rates = {}
+    for item in args.lr:
+        name, _, value = item.partition("=")
+        try:
+            rates[name.strip()] = float(value)
+        except ValueError:
+            raise AdaptkitError(f"--lr expects NAME=RATE, got {item!r}") from None
+    recipe = load_recipe(args.recipe)
+    report = compare(recipe, parse_list(args.strategies), seeds=parse_list(args.seeds, int),
+                     sizes=parse_list(args.sizes, int), output_dir=args.output, overwrite=args.overwrite,
+                     **({"scratch_strategy": args.scratch_strategy} if args.scratch_strategy else {}),
+                     learning_rates=rates, power_watts=args.power_watts,
+                     grid_g_per_kwh=args.grid_intensity, bootstrap_rounds=args.bootstrap,
+                     log=lambda line: print(line, file=sys.stderr))
+    print((report.output_dir / "table.md").read_text())
+    print(f"outputs: {report.output_dir} (compare.json, table.md, compare.png, report.html)")
+    return 0
 
 
 def _cmd_run(args) -> int:
     from adaptkit.runner import run
 
-    result = run(args.recipe, overwrite=args.overwrite, progress=not args.no_progress)
+    result = run(args.recipe, overwrite=args.overwrite, progress=not args.no_progress, resume=args.resume)
     metrics = result.metrics
     if metrics:
         figures = ", ".join(f"{k} {v:.4f}" for k, v in metrics["eval"].items())
@@ -117,7 +200,7 @@ def _cmd_predict(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "plan": _cmd_plan, "schema": _cmd_schema, "plugins": _cmd_plugins,
+COMMANDS = {"advise": _cmd_advise, "compare": _cmd_compare, "run": _cmd_run, "validate": _cmd_validate, "plan": _cmd_plan, "schema": _cmd_schema, "plugins": _cmd_plugins,
             "predict": _cmd_predict}
 
 

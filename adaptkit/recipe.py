@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr,
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr,
                       ValidationError, create_model, model_validator)
 
 from adaptkit.errors import RecipeError
@@ -34,7 +34,8 @@ class ModelSection(_Section):
         "pretrained", description="'random' keeps the architecture but draws fresh weights (the scratch baseline).")
     config: Optional[dict[str, Any]] = Field(
         None, description="Build from a config instead of a checkpoint: {model_type: bert, hidden_size: 32, ...}.")
-    tokenizer: Optional[str] = Field(None, description="Tokenizer source; defaults to model.name.")
+    tokenizer: Optional[str] = Field(
+        None, description="Tokenizer (or image processor) source; defaults to model.name.")
     revision: Optional[str] = None
     trust_remote_code: bool = Field(False, description="Run the model repository's own code. Off unless set here.")
     allow_pickle: bool = Field(False, description="Accept pickle (.bin) weights, which can run code.")
@@ -43,8 +44,6 @@ class ModelSection(_Section):
     def _needs_a_source(self) -> "ModelSection":
         if self.name is None and self.config is None:
             raise ValueError("give model.name (a Hub id or folder) or model.config (a config to build from)")
-        if self.name is None and self.tokenizer is None:
-            raise ValueError("a model built from model.config needs model.tokenizer")
         if self.config is not None and "model_type" not in self.config:
             raise ValueError("model.config needs a 'model_type' key (e.g. bert, gpt2, llama, vit)")
         return self
@@ -53,8 +52,9 @@ class ModelSection(_Section):
 class DataSection(_Section):
     """Where the examples are; paths are relative to the recipe file."""
 
-    train: Path = Field(description="Training file: CSV, TSV, JSON, JSONL or Parquet.")
-    eval: Optional[Path] = Field(None, description="Evaluation file; when absent, split from train.")
+    train: Path = Field(description="Training file (CSV, TSV, JSON, JSONL or Parquet), or a folder of images "
+                                    "with one sub-folder per class.")
+    eval: Optional[Path] = Field(None, description="Evaluation file or folder; when absent, split from train.")
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out when no eval file is given.")
     max_train_samples: Optional[PositiveInt] = Field(None, description="Use only this many training rows (seeded).")
     max_eval_samples: Optional[PositiveInt] = None
@@ -79,6 +79,19 @@ class TrainingSection(_Section):
     group_by_length: bool = Field(True, description="Batch rows of similar length: far less padding.")
     device: Literal["auto", "cpu"] = "auto"
     num_threads: Optional[PositiveInt] = Field(None, description="torch intra-op threads; default: all cores.")
+    checkpoint_every_steps: Optional[NonNegativeInt] = Field(
+        None, description="Write a resumable checkpoint every N optimizer steps (and at the end); "
+                          "default: at the end of every epoch; 0: only at the end of the run.")
+    keep_checkpoints: PositiveInt = Field(2, description="How many of the newest checkpoints to keep.")
+    metric_for_best: Optional[str] = Field(
+        None, description="Eval metric that picks the best epoch (e.g. accuracy, loss); default: the task's primary metric.")
+    greater_is_better: Optional[bool] = Field(
+        None, description="Whether a larger metric_for_best is better; default: the task says (lower for losses).")
+    early_stopping_patience: Optional[PositiveInt] = Field(
+        None, description="Stop after this many evaluations without improving metric_for_best.")
+    load_best_at_end: bool = Field(False, description="Export the best epoch's weights instead of the last epoch's.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]] = Field(
+        default_factory=list, description="accelerate trackers for losses and metrics; tensorboard writes to the run's logs/.")
 
 
 class OutputSection(_Section):
@@ -365,6 +378,10 @@ def _validate_plugin_sections(recipe: Recipe, shown: Optional[Path], lines: _Lin
         except ValidationError as exc:
             raise RecipeError(_format_errors(exc, options_model, shown, lines, prefix=(section,))) from None
         setattr(recipe, f"_{section}_options", options)
+    text_task = getattr(registry.tasks[recipe.task.type], "needs_tokenizer", True)
+    if recipe.model.name is None and recipe.model.tokenizer is None and text_task:
+        raise RecipeError(f"{_where(shown, lines.line(('model',)))}: model: a model built from model.config "
+                          f"needs model.tokenizer (task {recipe.task.type!r} reads text)")
 
 
 def _read_header(path: Path, kind: str) -> Optional[list[str]]:

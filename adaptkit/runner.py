@@ -7,6 +7,7 @@ folder appears, with the rule and the parameter named.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ class Session:
 
     def __init__(self, recipe: Recipe, log: Callable[[str], None] = print):
         from adaptkit.data import load_splits
-        from adaptkit.models import load_tokenizer, quiet_hf_logging, resolve_model_source
+        from adaptkit.models import quiet_hf_logging, resolve_model_source
         from adaptkit.plugins import get_registry
 
         quiet_hf_logging()
@@ -68,7 +69,7 @@ class Session:
         section = recipe.model
         self.source = (resolve_model_source(section.name, section.revision, section.allow_pickle)
                        if section.name else None)
-        self.tokenizer = load_tokenizer(recipe, self.source)
+        self.tokenizer = self.task.load_processor(recipe, self.source)
         self.train_data = self.task.preprocess(self.splits.train, self.tokenizer)
         self.eval_data = self.task.preprocess(self.splits.eval, self.tokenizer)
 
@@ -83,9 +84,15 @@ class Session:
 
 
 def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progress: bool = True,
-        log: Callable[[str], None] = print) -> RunResult:
-    """Train the recipe's strategy, enforce the contract, and write the output folder."""
+        log: Callable[[str], None] = print, resume: bool = False) -> RunResult:
+    """Train the recipe's strategy, enforce the contract, and write the output folder.
+
+    Checkpoints go to ``<output.dir>.checkpoints/`` during the run (see ``adaptkit.checkpoint``)
+    and are removed once the output folder is in place; ``resume`` continues the newest
+    complete one after building and wrapping the model exactly once.
+    """
     from adaptkit import __version__
+    from adaptkit.checkpoint import plan_checkpoints
     from adaptkit.contract import (FrozenWeights, architecture_signature, check_close, check_signature,
                                    model_outputs)
     from adaptkit.outputs import check_output_dir, staged_output, write_json
@@ -97,10 +104,12 @@ def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progres
     output_dir = Path(recipe.output.dir)
     check_output_dir(output_dir, overwrite)
     wall_started = time.perf_counter()
+    checkpoints = plan_checkpoints(recipe, output_dir, overwrite, resume)
     session = Session(recipe, log)
     strategy = session.strategy_cls(recipe.strategy_options)
     name = strategy.name
-    accelerator = make_accelerator(recipe.training, log)
+    logs_dir = checkpoints.root / "logs"
+    accelerator = make_accelerator(recipe.training, log, logging_dir=logs_dir)
 
     base = session.build_base()
     head = session.task.head_modules(base)
@@ -123,8 +132,12 @@ def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progres
     result = fit(model, strategy, session.task, session.train_data, session.eval_data, session.tokenizer,
                  recipe.training, accelerator, learning_rate, progress=progress,
                  on_epoch_end=lambda epoch, metrics: session.registry.manager.hook.adaptkit_on_event(
-                     event="epoch_end", payload={"epoch": epoch, "metrics": metrics}))
-    model = accelerator.unwrap_model(model)
+                     event="epoch_end", payload={"epoch": epoch, "metrics": metrics}),
+                 checkpoints=checkpoints,
+                 on_checkpoint=lambda path, step: session.registry.manager.hook.adaptkit_on_event(
+                     event="checkpoint", payload={"path": path, "step": step}),
+                 tracker_config=recipe.resolved_dict())
+    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # contract checks run in fp32
     peak = peak_memory_bytes(accelerator.device)
     model = model.cpu() if accelerator.device.type != "cpu" else model
     contract: list[str] = []
@@ -158,6 +171,8 @@ def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progres
             log(f"output.merge: strategy {name!r} cannot be merged into the base weights; only its "
                 f"{strategy.export_kind} is saved")
         session.tokenizer.save_pretrained(staging / "tokenizer")
+        if logs_dir.is_dir():  # copied, not moved: a failure from here on can still --resume
+            shutil.copytree(logs_dir, staging / "logs")
 
         summary = {
             "adaptkit_version": __version__,
@@ -170,6 +185,10 @@ def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progres
             "eval": result.final_metrics,
             "history": result.history,
             "loss_curve": result.loss_curve,
+            "best": {k: v for k, v in result.best.items() if k not in ("path", "since")},
+            "exported_epoch": result.best.get("epoch") if result.loaded_best else len(result.history),
+            "stopped_early_after_epoch": result.stopped_early,
+            "resumed_from_step": result.resumed_from_step,
             "parameters": parameters,
             "train_examples": len(session.train_data),
             "eval_examples": len(session.eval_data),
@@ -189,6 +208,7 @@ def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progres
         write_json(staging / "metrics.json", summary)
         (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved_dict(), sort_keys=False))
         (staging / "README.md").write_text(model_card(summary))
+    shutil.rmtree(checkpoints.root, ignore_errors=True)  # the run is complete: nothing left to resume
     session.registry.manager.hook.adaptkit_on_event(event="run_end", payload={"metrics": summary,
                                                                              "output_dir": str(output_dir)})
     return RunResult(output_dir, summary)

@@ -2,7 +2,8 @@
 
 accelerate owns devices, mixed precision, gradient accumulation and processes; this module
 owns the order of things: batches grouped by length (less padding), loss read back from
-the device only at log points (no per-step host sync), evaluation once per epoch.
+the device only at log points (no per-step host sync), evaluation once per epoch, the best
+epoch and early stopping, and checkpoints that resume bit for bit (``adaptkit.checkpoint``).
 """
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from adaptkit.recipe import TrainingSection
+
+if TYPE_CHECKING:
+    from adaptkit.checkpoint import CheckpointConfig
 
 LOG_EVERY = 10
 
@@ -31,6 +36,10 @@ class FitResult:
     train_seconds: float = 0.0
     train_examples: int = 0
     final_metrics: dict[str, float] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=dict)  # metric, epoch, value, metrics of the best epoch
+    loaded_best: bool = False  # the model holds the best epoch's weights, not the last epoch's
+    stopped_early: Optional[int] = None  # the epoch after which early stopping ended training
+    resumed_from_step: Optional[int] = None
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -40,8 +49,13 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def make_accelerator(training: TrainingSection, log: Callable[[str], None] = print):
-    """An ``Accelerator`` for the recipe, with GPU-only settings refused clearly on a CPU."""
+def make_accelerator(training: TrainingSection, log: Callable[[str], None] = print,
+                     logging_dir: Optional[Path] = None):
+    """An ``Accelerator`` for the recipe, with GPU-only settings refused clearly on a CPU.
+
+    ``logging_dir`` is where trackers (``training.report_to``) write while the run is going;
+    the runner moves it into the output folder at the end.
+    """
     from accelerate import Accelerator
 
     precision = training.mixed_precision
@@ -52,8 +66,22 @@ def make_accelerator(training: TrainingSection, log: Callable[[str], None] = pri
         precision = "no"
     if training.num_threads:
         torch.set_num_threads(training.num_threads)
+    # accelerate keeps one process-wide state and refuses a second Accelerator with another
+    # precision ("AcceleratorState has already been initialized"); each run here owns its own.
+    # The process group (PartialState) is kept: it belongs to the launcher, not to a run.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    trackers = {}
+    if training.report_to:
+        from accelerate.utils import ProjectConfiguration
+
+        trackers = {"log_with": list(training.report_to),
+                    "project_config": ProjectConfiguration(project_dir=str(logging_dir or "."),
+                                                           logging_dir=str(logging_dir or "."))}
     return Accelerator(mixed_precision=precision, cpu=training.device == "cpu",
-                       gradient_accumulation_steps=training.gradient_accumulation_steps)
+                       gradient_accumulation_steps=training.gradient_accumulation_steps, **trackers)
 
 
 def train_loader(dataset, batch_size: int, collate, group_by_length: bool, seed: int) -> DataLoader:
@@ -75,6 +103,11 @@ def eval_loader(dataset, batch_size: int, collate) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
+def _pad_value(tensor: torch.Tensor) -> float:
+    """Padding that metrics ignore: 0 for scores, -100 (the ignore index) for integer labels."""
+    return 0.0 if tensor.is_floating_point() else -100
+
+
 def _pad_cat(tensors: list[torch.Tensor], value: float) -> torch.Tensor:
     if tensors and tensors[0].ndim >= 2:
         width = max(t.shape[1] for t in tensors)
@@ -84,32 +117,46 @@ def _pad_cat(tensors: list[torch.Tensor], value: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model, loader, accelerator) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
-    """Logits and labels for every example (gathered across processes) and the mean loss."""
+def gather_outputs(model, loader, accelerator, reduce: Optional[Callable[[Any, dict], dict]] = None
+                   ) -> tuple[dict[str, torch.Tensor], float, bool]:
+    """What ``reduce(outputs, batch)`` keeps of every batch, gathered across processes.
+
+    ``reduce`` is a task's ``batch_outputs`` (default: logits and labels); it runs per batch,
+    so a task can keep per-example sums instead of [rows, tokens, vocabulary] logits. Returns
+    the concatenated tensors, the mean loss, and whether any batch carried labels.
+    """
     model.eval()
-    all_logits, all_labels, losses, count = [], [], 0.0, 0
+    kept: dict[str, list[torch.Tensor]] = {}
+    losses, count, labelled = 0.0, 0, False
     for batch in loader:
         outputs = model(**batch)
-        logits = outputs.logits
-        labels = batch.get("labels")
+        labelled = labelled or "labels" in batch
+        values = (reduce(outputs, batch) if reduce is not None
+                  else {"logits": outputs.logits, **({"labels": batch["labels"]} if "labels" in batch else {})})
+        rows = next(iter(values.values())).shape[0] if values else 0
         if outputs.loss is not None:
-            losses += float(outputs.loss) * logits.shape[0]
-            count += logits.shape[0]
-        logits = accelerator.pad_across_processes(logits, dim=1) if logits.ndim > 2 else logits
-        all_logits.append(accelerator.gather_for_metrics(logits).float().cpu())
-        if labels is not None:
-            if labels.ndim > 1 and labels.dtype != torch.float:
-                labels = accelerator.pad_across_processes(labels, dim=1, pad_index=-100)
-            all_labels.append(accelerator.gather_for_metrics(labels).cpu())
+            losses += float(outputs.loss) * rows
+            count += rows
+        for key, value in values.items():
+            if value.ndim >= 2:  # sequence outputs differ in length between processes
+                value = accelerator.pad_across_processes(value, dim=1, pad_index=_pad_value(value))
+            value = accelerator.gather_for_metrics(value)
+            kept.setdefault(key, []).append(value.float().cpu() if value.is_floating_point() else value.cpu())
     model.train()
-    logits = _pad_cat(all_logits, 0.0)
-    labels = _pad_cat(all_labels, -100) if all_labels else None
-    return logits, labels, (losses / count if count else math.nan)
+    gathered = {key: _pad_cat(parts, _pad_value(parts[0])) for key, parts in kept.items()}
+    return gathered, (losses / count if count else math.nan), labelled
+
+
+def predict(model, loader, accelerator) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
+    """Logits and labels for every example (gathered across processes) and the mean loss."""
+    gathered, loss, _ = gather_outputs(model, loader, accelerator)
+    return gathered["logits"], gathered.get("labels"), loss
 
 
 def evaluate(model, loader, accelerator, task) -> dict[str, float]:
-    logits, labels, loss = predict(model, loader, accelerator)
-    metrics = task.compute_metrics(logits, labels) if labels is not None else {}
+    """The task's metrics on labelled data (from its per-batch ``batch_outputs``) and the mean loss."""
+    gathered, loss, labelled = gather_outputs(model, loader, accelerator, task.batch_outputs)
+    metrics = task.compute_metrics(**gathered) if labelled else {}
     metrics["loss"] = loss
     return {k: float(v) for k, v in metrics.items()}
 
@@ -140,14 +187,90 @@ class _Progress:
             self.bar.stop()
 
 
+class _Best:
+    """Tracks the best epoch on ``metric`` and counts evaluations without improvement."""
+
+    def __init__(self, metric: str, greater: bool, patience: Optional[int]):
+        self.metric, self.greater, self.patience = metric, greater, patience
+        self.epoch: Optional[int] = None
+        self.value: Optional[float] = None
+        self.metrics: dict[str, float] = {}
+        self.path: Optional[str] = None
+        self.since = 0
+
+    def update(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Record an evaluation; True when it is the best so far."""
+        if self.metric not in metrics:
+            from adaptkit.errors import AdaptkitError
+
+            raise AdaptkitError(f"training.metric_for_best: {self.metric!r} is not an eval metric of this task "
+                                f"(metrics: {', '.join(sorted(metrics))})")
+        value = metrics[self.metric]
+        better = self.value is None or (value > self.value if self.greater else value < self.value)
+        if better:
+            self.epoch, self.value, self.metrics, self.since = epoch, value, dict(metrics), 0
+        else:
+            self.since += 1
+        return better
+
+    @property
+    def exhausted(self) -> bool:
+        return self.patience is not None and self.since >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"metric": self.metric, "greater_is_better": self.greater, "epoch": self.epoch, "value": self.value,
+                "metrics": self.metrics, "path": self.path, "since": self.since}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.epoch, self.value, self.metrics = state["epoch"], state["value"], state["metrics"]
+        self.path, self.since = state["path"], state["since"]
+
+
+def best_metric(training: TrainingSection, task) -> tuple[str, bool]:
+    """The metric that picks the best epoch and its direction (recipe first, then the task)."""
+    metric = training.metric_for_best or task.primary_metric
+    metric = metric[len("eval_"):] if metric.startswith("eval_") else metric
+    if training.greater_is_better is not None:
+        return metric, training.greater_is_better
+    if metric == task.primary_metric:
+        return metric, bool(task.greater_is_better)
+    return metric, not ("loss" in metric or "perplexity" in metric or "error" in metric)
+
+
+def _flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Scalar settings only: what every tracker (tensorboard's hparams too) accepts."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_config(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+    return flat
+
+
 def fit(model, strategy, task, train_data, eval_data, tokenizer, training: TrainingSection,
         accelerator, learning_rate: float, progress: bool = True,
-        on_epoch_end: Optional[Callable[[int, dict[str, float]], None]] = None) -> FitResult:
-    """Train ``model`` (already wrapped by ``strategy``) and evaluate after every epoch."""
+        on_epoch_end: Optional[Callable[[int, dict[str, float]], None]] = None,
+        checkpoints: Optional["CheckpointConfig"] = None,
+        on_checkpoint: Optional[Callable[[str, int], None]] = None,
+        tracker_config: Optional[dict[str, Any]] = None) -> FitResult:
+    """Train ``model`` (already wrapped by ``strategy``) and evaluate after every epoch.
+
+    With ``checkpoints``, resumable checkpoints are written every ``every_steps`` optimizer
+    steps (default: each epoch's end) and at the end, and ``resume_from`` continues one: the
+    model is not rebuilt here, only its trainable state loaded, and RNG states are restored at
+    the exact point of the loop where they were saved, so a resumed run computes bit for bit
+    what an uninterrupted one does. The best epoch on ``training.metric_for_best`` is tracked;
+    ``early_stopping_patience`` stops, ``load_best_at_end`` puts its weights back at the end.
+    """
     from transformers import get_scheduler
+
+    from adaptkit.checkpoint import Checkpointer, capture_rng, load_trainable_state, restore_rng, trainable_state
 
     collate = task.collate(tokenizer)
     loader = train_loader(train_data, training.batch_size, collate, training.group_by_length, training.seed)
+    generator = loader.sampler.generator  # re-seeded every epoch: data order is f(seed, epoch)
     evaluation = eval_loader(eval_data, training.eval_batch_size, collate)
     groups = [g for g in strategy.parameter_groups(model, learning_rate, training.weight_decay) if g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=learning_rate)
@@ -161,51 +284,144 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
         model, optimizer, loader, evaluation, scheduler)
 
     result = FitResult()
-    bar = _Progress(total_steps, progress and accelerator.is_main_process)
+    metric, greater = best_metric(training, task)
+    best = _Best(metric, greater, training.early_stopping_patience)
+    best_state: Optional[dict[str, torch.Tensor]] = None
+    checkpointer = Checkpointer(checkpoints, accelerator) if checkpoints is not None else None
     window = torch.zeros((), device=accelerator.device)
     window_batches = 0
+    epoch_loss, epoch_batches = torch.zeros((), device=accelerator.device), 0
+    start_epoch, batches_done, finished = 0, 0, False
+    pending_rng: Optional[dict[str, Any]] = None
+    if checkpointer is not None and checkpoints.resume_from is not None:
+        state = checkpointer.load(checkpoints.resume_from)
+        pending_rng = capture_rng()  # load_state set them; re-applied where the save happened
+        result.steps, result.train_seconds = state["step"], state["train_seconds"]
+        result.train_examples, result.loss_curve, result.history = (
+            state["train_examples"], state["loss_curve"], state["history"])
+        result.resumed_from_step = state["step"]
+        window.fill_(state["window"])
+        window_batches = state["window_batches"]
+        epoch_loss.fill_(state["epoch_loss"])
+        epoch_batches = state["epoch_batches"]
+        start_epoch, batches_done, finished = state["epoch"], state["batches_done"], state["finished"]
+        best.load(state["best"])
+        result.stopped_early = state.get("stopped_early")
+        if finished and result.history:
+            result.final_metrics = {k[len("eval_"):]: v for k, v in result.history[-1].items() if k.startswith("eval_")}
+        if accelerator.is_main_process:
+            print(f"resuming from {checkpoints.resume_from.name} (epoch {start_epoch + 1}, "
+                  f"batch {batches_done}, step {result.steps})", file=sys.stderr, flush=True)
+
+    def position(epoch: int, done: int, is_finished: bool = False) -> dict[str, Any]:
+        return {"step": result.steps, "epoch": epoch, "batches_done": done, "finished": is_finished,
+                "train_seconds": result.train_seconds, "train_examples": result.train_examples,
+                "loss_curve": result.loss_curve, "history": result.history, "window": float(window),
+                "window_batches": window_batches, "epoch_loss": float(epoch_loss), "epoch_batches": epoch_batches,
+                "best": best.state(), "stopped_early": result.stopped_early}
+
+    def save(state: dict[str, Any]) -> None:
+        path = checkpointer.save(state)
+        if on_checkpoint is not None and accelerator.is_main_process:
+            on_checkpoint(str(path), result.steps)
+
+    every = checkpoints.every_steps if checkpoints is not None else None
+    if training.report_to:
+        accelerator.init_trackers("train", config=_flat_config(tracker_config or {}))
+    bar = _Progress(total_steps, progress and accelerator.is_main_process)
+    bar.update(result.steps)
     model.train()
     try:
-        for epoch in range(epochs):
-            epoch_loss, epoch_batches = torch.zeros((), device=accelerator.device), 0
+        for epoch in range(start_epoch, epochs):
+            if finished:
+                break
+            resumed = pending_rng is not None
+            skip = batches_done if resumed else 0
             epoch_started = time.perf_counter()
-            for batch in loader:
-                with accelerator.accumulate(model):
-                    loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and training.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                window += loss.detach()
-                epoch_loss += loss.detach()
-                window_batches += 1
-                epoch_batches += 1
-                result.train_examples += batch["input_ids"].shape[0] if "input_ids" in batch else 0
-                if accelerator.sync_gradients:
-                    result.steps += 1
-                    if result.steps % LOG_EVERY == 0 or result.steps == total_steps:
-                        mean = float(window) / window_batches  # the one host sync per LOG_EVERY steps
-                        result.loss_curve.append({"step": result.steps, "loss": mean})
-                        window.zero_()
-                        window_batches = 0
-                        bar.update(result.steps, f"loss {mean:.4f}")
-                    else:
-                        bar.update(result.steps)
-                    if result.steps >= total_steps:
-                        break
-            result.train_seconds += time.perf_counter() - epoch_started  # evaluation is not train time
+            if not (resumed and (skip >= len(loader) or result.steps >= total_steps)):
+                generator.manual_seed(training.seed + epoch)
+                if not resumed:
+                    epoch_loss.zero_()
+                    epoch_batches = 0
+                batches_done = skip
+                for batch in (accelerator.skip_first_batches(loader, skip) if skip else loader):
+                    if pending_rng is not None:  # the saved run was here, about to run this batch
+                        restore_rng(pending_rng)
+                        pending_rng = None
+                    with accelerator.accumulate(model):
+                        loss = model(**batch).loss
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and training.max_grad_norm:
+                            accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    window += loss.detach()
+                    epoch_loss += loss.detach()
+                    window_batches += 1
+                    epoch_batches += 1
+                    batches_done += 1
+                    result.train_examples += batch["input_ids"].shape[0] if "input_ids" in batch else 0
+                    if accelerator.sync_gradients:
+                        result.steps += 1
+                        if result.steps % LOG_EVERY == 0 or result.steps == total_steps:
+                            mean = float(window) / window_batches  # the one host sync per LOG_EVERY steps
+                            result.loss_curve.append({"step": result.steps, "loss": mean})
+                            window.zero_()
+                            window_batches = 0
+                            bar.update(result.steps, f"loss {mean:.4f}")
+                            if training.report_to:
+                                accelerator.log({"train/loss": mean, "train/learning_rate": scheduler.get_last_lr()[0]},
+                                                step=result.steps)
+                        else:
+                            bar.update(result.steps)
+                        if every and result.steps % every == 0:
+                            result.train_seconds += time.perf_counter() - epoch_started
+                            epoch_started = time.perf_counter()
+                            save(position(epoch, batches_done))
+                        if result.steps >= total_steps:
+                            break
+                result.train_seconds += time.perf_counter() - epoch_started  # evaluation is not train time
+                if checkpointer is not None and every is None and checkpointer.last_saved_step != result.steps:
+                    save(position(epoch, batches_done))
+            if pending_rng is not None:  # resumed at an epoch's end: the saved run was about to evaluate
+                restore_rng(pending_rng)
+                pending_rng = None
             metrics = evaluate(model, evaluation, accelerator, task)
             entry = {"epoch": epoch + 1, "step": result.steps,
                      "train_loss": float(epoch_loss) / max(epoch_batches, 1),
                      **{f"eval_{k}": v for k, v in metrics.items()}}
             result.history.append(entry)
             result.final_metrics = metrics
+            if training.report_to:
+                accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=result.steps)
+            if best.update(epoch + 1, metrics) and training.load_best_at_end:
+                best_state = trainable_state(accelerator.unwrap_model(model))
+                if checkpointer is not None:
+                    best.path = checkpointer.save_best(epoch + 1, best_state)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, metrics)
+            batches_done = 0
+            if best.exhausted and result.steps < total_steps:
+                result.stopped_early = epoch + 1
+                break
             if result.steps >= total_steps:
                 break
+        if checkpointer is not None and not finished and checkpointer.last_saved_step != result.steps:
+            # (when this step was just saved, before the last evaluation, resuming it redoes only that)
+            save(position(len(result.history), 0, is_finished=True))
     finally:
         bar.close()
+        if training.report_to:
+            for tracker in accelerator.trackers:  # not end_training(): that also ends the process group
+                tracker.finish()
+        if checkpointer is not None:
+            checkpointer.close()
+    result.best = best.state()
+    if training.load_best_at_end and best.epoch is not None and best.epoch != len(result.history):
+        if best_state is None:
+            best_state = checkpointer.load_best(best.path)
+        load_trainable_state(accelerator.unwrap_model(model), best_state, Path(best.path or "best epoch"))
+        result.final_metrics = dict(best.metrics)
+        result.loaded_best = True
     return result

@@ -1,6 +1,8 @@
 """The plugin manager: discovery through entry points, and broken plugins kept in their place."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from adaptkit.plugins import build_registry, reset_registry
@@ -114,10 +116,13 @@ def test_adaptkit_on_event_sees_the_run(tiny_recipe, monkeypatch):
     registry = plugins.build_registry(extra_plugins=[("observer", module)])
     monkeypatch.setattr(plugins, "get_registry", lambda: registry)
     adaptkit.run(tiny_recipe("full", training={"epochs": 2}), progress=False)
+    checkpoints = [payload for event, payload in seen if event == "checkpoint"]
+    seen = [(event, payload) for event, payload in seen if event != "checkpoint"]
     events = [event for event, _ in seen]
     assert events == ["run_start", "epoch_end", "epoch_end", "run_end"]
     assert seen[1][1]["epoch"] == 1 and "accuracy" in seen[1][1]["metrics"]
     assert seen[-1][1]["metrics"]["eval"]["accuracy"] == seen[2][1]["metrics"]["accuracy"]
+    assert checkpoints and all(Path(c["path"]).name.startswith("step-") for c in checkpoints)
 
 
 def test_adaptkit_resolve_model_first_answer_wins(tmp_path, monkeypatch):

@@ -1,0 +1,288 @@
+"""Speed side by side: adaptkit's runner against a hand-written loop and transformers' Trainer.
+
+Each contender runs in its own fresh subprocess (so peak memory is its own) on the same
+model (all-MiniLM-L6-v2, LoRA r=8 on query/key/value/dense, head trained), the same rows of
+the shipped SST-2 subset, seed, batch size, learning rate and number of optimizer steps:
+
+  adaptkit        adaptkit.run on a recipe (length-grouped batches, dynamic padding)
+  plain-same      a plain torch + peft loop over exactly the batches adaptkit uses
+  plain-random    the same loop over random batches (what most hand-written loops do)
+  trainer         transformers.Trainer with group_by_length sampling, its best comparable setting
+
+It prints examples/s, the ratios the targets are stated in, peak memory, dev accuracy and
+model-FLOP utilisation: real-token training FLOPs per second over a matrix-multiply rate
+measured in the same subprocess. Usage: python benchmarks/speed.py [--rows 1000] [--epochs 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+TRAIN = ROOT / "data" / "sst2" / "train_2k.tsv"
+DEV = ROOT / "data" / "sst2" / "dev.tsv"
+LR, BATCH, MAX_LEN, SEED = 1e-3, 32, 128, 42
+TARGETS = ["query", "key", "value", "dense"]
+
+
+def matmul_rate(seconds: float = 1.0) -> float:
+    """Sustained fp32 matrix-multiply FLOP/s on this machine, now."""
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    for _ in range(3):
+        a @ b
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+    return 2 * 1024**3 * count / (time.perf_counter() - started)
+
+
+def training_flops(model, real_tokens: int) -> float:
+    """Forward 2N + backward 2N (activation gradients) + 2N_trainable (weight gradients) per token.
+
+    N excludes the embedding tables, whose lookups cost no multiply-adds.
+    """
+    dense = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return (4 * dense + 2 * trainable) * real_tokens
+
+
+def _data(rows: int):
+    from adaptkit.data import load_table
+
+    train = load_table(TRAIN).shuffle(seed=SEED).select(range(rows))
+    return train, load_table(DEV)
+
+
+def _tokenized(tokenizer, table):
+    def encode(batch):
+        out = tokenizer(batch["sentence"], truncation=True, max_length=MAX_LEN)
+        out["labels"] = batch["label"]
+        return out
+    return table.map(encode, batched=True, remove_columns=table.column_names)
+
+
+def _model():
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from adaptkit.models import resolve_model_source
+
+    torch.manual_seed(SEED)
+    base = AutoModelForSequenceClassification.from_pretrained(resolve_model_source(MODEL).location, num_labels=2)
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=TARGETS, task_type="SEQ_CLS",
+                        modules_to_save=["classifier"], exclude_modules=["classifier"])
+    return get_peft_model(base, config)
+
+
+def _accuracy(model, tokenizer, dev) -> float:
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    collate = DataCollatorWithPadding(tokenizer)
+    data = _tokenized(tokenizer, dev)
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(data), 64):
+            batch = collate([data[i] for i in range(start, min(start + 64, len(data)))])
+            correct += (model(**batch).logits.argmax(-1) == batch["labels"]).sum().item()
+    return correct / len(data)
+
+
+def run_plain(rows: int, epochs: int, same_batches: bool) -> dict:
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+    from transformers import AutoTokenizer, DataCollatorWithPadding, get_scheduler
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from adaptkit.models import resolve_model_source
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(MODEL).location)
+    train, dev = _data(rows)
+    data = _tokenized(tokenizer, train)
+    generator = torch.Generator().manual_seed(SEED)
+    if same_batches:  # exactly adaptkit's batches: the same sampler, seed and lengths
+        sampler = LengthGroupedSampler(BATCH, lengths=[len(x) for x in data["input_ids"]], generator=generator)
+    else:
+        sampler = RandomSampler(data, generator=generator)
+    loader = DataLoader(data, batch_size=BATCH, sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer))
+    model = _model()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=0.01)
+    steps = len(loader) * epochs
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(0.06 * steps), num_training_steps=steps)
+    model.train()
+    real = padded = examples = 0
+    started = time.perf_counter()
+    for _ in range(epochs):
+        for batch in loader:
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            real += int(batch["attention_mask"].sum())
+            padded += batch["attention_mask"].numel()
+            examples += batch["input_ids"].shape[0]
+    seconds = time.perf_counter() - started
+    return {"examples": examples, "seconds": seconds, "real_tokens": real, "padded_tokens": padded,
+            "flops": training_flops(model, real), "accuracy": _accuracy(model, tokenizer, dev)}
+
+
+def run_trainer(rows: int, epochs: int) -> dict:
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from adaptkit.models import resolve_model_source
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(MODEL).location)
+    train, dev = _data(rows)
+    data = _tokenized(tokenizer, train)
+    model = _model()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=BATCH, learning_rate=LR,
+                                 num_train_epochs=epochs, warmup_steps=0.06, weight_decay=0.01, seed=SEED,
+                                 train_sampling_strategy="group_by_length", logging_steps=10, save_strategy="no", report_to=[],
+                                 disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
+        trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer))
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+    real = sum(len(x) for x in data["input_ids"]) * epochs
+    return {"examples": len(data) * epochs, "seconds": seconds, "real_tokens": real,
+            "flops": training_flops(model, real), "accuracy": _accuracy(model, tokenizer, dev)}
+
+
+def run_adaptkit(rows: int, epochs: int) -> dict:
+    import adaptkit
+    from adaptkit.models import load_tokenizer  # noqa: F401  (import cost outside the timed part)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe = {
+            "model": {"name": MODEL},
+            "task": {"type": "sequence_classification", "text_column": "sentence", "label_column": "label",
+                     "max_length": MAX_LEN},
+            "data": {"train": str(TRAIN), "eval": str(DEV), "max_train_samples": rows},
+            "strategy": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "target_modules": TARGETS},
+            "training": {"epochs": epochs, "batch_size": BATCH, "learning_rate": LR, "seed": SEED},
+            "output": {"dir": str(Path(tmp) / "run"), "verify_export": False},
+        }
+        result = adaptkit.run(recipe, progress=False)
+    metrics = result.metrics
+    # the same rows adaptkit trained on (max_train_samples: seeded shuffle, then the first N)
+    from transformers import AutoTokenizer
+
+    from adaptkit.models import resolve_model_source
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(MODEL).location)
+    train, _ = _data(rows)
+    real = sum(len(x) for x in _tokenized(tokenizer, train)["input_ids"]) * epochs
+    return {"examples": rows * epochs, "seconds": metrics["train_seconds"], "real_tokens": real,
+            "flops": training_flops(_model(), real), "accuracy": metrics["eval"]["accuracy"]}
+
+
+CONTENDERS = {
+    "adaptkit": lambda a: run_adaptkit(a.rows, a.epochs),
+    "plain-same": lambda a: run_plain(a.rows, a.epochs, same_batches=True),
+    "plain-random": lambda a: run_plain(a.rows, a.epochs, same_batches=False),
+    "trainer": lambda a: run_trainer(a.rows, a.epochs),
+}
+
+
+def child(args) -> None:
+    from adaptkit.models import quiet_hf_logging
+
+    quiet_hf_logging()
+    rate = matmul_rate()
+    result = CONTENDERS[args.child](args)
+    result["matmul_flops_per_s"] = rate
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def startup_seconds(command: list[str], repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(command, capture_output=True, check=True)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--child", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
+    parser.add_argument("--only", help="comma-separated contenders")
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    results = {}
+    for name in (args.only.split(",") if args.only else CONTENDERS):
+        done = subprocess.run([sys.executable, __file__, "--child", name, "--rows", str(args.rows),
+                               "--epochs", str(args.epochs)], capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+            continue
+        results[name] = json.loads(line[len("RESULT "):])
+        r = results[name]
+        r["examples_per_s"] = r["examples"] / r["seconds"]
+        r["mfu"] = r["flops"] / r["seconds"] / r["matmul_flops_per_s"] if r.get("flops") else None
+    print(f"\n{args.rows} SST-2 rows x {args.epochs} epoch(s), LoRA r=8, batch {BATCH}, all-MiniLM-L6-v2, "
+          f"{os.cpu_count()} cores\n")
+    print("| contender | examples/s | train s | peak RSS MiB | dev accuracy | MFU |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+        print(f"| {name} | {r['examples_per_s']:.1f} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | "
+              f"{r['accuracy']:.4f} | {mfu} |")
+    ours = results.get("adaptkit")
+    checks = []
+    if ours:
+        def ratio(other):
+            return ours["examples_per_s"] / results[other]["examples_per_s"] if other in results else None
+        for other, target, text in (("plain-random", 2.0, ">= 2x the random-batch plain loop"),
+                                    ("trainer", 1.1, ">= 1.1x transformers Trainer"),
+                                    ("plain-same", 0.97, "at most 3% slower than the plain loop on identical batches")):
+            value = ratio(other)
+            if value is not None:
+                checks.append((f"adaptkit / {other}", value, target, text))
+        if "plain-same" in results:
+            gap = abs(ours["accuracy"] - results["plain-same"]["accuracy"])
+            checks.append(("accuracy gap to plain loop (points)", 100 * gap, None, "within 1 point"))
+    cli = ROOT / "recipes" / "quickstart.yaml"
+    adaptkit_bin = [sys.executable, "-m", "adaptkit"]
+    checks.append(("adaptkit --help (s)", startup_seconds(adaptkit_bin + ["--help"]), None, "under 0.3 s"))
+    checks.append(("adaptkit validate (s)", startup_seconds(adaptkit_bin + ["validate", str(cli)]), None, "under 1 s"))
+    checks.append(("adaptkit plugins (s)", startup_seconds(adaptkit_bin + ["plugins"]), None, "(no target)"))
+    print("\n| measure | value | target | met |")
+    print("|---|---:|---|---|")
+    for label, value, target, text in checks:
+        if target is not None:
+            met = value >= target
+        elif "under" in text:
+            met = value < float(text.split()[1])
+        elif "within" in text:
+            met = value <= 1.0
+        else:
+            met = None
+        print(f"| {label} | {value:.3f} | {text} | {'yes' if met else ('no' if met is not None else '-')} |")
+
+
+if __name__ == "__main__":
+    main()
