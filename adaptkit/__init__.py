@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaptkitError", "ContractViolation", "RecipeError", "Recipe", "Strategy", "StrategyOptions", "Task",
     "TaskOptions", "WrapContext", "hookimpl", "load_recipe", "list_strategies", "get_strategy",
-    "list_plugins", "run", "load", "check_strategy", "advise", "compare", "__version__",
+    "list_plugins", "run", "plan", "load", "check_strategy", "advise", "compare", "__version__",
 ]
 
 
@@ -57,6 +57,18 @@ def run(recipe: Any, overwrite: bool = False, progress: bool = True, resume: boo
     from adaptkit.runner import run as _run
 
     return _run(recipe, overwrite=overwrite, progress=progress, resume=resume)
+
+
+def plan(recipe: Any, strategies: Any = None) -> Any:
+    """Before training: trainable parameters, touched modules and a memory estimate per strategy.
+
+    Loads only the model's config (the weights on the meta device), so it is cheap; returns a
+    ``Plan`` (see ``adaptkit.plan``) and raises for target modules or combinations that cannot run.
+    """
+    from adaptkit.plan import plan as _plan
+    from adaptkit.runner import _as_recipe
+
+    return _plan(_as_recipe(recipe), strategies)
 
 
 def load(run_dir: Any) -> Any:

@@ -1,7 +1,7 @@
 """Find a model's repeated blocks without knowing its family by name.
 
 BERT keeps them at ``encoder.layer``, GPT-2 at ``transformer.h``, Llama at ``model.layers``,
-ViT at ``vit.encoder.layer``: in every case the blocks are the longest ``nn.ModuleList``
+ViT at ``vit.encoder.layer`` (``vit.layers`` from transformers 5.2x on): in every case the blocks are the longest ``nn.ModuleList``
 whose items share one class. Strategies that treat "early" and "late" layers differently
 (partial freezing, layer-wise learning-rate decay) use this instead of hard-coded names.
 """

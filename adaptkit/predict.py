@@ -67,6 +67,11 @@ def load_run(run_dir: Union[str, Path]) -> Predictor:
     return Predictor(model=model, tokenizer=tokenizer, task=task)
 
 
+def _cell(value: Any) -> Any:
+    """A CSV cell: lists and dicts as JSON (readable back with json.loads), not Python's repr."""
+    return json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, (list, dict)) else value
+
+
 def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output_path: Union[str, Path]) -> int:
     """Write ``input_path``'s rows plus a prediction column to ``output_path``; returns the row count."""
     from adaptkit.data import load_table
@@ -77,16 +82,27 @@ def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output
     output = Path(output_path)
     tmp = output.with_name(output.name + ".tmp")
     columns = list(table.column_names)
+    if output.suffix.lower() in (".jsonl", ".json"):  # lists (tags, generated tokens) stay lists
+        with tmp.open("w", encoding="utf-8") as handle:
+            for row, prediction in zip(table, predictions):
+                record = {c: row[c] for c in columns}
+                if isinstance(prediction, dict):
+                    record.update(prediction=prediction["label"], score=prediction["score"])
+                else:
+                    record["prediction"] = prediction
+                handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        os.replace(tmp, output)
+        return len(predictions)
     with tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, delimiter="\t" if output.suffix.lower() == ".tsv" else ",")
         extra = ["prediction", "score"] if predictions and isinstance(predictions[0], dict) else ["prediction"]
         writer.writerow(columns + extra)
         for row, prediction in zip(table, predictions):
-            values = [row[c] for c in columns]
+            values = [_cell(row[c]) for c in columns]
             if isinstance(prediction, dict):
                 values += [prediction["label"], prediction["score"]]
             else:
-                values.append(prediction)
+                values.append(_cell(prediction))
             writer.writerow(values)
     os.replace(tmp, output)
     return len(predictions)

@@ -19,6 +19,8 @@ def model_card(summary: dict[str, Any]) -> str:
         *[f"| eval {k} | {v:.4f} |" for k, v in metrics.items()],
         f"| trainable parameters | {summary['parameters']['trainable']:,} |",
         f"| total parameters | {summary['parameters']['total']:,} |",
+        *([f"| exported epoch | {summary['exported_epoch']} of {len(summary['history'])} (best on "
+           f"{summary['best'].get('metric')}) |"] if summary.get("exported_epoch") and summary.get("history") else []),
         f"| training time (s) | {summary['train_seconds']:.1f} |",
         f"| peak memory (MiB) | {summary['peak_memory_bytes'] / 2**20:.0f} |",
         "",
@@ -30,7 +32,14 @@ def model_card(summary: dict[str, Any]) -> str:
         "",
         "```python",
     ]
-    if summary["export"]["kind"] == "adapter":
+    loader = summary["export"].get("loader", "peft" if summary["export"]["kind"] == "adapter" else "transformers")
+    if loader not in ("peft", "transformers"):
+        lines += [
+            "import adaptkit",
+            f"predictor = adaptkit.load({str(summary['export']['path']).rsplit('/', 1)[0]!r})"
+            f"  # the export loads with {loader}",
+        ]
+    elif summary["export"]["kind"] == "adapter":
         lines += [
             "from peft import PeftModel",
             f"from transformers import {summary['model_class']}",

@@ -55,6 +55,8 @@ class Strategy:
     Options: ClassVar[type[StrategyOptions]] = StrategyOptions
     mergeable: ClassVar[bool] = True
     export_kind: ClassVar[str] = "model"
+    # What loads the export back, as the run's contract line and model card say it.
+    export_loader: ClassVar[str] = ""
     # Absolute tolerance for "merged computes what wrapped computed"; 4-bit bases need more.
     merge_tolerance: ClassVar[float] = 1e-4
     # The learning rate used when the recipe gives none: LoRA wants ~10x full fine-tuning's.
@@ -66,6 +68,8 @@ class Strategy:
         elif isinstance(options, dict):
             options = self.Options.model_validate(options)
         self.options = options
+        if not self.export_loader:
+            self.export_loader = "peft" if self.export_kind == "adapter" else "transformers"
 
     def wrap(self, model: "torch.nn.Module", context: WrapContext) -> "torch.nn.Module":
         """Prepare ``model`` for training: set ``requires_grad``, inject modules, quantize."""

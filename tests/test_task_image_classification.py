@@ -77,6 +77,7 @@ def test_full_run_on_an_image_folder_learns_and_reloads(tmp_path):
     result = adaptkit.run(image_recipe(tmp_path, "full", train, evaluation), progress=False)
     assert result.metrics["task_state"] == {"labels": ["blue", "red"]}
     assert result.eval["accuracy"] >= 0.95 and result.eval["macro_f1"] >= 0.95
+    assert result.metrics["train_examples_per_second"] > 0  # counted from pixel_values, not input_ids
     assert (result.output_dir / "tokenizer" / "preprocessor_config.json").is_file()  # the processor is saved
     predictor = adaptkit.load(result.output_dir)
     rng = random.Random(9)

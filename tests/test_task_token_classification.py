@@ -117,3 +117,17 @@ def test_run_tags_entities_and_reloads(tmp_path, strategy):
     if strategy == "full":
         assert tags[0] == ["O", "O", "B-PER", "O", "B-LOC"]
         assert tags[1] == ["O", "B-PER", "I-PER", "O"]
+    # predict_file keeps each row's tags a list: JSON in a CSV cell, a list in JSON Lines.
+    import csv
+    import json
+
+    from adaptkit.predict import predict_file
+
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert predict_file(result.output_dir, source, tmp_path / "tags.jsonl") == 2
+    written = [json.loads(line) for line in (tmp_path / "tags.jsonl").read_text().splitlines()]
+    assert [w["prediction"] for w in written] == tags and written[0]["tokens"] == rows[0]["tokens"]
+    predict_file(result.output_dir, source, tmp_path / "tags.csv")
+    with (tmp_path / "tags.csv").open() as handle:
+        assert [json.loads(r["prediction"]) for r in csv.DictReader(handle)] == tags

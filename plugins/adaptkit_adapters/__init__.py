@@ -69,6 +69,7 @@ class BottleneckAdapters(Strategy):
     Options = AdaptersOptions
     mergeable = False
     export_kind = "adapter"
+    export_loader = "adaptkit_adapters.model.load_adapters (peft has no bottleneck adapters)"
     default_learning_rate = 1e-3
 
     def wrap(self, model: "torch.nn.Module", context: Any) -> "torch.nn.Module":
