@@ -76,7 +76,16 @@ def recipe_identity(recipe: Any) -> dict[str, Any]:
         if value is not None:
             files[key] = _file_identity(recipe.resolve_path(value))
     identity["data_files"] = files
+    identity["plugins"] = plugin_versions()
     return identity
+
+
+def plugin_versions() -> dict[str, str]:
+    """Every loaded plugin's distribution and version: a new plugin release can change what a
+    strategy computes (axolotl #2568), so a checkpoint records them and resume compares."""
+    from adaptkit.plugins import get_registry
+
+    return {info.distribution: info.version for info in get_registry().plugins}
 
 
 def identity_hash(identity: dict[str, Any]) -> str:
@@ -84,6 +93,15 @@ def identity_hash(identity: dict[str, Any]) -> str:
 
 
 def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    if path == "plugins":  # a checkpoint from before plugin versions were recorded has none
+        old, new = old or {}, new or {}
+    if path.startswith("plugins."):
+        if old is None or new is None:
+            return [f"plugin distribution {path.split('.', 1)[1]} "
+                    f"{'was not loaded' if old is None else f'{old} was loaded'} when the checkpoint was made, "
+                    f"{'is not loaded' if new is None else f'{new} is loaded'} now"] if old != new else []
+        return [f"plugin distribution {path.split('.', 1)[1]}: version {old} in the checkpoint, {new} now"] \
+            if old != new else []
     if isinstance(old, dict) and isinstance(new, dict):
         found = []
         for key in sorted(set(old) | set(new), key=str):
@@ -103,8 +121,8 @@ def check_same_recipe(checkpoint: Path, identity: dict[str, Any]) -> None:
         return
     differences = _differences(state.get("recipe", {}), json.loads(json.dumps(identity, default=str)))
     raise AdaptkitError(
-        f"cannot resume from {checkpoint}: it was made by a different recipe "
-        f"({'; '.join(differences) or 'recipe hash differs'}). Restore the recipe, or start over with --overwrite")
+        f"cannot resume from {checkpoint}: it was made by a different recipe, strategy options or plugin "
+        f"version ({'; '.join(differences) or 'recipe hash differs'}). Restore them, or start over with --overwrite")
 
 
 # ---------------------------------------------------------------------------- finding checkpoints
@@ -183,9 +201,21 @@ def trainable_state_names(model: "torch.nn.Module") -> list[str]:
 
 
 def save_tensors(state: dict[str, "torch.Tensor"], path: Path) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    save_file(state, str(path))
+    try:
+        save_file(state, str(path))
+    except SafetensorError as exc:  # a full disk reaches us as "IoError(Os { code: 28 ... })"
+        raise OSError(f"cannot write {path.name}: {exc}") from exc
+
+
+def _is_write_error(exc: BaseException) -> bool:
+    """A failed write: OSError (ENOSPC, EIO...), or torch.save / safetensors reporting one as RuntimeError."""
+    if isinstance(exc, OSError):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in ("write", "writing", "ioerror", "no space"))
 
 
 def load_tensors(path: Path) -> dict[str, "torch.Tensor"]:
@@ -284,14 +314,20 @@ class Checkpointer:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
+        try:
+            accelerator.save_state(str(tmp))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                state = {"format": FORMAT, **trainer_state, "recipe": self.config.identity,
+                         "recipe_hash": identity_hash(self.config.identity)}
+                (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
+                _fsync_tree(tmp)
+                (tmp / COMPLETE).write_text(f"step {step}\n")
+        except (OSError, RuntimeError) as exc:  # a full disk or a failing write: the previous one stays as it was
+            if not _is_write_error(exc):
+                raise
+            raise self._write_failed(tmp, f"step-{step:08d}", exc) from exc
         if accelerator.is_main_process:
-            state = {"format": FORMAT, **trainer_state, "recipe": self.config.identity,
-                     "recipe_hash": identity_hash(self.config.identity)}
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
-            _fsync_tree(tmp)
-            (tmp / COMPLETE).write_text(f"step {step}\n")
             old = None
             if final.exists():  # a resumed run re-saving the step it resumed from: the newer wins
                 old = self.root / f".old-step-{step:08d}"
@@ -313,17 +349,34 @@ class Checkpointer:
             tmp = self.root / f".tmp-{name}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            save_tensors(state, tmp / TRAINABLE_FILE.format(index=0))
-            _fsync_tree(tmp)
-            (tmp / COMPLETE).write_text(f"epoch {epoch}\n")
+            try:
+                save_tensors(state, tmp / TRAINABLE_FILE.format(index=0))
+                _fsync_tree(tmp)
+                (tmp / COMPLETE).write_text(f"epoch {epoch}\n")
+            except (OSError, RuntimeError) as exc:
+                if not _is_write_error(exc):
+                    raise
+                raise self._write_failed(tmp, name, exc) from exc
             final = self.root / name
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
         return name
 
+    def _write_failed(self, tmp: Path, name: str, exc: OSError) -> Exception:
+        from adaptkit.errors import CheckpointWriteError
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(self.root)
+        kept = (f"the previous checkpoint {previous.name} is intact; free space and continue with --resume"
+                if previous is not None else "no earlier checkpoint exists")
+        return CheckpointWriteError(f"cannot write checkpoint {name} in {self.root}: "
+                                    f"{getattr(exc, 'strerror', None) or exc}; {kept}")
+
     def load_best(self, name: str) -> dict[str, "torch.Tensor"]:
-        path = self.root / name
+        from adaptkit.outputs import safe_join
+
+        path = safe_join(self.root, name)  # the name is read from trainer_state.json
         if not (path / COMPLETE).is_file():
             raise AdaptkitError(f"the best epoch's weights {path} are missing or incomplete")
         return load_tensors(path / TRAINABLE_FILE.format(index=0))

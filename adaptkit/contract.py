@@ -12,6 +12,7 @@ Each check raises ``ContractViolation`` naming the rule and the first offending 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -152,6 +153,64 @@ def check_close(strategy: str, rule: str, expected: torch.Tensor, actual: torch.
     else:
         ok = torch.allclose(expected, actual, atol=atol, rtol=atol)
     if not ok:
-        worst = (expected - actual).abs().max().item()
+        difference = (expected - actual).abs()
+        worst = difference.max().item()
+        where = tuple(int(i) for i in torch.unravel_index(difference.argmax(), difference.shape))
         raise ContractViolation(strategy, rule, f"{what}: largest output difference {worst:.3g} "
-                                               f"exceeds the tolerance {atol:g}")
+                                               f"exceeds the tolerance {atol:g} (logits{list(where)})")
+
+
+def _base_name(name: str) -> str | None:
+    """A wrapped model's parameter name as the base model names it (None: peft's frozen original copy)."""
+    if ".original_module." in name:
+        return None
+    name = re.sub(r"^(base_model\.model\.)+", "", name)
+    return re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)
+
+
+def trained_head_state(model: torch.nn.Module, head_modules: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Copies of the task head's weights as the trained model uses them, under the base model's names.
+
+    Taken before ``unwrap``: peft trains the head as a ``modules_to_save`` copy, and a merge that
+    drops that copy (peft #2502, LLaMA-Factory #5186) leaves the untrained head in the merged
+    model. The head is small (a classifier), so the copy is cheap.
+    """
+    heads = tuple(head_modules)
+    state: dict[str, torch.Tensor] = {}
+    if not heads:
+        return state
+    for name, param in model.named_parameters():
+        base = _base_name(name)
+        if base is not None and any(base == h or base.startswith(h + ".") for h in heads):
+            state[base] = param.detach().float().cpu().clone()
+    return state
+
+
+def check_equivalence(strategy: str, expected: list[torch.Tensor], merged: torch.Tensor | torch.nn.Module,
+                      batches: list[Mapping[str, torch.Tensor]], atol: float,
+                      trained_head: Mapping[str, torch.Tensor] | None = None,
+                      what: str = "merged model against the trained wrapped model") -> None:
+    """Rule 3 on real evaluation batches: the merged model's logits match the trained model's on each.
+
+    ``expected`` holds the trained (wrapped) model's outputs on ``batches``. On a mismatch, a task
+    head whose merged weights differ from ``trained_head`` is named as the offending parameter.
+    """
+    for index, (batch, want) in enumerate(zip(batches, expected)):
+        rows = len(next(iter(batch.values())))
+        try:
+            check_close(strategy, "equivalence", want, model_outputs(merged, batch), atol,
+                        f"{what} on eval batch {index + 1} of {len(batches)} ({rows} rows)")
+        except ContractViolation as exc:
+            current = dict(merged.named_parameters())
+            for name, trained in (trained_head or {}).items():
+                now = current.get(name)
+                if now is None or now.shape != trained.shape:
+                    continue
+                gap = (now.detach().float().cpu() - trained).abs().max().item()
+                if gap > atol:
+                    detail = str(exc).split(": ", 1)[1]
+                    raise ContractViolation(strategy, "equivalence",
+                                            f"{detail}; the merged task head {name} differs from the trained one "
+                                            f"by up to {gap:.3g}: the trained head was not merged back",
+                                            parameter=name) from None
+            raise

@@ -71,6 +71,14 @@ class Strategy:
         if not self.export_loader:
             self.export_loader = "peft" if self.export_kind == "adapter" else "transformers"
 
+    def preflight(self, context: WrapContext) -> None:
+        """Refuse, before any weight is read, a setting this strategy cannot run.
+
+        Called by ``adaptkit plan`` and at the start of every run, before ``wrap``; raise
+        ``adaptkit.targets.PreflightError`` with the reason (qlora refuses FSDP, for example).
+        ``context.extra["distributed"]`` holds the recipe's distributed setting.
+        """
+
     def wrap(self, model: "torch.nn.Module", context: WrapContext) -> "torch.nn.Module":
         """Prepare ``model`` for training: set ``requires_grad``, inject modules, quantize."""
         raise NotImplementedError

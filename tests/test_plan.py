@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from adaptkit.cli import main
-from adaptkit.plan import plan
+from adaptkit.planning import plan
 from adaptkit.recipe import Recipe
 from conftest import REPO, write_recipe
 

@@ -53,9 +53,26 @@ class IA3(Strategy):
                          modules_to_save=heads if opts.train_head and heads else None,
                          exclude_modules=heads or None)
 
+    def check_targets(self, model, context) -> None:
+        """Each ``target_modules`` and ``feedforward_modules`` entry must match a module; the
+        feed-forward ones must also be targets (peft would drop or refuse them)."""
+        from adaptkit.targets import IA3_LAYERS, TargetModuleError, resolve_targets
+
+        opts = self.options
+        targets = resolve_targets(model, opts.target_modules, self.name, kinds=IA3_LAYERS,
+                                  exclude=context.head_modules)
+        feedforward = resolve_targets(model, opts.feedforward_modules, self.name, option="feedforward_modules",
+                                      kinds=IA3_LAYERS, exclude=context.head_modules)
+        targeted = {name for names in targets.values() for name in names}
+        for entry, names in feedforward.items():
+            if not set(names) & targeted:
+                raise TargetModuleError(f"strategy 'ia3': feedforward_modules entry {entry!r} is not among the "
+                                        f"modules target_modules selects; add it to target_modules too")
+
     def wrap(self, model, context):
         from peft import get_peft_model
 
+        self.check_targets(model, context)
         return get_peft_model(model, self.peft_config(context))
 
     def unwrap(self, model):

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Literal
 from pydantic import Field
 
 from adaptkit import hookimpl
+from adaptkit.targets import PreflightError
 from adaptkit_lora import Lora, LoraOptions
 
 # The attribute a quantized module carries to remember what it replaced (class, dtype, extras).
@@ -177,6 +178,13 @@ def dequantize_model(model):
     return model
 
 
+def bitsandbytes_available() -> bool:
+    """Whether bitsandbytes is installed, without importing it (its import takes a second)."""
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
 def context_has_conv1d(model) -> bool:
     """Whether the model's projections are transformers' Conv1D (GPT-2 family)."""
     from transformers.pytorch_utils import Conv1D
@@ -210,9 +218,28 @@ class QLora(Lora):
         config.fan_in_fan_out = False
         return config
 
+    @property
+    def quantization(self) -> str:
+        """What the plan table shows: the 4-bit type and the compute dtype."""
+        return f"{self.options.quant_type} 4-bit (bitsandbytes), {self.options.compute_dtype} compute"
+
+    def preflight(self, context) -> None:
+        """Refuse what cannot run, before the model is loaded: no bitsandbytes, or FSDP."""
+        if not bitsandbytes_available():
+            raise PreflightError("strategy 'qlora' needs bitsandbytes, which is not installed; install it with: "
+                                 "pip install bitsandbytes (or use strategy 'lora' on the full-precision model)")
+        distributed = context.extra.get("distributed")
+        if distributed and "fsdp" in distributed.lower():
+            raise PreflightError(
+                f"strategy 'qlora' cannot run with distributed setting {distributed!r}: FSDP shards flat "
+                "floating-point parameters, and qlora's frozen base is bitsandbytes 4-bit weights packed per "
+                "layer with their quantization state, which FSDP cannot shard or gather. Use DDP (the "
+                "base fits on each device in 4-bit), or strategy 'lora' with FSDP")
+
     def wrap(self, model, context):
         from peft import get_peft_model
 
+        self.check_targets(model, context)  # before quantizing: a misspelt name fails fast
         self._keep = self.kept_modules(context)
         quantize_model(model, self.options, self._keep)
         return get_peft_model(model, self.peft_config(context))

@@ -1,0 +1,256 @@
+"""``adaptkit plan``: what a run will train and roughly what it will cost, before any training.
+
+The model is built on the meta device (no weights read or downloaded, no memory used), each
+strategy wraps it there, and the plan reports trainable and total parameters, the modules
+the strategy touches, and an estimate of peak training memory for the recipe's batch and
+sequence length.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from adaptkit.errors import AdaptkitError
+from adaptkit.recipe import Recipe
+from adaptkit.targets import PreflightError
+
+BYTES = {"torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.uint8": 1, "torch.int8": 1}
+
+
+@dataclass
+class StrategyPlan:
+    """One strategy on the recipe's model: sizes, touched modules, memory estimate, setup."""
+
+    strategy: str
+    trainable: int = 0
+    total: int = 0
+    touched: list[str] = field(default_factory=list)
+    memory: dict[str, int] = field(default_factory=dict)
+    error: Optional[str] = None
+    setup: str = ""
+    # The exception behind ``error``; an AdaptkitError on the recipe's own strategy stops the run.
+    failure: Optional[BaseException] = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class Plan:
+    model: str
+    model_type: str
+    batch_size: int
+    sequence_length: int
+    strategies: list[StrategyPlan]
+    recipe_strategy: str = ""
+
+    def raise_for_recipe_strategy(self) -> None:
+        """Raise what stops the recipe's own strategy (with the recipe's options) from running."""
+        for entry in self.strategies:
+            if entry.strategy == self.recipe_strategy and entry.failure is not None:
+                if isinstance(entry.failure, AdaptkitError):
+                    raise entry.failure
+                raise PreflightError(f"strategy {entry.strategy!r} cannot be planned: {entry.error}") \
+                    from entry.failure
+
+
+# ---------------------------------------------------------------------------- combination checks
+
+def distributed_setting(recipe: Any, num_processes: int = 1) -> Optional[str]:
+    """The recipe's distributed setting in a few words; None for one process and no ``distributed`` section.
+
+    A recipe that names a backend (``distributed: {backend: fsdp}``) is planned for it even on
+    one process: that is where it will run, and where an unsupported combination must be caught.
+    """
+    section = getattr(recipe, "distributed", None)
+    explicit = "distributed" in getattr(recipe, "model_fields_set", ())
+    if section is None or (not explicit and num_processes <= 1):
+        return None
+    backend = section if isinstance(section, str) else str(getattr(section, "backend", None) or "distributed")
+    if getattr(section, "fsdp", None) is not None and "fsdp" not in backend:
+        backend += " fsdp"
+    if num_processes > 1:
+        return f"{backend} x{num_processes} processes"
+    return f"{backend} (launched on several processes)"
+
+
+def setup_line(strategy: Any, context: Any, precision: str) -> str:
+    """The quantization x distributed setting a strategy runs under, as the plan table shows it.
+
+    A strategy that quantizes says how through a ``quantization`` attribute (qlora: "nf4 4-bit").
+    """
+    quantization = getattr(strategy, "quantization", None) or (
+        "no quantization, fp32" if precision in (None, "no") else f"no quantization, {precision} autocast")
+    return f"{quantization} x {context.extra.get('distributed') or 'single process'}"
+
+
+def preflight(strategy: Any, context: Any) -> None:
+    """Refuse, before any weight is read, combinations a strategy cannot run.
+
+    The core refuses options that cannot apply to the task (``train_head`` set where the task
+    model has no head); a strategy may refuse more by defining ``preflight(context)`` (qlora:
+    bitsandbytes missing, FSDP). ``context.extra["distributed"]`` is ``distributed_setting``.
+    """
+    options = getattr(strategy, "options", None)
+    if "train_head" in getattr(options, "model_fields_set", ()) and not context.head_modules:
+        raise PreflightError(f"strategy {strategy.name!r}: option train_head does not apply to task "
+                             f"{context.task!r}: its {context.model_type} model has no task head (the output "
+                             f"layer follows the vocabulary, not the task); remove train_head from the recipe")
+    check = getattr(strategy, "preflight", None)
+    if callable(check):
+        check(context)
+
+
+def wrap_checked(strategy: Any, model: Any, context: Any) -> Any:
+    """``preflight`` then ``strategy.wrap``; a failure inside wrap names the combination that failed."""
+    preflight(strategy, context)
+    try:
+        return strategy.wrap(model, context)
+    except AdaptkitError:
+        raise
+    except Exception as exc:
+        from adaptkit.plugins import get_registry
+
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        owner = get_registry().plugin_for("strategy", strategy.name)
+        where = f" (plugin {owner.name!r}, distribution {owner.distribution} {owner.version})" if owner else ""
+        raise PreflightError(
+            f"strategy {strategy.name!r} cannot be applied to this {context.model_type} model for task "
+            f"{context.task!r} (peft task type {context.peft_task_type}): its wrap failed with "
+            f"{type(exc).__name__}: {message}. This combination is not supported{where}; choose another "
+            f"strategy (adaptkit plan RECIPE --all shows which ones plan on this model)") from exc
+
+
+def describe(name: str, model: Any, config: Any, recipe: Recipe, setup: str = "") -> StrategyPlan:
+    """Sizes, touched modules and the memory estimate of a wrapped model (meta or real)."""
+    length = getattr(recipe.task_options, "max_length", 512)
+    return StrategyPlan(name, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                        total=sum(p.numel() for p in model.parameters()), touched=touched_modules(model),
+                        memory=estimate_memory(model, config, recipe.training.batch_size, length,
+                                               recipe.training.mixed_precision), setup=setup)
+
+
+def touched_modules(model) -> list[str]:
+    """Trainable module paths with block numbers folded (``layer.*.query.lora_A``) and counted."""
+    patterns: Counter[str] = Counter()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            module = name.rsplit(".", 1)[0]
+            module = re.sub(r"^(base_model\.model\.)", "", module)
+            patterns[re.sub(r"\.\d+\.", ".*.", module)] += 1
+    return [f"{pattern} (x{count})" if count > 1 else pattern for pattern, count in sorted(patterns.items())]
+
+
+def estimate_memory(model, config, batch_size: int, sequence_length: int, precision: str) -> dict[str, int]:
+    """Peak training memory, by part, in bytes.
+
+    weights: every parameter at its dtype; gradients: trainable parameters (fp32); optimizer:
+    AdamW's two fp32 moments per trainable parameter; activations: the per-layer estimate of
+    Korthikanti et al. 2022 (s*b*h*(34 + 5*a*s/h) bytes at 16-bit), doubled for fp32, an upper
+    bound when early layers are frozen.
+    """
+    weights = sum(p.numel() * BYTES.get(str(p.dtype), 4) for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0) or 0
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0) or 0
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1) or 1
+    s, b = sequence_length, batch_size
+    per_layer = s * b * hidden * (34 + 5 * heads * s / max(hidden, 1))
+    activations = int(per_layer * layers * (1 if precision in ("fp16", "bf16") else 2))
+    parts = {"weights": weights, "gradients": trainable * 4, "optimizer": trainable * 8, "activations": activations}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def plan_of_model(recipe: Recipe, name: str, model: Any, config: Any, setup: str = "") -> Plan:
+    """The plan of a model a run has already built and wrapped: no second load, no meta copy."""
+    model_type = getattr(config, "model_type", "unknown")
+    return Plan(model=recipe.model.name or f"config:{model_type}", model_type=model_type,
+                batch_size=recipe.training.batch_size,
+                sequence_length=getattr(recipe.task_options, "max_length", 512),
+                strategies=[describe(name, model, config, recipe, setup)], recipe_strategy=name)
+
+
+def plan(recipe: Recipe, strategies: Optional[list[str]] = None, strict: bool = True) -> Plan:
+    """Plan the recipe's strategy (or each of ``strategies``) on the meta device.
+
+    Each entry runs the combination checks and the strategy's own target resolution; an entry
+    that cannot be planned keeps its error so the others still show. ``strict`` then raises
+    what stops the recipe's own strategy (``Plan.raise_for_recipe_strategy``), as a run would.
+    """
+    from accelerate import init_empty_weights
+
+    from adaptkit.data import load_splits
+    from adaptkit.models import load_config, quiet_hf_logging, resolve_model_source
+    from adaptkit.plugins import get_registry
+    from adaptkit.strategy import WrapContext
+
+    quiet_hf_logging()
+    registry = get_registry()
+    task = registry.tasks[recipe.task.type](recipe.task_options)
+    label_column = getattr(recipe.task_options, "label_column", None)
+    splits = load_splits(recipe, task.required_columns(), stratify_column=label_column)
+    task.setup(splits.train)
+    section = recipe.model
+    source = resolve_model_source(section.name, section.revision, section.allow_pickle) if section.name else None
+    names = strategies or [recipe.strategy.name]
+    length = getattr(recipe.task_options, "max_length", 512)
+    distributed = distributed_setting(recipe)
+    results: list[StrategyPlan] = []
+    config = load_config(recipe, source)
+    model_type = getattr(config, "model_type", "unknown")
+    for name in names:
+        entry = StrategyPlan(name)
+        try:
+            options = recipe.strategy_options if name == recipe.strategy.name else None
+            strategy = registry.strategies[name](options)
+            with init_empty_weights():
+                base = task.build_model("", copy.deepcopy(config), True, trust_remote_code=section.trust_remote_code)
+                context = WrapContext(model_type=model_type, task=task.name, head_modules=task.head_modules(base),
+                                      peft_task_type=task.peft_task_type, extra={"distributed": distributed})
+                setup = setup_line(strategy, context, recipe.training.mixed_precision)
+                entry.setup = setup
+                model = wrap_checked(strategy, base, context)
+            entry = describe(name, model, config, recipe, setup)
+        except Exception as exc:  # one strategy that cannot be planned must not hide the others
+            entry.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            entry.failure = exc
+        results.append(entry)
+    result = Plan(model=section.name or f"config:{model_type}", model_type=model_type,
+                  batch_size=recipe.training.batch_size, sequence_length=length, strategies=results,
+                  recipe_strategy=recipe.strategy.name)
+    if strict:
+        result.raise_for_recipe_strategy()
+    return result
+
+
+def render(result: Plan) -> Any:
+    """A rich table of the plan."""
+    from rich.table import Table
+
+    table = Table("strategy", "quantization x distributed", "trainable", "total", "% trainable",
+                  "est. peak memory", "modules trained",
+                  title=f"{result.model} ({result.model_type}), batch {result.batch_size} x "
+                        f"{result.sequence_length} tokens")
+    for entry in result.strategies:
+        if entry.error:
+            table.add_row(entry.strategy, entry.setup or "-", "-", "-", "-", "-",
+                          f"[red]cannot plan: {entry.error}[/red]")
+            continue
+        leaves = sorted({".".join(t.split(" ")[0].replace(".default", "").split(".")[-2:]) for t in entry.touched})
+        shown = ", ".join(leaves[:8]) + (f", ... ({len(leaves)} kinds)" if len(leaves) > 8 else "")
+        table.add_row(entry.strategy, entry.setup, f"{entry.trainable:,}", f"{entry.total:,}",
+                      f"{100 * entry.trainable / max(entry.total, 1):.2f}",
+                      f"{entry.memory['total'] / 2**20:,.0f} MiB", shown)
+    return table
+
+
+def render_text(result: Plan, width: int = 160) -> str:
+    """The plan table as plain text, for a run's log function."""
+    import io
+
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, color_system=None, force_terminal=False).print(render(result))
+    return buffer.getvalue().rstrip()
