@@ -352,7 +352,7 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
     import torch
 
     from adaptkit.energy import EnergyMeter, describe_power
-    from adaptkit.outputs import check_output_dir, write_json
+    from adaptkit.outputs import check_output_dir, safe_join, write_json
     from adaptkit.runner import Session, _as_recipe
     from adaptkit.runner import run as run_recipe
 
@@ -379,7 +379,7 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
             for name in strategies:
                 done += 1
                 tag = f"{name}-n{size if size is not None else 'all'}-s{seed}"
-                run_dir = folder / "runs" / tag
+                run_dir = safe_join(folder / "runs", tag)  # tag: strategy names from input and plugins
                 spec = variant(recipe, name, size, seed, run_dir, scratch_strategy, learning_rates)
                 log(f"compare [{done}/{total}]: {tag}")
                 with PeakMemory(device) as memory, EnergyMeter(power_watts=power_watts, device=device,

@@ -1,9 +1,11 @@
 """Load a recipe's data files through ``datasets`` and split them the same way every time."""
 from __future__ import annotations
 
+import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 from adaptkit.errors import DataError
 from adaptkit.recipe import Recipe, data_format
@@ -55,6 +57,145 @@ def load_table(path: Path) -> "datasets.Dataset":  # noqa: F821
     return table
 
 
+# ---------------------------------------------------------------------------- row checks
+# Cheap checks of a data file's rows, pure Python (no torch, no datasets), so `adaptkit validate`
+# and the start of `adaptkit run` report a bad row as file:line before any model is built.
+
+class _LabelRules:
+    """What a classification task's options say about its label column (nothing for other tasks)."""
+
+    def __init__(self, options: Any):
+        self.column = getattr(options, "label_column", None)
+        labels = getattr(options, "labels", None)
+        self.labels = [str(label) for label in labels] if labels else None
+        self.source = "task.labels"
+        self.multi = bool(getattr(options, "multi_label", False))
+        self.separator = getattr(options, "label_separator", ",")
+        self.seen: set[str] = set()
+
+    def check(self, value: Any, where: str) -> None:
+        if self.column is None or isinstance(value, (list, dict)):
+            return  # not a classification label (token tags, ...): the task checks those
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if self.multi:
+                return  # no label at all is a valid multi-label row
+            raise DataError(f"{where}: the label column {self.column!r} is empty")
+        names = ([part.strip() for part in str(value).split(self.separator) if part.strip()]
+                 if self.multi else [str(value)])
+        for name in names:
+            if self.labels is not None and name not in self.labels:
+                raise DataError(f"{where}: label {name!r} is not in {self.source} {self.labels}")
+        self.seen.update(names)
+
+    def finish(self, path: Path) -> None:
+        if self.column is None or self.labels is not None or self.multi:
+            return
+        if len(self.seen) < 2:
+            raise DataError(f"{path}: column {self.column!r} holds {len(self.seen)} distinct label(s) "
+                            f"({', '.join(sorted(self.seen)) or 'none'}); classification needs at least two "
+                            f"classes (a single class cannot be learnt)")
+
+
+def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, row) of a CSV/TSV file; ragged rows and undecodable bytes are errors with the line."""
+    handle = path.open(newline="", encoding="utf-8")
+    reader = csv.reader(handle, delimiter=delimiter)
+    try:
+        header = None
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{reader.line_num + 1}: not UTF-8 text (a binary file?)") from None
+            except csv.Error as exc:
+                raise DataError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
+            if header is None:
+                header = fields
+                continue
+            if not fields:
+                continue  # a blank line
+            if len(fields) != len(header):
+                raise DataError(f"{path}:{reader.line_num}: row has {len(fields)} field(s), the header has "
+                                f"{len(header)} ({', '.join(header)})")
+            yield reader.line_num, dict(zip(header, fields))
+    finally:
+        handle.close()
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{number}: not UTF-8 text (a binary file?)") from None
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+            if not isinstance(value, dict):
+                raise DataError(f"{path}:{number}: a JSON Lines row must be an object, not {type(value).__name__}")
+            yield number, value
+
+
+def scan_rows(path: Path, kind: str, required: list[str], renames: dict[str, str], options: Any,
+              is_train: bool = True) -> None:
+    """Read every row of a CSV, TSV or JSONL file and raise ``DataError`` at the first bad one.
+
+    Checks: the file has rows (an empty split is an error), every row has every field of the
+    header, required columns are present in each row, labels are not empty and belong to
+    ``task.labels`` when it is given, and a training file holds at least two classes. Other
+    formats (JSON, Parquet, image folders) are checked when loaded (``check_table``).
+    """
+    if kind in ("csv", "tsv"):
+        rows = _csv_rows(path, "\t" if kind == "tsv" else ",")
+    elif kind == "jsonl":
+        rows = _jsonl_rows(path)
+    else:
+        return
+    rules = _LabelRules(options)
+    count = 0
+    for line, row in rows:
+        count += 1
+        row = {renames.get(key, key): value for key, value in row.items()}
+        if kind == "jsonl":
+            missing = [column for column in required if column not in row]
+            if missing:
+                raise DataError(f"{path}:{line}: row lacks column(s) {', '.join(map(repr, missing))}")
+        if rules.column is not None and rules.column in row:
+            rules.check(row[rules.column], f"{path}:{line}")
+    if count == 0:
+        raise DataError(f"{path}: no rows (an empty {'training' if is_train else 'evaluation'} split)")
+    if is_train:
+        rules.finish(path)
+
+
+def check_table(table, path: Path, options: Any, is_train: bool,
+                known: Optional[set[str]] = None) -> set[str]:
+    """The label checks of ``scan_rows`` on a loaded table (any format); rows are numbered from 1.
+
+    ``known``: the labels seen in training, which an eval table's labels must be among when the
+    recipe gives no ``task.labels``. Returns the labels seen.
+    """
+    rules = _LabelRules(options)
+    if rules.column is None or rules.column not in table.column_names:
+        return set()
+    if rules.labels is None and known:
+        rules.labels, rules.source = sorted(known), "the labels of the training data"
+    feature = table.features.get(rules.column)
+    names = getattr(feature, "names", None)  # a ClassLabel (image folders): ints naming the classes
+    for index, value in enumerate(table[rules.column]):
+        rules.check(names[value] if names is not None and isinstance(value, int) else value,
+                    f"{path}: row {index + 1}")
+    if is_train:
+        rules.finish(path)
+    return rules.seen
+
+
 def _rename(table, columns: dict[str, str], path: Path):
     for old, new in columns.items():
         if old in table.column_names:
@@ -88,10 +229,12 @@ def load_splits(recipe: Recipe, required: list[str], stratify_column: Optional[s
     train_path = recipe.resolve_path(section.train)
     train = _rename(load_table(train_path), section.columns, train_path)
     _check_columns(train, required, train_path)
+    seen = check_table(train, train_path, recipe.task_options, is_train=True)
     if section.eval is not None:
         eval_path = recipe.resolve_path(section.eval)
         evaluation = _rename(load_table(eval_path), section.columns, eval_path)
         _check_columns(evaluation, [c for c in required if c in train.column_names], eval_path)
+        check_table(evaluation, eval_path, recipe.task_options, is_train=False, known=seen)
         source = str(eval_path)
     else:
         if len(train) < 4:

@@ -37,3 +37,17 @@ class ContractViolation(AdaptkitError):
         self.parameter = parameter
         where = f" on {parameter!r}" if parameter else ""
         super().__init__(f"strategy {strategy!r} broke the contract rule '{rule}'{where}: {detail}")
+
+
+class TrainingDiverged(AdaptkitError):
+    """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class CheckpointWriteError(AdaptkitError):
+    """A checkpoint could not be written (full disk, failing write); the previous one is intact."""
+
+
+class RunInterrupted(AdaptkitError):
+    """Ctrl-C (SIGINT) stopped a run after it wrote a final checkpoint; the CLI exits 130."""
+
+    exit_code = 130
