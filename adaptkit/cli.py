@@ -20,6 +20,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--resume", action="store_true",
                      help="continue from the newest complete checkpoint in <output.dir>.checkpoints/")
+    scale = run.add_argument_group("several processes or machines (through accelerate launch)")
+    scale.add_argument("--num-processes", type=int, default=None, metavar="N",
+                       help="processes on all machines together (GPUs, or CPU processes over gloo); "
+                            "training.batch_size stays the global batch")
+    scale.add_argument("--num-machines", type=int, default=None, metavar="M", help="machines taking part (default 1)")
+    scale.add_argument("--machine-rank", type=int, default=0, metavar="R", help="this machine's rank, 0 to M-1")
+    scale.add_argument("--main-process-ip", default=None, metavar="IP", help="address of the machine of rank 0")
+    scale.add_argument("--main-process-port", type=int, default=None, metavar="PORT",
+                       help="port on the machine of rank 0 (default: a free one; 29500 across machines)")
 
     validate = commands.add_parser("validate", help="check a recipe without training (no torch import)")
     validate.add_argument("recipe")
@@ -33,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
 
     plugins = commands.add_parser("plugins", help="list installed plugins, their strategies and errors")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.add_argument("--check", nargs="?", const="", metavar="STRATEGY,...",
+                         help="run the conformance kit (adaptkit.testing.check_strategy) on every installed "
+                              "strategy, or on the listed ones; exit 1 if any fails")
 
     predict = commands.add_parser("predict", help="predict with a finished run")
     predict.add_argument("run_dir")
@@ -123,6 +135,10 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_run(args) -> int:
+    from adaptkit.distributed import launch_requested
+
+    if launch_requested(args.num_processes, args.num_machines):
+        return _launch_run(args)
     from adaptkit.runner import run
 
     result = run(args.recipe, overwrite=args.overwrite, progress=not args.no_progress, resume=args.resume)
@@ -132,6 +148,22 @@ def _cmd_run(args) -> int:
         print(f"done in {metrics['wall_seconds']:.0f} s: {figures}")
         print(f"outputs: {result.output_dir}")
     return 0
+
+
+def _launch_run(args) -> int:
+    """``run`` with several processes: the same command again, under accelerate's launcher."""
+    from adaptkit.distributed import check_backend_available, check_global_batch, launch
+    from adaptkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)  # a broken recipe fails here once, not in every process
+    num_processes = args.num_processes or (args.num_machines or 1)
+    check_global_batch(recipe.training, num_processes)
+    check_backend_available(recipe.distributed)
+    run_args = [flag for flag, on in (("--overwrite", args.overwrite), ("--no-progress", args.no_progress),
+                                      ("--resume", args.resume)) if on]
+    return launch(args.recipe, run_args, num_processes, num_machines=args.num_machines or 1,
+                  machine_rank=args.machine_rank, main_process_ip=args.main_process_ip,
+                  main_process_port=args.main_process_port, mixed_precision=recipe.training.mixed_precision)
 
 
 def _cmd_validate(args) -> int:
@@ -147,7 +179,7 @@ def _cmd_plan(args) -> int:
     from rich.console import Console
 
     from adaptkit import list_strategies
-    from adaptkit.plan import plan, render
+    from adaptkit.planning import plan, render
     from adaptkit.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -157,7 +189,9 @@ def _cmd_plan(args) -> int:
 
         for name in names:
             get_strategy(name)  # an unknown name is an error that suggests the closest one
-    Console(width=200).print(render(plan(recipe, names)))
+    result = plan(recipe, names, strict=False)  # the table first, then the error
+    Console(width=200).print(render(result))
+    result.raise_for_recipe_strategy()  # what would stop `adaptkit run` stops the plan too (exit 2)
     return 0
 
 
@@ -171,6 +205,8 @@ def _cmd_schema(args) -> int:
 def _cmd_plugins(args) -> int:
     from adaptkit import list_plugins
 
+    if args.check is not None:
+        return _check_plugins(args)
     plugins = list_plugins()
     if args.json:
         print(json.dumps([vars(p) for p in plugins], indent=2))
@@ -187,6 +223,29 @@ def _cmd_plugins(args) -> int:
                       f"[red]error: {plugin.error}[/red]" if plugin.error else "ok")
     Console(width=160).print(table)
     return 0
+
+
+def _check_plugins(args) -> int:
+    """``adaptkit plugins --check``: pass/fail per strategy; broken plugins fail too; exit 1 on any failure."""
+    from adaptkit import list_plugins
+    from adaptkit.plugins import check_installed
+
+    names = [n.strip() for n in args.check.split(",") if n.strip()] or None
+    broken = [p for p in list_plugins() if p.error] if names is None else []  # listed names: just those
+    results = check_installed(names)
+    if args.json:
+        print(json.dumps({"strategies": [vars(r) for r in results],
+                          "broken_plugins": [vars(p) for p in broken]}, indent=2))
+    else:
+        for result in results:
+            print(f"{'PASS' if result.passed else 'FAIL'}  {result.strategy}  "
+                  f"(plugin {result.plugin}, distribution {result.distribution}): {result.detail}")
+        for plugin in broken:
+            print(f"FAIL  plugin {plugin.name}  (distribution {plugin.distribution} {plugin.version}): {plugin.error}")
+        failed = sum(not r.passed for r in results) + len(broken)
+        print(f"{len(results) - sum(not r.passed for r in results)} of {len(results)} strategies pass"
+              + (f"; {failed} failure(s)" if failed else ""))
+    return 1 if any(not r.passed for r in results) or broken else 0
 
 
 def _cmd_predict(args) -> int:
@@ -217,10 +276,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except AdaptkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from adaptkit.errors import RunInterrupted
+
+        if isinstance(exc, RunInterrupted) and args.command == "run":
+            print(f"{exc}:\n  adaptkit run {args.recipe} --resume", file=sys.stderr)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        hint = (f"; if it wrote checkpoints, continue with: adaptkit run {args.recipe} --resume"
+                if args.command == "run" else "")
+        print(f"interrupted{hint}", file=sys.stderr)
         return 130
 
 

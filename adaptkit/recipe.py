@@ -102,6 +102,70 @@ class OutputSection(_Section):
     verify_export: bool = Field(True, description="Reload what was saved with peft/transformers and compare outputs.")
 
 
+class FSDPSection(_Section):
+    """FSDP settings, passed to accelerate's ``FullyShardedDataParallelPlugin``."""
+
+    version: Literal[1, 2] = Field(1, description="FSDP1 (torch FullyShardedDataParallel) or FSDP2 (fully_shard).")
+    sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "HYBRID_SHARD_ZERO2"] = Field(
+        "FULL_SHARD", description="What is sharded: parameters+gradients+optimizer (FULL_SHARD), gradients+optimizer "
+                                  "(SHARD_GRAD_OP), nothing (NO_SHARD, like DDP), or full sharding within a machine (HYBRID_*).")
+    auto_wrap_policy: Literal["transformer_based_wrap", "size_based_wrap", "no_wrap"] = Field(
+        "transformer_based_wrap", description="How the model is split into FSDP units: per transformer layer, per "
+                                              "min_num_params parameters, or one unit.")
+    transformer_layer_cls_to_wrap: Optional[list[str]] = Field(
+        None, description="Layer classes that become FSDP units (e.g. [BertLayer]); default: the model's _no_split_modules.")
+    min_num_params: Optional[PositiveInt] = Field(
+        None, description="size_based_wrap: parameters per FSDP unit (default 100,000,000).")
+    cpu_offload: bool = Field(False, description="Keep parameters and gradients in CPU memory between uses.")
+    backward_prefetch: Optional[Literal["BACKWARD_PRE", "BACKWARD_POST", "NO_PREFETCH"]] = None
+    forward_prefetch: bool = False
+    use_orig_params: bool = Field(True, description="Needed when some parameters are frozen (every strategy but full).")
+    sync_module_states: bool = Field(True, description="Broadcast rank 0's weights to every process at the start.")
+    activation_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, more time.")
+    state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT"] = "FULL_STATE_DICT"
+
+    @model_validator(mode="after")
+    def _wrap_options_match(self) -> "FSDPSection":
+        if self.min_num_params is not None and self.auto_wrap_policy != "size_based_wrap":
+            raise ValueError("min_num_params applies to auto_wrap_policy: size_based_wrap only")
+        if self.transformer_layer_cls_to_wrap and self.auto_wrap_policy != "transformer_based_wrap":
+            raise ValueError("transformer_layer_cls_to_wrap applies to auto_wrap_policy: transformer_based_wrap only")
+        return self
+
+
+class DistributedSection(_Section):
+    """How a run with several processes (``adaptkit run --num-processes N``) shares the work.
+
+    ``training.batch_size`` stays the global batch: each of N processes gets batch_size / N rows
+    of every batch, so N processes compute what one does.
+    """
+
+    backend: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="ddp: a full model copy per process; fsdp: parameters sharded across processes; "
+                           "deepspeed: ZeRO through DeepSpeed (pip install deepspeed).")
+    fsdp: Optional[FSDPSection] = Field(None, description="FSDP options (backend: fsdp).")
+    deepspeed: Optional[dict[str, Any]] = Field(
+        None, description="A DeepSpeed config, inline (backend: deepspeed); 'auto' values are filled by accelerate.")
+    deepspeed_config: Optional[Path] = Field(
+        None, description="A DeepSpeed JSON config file, relative to the recipe (backend: deepspeed).")
+    collective_timeout_seconds: PositiveInt = Field(
+        300, description="A collective (all-reduce, barrier) waiting longer than this fails the run instead of "
+                         "hanging on a dead process.")
+    find_unused_parameters: bool = Field(
+        False, description="ddp: allow trainable parameters that get no gradient in a step (slower).")
+
+    @model_validator(mode="after")
+    def _options_match_backend(self) -> "DistributedSection":
+        if self.fsdp is not None and self.backend != "fsdp":
+            raise ValueError(f"distributed.fsdp is set but backend is {self.backend!r}; set backend: fsdp")
+        if (self.deepspeed is not None or self.deepspeed_config is not None) and self.backend != "deepspeed":
+            raise ValueError(f"distributed.deepspeed settings are set but backend is {self.backend!r}; "
+                             "set backend: deepspeed")
+        if self.deepspeed is not None and self.deepspeed_config is not None:
+            raise ValueError("give distributed.deepspeed (inline) or distributed.deepspeed_config (a file), not both")
+        return self
+
+
 class PluginSection(BaseModel):
     """A section whose keys belong to a plugin's options model (validated in a second pass)."""
 
@@ -128,7 +192,12 @@ class Recipe(_Section):
     strategy: StrategySection
     training: TrainingSection = Field(default_factory=TrainingSection)
     output: OutputSection
+    distributed: DistributedSection = Field(default_factory=DistributedSection,
+                                            description="Several processes or machines: ddp, fsdp or deepspeed.")
     requires: list[str] = Field(default_factory=list, description="Plugin distributions this recipe needs.")
+    plugins: Optional[list[str]] = Field(
+        None, description="Allow-list: load only these plugin distributions (adaptkit's own always load); "
+                          "default: every installed one (or those in ADAPTKIT_PLUGINS).")
 
     _source: Optional[Path] = PrivateAttr(None)
     _strategy_options: Any = PrivateAttr(None)
@@ -160,6 +229,8 @@ class Recipe(_Section):
         data["data"]["train"] = str(self.resolve_path(self.data.train))
         if self.data.eval is not None:
             data["data"]["eval"] = str(self.resolve_path(self.data.eval))
+        if self.distributed.deepspeed_config is not None:
+            data["distributed"]["deepspeed_config"] = str(self.resolve_path(self.distributed.deepspeed_config))
         return data
 
     @classmethod
@@ -281,6 +352,9 @@ def parse_yaml(text: str, source: Optional[Path]) -> tuple[Any, _LineFinder]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
+            problem += ("; recipes are read with YAML safe loading, which refuses tags that build Python "
+                        "objects or run code: write plain values instead")
         raise RecipeError(f"{_where(source, line)}: invalid YAML: {problem}") from None
     if root is not None:
         duplicate = _find_duplicate_keys(root)
@@ -330,9 +404,12 @@ def _validate(data: Any, source: Optional[Path], lines: _LineFinder, check_files
         raise RecipeError(_format_errors(exc, Recipe, shown, lines)) from None
     recipe._source = source
     _check_requirements(recipe, shown, lines)
-    _validate_plugin_sections(recipe, shown, lines)
-    if check_files:
-        _check_data_files(recipe, shown, lines)
+    from adaptkit.plugins import restricted_to
+
+    with restricted_to(recipe.plugins):
+        _validate_plugin_sections(recipe, shown, lines)
+        if check_files:
+            _check_data_files(recipe, shown, lines)
     return recipe
 
 
@@ -423,9 +500,14 @@ def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder)
         if kind is None and not path.is_dir():
             raise RecipeError(f"{where}: data.{key}: unsupported file type {path.suffix!r} "
                               f"(use one of {', '.join(sorted(DATA_FORMATS))})")
-        header = _read_header(path, kind) if kind else None
+        try:
+            header = _read_header(path, kind) if kind else None
+        except OSError as exc:  # a folder named *.csv, no permission, an I/O error
+            raise RecipeError(f"{where}: data.{key}: cannot read {path}: {exc.strerror or exc}") from None
         if header is None:
             continue
+        if not header:
+            raise RecipeError(f"{where}: data.{key}: {path.name} is empty (no header, no rows)")
         present = {renames.get(column, column) for column in header}
         missing = [column for column in required if column not in present]
         if missing:
@@ -434,6 +516,15 @@ def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder)
                 f"task {recipe.task.type!r} needs (columns: {', '.join(header)}); set the task's column "
                 f"names or map them with data.columns"
             )
+        from adaptkit.data import scan_rows  # every row, cheaply: a bad one is reported as file:line
+        from adaptkit.errors import DataError
+
+        try:
+            scan_rows(path, kind, required, renames, recipe.task_options, is_train=key == "train")
+        except DataError as exc:
+            raise RecipeError(f"{where}: data.{key}: {exc}") from None
+        except OSError as exc:
+            raise RecipeError(f"{where}: data.{key}: cannot read {path}: {exc.strerror or exc}") from None
 
 
 # ---------------------------------------------------------------------------- schema

@@ -19,6 +19,12 @@ from adaptkit.errors import AdaptkitError
 from adaptkit.recipe import Recipe, load_recipe
 
 PROBE_ROWS = 8
+# The merged model is compared with the trained one on this many real eval rows, in batches of
+# at most EQUIVALENCE_BATCH: several batches (so padding and lengths vary) at a bounded cost.
+EQUIVALENCE_ROWS = 64
+EQUIVALENCE_BATCH = 16
+# ... and fewer batches when their logits are large (a causal LM's vocabulary): at most ~256 MB held.
+EQUIVALENCE_MAX_VALUES = 64 * 2**20
 
 
 @dataclass
@@ -78,13 +84,68 @@ class Session:
 
         return build_model(self.recipe, self.task, self.tokenizer, self.source, self.recipe.training.seed)
 
+    def eval_batches(self, rows: int, batch_size: int) -> list[dict]:
+        """The first ``rows`` eval rows collated in batches as evaluation forms them (real data, real padding)."""
+        collate = self.task.collate(self.tokenizer)
+        count = min(rows, len(self.eval_data))
+        return [collate([self.eval_data[i] for i in range(start, min(start + batch_size, count))])
+                for start in range(0, count, batch_size)]
+
     def probe_batch(self) -> dict:
         rows = self.eval_data.select(range(min(PROBE_ROWS, len(self.eval_data))))
         return self.task.collate(self.tokenizer)([rows[i] for i in range(len(rows))])
 
 
+def equivalence_batches(session: "Session") -> list[dict]:
+    """Real eval batches for the contract's output comparisons (equivalence, export), capped for cost."""
+    size = min(EQUIVALENCE_BATCH, session.recipe.training.eval_batch_size)
+    return session.eval_batches(EQUIVALENCE_ROWS, size)
+
+
 def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progress: bool = True,
         log: Callable[[str], None] = print, resume: bool = False) -> RunResult:
+    """Train the recipe's strategy, enforce the contract, and write the output folder (see ``_run``).
+
+    The run holds ``<output.dir>.lock`` from start to end, so a second run into the same folder
+    is refused (with the holder's PID) instead of interleaving files; only the plugins the
+    recipe's ``plugins:`` list allows are loaded; and an unexpected exception raised inside a
+    plugin's code becomes a ``PluginError`` that names the plugin and its distribution.
+    """
+    import contextlib
+    import os
+
+    from adaptkit.errors import ContractViolation
+    from adaptkit.outputs import run_lock
+    from adaptkit.plugins import blame, get_registry, plugin_error, restricted_to
+
+    recipe = _as_recipe(recipe)
+    main_process = int(os.environ.get("RANK", "0") or 0) == 0  # one lock per run, not per launched process
+    with (run_lock(Path(recipe.output.dir)) if main_process else contextlib.nullcontext()), \
+            restricted_to(recipe.plugins):
+        try:
+            return _run(recipe, overwrite=overwrite, progress=progress, log=log, resume=resume)
+        except ContractViolation as exc:
+            owner = get_registry().plugin_for("strategy", exc.strategy)
+            if owner is not None and "(distribution " not in str(exc):
+                exc.args = (f"{exc} [strategy from plugin {owner.name!r}, distribution {owner.distribution} "
+                            f"{owner.version}]",)
+            raise
+        except AdaptkitError as exc:
+            cause = exc.__cause__  # an error adaptkit wrapped (e.g. a failing wrap): name the plugin too
+            found = blame(cause) if cause is not None and not isinstance(cause, AdaptkitError) else None
+            if found is not None and "(distribution " not in str(exc):
+                exc.args = (f"{exc} [raised in plugin {found[0].name!r} (distribution {found[0].distribution} "
+                            f"{found[0].version}), in {found[1]}]",)
+            raise
+        except Exception as exc:
+            named = plugin_error(exc)
+            if named is None:
+                raise
+            raise named from exc
+
+
+def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progress: bool = True,
+         log: Callable[[str], None] = print, resume: bool = False) -> RunResult:
     """Train the recipe's strategy, enforce the contract, and write the output folder.
 
     Checkpoints go to ``<output.dir>.checkpoints/`` during the run (see ``adaptkit.checkpoint``)
@@ -93,8 +154,9 @@ def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progres
     """
     from adaptkit import __version__
     from adaptkit.checkpoint import plan_checkpoints
-    from adaptkit.contract import (FrozenWeights, architecture_signature, check_close, check_signature,
-                                   model_outputs)
+    from adaptkit.contract import (FrozenWeights, architecture_signature, check_close, check_equivalence,
+                                   check_signature, model_outputs, trained_head_state)
+    from adaptkit.planning import distributed_setting, plan_of_model, render_text, setup_line, wrap_checked
     from adaptkit.outputs import check_output_dir, staged_output, write_json
     from adaptkit.report import model_card
     from adaptkit.strategy import WrapContext
@@ -109,15 +171,22 @@ def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progres
     strategy = session.strategy_cls(recipe.strategy_options)
     name = strategy.name
     logs_dir = checkpoints.root / "logs"
-    accelerator = make_accelerator(recipe.training, log, logging_dir=logs_dir)
+    accelerator = make_accelerator(recipe.training, log, logging_dir=logs_dir, distributed=recipe.distributed,
+                                   base_dir=recipe.base_dir())
 
     base = session.build_base()
     head = session.task.head_modules(base)
     context = WrapContext(model_type=getattr(base.config, "model_type", "unknown"), task=session.task.name,
-                          head_modules=head, peft_task_type=session.task.peft_task_type)
+                          head_modules=head, peft_task_type=session.task.peft_task_type,
+                          extra={"distributed": distributed_setting(recipe, accelerator.num_processes)})
     base_signature = architecture_signature(base)
-    probe = session.probe_batch()
-    model = strategy.wrap(base, context)
+    probes = equivalence_batches(session)
+    # The plan, on the model this run built anyway: combination checks and target resolution
+    # (wrap_checked) stop a run that cannot work before any training, and the table is logged.
+    setup = setup_line(strategy, context, recipe.training.mixed_precision)
+    model = wrap_checked(strategy, base, context)
+    if accelerator.is_main_process:
+        log(render_text(plan_of_model(recipe, name, model, base.config, setup)))
     parameters = _count_parameters(model)
     if parameters["trainable"] == 0:
         raise AdaptkitError(f"strategy {name!r} left no parameter trainable on this model; check its options")
@@ -143,7 +212,12 @@ def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progres
     contract: list[str] = []
     frozen.verify(name, model)
     contract.append(f"frozen: {len(frozen)} frozen parameter tensors bit-identical after training")
-    wrapped_out = model_outputs(model, probe)
+    wrapped_outs = []
+    for batch in probes:  # kept until the merge is checked: stop once the logits held reach the cap
+        wrapped_outs.append(model_outputs(model, batch))
+        if sum(out.numel() for out in wrapped_outs) >= EQUIVALENCE_MAX_VALUES:
+            break
+    probes = probes[:len(wrapped_outs)]
 
     if not accelerator.is_main_process:
         return RunResult(output_dir, {})
@@ -152,19 +226,22 @@ def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progres
         strategy.save(model, export_dir)
         if recipe.output.verify_export:
             reloaded = strategy.load(session.build_base(), export_dir)
-            check_close(name, "export", wrapped_out, model_outputs(reloaded, probe), strategy.merge_tolerance,
-                        f"the {strategy.export_kind} saved in {export_dir.name}/ and reloaded")
-            contract.append(f"export: {export_dir.name}/ reloads with "
-                            f"{'peft' if strategy.export_kind == 'adapter' else 'transformers'} and gives the same outputs")
+            for index, batch in enumerate(probes):
+                check_close(name, "export", wrapped_outs[index], model_outputs(reloaded, batch),
+                            strategy.merge_tolerance, f"the {strategy.export_kind} saved in {export_dir.name}/ "
+                                                      f"and reloaded, on eval batch {index + 1}")
+            contract.append(f"export: {export_dir.name}/ reloads with {strategy.export_loader} "
+                            "and gives the same outputs")
             del reloaded
+        trained_head = trained_head_state(model, head) if strategy.mergeable else {}
         unwrapped = strategy.unwrap(model)
         check_signature(name, base_signature, architecture_signature(unwrapped), head)
         contract.append("signature: unwrapped model has exactly the base architecture "
                         f"({len(base_signature.parameters)} parameter tensors)")
         if strategy.mergeable:
-            check_close(name, "equivalence", wrapped_out, model_outputs(unwrapped, probe),
-                        strategy.merge_tolerance, "merged model against the trained wrapped model")
-            contract.append(f"equivalence: merged model matches the trained model within {strategy.merge_tolerance:g}")
+            check_equivalence(name, wrapped_outs, unwrapped, probes, strategy.merge_tolerance, trained_head)
+            contract.append(f"equivalence: merged model matches the trained model within {strategy.merge_tolerance:g} "
+                            f"on {sum(len(next(iter(b.values()))) for b in probes)} eval rows, head included")
             if recipe.output.merge and strategy.export_kind == "adapter":
                 unwrapped.save_pretrained(staging / "model", safe_serialization=True)
         elif recipe.output.merge:
@@ -201,7 +278,8 @@ def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progres
             "wall_seconds": round(time.perf_counter() - wall_started, 3),
             "peak_memory_bytes": peak,
             "device": str(accelerator.device),
-            "export": {"kind": strategy.export_kind, "path": str(output_dir / export_dir.name)},
+            "export": {"kind": strategy.export_kind, "path": str(output_dir / export_dir.name),
+                       "loader": strategy.export_loader},
             "contract": contract,
             "recipe": recipe.resolved_dict(),
         }

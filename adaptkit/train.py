@@ -22,6 +22,7 @@ from adaptkit.recipe import TrainingSection
 
 if TYPE_CHECKING:
     from adaptkit.checkpoint import CheckpointConfig
+    from adaptkit.recipe import DistributedSection
 
 LOG_EVERY = 10
 
@@ -50,13 +51,18 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def make_accelerator(training: TrainingSection, log: Callable[[str], None] = print,
-                     logging_dir: Optional[Path] = None):
+                     logging_dir: Optional[Path] = None, distributed: Optional["DistributedSection"] = None,
+                     base_dir: Optional[Path] = None):
     """An ``Accelerator`` for the recipe, with GPU-only settings refused clearly on a CPU.
 
     ``logging_dir`` is where trackers (``training.report_to``) write while the run is going;
-    the runner moves it into the output folder at the end.
+    the runner moves it into the output folder at the end. ``distributed`` (the recipe's section)
+    chooses ddp / fsdp / deepspeed and the collective timeout when the run was launched with
+    several processes; ``training.batch_size`` stays the global batch (``adaptkit.distributed``).
     """
     from accelerate import Accelerator
+
+    from adaptkit.distributed import accelerator_options, check_global_batch, world_size
 
     precision = training.mixed_precision
     cpu_only = training.device == "cpu" or not torch.cuda.is_available()
@@ -80,8 +86,14 @@ def make_accelerator(training: TrainingSection, log: Callable[[str], None] = pri
         trackers = {"log_with": list(training.report_to),
                     "project_config": ProjectConfiguration(project_dir=str(logging_dir or "."),
                                                            logging_dir=str(logging_dir or "."))}
-    return Accelerator(mixed_precision=precision, cpu=training.device == "cpu",
-                       gradient_accumulation_steps=training.gradient_accumulation_steps, **trackers)
+    world = world_size()
+    # Launched processes on a machine without GPUs train on the CPU over gloo (accelerate's MULTI_CPU).
+    cpu = training.device == "cpu" or (world > 1 and not torch.cuda.is_available())
+    options = accelerator_options(distributed, world, base_dir, log)
+    accelerator = Accelerator(mixed_precision=precision, cpu=cpu,
+                              gradient_accumulation_steps=training.gradient_accumulation_steps, **trackers, **options)
+    check_global_batch(training, accelerator.num_processes)
+    return accelerator
 
 
 def train_loader(dataset, batch_size: int, collate, group_by_length: bool, seed: int) -> DataLoader:
@@ -101,6 +113,19 @@ def eval_loader(dataset, batch_size: int, collate) -> DataLoader:
     if "length" in dataset.column_names:
         dataset = dataset.sort("length")
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+def _mean_across(accelerator, value: torch.Tensor) -> torch.Tensor:
+    """``value`` averaged over processes (a copy; itself with one process)."""
+    return accelerator.reduce(value.clone(), "mean") if accelerator.num_processes > 1 else value
+
+
+def _batch_rows(batch: dict) -> int:
+    """Examples in a batch, whatever the task feeds (input_ids, pixel_values, ...)."""
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    return 0
 
 
 def _pad_value(tensor: torch.Tensor) -> float:
@@ -134,9 +159,10 @@ def gather_outputs(model, loader, accelerator, reduce: Optional[Callable[[Any, d
         values = (reduce(outputs, batch) if reduce is not None
                   else {"logits": outputs.logits, **({"labels": batch["labels"]} if "labels" in batch else {})})
         rows = next(iter(values.values())).shape[0] if values else 0
-        if outputs.loss is not None:
-            losses += float(outputs.loss) * rows
-            count += rows
+        if outputs.loss is not None:  # per-row copies, so uneven last batches are de-duplicated too
+            row_losses = accelerator.gather_for_metrics(outputs.loss.detach().float().expand(rows).contiguous())
+            losses += float(row_losses.double().sum())
+            count += row_losses.numel()
         for key, value in values.items():
             if value.ndim >= 2:  # sequence outputs differ in length between processes
                 value = accelerator.pad_across_processes(value, dim=1, pad_index=_pad_value(value))
@@ -157,7 +183,7 @@ def evaluate(model, loader, accelerator, task) -> dict[str, float]:
     """The task's metrics on labelled data (from its per-batch ``batch_outputs``) and the mean loss."""
     gathered, loss, labelled = gather_outputs(model, loader, accelerator, task.batch_outputs)
     metrics = task.compute_metrics(**gathered) if labelled else {}
-    metrics["loss"] = loss
+    metrics["loss"] = metrics.pop("loss", loss)  # a task that computes it from the gathered rows knows best
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -249,6 +275,59 @@ def _flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _finite_everywhere(accelerator, *tensors: torch.Tensor) -> bool:
+    """Whether every tensor is finite on every process: one host sync (one reduce when distributed)."""
+    bad = torch.zeros((), device=accelerator.device)
+    for tensor in tensors:
+        bad = bad + (~torch.isfinite(tensor.detach())).any().to(bad.device, torch.float32)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    return float(bad) == 0
+
+
+class _StopOnSigint:
+    """Ctrl-C during training asks the loop to stop at the next optimizer step and checkpoint there.
+
+    The flag is read at step boundaries only (and, with several processes, agreed on at the
+    log syncs), so the checkpoint is taken at a point a resume continues exactly. A second
+    Ctrl-C stops at once (KeyboardInterrupt).
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.requested = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        import signal
+        import threading
+
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("interrupt: stopping after this step and writing a checkpoint (press Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def should_stop(self, accelerator, at_sync: bool) -> bool:
+        if accelerator.num_processes == 1:
+            return self.requested
+        if not at_sync:
+            return False
+        flag = torch.tensor(float(self.requested), device=accelerator.device)
+        return float(accelerator.reduce(flag, reduction="sum")) > 0
+
+
 def fit(model, strategy, task, train_data, eval_data, tokenizer, training: TrainingSection,
         accelerator, learning_rate: float, progress: bool = True,
         on_epoch_end: Optional[Callable[[int, dict[str, float]], None]] = None,
@@ -271,7 +350,9 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
     collate = task.collate(tokenizer)
     loader = train_loader(train_data, training.batch_size, collate, training.group_by_length, training.seed)
     generator = loader.sampler.generator  # re-seeded every epoch: data order is f(seed, epoch)
-    evaluation = eval_loader(eval_data, training.eval_batch_size, collate)
+    # every batch is split across processes (split_batches): round the eval batch up so it splits
+    evaluation = eval_loader(eval_data, -(-training.eval_batch_size // accelerator.num_processes)
+                             * accelerator.num_processes, collate)
     groups = [g for g in strategy.parameter_groups(model, learning_rate, training.weight_decay) if g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=learning_rate)
     updates_per_epoch = math.ceil(len(loader) / training.gradient_accumulation_steps)
@@ -320,7 +401,26 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
                 "window_batches": window_batches, "epoch_loss": float(epoch_loss), "epoch_batches": epoch_batches,
                 "best": best.state(), "stopped_early": result.stopped_early}
 
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    last_finite = {"step": result.steps}
+
+    def diverged(where: str) -> Exception:
+        from adaptkit.checkpoint import latest_checkpoint
+        from adaptkit.errors import TrainingDiverged
+
+        good = latest_checkpoint(checkpoints.root) if checkpoints is not None else None
+        kept = (f"the last good checkpoint, {good.name}, is kept in {good.parent}" if good is not None
+                else "no checkpoint was written before it")
+        return TrainingDiverged(
+            f"training diverged: the loss became NaN or infinite at step {result.steps} {where} (it was finite "
+            f"up to step {last_finite['step']}); {kept}. Nothing with NaN weights was saved. Lower "
+            f"training.learning_rate, set training.max_grad_norm, or check the data, then run again")
+
     def save(state: dict[str, Any]) -> None:
+        # never write NaN weights: the loss since the last log sync and the weights are checked first
+        if not _finite_everywhere(accelerator, window, epoch_loss, *trainable):
+            raise diverged("(found before writing a checkpoint)")
+        last_finite["step"] = result.steps
         path = checkpointer.save(state)
         if on_checkpoint is not None and accelerator.is_main_process:
             on_checkpoint(str(path), result.steps)
@@ -331,6 +431,16 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
     bar = _Progress(total_steps, progress and accelerator.is_main_process)
     bar.update(result.steps)
     model.train()
+    stop = _StopOnSigint(enabled=checkpointer is not None)
+
+    def interrupted() -> Exception:
+        from adaptkit.errors import RunInterrupted
+
+        return RunInterrupted(f"interrupted at step {result.steps} of {total_steps}: checkpoint "
+                              f"step-{result.steps:08d} is saved in {checkpoints.root}; continue the run by "
+                              f"giving the same command with --resume")
+
+    stop.install()
     try:
         for epoch in range(start_epoch, epochs):
             if finished:
@@ -361,11 +471,16 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
                     window_batches += 1
                     epoch_batches += 1
                     batches_done += 1
-                    result.train_examples += batch["input_ids"].shape[0] if "input_ids" in batch else 0
+                    result.train_examples += _batch_rows(batch) * accelerator.num_processes  # split batches
                     if accelerator.sync_gradients:
                         result.steps += 1
                         if result.steps % LOG_EVERY == 0 or result.steps == total_steps:
-                            mean = float(window) / window_batches  # the one host sync per LOG_EVERY steps
+                            # the one host sync per LOG_EVERY steps; the mean over processes, not rank 0's
+                            mean = float(_mean_across(accelerator, window)) / window_batches
+                            if not (math.isfinite(mean) if accelerator.num_processes == 1
+                                    else _finite_everywhere(accelerator, window)):
+                                raise diverged(f"(loss {mean} over steps {last_finite['step'] + 1}-{result.steps})")
+                            last_finite["step"] = result.steps
                             result.loss_curve.append({"step": result.steps, "loss": mean})
                             window.zero_()
                             window_batches = 0
@@ -379,6 +494,12 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
                             result.train_seconds += time.perf_counter() - epoch_started
                             epoch_started = time.perf_counter()
                             save(position(epoch, batches_done))
+                        if stop.should_stop(accelerator, result.steps % LOG_EVERY == 0):
+                            if checkpointer.last_saved_step != result.steps:
+                                result.train_seconds += time.perf_counter() - epoch_started
+                                epoch_started = time.perf_counter()
+                                save(position(epoch, batches_done))
+                            raise interrupted()
                         if result.steps >= total_steps:
                             break
                 result.train_seconds += time.perf_counter() - epoch_started  # evaluation is not train time
@@ -389,7 +510,7 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
                 pending_rng = None
             metrics = evaluate(model, evaluation, accelerator, task)
             entry = {"epoch": epoch + 1, "step": result.steps,
-                     "train_loss": float(epoch_loss) / max(epoch_batches, 1),
+                     "train_loss": float(_mean_across(accelerator, epoch_loss)) / max(epoch_batches, 1),
                      **{f"eval_{k}": v for k, v in metrics.items()}}
             result.history.append(entry)
             result.final_metrics = metrics
@@ -410,7 +531,10 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
         if checkpointer is not None and not finished and checkpointer.last_saved_step != result.steps:
             # (when this step was just saved, before the last evaluation, resuming it redoes only that)
             save(position(len(result.history), 0, is_finished=True))
+        if stop.requested:  # Ctrl-C during the last evaluation: the finished checkpoint is saved
+            raise interrupted()
     finally:
+        stop.uninstall()
         bar.close()
         if training.report_to:
             for tracker in accelerator.trackers:  # not end_training(): that also ends the process group

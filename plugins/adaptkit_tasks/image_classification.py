@@ -188,8 +188,11 @@ class ImageClassification(Task):
     def compute_metrics(self, logits, labels) -> dict[str, float]:
         from adaptkit_tasks.sequence_classification import _macro_f1
 
+        import torch
+
         predicted = logits.argmax(dim=-1)
-        return {"accuracy": float((predicted == labels).float().mean()),
+        return {"loss": float(torch.nn.functional.cross_entropy(logits.float(), labels.long())),
+                "accuracy": float((predicted == labels).float().mean()),
                 "macro_f1": _macro_f1(predicted, labels, len(self.labels))}
 
     def predict_rows(self, logits) -> list[dict[str, Any]]:
