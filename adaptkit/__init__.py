@@ -63,9 +63,9 @@ def plan(recipe: Any, strategies: Any = None) -> Any:
     """Before training: trainable parameters, touched modules and a memory estimate per strategy.
 
     Loads only the model's config (the weights on the meta device), so it is cheap; returns a
-    ``Plan`` (see ``adaptkit.plan``) and raises for target modules or combinations that cannot run.
+    ``Plan`` (see ``adaptkit.planning``) and raises for target modules or combinations that cannot run.
     """
-    from adaptkit.plan import plan as _plan
+    from adaptkit.planning import plan as _plan
     from adaptkit.runner import _as_recipe
 
     return _plan(_as_recipe(recipe), strategies)

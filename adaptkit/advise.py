@@ -322,7 +322,7 @@ def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watt
 
     from adaptkit.energy import default_power_watts, energy_of
     from adaptkit.models import load_config
-    from adaptkit.plan import estimate_memory
+    from adaptkit.planning import estimate_memory
     from adaptkit.strategy import WrapContext
 
     recipe = session.recipe

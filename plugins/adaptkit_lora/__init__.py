@@ -32,7 +32,9 @@ CONV1D_FAMILIES = {"gpt2"}
 class LoraOptions(StrategyOptions):
     r: PositiveInt = Field(8, description="Rank of the update matrices.")
     alpha: float = Field(16, gt=0, description="Scaling numerator: the update is scaled by alpha / r.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the adapter input.")
+    dropout: float = Field(0.0, ge=0, lt=1, description=(
+        "Dropout on the adapter input. Off by default, as in peft: it keeps a copy of every adapted "
+        "layer's input for the backward pass, which on small models costs more memory than LoRA saves."))
     target_modules: Optional[Union[list[str], str]] = Field(
         None, description="Module names (or a regex) to adapt; per-family defaults when absent.")
     use_dora: bool = Field(False, description="DoRA: weight-decomposed low-rank adaptation.")
@@ -85,9 +87,19 @@ class Lora(Strategy):
             exclude_modules=list(context.head_modules) or None,
         )
 
+    def check_targets(self, model, context) -> None:
+        """Every ``target_modules`` entry the recipe gives must match a module (else TargetModuleError).
+
+        The per-family defaults are not checked: they list both the transformers 4 and 5 names.
+        """
+        from adaptkit.targets import resolve_targets
+
+        resolve_targets(model, self.options.target_modules, self.name, exclude=context.head_modules)
+
     def wrap(self, model, context):
         from peft import get_peft_model
 
+        self.check_targets(model, context)
         model = get_peft_model(model, self.peft_config(context))
         if not self.options.train_head:
             freeze_saved_modules(model)
