@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -67,12 +67,13 @@ def run_one(strategy: str, rows: int, epochs: int, learning_rate: float, result_
     }))
 
 
-def run_isolated(strategy: str, rows: int, epochs: int, learning_rate: float) -> dict[str, Any]:
+def run_isolated(strategy: str, rows: int, epochs: int, learning_rate: Optional[float]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--child", strategy, "--max-train-samples", str(rows),
-                               "--epochs", str(epochs), "--child-lr", repr(learning_rate), "--child-out", str(out)],
+                               "--epochs", str(epochs), "--child-out", str(out),
+                               *(["--child-lr", repr(learning_rate)] if learning_rate is not None else [])],
                               capture_output=True, text=True)
         if proc.returncode != 0 or not out.exists():
             lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
@@ -89,7 +90,8 @@ def table(rows: list[dict[str, Any]], samples: int, epochs: int) -> str:
              "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['strategy']} | {row['learning_rate']:g} | failed: {row['error']} | | | | |")
+            rate = "default" if row["learning_rate"] is None else f"{row['learning_rate']:g}"
+            lines.append(f"| {row['strategy']} | {rate} | failed: {row['error']} | | | | |")
             continue
         lines.append(f"| {row['strategy']} | {row['learning_rate']:g} | {row['accuracy']:.4f} | "
                      f"{row['trainable_parameters']:,} | {row['train_seconds']:.1f} | "
@@ -126,11 +128,17 @@ def main() -> None:
         rates[key] = float(value)
     rows = []
     for name in names:
-        rate = rates.get(name, installed[name].default_learning_rate)
-        print(f"{name}: training at lr {rate:g} ...", flush=True)
+        rate = rates.get(name)  # None: the strategy's own default for this model (frozen_head's depends on it)
+        print(f"{name}: training at lr {'default' if rate is None else f'{rate:g}'} ...", flush=True)
         row = run_isolated(name, args.max_train_samples, args.epochs, rate)
         print("  " + json.dumps({k: v for k, v in row.items() if k != "contract"}), flush=True)
         rows.append(row)
+    previous = RESULTS / "strategies.json"
+    if args.strategies and previous.exists():  # a subset re-run keeps the other rows of the same setting
+        old = json.loads(previous.read_text())
+        if (old.get("train_rows"), old.get("epochs")) == (args.max_train_samples, args.epochs):
+            rows = sorted([r for r in old["results"] if r["strategy"] not in names] + rows,
+                          key=lambda r: r["strategy"])
     text = table(rows, args.max_train_samples, args.epochs)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
