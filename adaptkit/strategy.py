@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -82,6 +82,14 @@ class Strategy:
     def wrap(self, model: "torch.nn.Module", context: WrapContext) -> "torch.nn.Module":
         """Prepare ``model`` for training: set ``requires_grad``, inject modules, quantize."""
         raise NotImplementedError
+
+    def before_training(self, model: "torch.nn.Module", batches: Iterable[dict[str, Any]]) -> None:
+        """Called once before the first training step (also after a resume), single process only.
+
+        ``batches`` yields every training row once, sorted by length, on the model's device
+        (run them under ``torch.no_grad``); it is lazy, so a strategy that ignores it costs nothing.
+        ``frozen_head`` fills its feature cache here. The time counts as training time.
+        """
 
     def unwrap(self, model: "torch.nn.Module") -> "torch.nn.Module":
         """Merge or remove what ``wrap`` added; return a model with the base architecture."""

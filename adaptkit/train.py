@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler
@@ -113,6 +113,12 @@ def eval_loader(dataset, batch_size: int, collate) -> DataLoader:
     if "length" in dataset.column_names:
         dataset = dataset.sort("length")
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+def _sorted_batches(dataset, training: TrainingSection, collate, device: torch.device) -> Iterator[dict]:
+    """Every row once, sorted by length, on ``device`` (``Strategy.before_training``)."""
+    for batch in eval_loader(dataset, training.eval_batch_size, collate):
+        yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _mean_across(accelerator, value: torch.Tensor) -> torch.Tensor:
@@ -425,6 +431,11 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
         if on_checkpoint is not None and accelerator.is_main_process:
             on_checkpoint(str(path), result.steps)
 
+    if accelerator.num_processes == 1:  # e.g. frozen_head's feature cache, filled before step 1
+        warm_started = time.perf_counter()
+        strategy.before_training(accelerator.unwrap_model(model), _sorted_batches(train_data, training, collate,
+                                                                                 accelerator.device))
+        result.train_seconds += time.perf_counter() - warm_started
     every = checkpoints.every_steps if checkpoints is not None else None
     if training.report_to:
         accelerator.init_trackers("train", config=_flat_config(tracker_config or {}))

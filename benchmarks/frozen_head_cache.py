@@ -12,8 +12,8 @@ pass per example; the cached one stops at the head and keeps no autograd state, 
 somewhat cheaper); the steady-state ratio is what each extra epoch costs. Dev accuracy and
 cache hits/misses are printed as a check that both runs learnt the same head.
 
-Measured on 2 shared CPU cores (other jobs running): uncached 27 ex/s, cached 202 ex/s over
-5 epochs (7.5x); epochs 2-5: 29 vs 1637 ex/s (57x); dev accuracy 0.630 for both.
+Measured on 2 quiet CPU cores (results/frozen_head_cache.md): uncached 243 ex/s, cached 1451
+ex/s over 5 epochs (6.0x); epochs 2-5: 250 vs 9061 ex/s (36x); dev accuracy 0.630 for both.
 
 Usage: python benchmarks/frozen_head_cache.py [--rows 500] [--epochs 5] [--device cpu|auto]
 """

@@ -10,7 +10,7 @@ otherwise: one shared rate would favour whichever method it happens to suit.
 Prints a markdown table (strategy, dev accuracy, trainable parameters, train time, examples/s,
 peak memory) and writes benchmarks/results/strategies.md and strategies.json.
 
-Usage: python benchmarks/strategies.py [--strategies a,b] [--max-train-samples 500] [--epochs 3]
+Usage: python benchmarks/strategies.py [--strategies a,b] [--max-train-samples 500] [--epochs 5] [--batch-size 16]
        [--lr lora=1e-3]
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ def run_isolated(strategy: str, rows: int, epochs: int, learning_rate: Optional[
         out = Path(tmp) / "result.json"
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--child", strategy, "--max-train-samples", str(rows),
-                               "--epochs", str(epochs), "--child-out", str(out),
+                               "--epochs", str(epochs), "--batch-size", str(BATCH), "--child-out", str(out),
                                *(["--child-lr", repr(learning_rate)] if learning_rate is not None else [])],
                               capture_output=True, text=True)
         if proc.returncode != 0 or not out.exists():
@@ -103,12 +103,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategies", help="comma-separated subset (default: every installed strategy)")
     parser.add_argument("--max-train-samples", type=int, default=500)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", action="append", default=[], metavar="NAME=RATE", help="learning-rate override")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-lr", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global BATCH
+    BATCH = args.batch_size
     if args.child:
         run_one(args.child, args.max_train_samples, args.epochs, args.child_lr, args.child_out)
         return
@@ -136,7 +139,8 @@ def main() -> None:
     previous = RESULTS / "strategies.json"
     if args.strategies and previous.exists():  # a subset re-run keeps the other rows of the same setting
         old = json.loads(previous.read_text())
-        if (old.get("train_rows"), old.get("epochs")) == (args.max_train_samples, args.epochs):
+        if (old.get("train_rows"), old.get("epochs"), old.get("batch_size")) == (args.max_train_samples, args.epochs,
+                                                                              BATCH):
             rows = sorted([r for r in old["results"] if r["strategy"] not in names] + rows,
                           key=lambda r: r["strategy"])
     text = table(rows, args.max_train_samples, args.epochs)

@@ -163,3 +163,43 @@ def test_other_tasks_run_uncached():
     model = FrozenHead().wrap(base, WrapContext(model_type="bert", task="token_classification",
                                                 head_modules=["classifier"]))
     assert isinstance(model, CachedHeadModel) and not model.cache_enabled
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_warm_fills_the_cache_so_training_never_runs_the_backbone(family):
+    """Rows cached from other batches (other order, other padding) serve the training batches."""
+    _, model = _wrapped(family)
+    batch = _batch(5)
+    order = [5, 2, 0, 4, 1, 3]
+    pad = torch.zeros((6, 4), dtype=torch.long)
+    regrouped = {"input_ids": torch.cat([batch["input_ids"], pad + 1], 1)[order],
+                 "attention_mask": torch.cat([batch["attention_mask"], pad], 1)[order]}
+    # move each row's real tokens to the front so padding sits at the end, as collators do
+    for row in range(6):
+        real = regrouped["attention_mask"][row].bool()
+        ids = regrouped["input_ids"][row]
+        regrouped["input_ids"][row] = torch.cat([ids[real], ids[~real]])
+        regrouped["attention_mask"][row] = torch.cat([torch.ones(int(real.sum())), torch.zeros(int((~real).sum()))])
+    halves = [{k: v[:3] for k, v in regrouped.items()}, {k: v[3:] for k, v in regrouped.items()}]
+    assert model.warm(iter(halves)) == 6
+    calls = _count_block_calls(model.base)
+    model.train()
+    model(**batch).loss.backward()
+    assert calls[0] == 0 and model.hits == 6 and model.misses == 6
+
+
+def test_a_run_hands_every_training_row_to_before_training_sorted_by_length(tiny_recipe, monkeypatch):
+    import adaptkit
+
+    seen: list[int] = []
+
+    def record(self, model, batches):
+        for batch in batches:
+            seen.extend(batch["attention_mask"].sum(dim=1).tolist())
+        return None
+
+    monkeypatch.setattr(FrozenHead, "before_training", record)
+    recipe = tiny_recipe("frozen_head", training={"epochs": 1})
+    result = adaptkit.run(recipe, progress=False)
+    assert len(seen) == result.metrics["train_examples"]
+    assert seen == sorted(seen) or seen == sorted(seen, reverse=True)

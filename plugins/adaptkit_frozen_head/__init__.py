@@ -70,6 +70,12 @@ class FrozenHead(Strategy):
         cache = self.options.cache and context.task == "sequence_classification"
         return CachedHeadModel(model, heads, cache=cache, max_cached=self.options.max_cached_examples)
 
+    def before_training(self, model: "torch.nn.Module", batches: Any) -> None:
+        """Compute every training row's backbone features once, in length-sorted batches."""
+        warm = getattr(model, "warm", None)
+        if callable(warm):
+            warm(batches)
+
     def unwrap(self, model: "torch.nn.Module") -> "torch.nn.Module":
         from adaptkit_frozen_head.cached import CachedHeadModel
 

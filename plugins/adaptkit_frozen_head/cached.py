@@ -199,15 +199,8 @@ class CachedHeadModel(nn.Module):
             rows = [nn.functional.pad(row, (0, 0, 0, width - row.shape[0])) for row in rows]
         return torch.stack([row.to(device, non_blocking=True) for row in rows])
 
-    # ----------------------------------------------------------------- forward
-    def forward(self, labels: Optional[torch.Tensor] = None, **kwargs: Any) -> Any:
-        if not self._cacheable(kwargs):
-            return self.base(labels=labels, **kwargs)
-        inputs = {k: v for k, v in kwargs.items() if v is not None}
-        if self.mode is None:
-            self._learn_mode(inputs)
-            if self.mode == "uncacheable":
-                return self.base(labels=labels, **inputs)
+    def _head_inputs(self, inputs: dict[str, Any]) -> list[torch.Tensor]:
+        """Every row's head input: from the cache, or from one backbone pass for the rows it lacks."""
         attention_mask = inputs.get("attention_mask")
         keys = self._keys({k: v for k, v in inputs.items() if k in _KEY_INPUTS}, attention_mask)
         found = [self._cache.get(key) for key in keys]
@@ -220,6 +213,40 @@ class CachedHeadModel(nn.Module):
                 if self.max_cached is None or len(self._cache) < self.max_cached:
                     self._cache[keys[row]] = fresh[row]
         self.hits += len(keys) - len(missing)
+        return found
+
+    @torch.no_grad()
+    def warm(self, batches: Any) -> int:
+        """Fill the cache from ``batches`` (the training rows, sorted by length) before training.
+
+        Sorted, larger batches carry almost no padding, so this one pass costs less than the
+        first epoch's length-grouped training batches would; the epochs then hit the cache
+        from their first step. Returns the rows cached; stops at once for uncacheable input.
+        """
+        before = len(self._cache)
+        for batch in batches:
+            inputs = {k: v for k, v in batch.items() if k != "labels" and v is not None}
+            if not self._cacheable(inputs):
+                break
+            if self.mode is None:
+                self._learn_mode(inputs)
+                if self.mode == "uncacheable":
+                    break
+            self._head_inputs(inputs)
+            if self.max_cached is not None and len(self._cache) >= self.max_cached:
+                break
+        return len(self._cache) - before
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, labels: Optional[torch.Tensor] = None, **kwargs: Any) -> Any:
+        if not self._cacheable(kwargs):
+            return self.base(labels=labels, **kwargs)
+        inputs = {k: v for k, v in kwargs.items() if v is not None}
+        if self.mode is None:
+            self._learn_mode(inputs)
+            if self.mode == "uncacheable":
+                return self.base(labels=labels, **inputs)
+        found = self._head_inputs(inputs)
         head = self.head
         device = next(head.parameters()).device
         logits = head(self._stack(found, device))
