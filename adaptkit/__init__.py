@@ -11,13 +11,13 @@ from typing import Any
 from adaptkit.errors import AdaptkitError, ContractViolation, RecipeError
 from adaptkit.hookspecs import hookimpl
 from adaptkit.recipe import Recipe, load_recipe
-from adaptkit.strategy import Strategy, StrategyOptions, WrapContext
+from adaptkit.strategy import PeftStrategy, Strategy, StrategyOptions, WrapContext
 from adaptkit.task import Task, TaskOptions
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdaptkitError", "ContractViolation", "RecipeError", "Recipe", "Strategy", "StrategyOptions", "Task",
+    "AdaptkitError", "ContractViolation", "RecipeError", "Recipe", "PeftStrategy", "Strategy", "StrategyOptions", "Task",
     "TaskOptions", "WrapContext", "hookimpl", "load_recipe", "list_strategies", "get_strategy",
     "list_plugins", "run", "plan", "load", "check_strategy", "advise", "compare", "__version__",
 ]

@@ -128,3 +128,35 @@ class Strategy:
             return cls.description
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
+
+
+class PeftStrategy(Strategy):
+    """A strategy that peft builds: set ``peft_config(context)``; wrap, merge, save and load are peft's.
+
+    ``wrap`` is ``get_peft_model``, ``unwrap`` is ``merge_and_unload`` (override it for methods
+    peft cannot merge), and the export is a peft adapter folder that ``PeftModel.from_pretrained``
+    loads. LoRA, QLoRA, IA3 and prompt tuning are built on it; so can a third party's method.
+    """
+
+    export_kind: ClassVar[str] = "adapter"
+
+    def peft_config(self, context: WrapContext) -> Any:
+        """The ``peft.PeftConfig`` for this model and task."""
+        raise NotImplementedError
+
+    def wrap(self, model: "torch.nn.Module", context: WrapContext) -> "torch.nn.Module":
+        from peft import get_peft_model
+
+        return get_peft_model(model, self.peft_config(context))
+
+    def unwrap(self, model: "torch.nn.Module") -> "torch.nn.Module":
+        return model.merge_and_unload()
+
+    def save(self, model: "torch.nn.Module", directory: Path) -> Path:
+        model.save_pretrained(directory, safe_serialization=True)
+        return directory
+
+    def load(self, base_model: "torch.nn.Module", directory: Path) -> "torch.nn.Module":
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base_model, directory)

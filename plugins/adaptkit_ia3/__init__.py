@@ -6,12 +6,11 @@ base weights (peft ``merge_and_unload``) and the merged model computes what the 
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Union
 
 from pydantic import Field, model_validator
 
-from adaptkit import Strategy, StrategyOptions, hookimpl
+from adaptkit import PeftStrategy, StrategyOptions, hookimpl
 
 
 class IA3Options(StrategyOptions):
@@ -32,13 +31,12 @@ class IA3Options(StrategyOptions):
         return self
 
 
-class IA3(Strategy):
+class IA3(PeftStrategy):
     """IA3: learned per-channel rescaling of keys, values and feed-forward layers; merges exactly."""
 
     name = "ia3"
     Options = IA3Options
     mergeable = True
-    export_kind = "adapter"
     # IA3's vectors start at 1 and need a large step to move; the paper trains at 3e-3.
     default_learning_rate = 3e-3
 
@@ -74,18 +72,6 @@ class IA3(Strategy):
 
         self.check_targets(model, context)
         return get_peft_model(model, self.peft_config(context))
-
-    def unwrap(self, model):
-        return model.merge_and_unload()
-
-    def save(self, model, directory: Path) -> Path:
-        model.save_pretrained(directory, safe_serialization=True)
-        return directory
-
-    def load(self, base_model, directory: Path):
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base_model, directory)
 
 
 @hookimpl

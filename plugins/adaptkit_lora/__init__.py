@@ -1,12 +1,11 @@
 """``lora``: low-rank adapters through peft; merges back into the base weights exactly."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional, Union
 
 from pydantic import Field, PositiveInt
 
-from adaptkit import Strategy, StrategyOptions, hookimpl
+from adaptkit import PeftStrategy, StrategyOptions, hookimpl
 
 # Attention and feed-forward projections per model family (config.model_type).
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -64,13 +63,12 @@ def freeze_saved_modules(model) -> None:
             param.requires_grad_(False)
 
 
-class Lora(Strategy):
+class Lora(PeftStrategy):
     """Low-rank adapters (LoRA, DoRA, rsLoRA, LoRA+) on attention and feed-forward layers."""
 
     name = "lora"
     Options = LoraOptions
     mergeable = True
-    export_kind = "adapter"
     default_learning_rate = 5e-4
 
     def peft_config(self, context):
@@ -105,9 +103,6 @@ class Lora(Strategy):
             freeze_saved_modules(model)
         return model
 
-    def unwrap(self, model):
-        return model.merge_and_unload()
-
     def parameter_groups(self, model, learning_rate: float, weight_decay: float) -> list[dict[str, Any]]:
         """LoRA+ (Hayou et al. 2024): the B matrices train ``loraplus_lr_ratio`` times faster than A.
 
@@ -126,15 +121,6 @@ class Lora(Strategy):
         return [{"params": params, "lr": learning_rate * (ratio if fast else 1.0),
                  "weight_decay": 0.0 if no_decay else weight_decay}
                 for (fast, no_decay), params in sorted(groups.items())]
-
-    def save(self, model, directory: Path) -> Path:
-        model.save_pretrained(directory, safe_serialization=True)
-        return directory
-
-    def load(self, base_model, directory: Path):
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base_model, directory)
 
 
 @hookimpl

@@ -12,12 +12,11 @@ which are required for prefix tuning". ``_VirtualTokens`` is the base it would s
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, PositiveInt
 
-from adaptkit import Strategy, StrategyOptions, hookimpl
+from adaptkit import PeftStrategy, StrategyOptions, hookimpl
 
 
 def restore_trained_heads(model):
@@ -36,31 +35,13 @@ def restore_trained_heads(model):
     return base
 
 
-class _VirtualTokens(Strategy):
+class _VirtualTokens(PeftStrategy):
     """A peft prompt-learning method: peft builds the model, unwrap strips it, save/load are peft's."""
 
     mergeable = False
-    export_kind = "adapter"
-
-    def peft_config(self, context):
-        raise NotImplementedError
-
-    def wrap(self, model, context):
-        from peft import get_peft_model
-
-        return get_peft_model(model, self.peft_config(context))
 
     def unwrap(self, model):
         return restore_trained_heads(model)
-
-    def save(self, model, directory: Path) -> Path:
-        model.save_pretrained(directory, safe_serialization=True)
-        return directory
-
-    def load(self, base_model, directory: Path):
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base_model, directory)
 
 
 class PromptTuningOptions(StrategyOptions):
