@@ -517,6 +517,23 @@ def advise(recipe: Union[Recipe, str, Path, dict], strategies: Optional[list[str
            grid_g_per_kwh: Optional[float] = None, log: Callable[[str], None] = print) -> AdviceReport:
     """Judge the recipe's data and model before training; forward passes and a few probe steps only.
 
+    ``strategies`` defaults to every installed one (that the recipe's ``plugins:`` key allows).
+    ``probe_steps`` real optimizer steps per strategy time an epoch (0 skips timing).
+    ``max_feature_rows`` caps the rows whose features LogME and the probe use.
+    """
+    from adaptkit.plugins import restricted_to
+    from adaptkit.runner import _as_recipe
+
+    recipe = _as_recipe(recipe)
+    with restricted_to(recipe.plugins):
+        return _advise(recipe, strategies, probe_steps, max_feature_rows, folds, power_watts, grid_g_per_kwh, log)
+
+
+def _advise(recipe: Union[Recipe, str, Path, dict], strategies: Optional[list[str]] = None, probe_steps: int = 3,
+           max_feature_rows: int = MAX_FEATURE_ROWS, folds: int = 5, power_watts: Optional[float] = None,
+           grid_g_per_kwh: Optional[float] = None, log: Callable[[str], None] = print) -> AdviceReport:
+    """Judge the recipe's data and model before training; forward passes and a few probe steps only.
+
     ``strategies`` defaults to every installed one. ``probe_steps`` real optimizer steps per
     strategy time an epoch (0 skips timing). ``max_feature_rows`` caps the rows whose features
     LogME and the probe use.

@@ -178,6 +178,14 @@ def plan(recipe: Recipe, strategies: Optional[list[str]] = None, strict: bool = 
     that cannot be planned keeps its error so the others still show. ``strict`` then raises
     what stops the recipe's own strategy (``Plan.raise_for_recipe_strategy``), as a run would.
     """
+    from adaptkit.plugins import restricted_to
+
+    with restricted_to(recipe.plugins):
+        return _plan(recipe, strategies, strict)
+
+
+def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan:
+    """``plan`` under the recipe's plugin allow-list."""
     from accelerate import init_empty_weights
 
     from adaptkit.data import load_splits

@@ -39,7 +39,21 @@ class Predictor:
 
 
 def load_run(run_dir: Union[str, Path]) -> Predictor:
-    """Rebuild the trained model of ``run_dir`` from its saved export and recipe."""
+    """Rebuild the trained model of ``run_dir`` from its saved export and recipe.
+
+    Only the plugins the run's recipe allowed (its ``plugins:`` key) are loaded to do it.
+    """
+    from adaptkit.plugins import restricted_to
+
+    summary_path = Path(run_dir) / "metrics.json"
+    allowed = None
+    if summary_path.is_file():
+        allowed = json.loads(summary_path.read_text()).get("recipe", {}).get("plugins")
+    with restricted_to(allowed):
+        return _load_run(run_dir)
+
+
+def _load_run(run_dir: Union[str, Path]) -> Predictor:
     from adaptkit.models import quiet_hf_logging, resolve_model_source, build_model
     from adaptkit.plugins import get_registry
     from adaptkit.recipe import Recipe

@@ -418,6 +418,12 @@ def test_recipe_plugins_key_loads_only_the_listed_distributions(tmp_path, monkey
     loaded = load_recipe(write_recipe(tmp_path / "recipe.yaml", recipe))
     assert loaded.plugins == ["adaptkit-extra"] and loaded.strategy.name == "third_party_noop"
     assert not (site / "imported.marker").exists(), "a plugin the recipe did not list was imported"
+    from adaptkit.planning import plan  # planning (like advise and predict) keeps to the list too
+
+    reset_registry()
+    planned = plan(loaded, strict=False)  # the fixture's strategy has no wrap: planned, with its error
+    assert planned.strategies[0].strategy == "third_party_noop" and "NotImplementedError" in planned.strategies[0].error
+    assert not (site / "imported.marker").exists(), "plan imported a plugin the recipe did not list"
 
     recipe["plugins"] = ["adaptkit-sneaky"]
     with pytest.raises(RecipeError, match=r"recipe.yaml:\d+: strategy.name: unknown strategy 'third_party_noop'"):
