@@ -131,3 +131,27 @@ def test_run_tags_entities_and_reloads(tmp_path, strategy):
     predict_file(result.output_dir, source, tmp_path / "tags.csv")
     with (tmp_path / "tags.csv").open() as handle:
         assert [json.loads(r["prediction"]) for r in csv.DictReader(handle)] == tags
+
+
+def test_eval_loss_is_the_mean_over_labelled_tokens_as_the_model_computes_it():
+    """From per-row sums and counts, so splitting rows over processes cannot bias it."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    from adaptkit_tasks.token_classification import TokenClassification
+
+    torch.manual_seed(0)
+    model = BertForTokenClassification(BertConfig(**{**TINY_BERT, "num_labels": 3})).eval()
+    labels = torch.tensor([[-100, 0, 1, 2, -100, -100], [-100, 2, 2, -100, -100, -100], [-100, 1, 0, 0, 1, -100]])
+    batch = {"input_ids": torch.randint(5, 90, (3, 6)), "attention_mask": torch.ones(3, 6, dtype=torch.long),
+             "labels": labels}
+    task = TokenClassification({"labels": ["O", "B-PER", "I-PER"]})
+    with torch.no_grad():
+        outputs = model(**batch)
+    whole = task.compute_metrics(**task.batch_outputs(outputs, batch))
+    assert whole["loss"] == pytest.approx(float(outputs.loss), rel=1e-5)
+    # rows split 1 + 2 (two processes) and gathered: the same figure
+    parts = [task.batch_outputs(model(**{k: v[rows] for k, v in batch.items()}), {"labels": labels[rows]})
+             for rows in (slice(0, 1), slice(1, 3))]
+    gathered = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    assert task.compute_metrics(**gathered)["loss"] == pytest.approx(float(outputs.loss), rel=1e-5)

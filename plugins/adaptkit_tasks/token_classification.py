@@ -175,8 +175,19 @@ class TokenClassification(Task):
 
     # ------------------------------------------------------------------ metrics
     def batch_outputs(self, outputs, batch):
-        """Predicted tag ids, not logits: evaluation keeps [rows, tokens] instead of x tags."""
-        return {"predictions": outputs.logits.argmax(dim=-1), "labels": batch["labels"]}
+        """Predicted tag ids, not logits: evaluation keeps [rows, tokens] instead of x tags.
+
+        Also each row's summed token loss and its labelled-token count, so the eval loss is the
+        mean over every labelled token of every process, whatever the batch split.
+        """
+        import torch
+
+        logits = outputs.logits.float()
+        labels = batch["labels"]
+        token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
+                                                       reduction="none")
+        return {"predictions": logits.argmax(dim=-1), "labels": labels,
+                "loss_sum": token_loss.sum(dim=1), "tokens": (labels != IGNORE).sum(dim=1)}
 
     def _tag_rows(self, predictions, labels) -> tuple[list[list[str]], list[list[str]]]:
         actual, predicted = [], []
@@ -186,11 +197,13 @@ class TokenClassification(Task):
             actual.append([self.labels[a] for _, a in kept])
         return actual, predicted
 
-    def compute_metrics(self, predictions, labels) -> dict[str, float]:
+    def compute_metrics(self, predictions, labels, loss_sum=None, tokens=None) -> dict[str, float]:
         actual, predicted = self._tag_rows(predictions, labels)
+        exact_loss = ({"loss": float(loss_sum.double().sum() / tokens.sum())}
+                      if loss_sum is not None and int(tokens.sum()) else {})
         words = sum(len(row) for row in actual)
         correct = sum(a == p for gold, guess in zip(actual, predicted) for a, p in zip(gold, guess))
-        return {**span_scores(actual, predicted), "accuracy": correct / words if words else 0.0}
+        return {**span_scores(actual, predicted), "accuracy": correct / words if words else 0.0, **exact_loss}
 
     def predict_batch(self, model, batch) -> list[list[str]]:
         """One tag per word (words cut off by max_length get none)."""
