@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from adaptkit.errors import AdaptkitError
+from adaptkit.outputs import replace_folder
 
 if TYPE_CHECKING:
     import torch
@@ -328,14 +329,7 @@ class Checkpointer:
                 raise
             raise self._write_failed(tmp, f"step-{step:08d}", exc) from exc
         if accelerator.is_main_process:
-            old = None
-            if final.exists():  # a resumed run re-saving the step it resumed from: the newer wins
-                old = self.root / f".old-step-{step:08d}"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_folder(tmp, final)  # a resumed run re-saving the step it resumed from: the newer wins
             self.prune(keep_best=trainer_state.get("best", {}).get("path"))
         accelerator.wait_for_everyone()
         self.last_saved_step = step
@@ -357,10 +351,7 @@ class Checkpointer:
                 if not _is_write_error(exc):
                     raise
                 raise self._write_failed(tmp, name, exc) from exc
-            final = self.root / name
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            replace_folder(tmp, self.root / name)
         return name
 
     def _write_failed(self, tmp: Path, name: str, exc: OSError) -> Exception:

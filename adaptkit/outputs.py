@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator, Optional
 
 from adaptkit.errors import AdaptkitError
 
@@ -36,20 +36,41 @@ def staged_output(directory: Path, overwrite: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    replace_folder(staging, directory)
+
+
+def replace_folder(source: Path, target: Path) -> None:
+    """Put the finished folder ``source`` at ``target``; an existing ``target`` is set aside first
+    and removed only after the rename, so at every moment one complete folder has the name."""
     old = None
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-    os.replace(staging, directory)
+    if target.exists():
+        old = target.with_name(f".old-{target.name}-{os.getpid()}")  # checkpoint pruning removes .old-*
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(source, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def atomic_file(path: Path, newline: Optional[str] = None) -> Iterator[IO[str]]:
+    """A text handle on a temporary sibling that becomes ``path`` in one rename when the block
+    ends; a failure removes it, so readers see the old file or the whole new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("w", encoding="utf-8", newline=newline) as handle:
+            yield handle
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so readers never see half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as handle:
+        handle.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def safe_join(root: Path, *names: str) -> Path:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -89,15 +88,15 @@ def _cell(value: Any) -> Any:
 def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output_path: Union[str, Path]) -> int:
     """Write ``input_path``'s rows plus a prediction column to ``output_path``; returns the row count."""
     from adaptkit.data import load_table
+    from adaptkit.outputs import atomic_file
 
     predictor = load_run(run_dir)
     table = load_table(Path(input_path))
     predictions = predictor.predict(table)
     output = Path(output_path)
-    tmp = output.with_name(output.name + ".tmp")
     columns = list(table.column_names)
     if output.suffix.lower() in (".jsonl", ".json"):  # lists (tags, generated tokens) stay lists
-        with tmp.open("w", encoding="utf-8") as handle:
+        with atomic_file(output) as handle:
             for row, prediction in zip(table, predictions):
                 record = {c: row[c] for c in columns}
                 if isinstance(prediction, dict):
@@ -105,9 +104,8 @@ def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output
                 else:
                     record["prediction"] = prediction
                 handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        os.replace(tmp, output)
         return len(predictions)
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_file(output, newline="") as handle:
         writer = csv.writer(handle, delimiter="\t" if output.suffix.lower() == ".tsv" else ",")
         extra = ["prediction", "score"] if predictions and isinstance(predictions[0], dict) else ["prediction"]
         writer.writerow(columns + extra)
@@ -118,5 +116,4 @@ def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output
             else:
                 values.append(_cell(prediction))
             writer.writerow(values)
-    os.replace(tmp, output)
     return len(predictions)

@@ -11,14 +11,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Union
 
 import yaml
 
 from adaptkit.errors import AdaptkitError
 from adaptkit.recipe import Recipe, load_recipe
 
-PROBE_ROWS = 8
 # The merged model is compared with the trained one on this many real eval rows, in batches of
 # at most EQUIVALENCE_BATCH: several batches (so padding and lengths vary) at a bounded cost.
 EQUIVALENCE_ROWS = 64
@@ -45,12 +44,6 @@ def _as_recipe(recipe: Union[Recipe, str, Path, dict]) -> Recipe:
     if isinstance(recipe, dict):
         return Recipe.from_dict(recipe)
     return load_recipe(recipe)
-
-
-def _count_parameters(model) -> dict[str, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return {"trainable": trainable, "total": total}
 
 
 class Session:
@@ -90,10 +83,6 @@ class Session:
         count = min(rows, len(self.eval_data))
         return [collate([self.eval_data[i] for i in range(start, min(start + batch_size, count))])
                 for start in range(0, count, batch_size)]
-
-    def probe_batch(self) -> dict:
-        rows = self.eval_data.select(range(min(PROBE_ROWS, len(self.eval_data))))
-        return self.task.collate(self.tokenizer)([rows[i] for i in range(len(rows))])
 
 
 def equivalence_batches(session: "Session") -> list[dict]:
@@ -185,9 +174,10 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
     # (wrap_checked) stop a run that cannot work before any training, and the table is logged.
     setup = setup_line(strategy, context, recipe.training.mixed_precision)
     model = wrap_checked(strategy, base, context)
+    planned = plan_of_model(recipe, name, model, base.config, setup)
     if accelerator.is_main_process:
-        log(render_text(plan_of_model(recipe, name, model, base.config, setup)))
-    parameters = _count_parameters(model)
+        log(render_text(planned))
+    parameters = {"trainable": planned.strategies[0].trainable, "total": planned.strategies[0].total}
     if parameters["trainable"] == 0:
         raise AdaptkitError(f"strategy {name!r} left no parameter trainable on this model; check its options")
     frozen = FrozenWeights.snapshot(model)

@@ -148,11 +148,11 @@ def _pad_cat(tensors: list[torch.Tensor], value: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gather_outputs(model, loader, accelerator, reduce: Optional[Callable[[Any, dict], dict]] = None
+def gather_outputs(model, loader, accelerator, reduce: Callable[[Any, dict], dict]
                    ) -> tuple[dict[str, torch.Tensor], float, bool]:
     """What ``reduce(outputs, batch)`` keeps of every batch, gathered across processes.
 
-    ``reduce`` is a task's ``batch_outputs`` (default: logits and labels); it runs per batch,
+    ``reduce`` is a task's ``batch_outputs`` (by default logits and labels); it runs per batch,
     so a task can keep per-example sums instead of [rows, tokens, vocabulary] logits. Returns
     the concatenated tensors, the mean loss, and whether any batch carried labels.
     """
@@ -162,8 +162,7 @@ def gather_outputs(model, loader, accelerator, reduce: Optional[Callable[[Any, d
     for batch in loader:
         outputs = model(**batch)
         labelled = labelled or "labels" in batch
-        values = (reduce(outputs, batch) if reduce is not None
-                  else {"logits": outputs.logits, **({"labels": batch["labels"]} if "labels" in batch else {})})
+        values = reduce(outputs, batch)
         rows = next(iter(values.values())).shape[0] if values else 0
         if outputs.loss is not None:  # per-row copies, so uneven last batches are de-duplicated too
             row_losses = accelerator.gather_for_metrics(outputs.loss.detach().float().expand(rows).contiguous())
@@ -177,12 +176,6 @@ def gather_outputs(model, loader, accelerator, reduce: Optional[Callable[[Any, d
     model.train()
     gathered = {key: _pad_cat(parts, _pad_value(parts[0])) for key, parts in kept.items()}
     return gathered, (losses / count if count else math.nan), labelled
-
-
-def predict(model, loader, accelerator) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
-    """Logits and labels for every example (gathered across processes) and the mean loss."""
-    gathered, loss, _ = gather_outputs(model, loader, accelerator)
-    return gathered["logits"], gathered.get("labels"), loss
 
 
 def evaluate(model, loader, accelerator, task) -> dict[str, float]:
@@ -487,9 +480,9 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
                         result.steps += 1
                         if result.steps % LOG_EVERY == 0 or result.steps == total_steps:
                             # the one host sync per LOG_EVERY steps; the mean over processes, not rank 0's
+                            # (a NaN or inf on any process makes the mean non-finite on all of them)
                             mean = float(_mean_across(accelerator, window)) / window_batches
-                            if not (math.isfinite(mean) if accelerator.num_processes == 1
-                                    else _finite_everywhere(accelerator, window)):
+                            if not math.isfinite(mean):
                                 raise diverged(f"(loss {mean} over steps {last_finite['step'] + 1}-{result.steps})")
                             last_finite["step"] = result.steps
                             result.loss_curve.append({"step": result.steps, "loss": mean})

@@ -101,3 +101,18 @@ def test_a_failing_run_leaves_no_output_folder(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
     # What was trained stays resumable: the end-of-run checkpoint is kept for --resume.
     assert (tmp_path / "run.checkpoints").is_dir()
+
+
+def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path):
+    from adaptkit.outputs import atomic_file
+
+    path = tmp_path / "predictions.csv"
+    path.write_text("old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_file(path) as handle:
+            handle.write("half of the new")
+            raise RuntimeError("disk full")
+    assert path.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]
+    with atomic_file(path) as handle:
+        handle.write("new\n")
+    assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]
