@@ -216,26 +216,14 @@ class PeakMemory:
 
 def eval_outputs(run_dir: Path, session: Any) -> dict[str, Any]:
     """The task's per-example eval outputs (``batch_outputs``) of a finished run, in a fixed order."""
-    import torch
-
     from adaptkit.predict import load_run
+    from adaptkit.train import eval_loader, gather_outputs
 
     predictor = load_run(run_dir)
-    model, task = predictor.model, predictor.task
-    collate = task.collate(predictor.tokenizer)
-    data = session.eval_data
-    kept: dict[str, list] = {}
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(data), session.recipe.training.eval_batch_size):
-            rows = [data[i] for i in range(start, min(start + session.recipe.training.eval_batch_size, len(data)))]
-            batch = collate(rows)
-            values = task.batch_outputs(model(**batch), batch)
-            for key, value in values.items():
-                kept.setdefault(key, []).append(value.float() if value.is_floating_point() else value)
-    from adaptkit.train import _pad_cat, _pad_value
-
-    return {key: _pad_cat(parts, _pad_value(parts[0])) for key, parts in kept.items()}
+    task = predictor.task
+    loader = eval_loader(session.eval_data, session.recipe.training.eval_batch_size, task.collate(predictor.tokenizer))
+    outputs, _, _ = gather_outputs(predictor.model, loader, None, task.batch_outputs)
+    return outputs
 
 
 def _metric(task: Any, outputs: dict[str, Any], index: Any, name: str) -> float:

@@ -148,9 +148,10 @@ def _pad_cat(tensors: list[torch.Tensor], value: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gather_outputs(model, loader, accelerator, reduce: Callable[[Any, dict], dict]
+def gather_outputs(model, loader, accelerator: Optional[Any], reduce: Callable[[Any, dict], dict]
                    ) -> tuple[dict[str, torch.Tensor], float, bool]:
-    """What ``reduce(outputs, batch)`` keeps of every batch, gathered across processes.
+    """What ``reduce(outputs, batch)`` keeps of every batch, gathered across processes
+    (``accelerator=None``: one process, no accelerate state, as ``adaptkit compare`` reads a run).
 
     ``reduce`` is a task's ``batch_outputs`` (by default logits and labels); it runs per batch,
     so a task can keep per-example sums instead of [rows, tokens, vocabulary] logits. Returns
@@ -165,13 +166,16 @@ def gather_outputs(model, loader, accelerator, reduce: Callable[[Any, dict], dic
         values = reduce(outputs, batch)
         rows = next(iter(values.values())).shape[0] if values else 0
         if outputs.loss is not None:  # per-row copies, so uneven last batches are de-duplicated too
-            row_losses = accelerator.gather_for_metrics(outputs.loss.detach().float().expand(rows).contiguous())
+            row_losses = outputs.loss.detach().float().expand(rows).contiguous()
+            if accelerator is not None:
+                row_losses = accelerator.gather_for_metrics(row_losses)
             losses += float(row_losses.double().sum())
             count += row_losses.numel()
         for key, value in values.items():
-            if value.ndim >= 2:  # sequence outputs differ in length between processes
-                value = accelerator.pad_across_processes(value, dim=1, pad_index=_pad_value(value))
-            value = accelerator.gather_for_metrics(value)
+            if accelerator is not None:
+                if value.ndim >= 2:  # sequence outputs differ in length between processes
+                    value = accelerator.pad_across_processes(value, dim=1, pad_index=_pad_value(value))
+                value = accelerator.gather_for_metrics(value)
             kept.setdefault(key, []).append(value.float().cpu() if value.is_floating_point() else value.cpu())
     model.train()
     gathered = {key: _pad_cat(parts, _pad_value(parts[0])) for key, parts in kept.items()}
