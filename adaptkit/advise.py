@@ -521,11 +521,11 @@ def advise(recipe: Union[Recipe, str, Path, dict], strategies: Optional[list[str
     ``probe_steps`` real optimizer steps per strategy time an epoch (0 skips timing).
     ``max_feature_rows`` caps the rows whose features LogME and the probe use.
     """
-    from adaptkit.plugins import restricted_to
+    from adaptkit.plugins import for_recipe
     from adaptkit.runner import _as_recipe
 
     recipe = _as_recipe(recipe)
-    with restricted_to(recipe.plugins):
+    with for_recipe(recipe):
         return _advise(recipe, strategies, probe_steps, max_feature_rows, folds, power_watts, grid_g_per_kwh, log)
 
 

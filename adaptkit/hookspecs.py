@@ -19,8 +19,10 @@ def adaptkit_register_strategies(register: Callable[[type], None]) -> None:
     """Register strategy classes: call ``register(StrategyClass)`` once per strategy.
 
     Called once when the plugin manager is built. Each class subclasses
-    ``adaptkit.Strategy`` and carries a unique ``name``; two plugins registering the same
-    name is an error that names both distributions. Returns nothing.
+    ``adaptkit.Strategy`` and carries a ``name``. A name that two distributions register (a
+    third party's ``lora``, say) is never given to whichever loads first: it is refused, the
+    plugin that is not adaptkit's own is marked with an error naming both distributions, and a
+    recipe that means one writes ``strategy: {name: lora, distribution: adaptkit}``. Returns nothing.
     """
 
 
@@ -29,7 +31,8 @@ def adaptkit_register_tasks(register: Callable[[type], None]) -> None:
     """Register task types: call ``register(TaskClass)`` once per task.
 
     Called once when the plugin manager is built. Each class subclasses ``adaptkit.Task``
-    and carries a unique ``name`` (the recipe's ``task.type``). Returns nothing.
+    and carries a ``name`` (the recipe's ``task.type``); a name two distributions register is
+    refused as for strategies, and picked with ``task: {type: ..., distribution: ...}``. Returns nothing.
     """
 
 

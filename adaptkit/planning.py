@@ -178,9 +178,9 @@ def plan(recipe: Recipe, strategies: Optional[list[str]] = None, strict: bool = 
     that cannot be planned keeps its error so the others still show. ``strict`` then raises
     what stops the recipe's own strategy (``Plan.raise_for_recipe_strategy``), as a run would.
     """
-    from adaptkit.plugins import restricted_to
+    from adaptkit.plugins import for_recipe
 
-    with restricted_to(recipe.plugins):
+    with for_recipe(recipe):
         return _plan(recipe, strategies, strict)
 
 

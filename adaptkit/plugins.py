@@ -1,11 +1,20 @@
 """The one plugin manager: load every entry point of the ``adaptkit`` group, survive bad ones.
 
-Entry points are loaded one at a time, each inside its own ``try``, so one broken plugin
-is reported (with its distribution and error) while every other plugin keeps working.
+Entry points are loaded one at a time, each inside its own guard, so one broken plugin
+is reported (with its distribution and error) while every other plugin keeps working; a
+plugin that calls ``sys.exit()`` or raises any other ``BaseException`` while it is imported or
+registers is caught too (only Ctrl-C, ``KeyboardInterrupt``, goes through).
 ``ADAPTKIT_PLUGINS=dist1,dist2`` restricts loading to the named distributions, and a recipe's
 ``plugins:`` list restricts it further for that recipe (``adaptkit`` itself, which ships the
 first-party strategies and tasks, is always allowed there). Nothing else is ever imported:
 plugins come only from installed entry points.
+
+A strategy or task name registered by more than one distribution is never settled by the order
+entry points happen to sort in (that would let any installed package impersonate ``lora``): the
+name is refused, the plugin that is not first-party is marked with the error, and a recipe picks
+one with ``strategy: {name: lora, distribution: adaptkit}`` (``task: {type: ..., distribution: ...}``).
+``for_recipe(recipe)`` applies a recipe's allow-list and these choices while it is validated,
+planned, run or reloaded.
 
 Every hook implementation is called through a guard: an exception inside it, or an answer of
 the wrong type, becomes a ``PluginError`` naming the plugin, its distribution and the hook.
@@ -19,7 +28,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import pluggy
 
@@ -31,12 +40,21 @@ ALLOW_LIST_ENV = "ADAPTKIT_PLUGINS"
 CORE_DISTRIBUTION = "adaptkit"
 # A strategy or task name ends up in folder names (compare's runs/<name>-...): one plain component.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}$")
+# Which recipe section and key name a strategy or task: for messages that show how to pick one.
+_SECTION_KEY = {"strategy": ("strategy", "name"), "task": ("task", "type")}
 _recipe_allow: contextvars.ContextVar = contextvars.ContextVar("adaptkit_recipe_plugins", default=None)
+# The active recipe's choices: frozenset of ("kind:name", normalised distribution).
+_recipe_choices: contextvars.ContextVar = contextvars.ContextVar("adaptkit_recipe_choices", default=frozenset())
 
 
 @dataclass
 class PluginInfo:
-    """What ``adaptkit plugins`` shows for one entry point."""
+    """What ``adaptkit plugins`` shows for one entry point.
+
+    ``conflicts`` lists each name this plugin shares with another distribution (first-party
+    plugins included); ``error`` says what failed, and for a shared name it is set on the plugin
+    that is not first-party, never on adaptkit's own.
+    """
 
     name: str
     distribution: str
@@ -46,20 +64,86 @@ class PluginInfo:
     tasks: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
+    conflicts: list[str] = field(default_factory=list)
+
+
+class _Table(dict):
+    """name -> class. A refused name (shared by several distributions, or not provided by the
+    distribution the recipe chose) is absent, and looking it up raises a ``PluginError`` that
+    says why and how to pick, instead of a bare ``KeyError``."""
+
+    def __init__(self, items: Mapping[str, type] | None = None, refused: Mapping[str, str] | None = None):
+        super().__init__(items or {})
+        self.refused: dict[str, str] = dict(refused or {})
+
+    def __missing__(self, name: str) -> type:
+        if name in self.refused:
+            raise PluginError(self.refused[name])
+        raise KeyError(name)
 
 
 @dataclass
 class Registry:
-    """The loaded plugins and what they registered, keyed by name."""
+    """The loaded plugins and what they registered, keyed by name.
+
+    ``claims`` holds every plugin that registered each ``"kind:name"`` (first-party first, then by
+    distribution and entry-point name), so a shared name can be resolved by distribution.
+    """
 
     manager: pluggy.PluginManager
     plugins: list[PluginInfo]
     strategies: dict[str, type]
     tasks: dict[str, type]
     owners: dict[str, PluginInfo]
+    claims: dict[str, list[tuple[PluginInfo, type]]] = field(default_factory=dict)
 
     def plugin_for(self, kind: str, name: str) -> PluginInfo | None:
         return self.owners.get(f"{kind}:{name}")
+
+    def claimants(self, kind: str, name: str) -> list[PluginInfo]:
+        """Every plugin that registered ``name`` as a ``kind`` (more than one: the name is shared)."""
+        return [info for info, _ in self.claims.get(f"{kind}:{name}", [])]
+
+    def choice_problem(self, kind: str, name: str, distribution: str | None) -> str | None:
+        """Why ``name`` cannot be used as the recipe says (shared and unchosen, or the chosen
+        distribution does not provide it), or None. An unknown name is left to the caller."""
+        found = self.claims.get(f"{kind}:{name}", [])
+        if not found:
+            return None
+        if distribution is None:
+            return _ambiguity(kind, name, found) if len(found) > 1 else None
+        if any(_normal(info.distribution) == _normal(distribution) for info, _ in found):
+            return None
+        section, key = _SECTION_KEY[kind]
+        return (f"distribution {distribution!r} does not provide {kind} {name!r}; it comes from "
+                f"{_list_claimants(found)}: name one of those, e.g. "
+                f"`{section}: {{{key}: {name}, distribution: {found[0][0].distribution}}}`")
+
+    def choosing(self, choices: Mapping[str, str]) -> "Registry":
+        """This registry as seen by a recipe that picked distributions: ``{"strategy:lora": "adaptkit"}``.
+
+        The chosen distribution's class takes the name; a choice naming a distribution that does
+        not provide the name removes it (a lookup then says so). The plugins and hooks are shared.
+        """
+        strategies = _Table(self.strategies, getattr(self.strategies, "refused", {}))
+        tasks = _Table(self.tasks, getattr(self.tasks, "refused", {}))
+        owners = dict(self.owners)
+        for key, distribution in choices.items():
+            kind, _, name = key.partition(":")
+            table = strategies if kind == "strategy" else tasks
+            if key not in self.claims or kind not in _SECTION_KEY:
+                continue
+            picked = [(info, cls) for info, cls in self.claims[key]
+                      if _normal(info.distribution) == _normal(distribution)]
+            if picked:
+                table[name] = picked[0][1]
+                owners[key] = picked[0][0]
+                table.refused.pop(name, None)
+            else:
+                table.pop(name, None)
+                owners.pop(key, None)
+                table.refused[name] = self.choice_problem(kind, name, distribution) or ""
+        return Registry(self.manager, self.plugins, strategies, tasks, owners, self.claims)
 
 
 def _normal(name: str) -> str:
@@ -79,7 +163,7 @@ def _allowed_distributions() -> set[str] | None:
 
 
 @contextlib.contextmanager
-def restricted_to(distributions: list[str] | None):
+def restricted_to(distributions: list[str] | None) -> Iterator[None]:
     """Within this block ``get_registry()`` loads only ``distributions`` (plus adaptkit itself).
 
     ``None`` leaves the process's allow-list as it is. A recipe's ``plugins:`` key is applied
@@ -93,6 +177,37 @@ def restricted_to(distributions: list[str] | None):
         yield
     finally:
         _recipe_allow.reset(token)
+
+
+def _field(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, Mapping) else getattr(value, key, None)
+
+
+def recipe_choices(recipe: Any) -> dict[str, str]:
+    """``{"kind:name": distribution}`` for each of a recipe's (a ``Recipe`` or its dict) sections
+    that names a distribution."""
+    choices = {}
+    for kind, (section, key) in _SECTION_KEY.items():
+        spec = _field(recipe, section)
+        name, distribution = _field(spec, key), _field(spec, "distribution")
+        if isinstance(name, str) and isinstance(distribution, str) and distribution.strip():
+            choices[f"{kind}:{name}"] = _normal(distribution)
+    return choices
+
+
+@contextlib.contextmanager
+def for_recipe(recipe: Any) -> Iterator[None]:
+    """Apply a recipe's plugin settings (a ``Recipe`` or its dict, e.g. from a run's metrics.json):
+    its ``plugins:`` allow-list and the distribution its strategy and task sections name.
+
+    Within this block ``get_registry()`` maps a shared name to the distribution the recipe chose.
+    """
+    token = _recipe_choices.set(frozenset(recipe_choices(recipe).items()))
+    try:
+        with restricted_to(_field(recipe, "plugins")):
+            yield
+    finally:
+        _recipe_choices.reset(token)
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -109,9 +224,19 @@ def _describe(ep: metadata.EntryPoint) -> PluginInfo:
     )
 
 
-def _register_from(info: PluginInfo, hook: Any, kind: str, table: dict[str, type],
-                   owners: dict[str, PluginInfo]) -> None:
-    """Call one plugin's registration hook, recording names and refusing duplicates."""
+def _explain(exc: BaseException) -> str:
+    """An exception as one line; ``SystemExit`` says what it means, since its text is just a code."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}): it called sys.exit()"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _add_error(info: PluginInfo, message: str) -> None:
+    info.error = message if not info.error else f"{info.error}; {message}"
+
+
+def _collect(hook: Any, kind: str) -> list[type]:
+    """Call one plugin's registration hook and return the classes it registered (checked)."""
     collected: list[type] = []
 
     def register(cls: type) -> None:
@@ -127,24 +252,75 @@ def _register_from(info: PluginInfo, hook: Any, kind: str, table: dict[str, type
         if not SAFE_NAME.match(name):
             raise AdaptkitError(f"{kind} name {name!r} is not allowed: use letters, digits, '_', '-', '.', '+' "
                                 f"(it becomes part of folder names)")
+        if any(seen.name == name for seen in collected):
+            raise AdaptkitError(f"{kind} name {name!r} is registered twice by this plugin")
         collected.append(cls)
 
     returned = hook(register=register)
     if returned is not None:
         raise AdaptkitError(f"it returned {type(returned).__name__}, not None: call register(cls) instead")
-    for cls in collected:
-        key = f"{kind}:{cls.name}"
-        if key in owners:
-            other = owners[key]
-            raise AdaptkitError(
-                f"{kind} name {cls.name!r} is registered twice: by plugin {other.name!r} "
-                f"(distribution {other.distribution} {other.version}) and by plugin "
-                f"{info.name!r} (distribution {info.distribution} {info.version}); "
-                f"uninstall one of them"
-            )
-        table[cls.name] = cls
-        owners[key] = info
-        (info.strategies if kind == "strategy" else info.tasks).append(cls.name)
+    return collected
+
+
+def _claim_order(info: PluginInfo) -> tuple[bool, str, str]:
+    """First-party first, then by distribution and entry-point name: never by what sorts first alone."""
+    return (_normal(info.distribution) != CORE_DISTRIBUTION, _normal(info.distribution), info.name)
+
+
+def _who(info: PluginInfo) -> str:
+    return f"distribution {info.distribution} {info.version} (plugin {info.name!r})"
+
+
+def _list_claimants(found: list[tuple[PluginInfo, type]]) -> str:
+    return " and ".join(_who(info) for info, _ in found)
+
+
+def _ambiguity(kind: str, name: str, found: list[tuple[PluginInfo, type]]) -> str:
+    section, key = _SECTION_KEY[kind]
+    picks = " or ".join(f"`{section}: {{{key}: {name}, distribution: {info.distribution}}}`" for info, _ in found)
+    return (f"{kind} name {name!r} is registered by more than one distribution: {_list_claimants(found)}; "
+            f"adaptkit will not guess which code to run: say which in the recipe, {picks} "
+            f"(or uninstall one, or leave it out with the recipe's plugins: list or {ALLOW_LIST_ENV})")
+
+
+def _settle(claims: dict[str, list[tuple[PluginInfo, type]]]) -> tuple[_Table, _Table, dict[str, PluginInfo]]:
+    """Give each name with a single distribution behind it to that plugin; refuse shared names.
+
+    Two entry points of one distribution that register the same name are that distribution's own
+    bug: the first (by entry-point name) keeps it and the other is marked. A name registered by
+    several distributions belongs to none of them until a recipe chooses; each plugin that is not
+    first-party is marked with an error naming every distribution involved.
+    """
+    tables = {"strategy": _Table(), "task": _Table()}
+    owners: dict[str, PluginInfo] = {}
+    for key in sorted(claims):
+        kind, _, name = key.partition(":")
+        found: list[tuple[PluginInfo, type]] = []
+        for info, cls in sorted(claims[key], key=lambda claim: _claim_order(claim[0])):
+            twin = next((other for other, _ in found if _normal(other.distribution) == _normal(info.distribution)), None)
+            if twin is not None:
+                _add_error(info, f"{kind} name {name!r} is already registered by plugin {twin.name!r} of the same "
+                                 f"distribution {info.distribution}; this one is ignored")
+                (info.strategies if kind == "strategy" else info.tasks).remove(name)
+                continue
+            found.append((info, cls))
+        claims[key] = found
+        if len(found) == 1:
+            tables[kind][name] = found[0][1]
+            owners[key] = found[0][0]
+            continue
+        tables[kind].refused[name] = _ambiguity(kind, name, found)
+        section, field_name = _SECTION_KEY[kind]
+        for info, _ in found:
+            others = [other for other, _ in found if other is not info]
+            info.conflicts.append(f"{kind}:{name}, also registered by "
+                                  f"{', '.join(_who(other) for other in others)}")
+            if _normal(info.distribution) != CORE_DISTRIBUTION:
+                _add_error(info, f"{_describe_plugin(info)}: {kind} name {name!r} is also registered by "
+                                 f"{', '.join(_who(other) for other in others)}: refused unless a recipe names "
+                                 f"the distribution, e.g. `{section}: {{{field_name}: {name}, "
+                                 f"distribution: {info.distribution}}}`")
+    return tables["strategy"], tables["task"], owners
 
 
 def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Registry:
@@ -153,20 +329,20 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
     manager.add_hookspecs(hookspecs)
     allowed = _allowed_distributions()
     plugins: list[PluginInfo] = []
-    strategies: dict[str, type] = {}
-    tasks: dict[str, type] = {}
-    owners: dict[str, PluginInfo] = {}
+    claims: dict[str, list[tuple[PluginInfo, type]]] = {}
 
     candidates: list[tuple[PluginInfo, Any]] = []
     for ep in _entry_points():
         info = _describe(ep)
-        if allowed is not None and info.distribution.lower().replace("_", "-") not in allowed:
+        if allowed is not None and _normal(info.distribution) not in allowed:
             continue
         plugins.append(info)
         try:
             module = ep.load()
-        except Exception as exc:  # a broken plugin must not break the others
-            info.error = f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}"
+        except KeyboardInterrupt:  # the user's Ctrl-C, not the plugin's doing
+            raise
+        except BaseException as exc:  # a broken plugin (even one calling sys.exit()) must not break the others
+            info.error = f"{_describe_plugin(info)} failed to import {ep.value!r}: {_explain(exc)}"
             continue
         candidates.append((info, module))
     for name, module in extra_plugins or []:
@@ -178,27 +354,33 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
         try:
             manager.register(module, name=info.name)
             manager.check_pending()
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             if manager.is_registered(module):
                 manager.unregister(module)
-            info.error = f"invalid hook implementation: {exc}"
+            info.error = f"{_describe_plugin(info)} has an invalid hook implementation: {_explain(exc)}"
             continue
         info.hooks = sorted(
             impl_hook.name for impl_hook in manager.get_hookcallers(module) or []
         )
         _guard_hooks(manager, module, info)
-        for kind, hook_name, table in (
-            ("strategy", "adaptkit_register_strategies", strategies),
-            ("task", "adaptkit_register_tasks", tasks),
-        ):
+        for kind, hook_name in (("strategy", "adaptkit_register_strategies"), ("task", "adaptkit_register_tasks")):
             impl = getattr(module, hook_name, None)
             if impl is None:
                 continue
             try:
-                _register_from(info, impl, kind, table, owners)
-            except Exception as exc:
-                info.error = f"{hook_name} failed: {type(exc).__name__}: {exc}"
-    return Registry(manager, plugins, strategies, tasks, owners)
+                classes = _collect(impl, kind)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                _add_error(info, f"{_describe_plugin(info)}: {hook_name} failed: {_explain(exc)}")
+                continue
+            for cls in classes:
+                claims.setdefault(f"{kind}:{cls.name}", []).append((info, cls))
+                (info.strategies if kind == "strategy" else info.tasks).append(cls.name)
+    strategies, tasks, owners = _settle(claims)
+    return Registry(manager, plugins, strategies, tasks, owners, claims)
 
 
 @functools.lru_cache(maxsize=8)
@@ -206,15 +388,24 @@ def _cached_registry(allowed: frozenset | None) -> Registry:
     return build_registry()
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_choice(allowed: frozenset | None, choices: frozenset) -> Registry:
+    return _cached_registry(allowed).choosing(dict(choices))
+
+
 def get_registry() -> Registry:
-    """The process-wide registry for the active allow-list, built on first use (never at import time)."""
+    """The process-wide registry for the active allow-list and recipe choices, built on first use
+    (never at import time)."""
     allowed = _allowed_distributions()
-    return _cached_registry(frozenset(allowed) if allowed is not None else None)
+    key = frozenset(allowed) if allowed is not None else None
+    choices = _recipe_choices.get()
+    return _cached_choice(key, choices) if choices else _cached_registry(key)
 
 
 def reset_registry() -> None:
     """Forget the cached registries, so newly installed plugins are seen (tests use this)."""
     _cached_registry.cache_clear()
+    _cached_choice.cache_clear()
 
 
 get_registry.cache_clear = reset_registry  # the name older callers used
@@ -248,11 +439,10 @@ def _guarded(function: Any, hook: str, info: PluginInfo) -> Any:
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
             value = function(*args, **kwargs)
-        except PluginError:
+        except (PluginError, KeyboardInterrupt):
             raise
-        except Exception as exc:
-            raise PluginError(f"{_describe_plugin(info)} failed in hook {hook}: "
-                              f"{type(exc).__name__}: {exc}") from exc
+        except BaseException as exc:  # sys.exit() inside a hook too: it must not end the command unnamed
+            raise PluginError(f"{_describe_plugin(info)} failed in hook {hook}: {_explain(exc)}") from exc
         problem = _check_answer(hook, value)
         if problem:
             raise PluginError(f"{_describe_plugin(info)} broke hook {hook}: it {problem}")

@@ -42,13 +42,13 @@ def load_run(run_dir: Union[str, Path]) -> Predictor:
 
     Only the plugins the run's recipe allowed (its ``plugins:`` key) are loaded to do it.
     """
-    from adaptkit.plugins import restricted_to
+    from adaptkit.plugins import for_recipe
 
     summary_path = Path(run_dir) / "metrics.json"
-    allowed = None
+    saved: dict = {}
     if summary_path.is_file():
-        allowed = json.loads(summary_path.read_text()).get("recipe", {}).get("plugins")
-    with restricted_to(allowed):
+        saved = json.loads(summary_path.read_text()).get("recipe", {})
+    with for_recipe(saved):  # the run's plugins: allow-list and the distributions it chose
         return _load_run(run_dir)
 
 

@@ -175,12 +175,20 @@ class PluginSection(BaseModel):
         return dict(self.model_extra or {})
 
 
+# Which installed distribution provides the name, when more than one registers it (see adaptkit.plugins).
+_DISTRIBUTION = dict(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$",
+                     description="The distribution that provides it (e.g. adaptkit), needed only when two "
+                                 "installed distributions register the same name; see `adaptkit plugins`.")
+
+
 class StrategySection(PluginSection):
     name: str = Field(description="A strategy from `adaptkit plugins`.")
+    distribution: Optional[str] = Field(**_DISTRIBUTION)
 
 
 class TaskSection(PluginSection):
     type: str = Field("sequence_classification", description="A task from `adaptkit plugins`.")
+    distribution: Optional[str] = Field(**_DISTRIBUTION)
 
 
 class Recipe(_Section):
@@ -226,6 +234,9 @@ class Recipe(_Section):
         data = self.model_dump(mode="json")
         data["strategy"] = {"name": self.strategy.name, **self._strategy_options.model_dump(mode="json")}
         data["task"] = {"type": self.task.type, **self._task_options.model_dump(mode="json")}
+        for section in ("strategy", "task"):  # a chosen distribution goes with the run, so reloading picks it too
+            if getattr(self, section).distribution is not None:
+                data[section]["distribution"] = getattr(self, section).distribution
         data["data"]["train"] = str(self.resolve_path(self.data.train))
         if self.data.eval is not None:
             data["data"]["eval"] = str(self.resolve_path(self.data.eval))
@@ -404,9 +415,9 @@ def _validate(data: Any, source: Optional[Path], lines: _LineFinder, check_files
         raise RecipeError(_format_errors(exc, Recipe, shown, lines)) from None
     recipe._source = source
     _check_requirements(recipe, shown, lines)
-    from adaptkit.plugins import restricted_to
+    from adaptkit.plugins import for_recipe
 
-    with restricted_to(recipe.plugins):
+    with for_recipe(recipe):  # its plugins: allow-list and the distributions its sections name
         _validate_plugin_sections(recipe, shown, lines)
         if check_files:
             _check_data_files(recipe, shown, lines)
@@ -443,6 +454,10 @@ def _validate_plugin_sections(recipe: Recipe, shown: Optional[Path], lines: _Lin
                                       ("task", "type", registry.tasks, "task")):
         spec = getattr(recipe, section)
         chosen = getattr(spec, key)
+        problem = registry.choice_problem(kind, chosen, spec.distribution)  # a name two distributions share
+        if problem:
+            at = (section, "distribution") if spec.distribution is not None else (section, key)
+            raise RecipeError(f"{_where(shown, lines.line(at))}: {section}.{at[1]}: {problem}")
         if chosen not in table:
             available = sorted(table)
             raise RecipeError(

@@ -105,12 +105,12 @@ def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progres
 
     from adaptkit.errors import ContractViolation
     from adaptkit.outputs import run_lock
-    from adaptkit.plugins import blame, get_registry, plugin_error, restricted_to
+    from adaptkit.plugins import blame, for_recipe, get_registry, plugin_error
 
     recipe = _as_recipe(recipe)
     main_process = int(os.environ.get("RANK", "0") or 0) == 0  # one lock per run, not per launched process
     with (run_lock(Path(recipe.output.dir)) if main_process else contextlib.nullcontext()), \
-            restricted_to(recipe.plugins):
+            for_recipe(recipe):
         try:
             return _run(recipe, overwrite=overwrite, progress=progress, log=log, resume=resume)
         except ContractViolation as exc:

@@ -58,3 +58,44 @@ class Noop(Strategy):
 def adaptkit_register_strategies(register):
     register(Noop)
 '''
+
+# A third party's strategy under a first-party name: it must never run unless a recipe picks it.
+IMPOSTOR_LORA = '''
+from adaptkit import Strategy, hookimpl
+
+class Impostor(Strategy):
+    """Registers itself as "lora"; running it is the attack."""
+    name = "lora"
+
+    def wrap(self, model, context):
+        raise RuntimeError("the impostor ran")
+
+@hookimpl
+def adaptkit_register_strategies(register):
+    register(Impostor)
+'''
+
+EXITS_AT_IMPORT = '''
+import sys
+sys.exit(3)
+'''
+
+RAISES_BASE_EXCEPTION_AT_IMPORT = '''
+class Detonation(BaseException):
+    """Not an Exception: slips past a plain ``except Exception``."""
+
+raise Detonation("boom at import")
+'''
+
+EXITS_WHILE_REGISTERING = '''
+import sys
+from adaptkit import hookimpl
+
+@hookimpl
+def adaptkit_register_strategies(register):
+    sys.exit("no strategies today")
+'''
+
+INTERRUPTED_AT_IMPORT = '''
+raise KeyboardInterrupt
+'''

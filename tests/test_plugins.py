@@ -5,8 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from adaptkit.errors import PluginError
 from adaptkit.plugins import build_registry, reset_registry
-from plugin_fixtures import BROKEN_IMPORT, DUPLICATE_FULL, GOOD_EXTRA, MISSPELT_HOOK, fake_distribution
+from plugin_fixtures import (BROKEN_IMPORT, DUPLICATE_FULL, EXITS_AT_IMPORT, EXITS_WHILE_REGISTERING, GOOD_EXTRA,
+                             IMPOSTOR_LORA, INTERRUPTED_AT_IMPORT, MISSPELT_HOOK, RAISES_BASE_EXCEPTION_AT_IMPORT,
+                             fake_distribution)
 
 
 @pytest.fixture(autouse=True)
@@ -47,15 +50,16 @@ def test_broken_and_duplicate_plugins_are_reported_and_others_keep_working(tmp_p
     assert "this_module_does_not_exist_anywhere" in broken.error
 
     impostor = plugins["impostor"]
-    assert "registered twice" in impostor.error
-    assert "adaptkit-broken" in impostor.error and "distribution adaptkit" in impostor.error
-    assert registry.strategies["full"].__module__ == "adaptkit_full"  # the first owner keeps it
+    assert "is also registered by distribution adaptkit " in impostor.error
+    assert "(distribution adaptkit-broken 0.3.1)" in impostor.error
+    assert plugins["full"].error is None  # the first-party plugin is never the one marked
+    assert "full" not in registry.strategies  # shared: refused until a recipe names the distribution
 
     assert "adaptkit_register_stratgies" in plugins["misspelt"].error
 
     assert plugins["extra"].error is None
     assert "third_party_noop" in registry.strategies
-    assert {"full", "lora"} <= set(registry.strategies)
+    assert {"lora", "partial_freeze"} <= set(registry.strategies)
 
 
 def test_adaptkit_register_tasks_adds_a_task_type(tmp_path, monkeypatch):
@@ -98,7 +102,7 @@ def test_plugins_command_lists_errors_without_failing(tmp_path, monkeypatch, cap
     import json
 
     listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
-    assert listed["broken"]["error"].startswith("failed to import")
+    assert listed["broken"]["error"].startswith("plugin 'broken' (distribution adaptkit-broken 0.3.1) failed to import")
     assert listed["lora"]["strategies"] == ["lora"] and listed["lora"]["error"] is None
 
 
@@ -160,3 +164,179 @@ def test_every_hookspec_has_a_test_and_a_readme_entry():
         assert getattr(hookspecs, name).__doc__, f"{name} has no docstring"
         assert f"def test_{name}" in tests or f"{name}:" in tests, f"{name} has no test"
         assert f"`{name}" in readme, f"{name} is not documented in README.md"
+
+
+# ---------------------------------------------------------------------------- impersonation
+
+@pytest.fixture
+def impostor_site(tmp_path, monkeypatch):
+    """A third-party distribution "adaptkit-evil" that registers a strategy named "lora"."""
+    def install(entry_point: str = "aaa_lora"):
+        site = tmp_path / f"site-{entry_point}"
+        fake_distribution(site, "adaptkit-evil", "6.6.6", {"impostor_lora_plugin": IMPOSTOR_LORA},
+                          {entry_point: "impostor_lora_plugin"})
+        monkeypatch.syspath_prepend(str(site))
+        reset_registry()
+        return site
+    return install
+
+
+@pytest.mark.parametrize("entry_point", ["aaa_lora", "zzz_lora"])
+def test_a_builtin_name_claimed_by_a_third_party_is_refused_whatever_sorts_first(impostor_site, entry_point):
+    """No sort order lets a third party take "lora"; the third party, not adaptkit, carries the error."""
+    impostor_site(entry_point)
+    registry = build_registry()
+    plugins = _by_name(registry)
+    assert "lora" not in registry.strategies
+    assert [p.distribution for p in registry.claimants("strategy", "lora")] == ["adaptkit", "adaptkit-evil"]
+    assert plugins["lora"].error is None
+    assert plugins["lora"].conflicts == [f"strategy:lora, also registered by distribution adaptkit-evil 6.6.6 "
+                                         f"(plugin {entry_point!r})"]
+    error = plugins[entry_point].error
+    assert error.startswith(f"plugin {entry_point!r} (distribution adaptkit-evil 6.6.6): strategy name 'lora' "
+                            f"is also registered by distribution adaptkit ")
+    assert "`strategy: {name: lora, distribution: adaptkit-evil}`" in error
+    with pytest.raises(PluginError) as refused:
+        registry.strategies["lora"]
+    assert "distribution adaptkit " in str(refused.value) and "distribution adaptkit-evil 6.6.6" in str(refused.value)
+    assert "partial_freeze" in registry.strategies  # everything else is untouched
+
+
+def _lora_recipe(tmp_path, **strategy):
+    from conftest import tiny_recipe_dict, write_recipe
+
+    recipe = tiny_recipe_dict(tmp_path, "lora", training={"epochs": 1, "max_steps": 2})
+    recipe["strategy"].update(strategy)
+    return write_recipe(tmp_path / "recipe.yaml", recipe), recipe
+
+
+def test_an_ambiguous_name_fails_validation_until_the_recipe_names_a_distribution(impostor_site, tmp_path, capsys):
+    from adaptkit.cli import main
+    from adaptkit.plugins import for_recipe, get_registry
+    from adaptkit.recipe import load_recipe
+
+    impostor_site()
+    path, _ = _lora_recipe(tmp_path)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    line = path.read_text().splitlines().index("  name: lora") + 1
+    assert f"recipe.yaml:{line}: strategy.name: strategy name 'lora' is registered by more than one distribution" in err
+    assert "distribution adaptkit " in err and "distribution adaptkit-evil 6.6.6 (plugin 'aaa_lora')" in err
+    assert "`strategy: {name: lora, distribution: adaptkit}`" in err and "Traceback" not in err
+
+    for distribution, module in (("adaptkit", "adaptkit_lora"), ("adaptkit-evil", "impostor_lora_plugin"),
+                                 ("Adaptkit_Evil", "impostor_lora_plugin")):
+        path, _ = _lora_recipe(tmp_path, distribution=distribution)
+        assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+        recipe = load_recipe(path)
+        with for_recipe(recipe):
+            assert get_registry().strategies["lora"].__module__ == module
+            assert get_registry().plugin_for("strategy", "lora").distribution in ("adaptkit", "adaptkit-evil")
+    assert "lora" not in get_registry().strategies  # outside the recipe the name is still refused
+
+    path, _ = _lora_recipe(tmp_path, distribution="adaptkit-nope")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    line = path.read_text().splitlines().index("  distribution: adaptkit-nope") + 1
+    assert f"recipe.yaml:{line}: strategy.distribution: distribution 'adaptkit-nope' does not provide strategy 'lora'" in err
+    path, _ = _lora_recipe(tmp_path, distribution="../evil")
+    assert main(["validate", str(path)]) == 2
+    assert "strategy.distribution" in capsys.readouterr().err
+
+
+def test_a_distribution_that_does_not_provide_the_name_is_refused_without_any_conflict(tmp_path, capsys):
+    from adaptkit.cli import main
+
+    path, _ = _lora_recipe(tmp_path, distribution="adaptkit")
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    path, _ = _lora_recipe(tmp_path, distribution="adaptkit-example-plugin")
+    assert main(["validate", str(path)]) == 2
+    assert "does not provide strategy 'lora'; it comes from distribution adaptkit " in capsys.readouterr().err
+
+
+def test_the_chosen_distribution_is_what_runs_and_what_reloads(impostor_site, tmp_path, capsys):
+    """The runner and ``adaptkit.load`` use the class the recipe picked, not whichever loaded first."""
+    import json
+
+    import adaptkit
+    from adaptkit.cli import main
+
+    impostor_site()
+    path, recipe = _lora_recipe(tmp_path, distribution="adaptkit-evil")
+    assert main(["run", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "the impostor ran" in err and "'aaa_lora' (distribution adaptkit-evil 6.6.6)" in err
+
+    recipe["output"]["dir"] = str(tmp_path / "own")
+    recipe["strategy"]["distribution"] = "adaptkit"
+    result = adaptkit.run(recipe, progress=False)
+    saved = json.loads((tmp_path / "own" / "metrics.json").read_text())
+    assert saved["recipe"]["strategy"]["distribution"] == "adaptkit" and saved["strategy"] == "lora"
+    predictor = adaptkit.load(tmp_path / "own")  # reload sees the same choice, the impostor still installed
+    assert type(predictor.model).__name__.startswith("Peft")
+    assert result is not None
+
+
+def test_adaptkit_plugins_shows_the_conflict(impostor_site, capsys):
+    import json
+
+    from adaptkit.cli import main
+
+    impostor_site()
+    assert main(["plugins", "--json"]) == 0
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert listed["lora"]["error"] is None and "adaptkit-evil" in listed["lora"]["conflicts"][0]
+    assert "also registered by distribution adaptkit " in listed["aaa_lora"]["error"]
+    assert main(["plugins"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "adaptkit-evil" in out and "error:" in out
+
+
+# ---------------------------------------------------------------------------- plugins that exit
+
+def test_a_plugin_that_exits_or_raises_base_exception_is_named_and_commands_keep_working(tmp_path, monkeypatch,
+                                                                                        capsys):
+    import types
+
+    from adaptkit import hookimpl
+    from adaptkit.cli import main
+    from adaptkit.errors import PluginError
+    from conftest import tiny_recipe_dict, write_recipe
+
+    fake_distribution(tmp_path / "site", "adaptkit-quitter", "0.1",
+                      {"quitter_plugin": EXITS_AT_IMPORT, "detonating_plugin": RAISES_BASE_EXCEPTION_AT_IMPORT,
+                       "exits_registering_plugin": EXITS_WHILE_REGISTERING},
+                      {"quitter": "quitter_plugin", "detonating": "detonating_plugin",
+                       "registers_exit": "exits_registering_plugin"})
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    plugins = _by_name(build_registry())
+    assert plugins["quitter"].error == ("plugin 'quitter' (distribution adaptkit-quitter 0.1) failed to import "
+                                        "'quitter_plugin': SystemExit(3): it called sys.exit()")
+    assert plugins["detonating"].error.startswith("plugin 'detonating' (distribution adaptkit-quitter 0.1) failed")
+    assert "Detonation: boom at import" in plugins["detonating"].error
+    assert plugins["registers_exit"].error == (
+        "plugin 'registers_exit' (distribution adaptkit-quitter 0.1): adaptkit_register_strategies failed: "
+        "SystemExit('no strategies today'): it called sys.exit()")
+    assert plugins["lora"].error is None
+
+    assert main(["plugins", "--json"]) == 0
+    assert "SystemExit(3)" in capsys.readouterr().out
+    path = write_recipe(tmp_path / "recipe.yaml", tiny_recipe_dict(tmp_path, "full"))
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+
+    def leave(event, payload):
+        raise SystemExit(0)
+
+    registry = build_registry(extra_plugins=[("leaver", types.SimpleNamespace(adaptkit_on_event=hookimpl(leave)))])
+    with pytest.raises(PluginError, match=r"plugin 'leaver' \(distribution \(registered in code\) -\) failed in hook "
+                                          r"adaptkit_on_event: SystemExit\(0\)"):
+        registry.manager.hook.adaptkit_on_event(event="run_start", payload={})
+
+
+def test_ctrl_c_while_a_plugin_imports_still_interrupts(tmp_path, monkeypatch):
+    """Only KeyboardInterrupt goes through the guard: the user asked to stop."""
+    fake_distribution(tmp_path / "site", "adaptkit-slow", "0.1", {"interrupted_plugin": INTERRUPTED_AT_IMPORT},
+                      {"interrupted": "interrupted_plugin"})
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(KeyboardInterrupt):
+        build_registry()
