@@ -553,7 +553,8 @@ def json_schema() -> dict[str, Any]:
     def union(table: dict[str, type], key: str, suffix: str) -> Any:
         variants = [
             create_model(f"{name}_{suffix}", __base__=cls.Options,
-                         **{key: (Literal[name], Field(description=cls.summary() if hasattr(cls, "summary") else ""))})
+                         **{key: (Literal[name], Field(description=cls.summary() if hasattr(cls, "summary") else "")),
+                            "distribution": (Optional[str], Field(**_DISTRIBUTION))})
             for name, cls in sorted(table.items())
         ]
         if not variants:

@@ -340,3 +340,12 @@ def test_ctrl_c_while_a_plugin_imports_still_interrupts(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     with pytest.raises(KeyboardInterrupt):
         build_registry()
+
+
+def test_the_recipe_schema_accepts_a_distribution_key():
+    """Editors that check recipes against `adaptkit schema` must not flag `distribution:`."""
+    from adaptkit.recipe import json_schema
+
+    definitions = json_schema()["$defs"]
+    assert definitions["lora_strategy"]["properties"]["distribution"]["anyOf"][0]["pattern"]
+    assert "distribution" in definitions["sequence_classification_task"]["properties"]
