@@ -4,6 +4,7 @@ from __future__ import annotations
 from adaptkit import hookimpl
 from adaptkit_tasks.causal_lm import CausalLM
 from adaptkit_tasks.image_classification import ImageClassification
+from adaptkit_tasks.instruct import Instruct
 from adaptkit_tasks.sequence_classification import SequenceClassification
 from adaptkit_tasks.token_classification import TokenClassification
 
@@ -14,3 +15,4 @@ def adaptkit_register_tasks(register):
     register(CausalLM)
     register(TokenClassification)
     register(ImageClassification)
+    register(Instruct)

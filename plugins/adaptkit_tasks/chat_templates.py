@@ -1,0 +1,143 @@
+"""Chat templates: which one a run uses, and a conversation rendered as masked/trained pieces.
+
+Rendering is the tokenizer's own ``apply_chat_template``, so training sees exactly the text
+``predict`` (and any serving stack using the same tokenizer) will show the model. A recipe may
+name a template or give its Jinja text when the tokenizer has none; a tokenizer without any
+template is refused when the tokenizer is loaded (``adaptkit plan`` and the start of a run),
+never in the middle of one.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from adaptkit.errors import AdaptkitError, DataError
+
+# Well-known layouts, for tokenizers that ship none. Each ends an assistant turn with a marker
+# the model learns to emit, so generation knows where to stop.
+NAMED_TEMPLATES: dict[str, str] = {
+    "chatml": (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
+    "zephyr": (
+        "{% for message in messages %}"
+        "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"),
+    "plain": (
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+        "{% elif message['role'] == 'user' %}{{ '### User:\n' + message['content'] + '\n\n' }}"
+        "{% else %}{{ '### Assistant:\n' + message['content'] + eos_token + '\n\n' }}{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"),
+}
+
+# Markers that end an assistant turn in common templates; those the vocabulary holds as one
+# token stop generation along with the end-of-sequence token.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+def template_problem(value: str) -> Optional[str]:
+    """Why ``value`` is neither a named template nor Jinja that compiles; None when it is fine.
+
+    Pure jinja2 (no torch, no tokenizer), so ``adaptkit validate`` answers it.
+    """
+    if "{" not in value:
+        if value in NAMED_TEMPLATES:
+            return None
+        return f"unknown chat template name {value!r} (named templates: {', '.join(sorted(NAMED_TEMPLATES))}; " \
+               f"or give the Jinja text of a template)"
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(value)
+    except jinja2.TemplateSyntaxError as exc:
+        return f"chat template is not valid Jinja: {exc.message} (template line {exc.lineno})"
+    if "messages" not in value:
+        return "chat template never reads `messages`, so it cannot render a conversation"
+    return None
+
+
+def install_template(tokenizer: Any, option: Optional[str], model: str) -> None:
+    """Give ``tokenizer`` the recipe's template (it wins over the tokenizer's own), or refuse
+    a tokenizer that has none: every non-text format is rendered through it."""
+    if option is not None:
+        tokenizer.chat_template = NAMED_TEMPLATES.get(option, option)
+    if not getattr(tokenizer, "chat_template", None):
+        raise AdaptkitError(
+            f"task.chat_template: the tokenizer of {model} has no chat template, and the recipe gives none; "
+            f"set task.chat_template to a name ({', '.join(sorted(NAMED_TEMPLATES))}) or to the Jinja text "
+            f"of the template the model should learn (or use format: text)")
+    try:  # a template that needs a token this tokenizer lacks (eos_token) fails here, not mid-run
+        render_pieces(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    except DataError as exc:
+        raise AdaptkitError(f"task.chat_template: with the tokenizer of {model}, {exc}") from None
+
+
+def stop_ids(tokenizer: Any) -> list[int]:
+    """Token ids that end a generated answer: the end token and single-token end-of-turn markers."""
+    ids = []
+    for name in ("eos_token_id", "sep_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            ids.append(int(value))
+            break
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    vocab = tokenizer.get_vocab()
+    for marker in END_OF_TURN:
+        value = vocab.get(marker)
+        if value is not None and value != unknown and value not in ids:
+            ids.append(int(value))
+    return ids
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation: bool) -> str:
+    if not messages:
+        return ""
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+    except Exception as exc:  # jinja raises TemplateError, templates raise their own (raise_exception)
+        raise DataError(f"the chat template cannot render this conversation: {str(exc).splitlines()[0]}") from None
+    return text if isinstance(text, str) else str(text)
+
+
+def render_pieces(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+    """The rendered conversation as ``(text, is_answer)`` pieces that concatenate to the full render.
+
+    An answer piece is what the template adds for one assistant turn after its generation
+    prompt: the turn's content and its end-of-turn marker. The template is rendered once per
+    assistant turn (prefix with the generation prompt, then prefix plus the turn), so the
+    boundaries are the template's own, whatever its markers. A conversation that ends with a
+    non-assistant turn is a prompt: its last piece ends with the generation prompt, exactly as
+    the same prefix was rendered in training. A template whose render of a prefix is not a
+    prefix of the longer render (it rewrites earlier turns) cannot be masked and is refused.
+    """
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+
+    def extend(longer: str, turn: int) -> str:
+        if not longer.startswith(done):
+            raise DataError(f"the chat template renders the conversation before turn {turn} differently once "
+                            f"later turns follow (the shorter render is not a prefix of the longer one), so the "
+                            f"answer tokens cannot be located; use another chat template")
+        return longer[len(done):]
+
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:index], generation=True)
+        head = extend(prompt, index + 1)
+        if head:
+            pieces.append((head, False))
+        done = prompt
+        full = _render(tokenizer, messages[:index + 1], generation=False)
+        pieces.append((extend(full, index + 1), True))
+        done = full
+    asks = messages[-1]["role"] != "assistant"
+    tail = extend(_render(tokenizer, messages, generation=asks), len(messages))
+    if tail:
+        pieces.append((tail, False))
+    return pieces

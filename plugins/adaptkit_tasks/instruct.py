@@ -1,0 +1,175 @@
+"""Instruction and chat fine-tuning of decoders: four data layouts, one chat template, answer-only loss.
+
+Layouts (``format``): plain ``text``; ``prompt_completion``; ``alpaca`` (instruction, input,
+output); ``messages`` (a conversation of ``{role, content}`` turns, multi-turn, optional
+system prompt). All but text are rendered with the tokenizer's chat template (or the one the
+recipe gives), and by default only assistant turns are learnt. ``packing`` joins training
+examples into ``max_length`` rows whose examples cannot see each other. Evaluation reports
+loss and perplexity over answer tokens; ``predict`` renders each row with the same template
+and generates answers for a whole batch at once.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, PositiveInt, field_validator
+
+from adaptkit.errors import DataError
+from adaptkit.task import TaskOptions
+from adaptkit_tasks.causal_lm import CausalLM, _end_token, _start_tokens
+
+FORMATS = ("messages", "prompt_completion", "alpaca", "text")
+
+
+class InstructOptions(TaskOptions):
+    format: Literal["messages", "prompt_completion", "alpaca", "text"] = Field(
+        "messages", description="Data layout: messages (conversations), prompt_completion, alpaca or text.")
+    messages_column: str = Field("messages", description="messages: the column holding each conversation.")
+    role_key: str = Field("role", description="messages: the key naming a turn's speaker (sharegpt: from).")
+    content_key: str = Field("content", description="messages: the key holding a turn's text (sharegpt: value).")
+    role_map: dict[str, str] = Field(
+        default_factory=dict, description="Extra speaker names -> system/user/assistant (human and gpt are known).")
+    prompt_column: str = Field("prompt", description="prompt_completion: the prompt column.")
+    completion_column: str = Field("completion", description="prompt_completion: the answer column.")
+    instruction_column: str = Field("instruction", description="alpaca: the instruction column.")
+    input_column: str = Field("input", description="alpaca: the optional input column.")
+    output_column: str = Field("output", description="alpaca: the answer column.")
+    text_column: str = Field("text", description="text: the column of plain text.")
+    system_prompt: Optional[str] = Field(None, description="A system turn put first where a conversation has none.")
+    chat_template: Optional[str] = Field(
+        None, description="A named template (chatml, zephyr, plain) or Jinja text; overrides the tokenizer's own.")
+    train_on_inputs: bool = Field(False, description="Also learn prompts, system and user turns (default: answers only).")
+    max_length: PositiveInt = Field(512, description="Tokens kept per example; the end of a longer one is cut.")
+    packing: bool = Field(False, description="Join training examples into max_length rows, each attending only to itself.")
+    max_new_tokens: PositiveInt = Field(64, description="predict: tokens generated per row at most.")
+    temperature: float = Field(0.0, ge=0, description="predict: 0 decodes greedily; above 0 samples.")
+    top_p: float = Field(1.0, gt=0, le=1, description="predict: nucleus sampling share (with temperature > 0).")
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_compiles(cls, value: Optional[str]) -> Optional[str]:
+        from adaptkit_tasks.chat_templates import template_problem
+
+        problem = template_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("role_map")
+    @classmethod
+    def _known_roles(cls, value: dict[str, str]) -> dict[str, str]:
+        from adaptkit_tasks.instruct_formats import ROLES
+
+        wrong = {k: v for k, v in value.items() if v not in ROLES}
+        if wrong:
+            raise ValueError(f"role_map values must be one of {', '.join(ROLES)}; got {wrong}")
+        return value
+
+
+class Instruct(CausalLM):
+    """Fine-tune a decoder on instructions or conversations, learning the answers only."""
+
+    name = "instruct"
+    description = "Instruction/chat tuning: text, prompt_completion, alpaca or messages data, answer-only loss."
+    Options = InstructOptions
+
+    def required_columns(self) -> list[str]:
+        opts = self.options
+        return {"text": [opts.text_column], "prompt_completion": [opts.prompt_column, opts.completion_column],
+                "alpaca": [opts.instruction_column, opts.output_column],
+                "messages": [opts.messages_column]}[opts.format]
+
+    def setup(self, train) -> None:
+        """Remember the training table: only it is packed, and only its prompts are learnt with
+        ``train_on_inputs`` (eval loss stays on answers, predict rows stay one per input)."""
+        self._train = train
+
+    def load_processor(self, recipe, source):
+        """The tokenizer with the chat template installed; refused here, before any training,
+        when no template is available (``adaptkit plan`` runs this too, via ``preflight``)."""
+        from adaptkit.models import load_tokenizer
+        from adaptkit_tasks.chat_templates import install_template
+
+        tokenizer = load_tokenizer(recipe, source)
+        if self.options.format != "text":
+            model = recipe.model.tokenizer or recipe.model.name or "the model"
+            install_template(tokenizer, self.options.chat_template, repr(model))
+        self._tokenizer = tokenizer
+        return tokenizer
+
+    def preflight(self, recipe, source) -> list[str]:
+        """What ``adaptkit plan`` must refuse (no chat template) or say (packing isolation)."""
+        from adaptkit.models import load_config
+        from adaptkit_tasks.packing import isolation_problem
+
+        self.load_processor(recipe, source)
+        if not self.options.packing:
+            return []
+        problem = isolation_problem(load_config(recipe, source), recipe.strategy.name)
+        if problem:
+            return [f"packing: examples are NOT isolated: {problem}. Set task.packing: false for exact "
+                    f"per-example training"]
+        return ["packing: training examples share max_length rows; position ids restart per example and the "
+                "attention mask is block-diagonal, so no example attends to another"]
+
+    def build_model(self, source: str, config: Any, from_config: bool, **kwargs: Any):
+        """The decoder; with packing, without a training-time KV cache (transformers only reads
+        packed position ids into a block-diagonal mask when no cache is passed)."""
+        if self.options.packing:
+            config.use_cache = False
+        return super().build_model(source, config, from_config, **kwargs)
+
+    # ------------------------------------------------------------------ data
+    def _encode(self, row: dict[str, Any], index: int, tokenizer: Any, training: bool) -> dict[str, Any]:
+        from adaptkit_tasks.chat_templates import render_pieces
+        from adaptkit_tasks.instruct_formats import row_messages
+        from adaptkit_tasks.masking import encode_pieces, encode_prompt, encode_text
+
+        opts = self.options
+        where = f"row {index + 1}"
+        if opts.format == "text":
+            text = row.get(opts.text_column)
+            if text is None or isinstance(text, (list, dict)):
+                raise DataError(f"{where}: {opts.text_column} must be text")
+            end = [_end_token(tokenizer)] if _end_token(tokenizer) is not None else []
+            return encode_text(tokenizer, str(text), opts.max_length, _start_tokens(tokenizer), end)
+        messages, answered = row_messages(row, opts, where)
+        try:
+            pieces = render_pieces(tokenizer, messages)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        if not answered:
+            return encode_prompt(tokenizer, pieces, opts.max_length)
+        return encode_pieces(tokenizer, pieces, opts.max_length, opts.train_on_inputs and training)
+
+    def preprocess(self, dataset, tokenizer):
+        from adaptkit_tasks.packing import pack_table
+
+        training = dataset is getattr(self, "_train", None)
+        encoded = dataset.map(lambda row, index: self._encode(row, index, tokenizer, training), with_indices=True,
+                              remove_columns=dataset.column_names, desc="tokenizing")
+        if training:
+            if not any(label != -100 for labels in encoded["labels"] for label in labels):
+                raise DataError("no training row has an answer token to learn (every row ends without an "
+                                "assistant turn, or max_length cuts every answer off)")
+            if self.options.packing:
+                encoded = pack_table(encoded, self.options.max_length)
+        return encoded
+
+    def collate(self, tokenizer):
+        from adaptkit_tasks.packing import collate_fn
+
+        return collate_fn(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+    # ------------------------------------------------------------------ predict
+    def predict_batch(self, model, batch) -> list[str]:
+        """Each row's answer, generated for the whole batch at once from left-padded prompts."""
+        from adaptkit_tasks.chat_templates import stop_ids
+        from adaptkit_tasks.generation import generate
+
+        tokenizer = self._tokenizer
+        lengths = getattr(batch, "prompt_lengths", None) or batch["attention_mask"].sum(dim=1).tolist()
+        prompts = [batch["input_ids"][i, :n].tolist() for i, n in enumerate(lengths)]
+        opts = self.options
+        return generate(model, tokenizer, prompts, opts.max_new_tokens, stop_ids(tokenizer),
+                        temperature=opts.temperature, top_p=opts.top_p, pad_id=tokenizer.pad_token_id)
