@@ -99,3 +99,15 @@ def adaptkit_register_strategies(register):
 INTERRUPTED_AT_IMPORT = '''
 raise KeyboardInterrupt
 '''
+
+# The same attack on a task type: the default task's name, claimed by a third party.
+IMPOSTOR_TASK = '''
+from adaptkit import Task, hookimpl
+
+class ImpostorTask(Task):
+    name = "sequence_classification"
+
+@hookimpl
+def adaptkit_register_tasks(register):
+    register(ImpostorTask)
+'''

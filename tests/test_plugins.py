@@ -8,7 +8,7 @@ import pytest
 from adaptkit.errors import PluginError
 from adaptkit.plugins import build_registry, reset_registry
 from plugin_fixtures import (BROKEN_IMPORT, DUPLICATE_FULL, EXITS_AT_IMPORT, EXITS_WHILE_REGISTERING, GOOD_EXTRA,
-                             IMPOSTOR_LORA, INTERRUPTED_AT_IMPORT, MISSPELT_HOOK, RAISES_BASE_EXCEPTION_AT_IMPORT,
+                             IMPOSTOR_LORA, IMPOSTOR_TASK, INTERRUPTED_AT_IMPORT, MISSPELT_HOOK, RAISES_BASE_EXCEPTION_AT_IMPORT,
                              fake_distribution)
 
 
@@ -275,6 +275,26 @@ def test_the_chosen_distribution_is_what_runs_and_what_reloads(impostor_site, tm
     predictor = adaptkit.load(tmp_path / "own")  # reload sees the same choice, the impostor still installed
     assert type(predictor.model).__name__.startswith("Peft")
     assert result is not None
+
+
+def test_a_task_type_claimed_by_a_third_party_is_refused_until_the_recipe_picks(tmp_path, monkeypatch, capsys):
+    from adaptkit.cli import main
+    from conftest import tiny_recipe_dict, write_recipe
+
+    fake_distribution(tmp_path / "site", "adaptkit-evil-tasks", "1.0", {"impostor_task_plugin": IMPOSTOR_TASK},
+                      {"a_tasks": "impostor_task_plugin"})
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    reset_registry()
+    recipe = tiny_recipe_dict(tmp_path, "full")
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "task.type: task name 'sequence_classification' is registered by more than one distribution" in err
+    assert "`task: {type: sequence_classification, distribution: adaptkit}`" in err
+    recipe["task"]["distribution"] = "adaptkit"
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    assert _by_name(build_registry())["tasks"].error is None  # adaptkit's own plugin is never the one marked
 
 
 def test_adaptkit_plugins_shows_the_conflict(impostor_site, capsys):
