@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from adaptkit.errors import AdaptkitError
-from adaptkit.outputs import replace_folder
+from adaptkit.outputs import check_checkpoint_dir, replace_folder
 
 if TYPE_CHECKING:
     import torch
@@ -402,6 +402,7 @@ def plan_checkpoints(recipe: Any, output_dir: Path, overwrite: bool, resume: boo
     with nothing complete to resume from is an error too, not a silent fresh start.
     """
     root = checkpoint_root(output_dir)
+    check_checkpoint_dir(root)  # --overwrite and a finished run delete it: nothing of the user's in it
     identity = recipe_identity(recipe)
     training = recipe.training
     config = CheckpointConfig(root=root, every_steps=training.checkpoint_every_steps,

@@ -325,6 +325,9 @@ def compute_saved(rows: list[Row], greater: bool) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------- entry point
 
+COMPARE_FILES = ("compare.json", "table.md", "compare.png", "report.html")  # runs/ carry their own manifests
+
+
 def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds: Optional[list[int]] = None,
             sizes: Optional[list[int]] = None, output_dir: Optional[Union[str, Path]] = None,
             overwrite: bool = False, scratch_strategy: str = DEFAULT_SCRATCH_STRATEGY,
@@ -340,7 +343,7 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
     import torch
 
     from adaptkit.energy import EnergyMeter, describe_power
-    from adaptkit.outputs import check_output_dir, safe_join, write_json
+    from adaptkit.outputs import check_output_dir, safe_join, write_json, write_manifest
     from adaptkit.runner import Session, _as_recipe
     from adaptkit.runner import run as run_recipe
 
@@ -353,6 +356,7 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
     folder = Path(output_dir) if output_dir else Path(str(recipe.output.dir) + "-compare")
     check_output_dir(folder, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
+    write_manifest(folder, "compare", COMPARE_FILES)  # --overwrite replaces only what adaptkit wrote
     device = "cuda" if torch.cuda.is_available() and recipe.training.device != "cpu" else "cpu"
 
     runs: list[RunRecord] = []
@@ -427,6 +431,7 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
     (folder / "table.md").write_text(markdown_table(report))
     plot(report, folder / "compare.png")
     (folder / "report.html").write_text(html_report(report, folder / "compare.png"))
+    write_manifest(folder, "compare", COMPARE_FILES)
     return report
 
 

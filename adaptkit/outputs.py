@@ -1,38 +1,208 @@
-"""Output folders that are complete or absent: written aside, then renamed into place."""
+"""Output folders that are complete or absent: written aside, then renamed into place.
+
+Every folder adaptkit writes carries a manifest, ``.adaptkit-manifest.json``, that lists the
+files it wrote there. ``--overwrite`` replaces a folder only when everything in it is listed
+(or belongs to a nested adaptkit folder with its own manifest): a folder that also holds the
+user's own files (data, notes, the recipe) is refused and those files are named, because the
+replacement deletes the old folder as a whole and a user's file must never go with it.
+"""
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional
+from typing import IO, Any, Iterable, Iterator, Optional
 
 from adaptkit.errors import AdaptkitError
 
+MANIFEST = ".adaptkit-manifest.json"
+# What a run leaves beside its folder, and what a checkpoint folder holds (adaptkit.checkpoint):
+# recognised by name so that a compare folder or checkpoint folder left by a killed run can be
+# replaced with --overwrite. Anything else is the user's.
+CHECKPOINT_ENTRY = re.compile(r"^((damaged-)?step-\d+|best-epoch-\d+|\.tmp-.+|\.old-.+|logs)$")
+# staged_output's mkdtemp and replace_folder's set-aside copy, when a kill cut them off
+_PARTIAL = re.compile(r"^\.(.+\.partial-[A-Za-z0-9_]{8}|old-.+-\d+)$")
+_NAMED_MAX = 5  # foreign files named in a refusal; the scan stops there (a home folder is not walked)
 
-def check_output_dir(directory: Path, overwrite: bool) -> None:
-    """Refuse to touch a non-empty output folder unless ``overwrite`` was asked for."""
+
+def _read_manifest(folder: Path) -> Optional[set[str]]:
+    """The files the manifest in ``folder`` lists (relative POSIX paths), or None without one."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+        return None
+    return {str(name) for name in [*data["files"], *data.get("added", [])] if isinstance(name, str)}
+
+
+def write_manifest(folder: Path, kind: str, names: Optional[Iterable[str]] = None) -> None:
+    """Record what adaptkit wrote in ``folder``: every file below it, or below the given ``names``.
+
+    The manifest is what lets ``--overwrite`` tell an earlier adaptkit output from a folder
+    of the user's (see ``foreign_entries``).
+    """
+    from adaptkit import __version__
+
+    folder = Path(folder)
+    roots = [folder / name for name in names] if names is not None else [folder]
+    files: set[str] = set()
+    for root in roots:
+        if root.is_file() or root.is_symlink():
+            files.add(root.relative_to(folder).as_posix())
+        elif root.is_dir():
+            for path in root.rglob("*"):
+                if not path.is_dir() or path.is_symlink():
+                    files.add(path.relative_to(folder).as_posix())
+    files.discard(MANIFEST)
+    write_json(folder / MANIFEST, {"written_by": f"adaptkit {__version__}", "kind": kind, "files": sorted(files)})
+
+
+def record_in_manifest(path: Path) -> None:
+    """Add ``path`` to the manifest of the adaptkit folder it was written into, if it is in one
+    (predictions written into a run folder stay replaceable by a later ``run --overwrite``)."""
+    path = Path(path)
+    manifest = path.parent / MANIFEST
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict) and path.name not in data.get("files", []) + data.get("added", []):
+        data["added"] = sorted({*data.get("added", []), path.name})
+        write_json(manifest, data)
+
+
+def manifest_files(folder: Path) -> set[str]:
+    """The files of the run in ``folder`` itself (not later additions such as predictions)."""
+    try:
+        data = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        return {str(name) for name in data.get("files", [])}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def _checkpoint_foreign(root: Path) -> list[str]:
+    """Entries of a checkpoint folder that checkpointing does not make (folders end in ``/``)."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        return [f"(unreadable: {exc.strerror})"]
+    return [entry.name + ("/" if entry.is_dir(follow_symlinks=False) else "")
+            for entry in entries if not CHECKPOINT_ENTRY.match(entry.name)]
+
+
+def _is_leftover(entry: os.DirEntry) -> bool:
+    """Beside a run folder (e.g. a compare's ``runs/``): a staging folder or a lock a kill left."""
+    if entry.is_dir(follow_symlinks=False):
+        return bool(_PARTIAL.match(entry.name))
+    if entry.name.endswith(".lock") and entry.is_file(follow_symlinks=False):
+        try:
+            return entry.stat().st_size <= 32 and Path(entry.path).read_text().strip().isdigit()
+        except (OSError, UnicodeDecodeError):
+            return False
+    return False
+
+
+def foreign_entries(folder: Path, limit: int = _NAMED_MAX) -> list[str]:
+    """Up to ``limit`` paths under ``folder`` (relative, folders ending in ``/``) that adaptkit
+    did not write: not listed by the manifest that covers them and not an adaptkit leftover.
+
+    Without a manifest in ``folder`` everything in it is foreign. Below it, a sub-folder with
+    its own manifest (a compare's run folders) is judged by that manifest; an unlisted folder is
+    looked into, and an empty one counts as foreign. Symlinks are never followed.
+    """
+    folder = Path(folder)
+    found: list[str] = []
+
+    def walk(directory: Path, base: Path, listed: set[str]) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            found.append(f"{directory.relative_to(folder).as_posix() or '.'}/ (unreadable: {exc.strerror})")
+            return
+        if not entries and directory != folder and directory.relative_to(base).as_posix() not in listed:
+            found.append(directory.relative_to(folder).as_posix() + "/")
+        for entry in entries:
+            if len(found) >= limit:
+                return
+            path = Path(entry.path)
+            relative = path.relative_to(base).as_posix()
+            if entry.is_dir(follow_symlinks=False):
+                own = _read_manifest(path)
+                if own is not None:
+                    walk(path, path, own)
+                elif entry.name.endswith(".checkpoints") and relative not in listed:
+                    found.extend(f"{path.relative_to(folder).as_posix()}/{name}"
+                                 for name in _checkpoint_foreign(path))
+                elif not _is_leftover(entry):
+                    walk(path, base, listed)
+            elif not (relative in listed or (path.parent == base and entry.name == MANIFEST)
+                      or _is_leftover(entry)):
+                found.append(path.relative_to(folder).as_posix())
+
+    listed = _read_manifest(folder)
+    if listed is None:  # not a folder adaptkit made: whatever is in it is the user's
+        return [entry.name + ("/" if entry.is_dir(follow_symlinks=False) else "")
+                for entry in sorted(os.scandir(folder), key=lambda e: e.name)][:limit]
+    walk(folder, folder, listed)
+    return found[:limit]
+
+
+def _refusal(directory: Path, foreign: list[str], what: str) -> AdaptkitError:
+    named = ", ".join(foreign) + (" and perhaps more" if len(foreign) >= _NAMED_MAX else "")
+    return AdaptkitError(f"{what} {directory} holds files adaptkit did not write ({named}); adaptkit never "
+                         f"replaces or deletes a folder with files of yours in it, --overwrite included. Move "
+                         f"them elsewhere, or choose another {what} (an empty or new folder)")
+
+
+def check_output_dir(directory: Path, overwrite: bool, what: str = "output.dir") -> None:
+    """Refuse to touch a non-empty output folder unless ``overwrite`` was asked for, and refuse
+    even then unless everything in it is adaptkit's own earlier output (``foreign_entries``)."""
+    directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise AdaptkitError(f"output.dir {directory} exists and is not a folder")
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise AdaptkitError(f"output.dir {directory} already holds results; pass --overwrite "
-                            f"(or overwrite=True) to replace them, or choose another output.dir")
+        raise AdaptkitError(f"{what} {directory} exists and is not a folder")
+    if directory.exists() and any(directory.iterdir()):
+        foreign = foreign_entries(directory)
+        if foreign:
+            raise _refusal(directory, foreign, what)
+        if not overwrite:
+            raise AdaptkitError(f"{what} {directory} already holds results; pass --overwrite "
+                                f"(or overwrite=True) to replace them, or choose another {what}")
+
+
+def check_checkpoint_dir(root: Path) -> None:
+    """Refuse a checkpoint folder (``<output.dir>.checkpoints``) holding anything but checkpoints:
+    ``--overwrite`` deletes it and the end of a run removes it, which must not take a user's file."""
+    root = Path(root)
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise AdaptkitError(f"{root} (where this run keeps its checkpoints) exists and is not a folder; "
+                            f"move it away or choose another output.dir")
+    if root.is_dir():
+        foreign = _checkpoint_foreign(root)
+        if foreign:
+            raise _refusal(root, foreign[:_NAMED_MAX], "checkpoint folder")
 
 
 @contextmanager
-def staged_output(directory: Path, overwrite: bool) -> Iterator[Path]:
+def staged_output(directory: Path, overwrite: bool, kind: str = "run") -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``directory`` in one rename.
 
     A run that fails or is killed leaves the previous results untouched and no half-written
-    folder under the real name.
+    folder under the real name. The folder gets a manifest of what was written in it, and
+    ``directory`` is checked again just before the rename: files a user put there while the
+    run trained are not deleted with the old results.
     """
     check_output_dir(directory, overwrite)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
         yield staging
+        write_manifest(staging, kind)
+        check_output_dir(directory, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -181,7 +181,8 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
         two_dir = folder / "two"
         export = "adapter" if strategy == "lora" else "model"
         assert sorted(p.name for p in two_dir.iterdir()) == sorted(
-            ["README.md", export, "metrics.json", "recipe.yaml", "tokenizer"]), "only the main process writes"
+            [".adaptkit-manifest.json", "README.md", export, "metrics.json", "recipe.yaml", "tokenizer"]), \
+            "only the main process writes"
         assert not checkpoint_root(two_dir).exists()
         reference = run(_recipe(folder, strategy, "one"), progress=False, log=lambda _: None)
         two = json.loads((two_dir / "metrics.json").read_text())

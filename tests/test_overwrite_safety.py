@@ -1,0 +1,120 @@
+"""``--overwrite`` replaces only what adaptkit wrote: a user's files in an output, checkpoint or
+compare folder are never deleted."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from adaptkit.cli import main
+from adaptkit.errors import AdaptkitError
+from adaptkit.outputs import MANIFEST, check_output_dir, foreign_entries, staged_output
+from adaptkit.runner import run
+from conftest import tiny_recipe_dict, write_recipe
+
+QUIET = {"progress": False, "log": lambda _: None}
+
+
+def _user_files(folder: Path) -> dict[str, bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"notes.txt": b"three weeks of notes\n", "data/raw.csv": b"text,label\nhi,1\n"}
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+    return files
+
+
+def _assert_intact(folder: Path, files: dict[str, bytes]) -> None:
+    for name, content in files.items():
+        assert (folder / name).read_bytes() == content, f"{name} was lost or changed"
+
+
+def test_run_overwrite_into_a_folder_of_user_files_is_refused_and_names_them(tmp_path, capsys):
+    # output.dir is the folder holding the user's data, notes and the recipe itself
+    recipe = tiny_recipe_dict(tmp_path, "full", output={"dir": str(tmp_path)})
+    files = {**_user_files(tmp_path), "train.csv": (tmp_path / "train.csv").read_bytes(),
+             "eval.csv": (tmp_path / "eval.csv").read_bytes()}
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    files["recipe.yaml"] = path.read_bytes()
+    assert main(["run", str(path), "--no-progress", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "adaptkit did not write" in err and "notes.txt" in err and "eval.csv" in err, err
+    assert "Traceback" not in err
+    _assert_intact(tmp_path, files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "eval.csv", "notes.txt", "recipe.yaml", "train.csv"]
+
+
+def test_an_earlier_run_is_replaced_but_not_once_the_user_added_a_file(tmp_path):
+    recipe = tiny_recipe_dict(tmp_path, "lora", training={"epochs": 1, "batch_size": 32, "seed": 0, "num_threads": 1,
+                                                          "checkpoint_every_steps": 0})
+    folder = run(recipe, **QUIET).output_dir
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert {"metrics.json", "recipe.yaml", "README.md", "adapter/adapter_model.safetensors",
+            "tokenizer/tokenizer.json"} <= set(manifest["files"])
+    assert foreign_entries(folder) == []
+    (folder / "adapter" / "my-notes.md").write_text("mine")
+    before = (folder / "metrics.json").read_bytes()
+    with pytest.raises(AdaptkitError, match=r"did not write \(adapter/my-notes\.md\)"):
+        run(recipe, overwrite=True, **QUIET)
+    assert (folder / "adapter" / "my-notes.md").read_text() == "mine"
+    assert (folder / "metrics.json").read_bytes() == before
+    (folder / "adapter" / "my-notes.md").unlink()
+    assert foreign_entries(folder) == []  # replaced then (test_outputs.py reruns with overwrite=True)
+
+
+def test_a_file_the_user_puts_in_the_folder_during_the_run_is_not_deleted(tmp_path):
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "old.json").write_text("{}")
+    (target / MANIFEST).write_text(json.dumps({"files": ["old.json"]}))
+    with pytest.raises(AdaptkitError, match="late.txt"):
+        with staged_output(target, overwrite=True) as staging:
+            (staging / "metrics.json").write_text("{}")
+            (target / "late.txt").write_text("written while the run trained")
+    assert (target / "late.txt").is_file() and (target / "old.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "the staging folder is removed"
+
+
+def test_foreign_entries_sees_empty_folders_symlinks_and_nested_manifests(tmp_path):
+    folder = tmp_path / "out"
+    (folder / "runs" / "a").mkdir(parents=True)
+    (folder / "runs" / "a" / "w.bin").write_text("x")
+    (folder / "runs" / "a" / MANIFEST).write_text(json.dumps({"files": ["w.bin"]}))
+    (folder / "runs" / "a.checkpoints" / "step-00000004").mkdir(parents=True)  # left by a killed run
+    (folder / "table.md").write_text("t")
+    (folder / MANIFEST).write_text(json.dumps({"files": ["table.md"]}))
+    assert foreign_entries(folder) == []
+    (folder / "empty").mkdir()
+    os.symlink(tmp_path, folder / "link")
+    (folder / "runs" / "a.checkpoints" / "mine.txt").write_text("m")
+    assert foreign_entries(folder) == ["empty/", "link", "runs/a.checkpoints/mine.txt"]
+    (folder / MANIFEST).unlink()  # no manifest at the top: nothing in it is adaptkit's
+    assert foreign_entries(folder) == ["empty/", "link", "runs/", "table.md"]
+    with pytest.raises(AdaptkitError, match="did not write"):
+        check_output_dir(folder, overwrite=True)
+    assert (tmp_path / "out" / "table.md").is_file()
+
+
+def test_checkpoint_folder_with_user_files_is_refused_for_overwrite_and_resume(tmp_path):
+    recipe = tiny_recipe_dict(tmp_path, "full")
+    root = tmp_path / "run.checkpoints"
+    (root / "step-00000003").mkdir(parents=True)
+    (root / "results.xlsx").write_bytes(b"mine")
+    for kwargs in ({"overwrite": True}, {"resume": True}, {}):
+        with pytest.raises(AdaptkitError, match=r"did not write \(results\.xlsx\)"):
+            run(recipe, **kwargs, **QUIET)
+    assert (root / "results.xlsx").read_bytes() == b"mine" and (root / "step-00000003").is_dir()
+
+
+def test_compare_overwrite_into_a_folder_of_user_files_is_refused(tmp_path, capsys):
+    path = write_recipe(tmp_path / "recipe.yaml", tiny_recipe_dict(tmp_path, "full"))
+    out = tmp_path / "cmp"
+    files = _user_files(out)
+    assert main(["compare", str(path), "--strategies", "frozen_head,scratch", "--output", str(out),
+                 "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "did not write" in err and "notes.txt" in err
+    _assert_intact(out, files)
+    assert sorted(p.name for p in out.iterdir()) == ["data", "notes.txt"]
