@@ -9,25 +9,31 @@ What: ``step-<N>/`` per checkpoint, made by accelerate's ``save_state`` (optimiz
 grad scaler, python/numpy/torch/CUDA RNG states, accumulation step) into ``.tmp-step-<N>/``,
 plus the model's *trainable* state (``trainable-0.safetensors``; the frozen base is rebuilt
 from the recipe), ``trainer_state.json`` (data position, counters, loss curve, history, best
-epoch, the recipe's training-relevant parts) and last a ``COMPLETE`` marker; then one
-``os.replace`` gives it its real name. Only folders named ``step-<N>`` that hold ``COMPLETE``
-are ever resumed from. ``best-epoch-<E>/`` holds the best epoch's trainable state when
-``training.load_best_at_end`` asks for it.
+epoch, the recipe's training-relevant parts) and last a ``COMPLETE`` marker holding a manifest
+(every file's size and sha256, the number of processes); then one ``os.replace`` gives it its
+real name. Only folders named ``step-<N>`` that hold ``COMPLETE`` are ever resumed from, and
+``--resume`` checks every file against the manifest first: a truncated, missing or altered file
+(a disk error, a careless copy) makes it fall back, with a warning naming the file, to the
+newest intact checkpoint, and moves the damaged one aside as ``damaged-step-<N>``.
+``best-epoch-<E>/`` holds the best epoch's trainable state when ``training.load_best_at_end``
+asks for it.
 
 Data order is a function of (seed, epoch): the sampler's generator is re-seeded at the start of
 every epoch, so a checkpoint only needs the epoch and the batches consumed in it.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import random
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from adaptkit.errors import AdaptkitError
 from adaptkit.outputs import check_checkpoint_dir, replace_folder
@@ -38,6 +44,8 @@ if TYPE_CHECKING:
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 TRAINABLE_FILE = "trainable-{index}.safetensors"
+TRAINABLE_PATTERN = re.compile(r"^trainable-\d+\.safetensors$")
+RNG_FILE = "random_states_{index}.pkl"  # accelerate's name, one per process
 STEP_PATTERN = re.compile(r"^step-(\d+)$")
 BEST_PATTERN = re.compile(r"^best-epoch-(\d+)$")
 FORMAT = 1
@@ -202,21 +210,80 @@ def trainable_state_names(model: "torch.nn.Module") -> list[str]:
 
 
 def save_tensors(state: dict[str, "torch.Tensor"], path: Path) -> None:
+    """safetensors' ``save_file``, its I/O failures raised as the OSError (with errno) they are."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     try:
         save_file(state, str(path))
-    except SafetensorError as exc:  # a full disk reaches us as "IoError(Os { code: 28 ... })"
-        raise OSError(f"cannot write {path.name}: {exc}") from exc
+    except SafetensorError as exc:  # a full disk reaches us as "I/O error: ... (os error 28)"
+        code = _safetensors_errno(exc)
+        error = OSError(code, f"cannot write {path.name}: {exc}") if code else OSError(f"cannot write {path.name}: {exc}")
+        raise error from exc
 
 
-def _is_write_error(exc: BaseException) -> bool:
-    """A failed write: OSError (ENOSPC, EIO...), or torch.save / safetensors reporting one as RuntimeError."""
-    if isinstance(exc, OSError):
-        return True
-    text = str(exc).lower()
-    return any(word in text for word in ("write", "writing", "ioerror", "no space"))
+def _safetensors_errno(exc: BaseException) -> Optional[int]:
+    """The errno inside a SafetensorError: Rust's io::Error prints it as ``(os error N)``."""
+    match = re.search(r"\(os error (\d+)\)", str(exc))
+    return int(match.group(1)) if match else None
+
+
+def _raised_by_torch_writer(exc: BaseException) -> bool:
+    """torch.save to a path writes through C++ streams: a failed write surfaces as a RuntimeError
+    ("[enforce fail at inline_container.cc] unexpected pos", "PytorchStreamWriter failed writing
+    file ...: file write failed") with no errno, raised from torch/serialization.py."""
+    import traceback
+
+    if not isinstance(exc, RuntimeError):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    innermost = frames[-1].filename.replace(os.sep, "/") if frames else ""
+    return innermost.endswith("torch/serialization.py") or any(
+        marker in str(exc) for marker in ("PytorchStreamWriter", "inline_container.cc"))
+
+
+def write_failure(exc: BaseException) -> Optional[int]:
+    """Whether ``exc`` is a failed write, told by what it is rather than by words in its message.
+
+    Returns the errno when one is known (``errno.ENOSPC``: a full disk), 0 for a failed write
+    whose errno was lost on the way (torch's C++ writer), None for anything else, which is a bug
+    to re-raise, not a disk problem. Recognised: an OSError; safetensors' SafetensorError (its
+    errno is in the text, as Rust prints it); a RuntimeError from torch's writer; and a
+    RuntimeError whose ``__cause__``/``__context__`` chain holds one of those (torch.save to a
+    Python file re-raises the file's OSError that way).
+    """
+    seen: set[int] = set()
+    current: Optional[BaseException] = exc
+    found: Optional[int] = None
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            return current.errno or 0
+        if type(current).__name__ == "SafetensorError":
+            return _safetensors_errno(current) or 0
+        if not isinstance(current, RuntimeError):
+            break  # only torch's wrappers are looked through: any other error is what it says
+        if _raised_by_torch_writer(current):
+            found = 0
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _tree_size(folder: Optional[Path]) -> int:
+    if folder is None or not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _free_bytes(folder: Path) -> Optional[int]:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
 
 
 def load_tensors(path: Path) -> dict[str, "torch.Tensor"]:
@@ -249,12 +316,150 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_tree(folder: Path) -> None:
-    """Flush a checkpoint's files to disk before it is renamed: the marker must not outrun the data."""
-    for path in folder.rglob("*"):
+def _seal(folder: Path) -> dict[str, dict[str, Any]]:
+    """Flush a checkpoint's files to disk and record each one's size and sha256.
+
+    The flush comes before the ``COMPLETE`` marker, so the marker never outruns the data; the
+    record goes into the marker, so a file truncated or altered later (a disk error, a partial
+    copy to another machine) is found before a resume trusts it.
+    """
+    files = {}
+    for path in sorted(folder.rglob("*")):
         if path.is_file():
+            digest = hashlib.sha256()
             with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
                 os.fsync(handle.fileno())
+            files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size,
+                                                          "sha256": digest.hexdigest()}
+    return files
+
+
+def _write_marker(folder: Path, content: dict[str, Any]) -> None:
+    with (folder / COMPLETE).open("w") as handle:
+        handle.write(json.dumps(content, indent=1) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+# ---------------------------------------------------------------------------- verifying checkpoints
+
+LEGACY_MARKER = re.compile(r"^(step|epoch) \d+\s*$")  # written before markers held a manifest
+
+
+class CheckpointDamaged(AdaptkitError):
+    """A checkpoint's files do not match its manifest, or cannot be read back."""
+
+
+def read_manifest(checkpoint: Path) -> Optional[dict[str, Any]]:
+    """The manifest in ``COMPLETE``; None for a marker from before manifests (nothing to check).
+
+    Raises CheckpointDamaged when the marker is unreadable or not a manifest.
+    """
+    try:
+        text = (checkpoint / COMPLETE).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointDamaged(f"its {COMPLETE} marker cannot be read ({exc})") from exc
+    if LEGACY_MARKER.match(text):
+        return None
+    try:
+        manifest = json.loads(text)
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise CheckpointDamaged(f"its {COMPLETE} marker is damaged (not the manifest it should hold)")
+    return manifest
+
+
+def verify_checkpoint(checkpoint: Path, deep: bool = True) -> list[str]:
+    """What is wrong with a checkpoint: [] when every file its manifest lists is there with the
+    recorded size and (``deep``) sha256, and the best-epoch snapshot it refers to is intact too.
+
+    Each problem names the file: ``optimizer.bin is truncated (2048 of 9556 bytes)``.
+    """
+    from adaptkit.outputs import safe_join
+
+    try:
+        manifest = read_manifest(checkpoint)
+    except CheckpointDamaged as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    if manifest is None:  # an old marker: at least the state must be readable
+        files: dict[str, Any] = {}
+    else:
+        files = manifest["files"]
+        if checkpoint.name.startswith("step-") and (STATE_FILE not in files or not any(
+                TRAINABLE_PATTERN.match(name) for name in files)):
+            problems.append(f"its manifest lists no {STATE_FILE} or no trainable weights")
+    for name, entry in sorted(files.items()):
+        try:
+            path = safe_join(checkpoint, *name.split("/"))
+            size, digest = int(entry["size"]), str(entry["sha256"])
+        except (AdaptkitError, KeyError, TypeError, ValueError):
+            problems.append(f"its manifest has a bad entry {name!r}")
+            continue
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        actual = path.stat().st_size
+        if actual != size:
+            problems.append(f"{name} is truncated ({actual} of {size} bytes)" if actual < size
+                            else f"{name} has {actual} bytes, the manifest says {size}")
+        elif deep and _file_identity(path) != digest:
+            problems.append(f"{name} is damaged (its sha256 differs from the one recorded when it was written)")
+    if checkpoint.name.startswith("step-") and not problems:
+        try:
+            state = read_state(checkpoint)
+            best = (state.get("best") or {}).get("path")
+        except (OSError, ValueError, AttributeError) as exc:
+            return [f"{STATE_FILE} cannot be read ({exc})"]
+        if best:
+            try:
+                snapshot = safe_join(checkpoint.parent, best)
+            except AdaptkitError as exc:
+                return [str(exc)]
+            if not (snapshot / COMPLETE).is_file():
+                problems.append(f"the best-epoch snapshot {best} it refers to is missing")
+            else:
+                problems += [f"{best}/{problem}" for problem in verify_checkpoint(snapshot, deep)]
+    return problems
+
+
+def _move_aside(checkpoint: Path) -> Path:
+    """Rename a damaged checkpoint so it is never resumed or counted again, but kept to look at."""
+    target = checkpoint.with_name(f"damaged-{checkpoint.name}")
+    replace_folder(checkpoint, target)  # the same step damaged twice: the latest copy is kept
+    return target
+
+
+def newest_intact_checkpoint(root: Path, warn: Callable[[str], None],
+                             move_aside: bool = True) -> Optional[Path]:
+    """The newest complete checkpoint whose files all match its manifest.
+
+    Every damaged one newer than it is reported through ``warn`` with the files at fault and
+    (``move_aside``, the main process) renamed ``damaged-step-<N>``. Raises CheckpointDamaged,
+    naming each, when complete checkpoints exist but none is intact.
+    """
+    candidates = complete_checkpoints(root)
+    damaged: list[str] = []
+    for checkpoint in reversed(candidates):
+        problems = verify_checkpoint(checkpoint)
+        if not problems:
+            return checkpoint
+        moved = ""
+        if move_aside:
+            try:
+                moved = f"moved it aside to {_move_aside(checkpoint).name} and "
+            except OSError:
+                pass
+        damaged.append(f"{checkpoint.name}: {'; '.join(problems)}")
+        warn(f"warning: checkpoint {checkpoint.name} is damaged: {'; '.join(problems)}; "
+             f"{moved}falling back to the previous checkpoint")
+    if candidates:
+        raise CheckpointDamaged(f"--resume: every checkpoint in {root} is damaged ({' | '.join(damaged)}); "
+                                f"run with --overwrite to start over")
+    return None
 
 
 # ---------------------------------------------------------------------------- the checkpointer
@@ -322,12 +527,16 @@ class Checkpointer:
                 state = {"format": FORMAT, **trainer_state, "recipe": self.config.identity,
                          "recipe_hash": identity_hash(self.config.identity)}
                 (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
-                _fsync_tree(tmp)
-                (tmp / COMPLETE).write_text(f"step {step}\n")
-        except (OSError, RuntimeError) as exc:  # a full disk or a failing write: the previous one stays as it was
-            if not _is_write_error(exc):
+                _write_marker(tmp, {"format": FORMAT, "step": step, "processes": accelerator.num_processes,
+                                    "files": _seal(tmp)})
+        except Exception as exc:  # a full disk or a failing write: the previous one stays as it was
+            failed = self._write_failed(tmp, f"step-{step:08d}", exc, self._checkpoint_bytes)
+            if failed is None:
                 raise
-            raise self._write_failed(tmp, f"step-{step:08d}", exc) from exc
+            raise failed from exc
+        except BaseException:  # a second Ctrl-C mid-write: no half folder either
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if accelerator.is_main_process:
             replace_folder(tmp, final)  # a resumed run re-saving the step it resumed from: the newer wins
             self.prune(keep_best=trainer_state.get("best", {}).get("path"))
@@ -345,24 +554,76 @@ class Checkpointer:
             tmp.mkdir()
             try:
                 save_tensors(state, tmp / TRAINABLE_FILE.format(index=0))
-                _fsync_tree(tmp)
-                (tmp / COMPLETE).write_text(f"epoch {epoch}\n")
-            except (OSError, RuntimeError) as exc:
-                if not _is_write_error(exc):
+                _write_marker(tmp, {"format": FORMAT, "epoch": epoch, "files": _seal(tmp)})
+            except Exception as exc:
+                failed = self._write_failed(tmp, name, exc, lambda: _tensor_bytes(state.values()) + (64 << 10))
+                if failed is None:
                     raise
-                raise self._write_failed(tmp, name, exc) from exc
+                raise failed from exc
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             replace_folder(tmp, self.root / name)
         return name
 
-    def _write_failed(self, tmp: Path, name: str, exc: OSError) -> Exception:
+    def _checkpoint_bytes(self) -> int:
+        """About how many bytes one checkpoint takes: the last complete one's size, or what the
+        trainable tensors, the optimizer's state and the small files come to."""
+        import torch
+
+        estimate = 64 << 10  # scheduler, RNG states, trainer state, marker
+        for model in getattr(self.accelerator, "_models", []):
+            model = self.accelerator.unwrap_model(model)
+            tensors = {**dict(model.named_parameters(remove_duplicate=False)),
+                       **dict(model.named_buffers(remove_duplicate=False))}
+            estimate += _tensor_bytes(tensors[name] for name in trainable_state_names(model))
+        for optimizer in getattr(self.accelerator, "_optimizers", []):
+            for values in getattr(optimizer, "optimizer", optimizer).state.values():
+                estimate += _tensor_bytes(v for v in values.values() if isinstance(v, torch.Tensor))
+        return max(estimate, _tree_size(latest_checkpoint(self.root)))
+
+    def _write_failed(self, tmp: Path, name: str, exc: BaseException,
+                      needed: Callable[[], int]) -> Optional[Exception]:
+        """The error to report for a failed checkpoint write, after removing the partial folder;
+        None when ``exc`` is no write failure (a bug: re-raised as it is).
+
+        A full disk is told apart structurally: errno ENOSPC/EDQUOT, or (torch's writer drops
+        the errno) less room left on the file system than the checkpoint still needed. The
+        message says how much a checkpoint needs and how much is free once the partial write
+        is gone, so the user knows what to clear.
+        """
         from adaptkit.errors import CheckpointWriteError
 
+        code = write_failure(exc)
+        written = _tree_size(tmp)
+        free_at_failure = _free_bytes(self.root)
+        _release_files(exc)
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            size = needed()
+        except Exception:  # an estimate must never hide the real error
+            size = written
+        full = code in (errno.ENOSPC, errno.EDQUOT) or (
+            free_at_failure is not None and free_at_failure < max(size - written, 1))
+        if code is None and not full:
+            return None
         previous = latest_checkpoint(self.root)
-        kept = (f"the previous checkpoint {previous.name} is intact; free space and continue with --resume"
+        kept = (f"the previous checkpoint {previous.name} is intact"
                 if previous is not None else "no earlier checkpoint exists")
-        return CheckpointWriteError(f"cannot write checkpoint {name} in {self.root}: "
-                                    f"{getattr(exc, 'strerror', None) or exc}; {kept}")
+        if not full:
+            return CheckpointWriteError(f"cannot write checkpoint {name} in {self.root}: "
+                                        f"{getattr(exc, 'strerror', None) or exc}; {kept}; fix the cause and "
+                                        f"{'continue with --resume' if previous is not None else 'run again'}")
+        free = _free_bytes(self.root) or 0
+        reason = os.strerror(code) if code in (errno.ENOSPC, errno.EDQUOT) else os.strerror(errno.ENOSPC)
+        others = [c for c in complete_checkpoints(self.root)]
+        fewer = (f", or lower training.keep_checkpoints (the {len(others)} kept now take "
+                 f"{_mib(sum(_tree_size(c) for c in others))})" if len(others) > 1 else "")
+        return CheckpointWriteError(
+            f"cannot write checkpoint {name} in {self.root}: {reason} (the disk is full). A checkpoint of "
+            f"this run needs about {_mib(size)}; {_mib(free)} is free there now (the partial write was "
+            f"removed). {kept[0].upper() + kept[1:]}. Free at least {_mib(max(size - free, 0) + (1 << 20))}"
+            f"{fewer} and {'continue with --resume' if previous is not None else 'run again'}")
 
     def load_best(self, name: str) -> dict[str, "torch.Tensor"]:
         from adaptkit.outputs import safe_join
@@ -370,6 +631,9 @@ class Checkpointer:
         path = safe_join(self.root, name)  # the name is read from trainer_state.json
         if not (path / COMPLETE).is_file():
             raise AdaptkitError(f"the best epoch's weights {path} are missing or incomplete")
+        problems = verify_checkpoint(path)
+        if problems:
+            raise CheckpointDamaged(f"the best epoch's weights in {path} are damaged: {'; '.join(problems)}")
         return load_tensors(path / TRAINABLE_FILE.format(index=0))
 
     def prune(self, keep_best: Optional[str] = None) -> None:
@@ -378,7 +642,12 @@ class Checkpointer:
         kept = complete[-self.config.keep:] if self.config.keep else complete
         for old in complete[: len(complete) - len(kept)]:
             shutil.rmtree(old, ignore_errors=True)
-        referenced = {keep_best} | {read_state(c).get("best", {}).get("path") for c in kept}
+        referenced = {keep_best}
+        for checkpoint in kept:
+            try:
+                referenced.add((read_state(checkpoint).get("best") or {}).get("path"))
+            except (OSError, ValueError, AttributeError):
+                continue  # a damaged state refers to nothing; it is reported when resumed from
         for child in self.root.iterdir():
             if BEST_PATTERN.match(child.name) and child.name not in referenced:
                 shutil.rmtree(child, ignore_errors=True)
@@ -387,19 +656,106 @@ class Checkpointer:
 
     # reading -------------------------------------------------------------------------
     def load(self, checkpoint: Path) -> dict[str, Any]:
-        """Restore model (trainable state), optimizer, scheduler, RNG; return the trainer state."""
+        """Restore model (trainable state), optimizer, scheduler, RNG; return the trainer state.
+
+        Any failure to read a file back is a CheckpointDamaged naming it, never a traceback;
+        and the RNG states are restored here too and checked, because accelerate only logs
+        (at info level) an RNG file it cannot load and goes on with other random numbers: a run
+        that would not continue bit for bit must not continue silently.
+        """
         check_same_recipe(checkpoint, self.config.identity)
-        self.accelerator.load_state(str(checkpoint))
+        advice = (f"move {checkpoint.name} aside (or delete it) to resume from the checkpoint before it, "
+                  f"or start over with --overwrite")
+        try:
+            self.accelerator.load_state(str(checkpoint))
+        except AdaptkitError:
+            raise
+        except Exception as exc:
+            unreadable = _unreadable_files(checkpoint)
+            named = f" ({', '.join(unreadable)} cannot be read back)" if unreadable else ""
+            raise CheckpointDamaged(f"cannot load checkpoint {checkpoint}{named}: {type(exc).__name__}: "
+                                    f"{str(exc)[:300]}; {advice}") from exc
+        self._restore_rng(checkpoint, advice)
         return read_state(checkpoint)
+
+    def _restore_rng(self, checkpoint: Path, advice: str) -> None:
+        from accelerate.utils import load
+
+        index = self.accelerator.process_index
+        path = checkpoint / RNG_FILE.format(index=index)
+        try:
+            manifest = read_manifest(checkpoint)
+        except CheckpointDamaged:
+            manifest = None
+        saved_by = int(manifest.get("processes", 1)) if manifest else 1
+        if not path.is_file():
+            if index < saved_by:
+                raise CheckpointDamaged(f"cannot restore the random number generator states: {path} is "
+                                        f"missing; {advice}")
+            return  # more processes than the run that saved it: this one starts from the seed
+        try:
+            states = load(path)
+            restore_rng({"python": states["random_state"], "numpy": states["numpy_random_seed"],
+                         "torch": states["torch_manual_seed"],
+                         **({"cuda": states["torch_cuda_manual_seed"]} if "torch_cuda_manual_seed" in states else {})})
+        except Exception as exc:
+            raise CheckpointDamaged(f"cannot restore the random number generator states from {path} "
+                                    f"({type(exc).__name__}: {exc}): the run would not continue as it began; "
+                                    f"{advice}") from exc
+
+
+def _unreadable_files(checkpoint: Path) -> list[str]:
+    """Which of a checkpoint's files fail to load on their own: names the culprit when loading
+    the whole failed and no manifest says which file changed."""
+    from accelerate.utils import load
+    from safetensors import safe_open
+
+    found = []
+    for path in sorted(checkpoint.iterdir()):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    for key in handle.keys():
+                        handle.get_tensor(key)
+            elif path.suffix in (".bin", ".pkl"):
+                load(path, map_location="cpu")
+            elif path.name == STATE_FILE:
+                json.loads(path.read_text())
+        except Exception:
+            found.append(path.name)
+    return found
+
+
+def _release_files(exc: BaseException) -> None:
+    """Let go of the files a failed writer still holds open (torch's zip writer lives on in the
+    traceback's frames): a removed file's space comes back only when its last handle closes, so
+    without this the partial write would keep the disk full and the free space reported short."""
+    import gc
+    import traceback
+
+    seen: set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
+    gc.collect()
+
+
+def _tensor_bytes(tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def plan_checkpoints(recipe: Any, output_dir: Path, overwrite: bool, resume: bool,
-                     is_main_process: bool = True) -> CheckpointConfig:
+                     is_main_process: Optional[bool] = None) -> CheckpointConfig:
     """Decide where checkpoints go and what to resume, before anything is trained.
 
     A fresh run refuses a checkpoint folder left by an interrupted run (``--resume`` continues
     it, ``--overwrite`` discards it): nothing is thrown away without being asked. ``--resume``
-    with nothing complete to resume from is an error too, not a silent fresh start.
+    with nothing complete to resume from is an error too, not a silent fresh start; a damaged
+    newest checkpoint is reported and passed over for the newest intact one. Every process
+    checks the same files, so all of them choose the same checkpoint; only the main one
+    (``is_main_process``, by default rank 0 of ``RANK``) warns, moves aside and deletes.
     """
     root = checkpoint_root(output_dir)
     check_checkpoint_dir(root)  # --overwrite and a finished run delete it: nothing of the user's in it
@@ -407,8 +763,12 @@ def plan_checkpoints(recipe: Any, output_dir: Path, overwrite: bool, resume: boo
     training = recipe.training
     config = CheckpointConfig(root=root, every_steps=training.checkpoint_every_steps,
                               keep=training.keep_checkpoints, identity=identity)
+    if is_main_process is None:
+        is_main_process = int(os.environ.get("RANK", "0") or 0) == 0
     if resume:
-        latest = latest_checkpoint(root)
+        latest = newest_intact_checkpoint(
+            root, warn=(lambda text: print(text, file=sys.stderr, flush=True)) if is_main_process else (lambda _: None),
+            move_aside=is_main_process)
         if latest is None:
             raise AdaptkitError(f"--resume: no complete checkpoint in {root} to resume from; "
                                 f"run without --resume to start training")

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,6 +134,143 @@ def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint_usable(tmp_pat
     resumed = run(recipe, resume=True, **QUIET)
     assert resumed.metrics["resumed_from_step"] == 5
     assert resumed.metrics["steps"] == 24
+
+
+def test_write_failures_are_told_by_their_type_and_errno_not_by_words():
+    """torch and safetensors wrap a failed write in their own errors; words in a message are no guide."""
+    from safetensors import SafetensorError
+
+    from adaptkit.checkpoint import write_failure
+
+    def chained(outer: BaseException, inner: BaseException) -> BaseException:
+        try:
+            try:
+                raise inner
+            except BaseException:
+                raise outer
+        except BaseException as exc:
+            return exc
+
+    assert write_failure(OSError(errno.ENOSPC, "No space left on device")) == errno.ENOSPC
+    assert write_failure(OSError(errno.EIO, "Input/output error")) == errno.EIO
+    assert write_failure(SafetensorError("Error while serializing: I/O error: No space left on device "
+                                         "(os error 28)")) == errno.ENOSPC
+    # torch.save to a Python file: the file's OSError is the context of torch's RuntimeError
+    assert write_failure(chained(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+                                 OSError(errno.ENOSPC, "No space left on device"))) == errno.ENOSPC
+    # torch.save to a path: C++ streams, no errno anywhere
+    assert write_failure(chained(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+                                 RuntimeError("basic_ios::clear: iostream error"))) == 0
+    assert write_failure(RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")) == 0
+    # not write failures, whatever they say: bugs are re-raised as they are
+    assert write_failure(ValueError("could not write the value")) is None
+    assert write_failure(RuntimeError("CUDA error: device-side assert triggered")) is None
+    assert write_failure(chained(KeyError("write"), OSError(errno.ENOSPC, "x"))) is None
+
+
+def test_torchs_own_write_error_is_a_checkpoint_write_error_and_other_errors_leave_no_partial_folder(
+        tmp_path, monkeypatch):
+    recipe = _recipe(tmp_path)
+    root = checkpoint_root(tmp_path / "run")
+    real_save = torch.save
+
+    def torch_fails_writing(obj, f, *args, **kwargs):  # as torch.save to a path fails on a full disk
+        if str(f).endswith("optimizer.bin") and ".tmp-step-00000010" in str(f):
+            Path(f).write_bytes(b"PK\x03\x04" + b"\0" * 100)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 9664 vs 9556")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", torch_fails_writing)
+    with pytest.raises(CheckpointWriteError) as caught:
+        run(recipe, **QUIET)
+    assert "cannot write checkpoint step-00000010" in str(caught.value) and "inline_container" in str(caught.value)
+    assert "step-00000005 is intact" in str(caught.value)
+    assert sorted(p.name for p in root.iterdir() if p.name != "logs") == ["step-00000005"]
+    monkeypatch.undo()
+
+    real_tensors = adaptkit.checkpoint.save_tensors
+
+    def bug(state, path):  # not a write failure: re-raised as it is, but no half folder is left behind
+        if ".tmp-step-00000010" in str(path):
+            Path(path).write_bytes(b"\0" * 10)
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        real_tensors(state, path)
+
+    monkeypatch.setattr(adaptkit.checkpoint, "save_tensors", bug)
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        run(recipe, resume=True, **QUIET)
+    assert sorted(p.name for p in root.iterdir() if p.name != "logs") == ["step-00000005"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(mib)``: a real file system of that size (a tmpfs), unmounted afterwards.
+
+    Needs root and a kernel that lets it mount; where ``mount`` is refused the test is skipped
+    with the reason printed, so the fault is never only simulated without saying so.
+    """
+    mounted: list[Path] = []
+
+    def make(mib: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0755", "tmpfs", str(where)],
+                                  capture_output=True, text=True, timeout=30)
+            reason = done.stderr.strip() or f"exit {done.returncode}"
+        except (OSError, subprocess.SubprocessError) as exc:
+            done, reason = None, str(exc)
+        if done is None or done.returncode != 0:
+            print(f"real full-disk test skipped: cannot mount a {mib} MiB tmpfs ({reason})")
+            pytest.skip(f"cannot mount a small tmpfs here ({reason})")
+        mounted.append(where)
+        return where
+
+    yield make
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+
+
+def _tree_mib(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / (1 << 20)
+
+
+def test_a_real_full_disk_mid_checkpoint_exits_2_naming_the_space_needed_and_resume_continues(
+        tmp_path, small_disk, capsys):
+    """20 MiB: checkpoint 5 (about 11.5 MiB) fits; at step 10 the weights fit and torch's write of
+    optimizer.bin fails (RuntimeError "unexpected pos", no errno). Before: a traceback, a
+    .tmp-step folder and a 100 % disk."""
+    disk = small_disk(20)
+    recipe = {**_recipe(tmp_path), "output": {"dir": str(disk / "run")}}
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    root = checkpoint_root(disk / "run")
+
+    assert main(["run", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err[-3000:]
+    assert "cannot write checkpoint step-00000010" in err and "No space left on device" in err, err[-2000:]
+    found = re.search(r"needs about ([\d.]+) MiB; ([\d.]+) MiB is free there now", err)
+    assert found, err[-2000:]
+    needed, free = float(found.group(1)), float(found.group(2))
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000005"], "the partial folder is removed"
+    assert abs(needed - _tree_mib(root / "step-00000005")) < 0.5, (needed, _tree_mib(root / "step-00000005"))
+    disk_free = shutil.disk_usage(disk).free / (1 << 20)
+    assert abs(free - disk_free) < 0.2 and disk_free > 20 - needed - 1, "the partial write's space came back"
+    assert "step-00000005 is intact" in err and "--resume" in err
+    assert not (disk / "run").exists()
+
+    # --resume while the disk is still as full: the same clear exit, nothing lost
+    assert main(["run", str(path), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "resuming from step-00000005" in err and "cannot write checkpoint step-00000010" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000005"]
+
+    # room made: the run finishes from step 5
+    subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True, capture_output=True, timeout=30)
+    assert main(["run", str(path), "--resume", "--no-progress"]) == 0, capsys.readouterr().err[-3000:]
+    metrics = json.loads((disk / "run" / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 5 and metrics["steps"] == 24
 
 
 # ---------------------------------------------------------------------------- Ctrl-C
