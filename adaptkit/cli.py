@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir")
     predict.add_argument("--input", required=True, help="CSV/TSV/JSON/JSONL/Parquet rows")
     predict.add_argument("--output", help="where to write predictions (default: predictions.csv in run_dir)")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     _add_transfer_commands(commands)
     return parser
 
@@ -92,13 +93,12 @@ def _cmd_advise(args) -> int:
 
     from adaptkit.advise import advise, default_output, render
     from adaptkit.compare import parse_list
-    from adaptkit.outputs import write_json
+    from adaptkit.outputs import check_output_file, write_json
     from adaptkit.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     output = Path(args.output) if args.output else default_output(recipe)
-    if output.exists() and not args.overwrite:
-        raise AdaptkitError(f"{output} already exists; pass --overwrite to replace it or --output another path")
+    check_output_file(output, args.overwrite)  # a folder or a run's own file is refused even with --overwrite
     report = advise(recipe, strategies=parse_list(args.strategies), probe_steps=args.probe_steps,
                     max_feature_rows=args.max_rows, power_watts=args.power_watts,
                     grid_g_per_kwh=args.grid_intensity, log=lambda line: print(line, file=sys.stderr))
@@ -106,6 +106,7 @@ def _cmd_advise(args) -> int:
     for part in render(report):
         console.print(part)
     output.parent.mkdir(parents=True, exist_ok=True)
+    check_output_file(output, args.overwrite)  # again: the report took minutes, the path may be taken now
     write_json(output, report.to_dict())
     print(f"wrote {output}")
     return 0
@@ -254,7 +255,7 @@ def _cmd_predict(args) -> int:
     from adaptkit.predict import predict_file
 
     output = args.output or str(Path(args.run_dir) / "predictions.csv")
-    count = predict_file(args.run_dir, args.input, output)
+    count = predict_file(args.run_dir, args.input, output, overwrite=args.overwrite)
     print(f"wrote {count} predictions to {output}")
     return 0
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -187,6 +188,66 @@ def check_checkpoint_dir(root: Path) -> None:
             raise _refusal(root, foreign[:_NAMED_MAX], "checkpoint folder")
 
 
+def _run_file(path: Path) -> Optional[Path]:
+    """The adaptkit folder ``path`` is one of the files of (listed in the manifest of a folder
+    above it, or a run's metrics.json/recipe.yaml/README.md), or None."""
+    path = Path(os.path.abspath(path))
+    if path.name == MANIFEST:
+        return path.parent
+    if path.name in ("metrics.json", "recipe.yaml", "README.md") and (path.parent / "metrics.json").is_file():
+        return path.parent  # a run written before manifests existed
+    for folder in list(path.parents)[:4]:
+        if (folder / MANIFEST).is_file():
+            return folder if path.relative_to(folder).as_posix() in manifest_files(folder) else None
+    return None
+
+
+def check_output_file(path: Path, overwrite: bool, what: str = "--output") -> None:
+    """A file adaptkit is about to write: never a folder, never an existing file without ``overwrite``,
+    and never a file of an adaptkit run folder (its metrics.json, weights...), which would break the run."""
+    path = Path(path)
+    if path.is_dir():
+        raise AdaptkitError(f"{what} {path} is a folder; give a file path")
+    owner = _run_file(path)
+    if owner is not None:
+        raise AdaptkitError(f"{what} {path} is one of the files of the adaptkit output in {owner}; writing it "
+                            f"would break that output, --overwrite or not. Give another file name")
+    if path.exists() and not overwrite:
+        raise AdaptkitError(f"{what} {path} already exists; pass --overwrite to replace it, or give another path")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def respect_umask(root: Path) -> None:
+    """Give the files and folders under ``root`` the modes a plain ``open``/``mkdir`` would.
+
+    ``tempfile.mkdtemp`` makes folders 0700 and safetensors writes weights 0600 whatever the
+    umask, so a run folder on a shared machine would be unreadable to colleagues the umask
+    lets read it; executables keep their x bits, symlinks are left alone.
+    """
+    mask = _umask()
+    for path in [Path(root), *Path(root).rglob("*")]:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            continue
+        if stat.S_ISDIR(mode):
+            os.chmod(path, 0o777 & ~mask)
+        elif stat.S_ISREG(mode):
+            os.chmod(path, (0o777 if mode & 0o111 else 0o666) & ~mask)
+
+
 @contextmanager
 def staged_output(directory: Path, overwrite: bool, kind: str = "run") -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``directory`` in one rename.
@@ -211,7 +272,9 @@ def staged_output(directory: Path, overwrite: bool, kind: str = "run") -> Iterat
 
 def replace_folder(source: Path, target: Path) -> None:
     """Put the finished folder ``source`` at ``target``; an existing ``target`` is set aside first
-    and removed only after the rename, so at every moment one complete folder has the name."""
+    and removed only after the rename, so at every moment one complete folder has the name.
+    ``source`` gets the modes the umask asks for (``respect_umask``) before it is renamed."""
+    respect_umask(source)
     old = None
     if target.exists():
         old = target.with_name(f".old-{target.name}-{os.getpid()}")  # checkpoint pruning removes .old-*

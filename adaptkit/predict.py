@@ -3,11 +3,40 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.errors import AdaptkitError, DataError
+
+# Columns pandas adds for a DataFrame index (a CSV row with one field too many, a Parquet file
+# saved with its index): never the user's data, never written back out.
+_INDEX_COLUMN_PREFIX = "__index_level_"
+
+
+def input_columns(task: Any) -> list[str]:
+    """The columns a prediction reads: the task's required columns less what it learns to
+    predict (``label_column``, ``tags_column``, ``response_column``), which new rows lack."""
+    options = getattr(task, "options", None)
+    targets = {getattr(options, name, None) for name in ("label_column", "tags_column", "response_column")}
+    return [column for column in task.required_columns() if column not in targets]
+
+
+def check_input(table: Any, task: Any, source: str) -> None:
+    """Every column the task reads is present and, for text, never empty-as-null: a clear
+    ``DataError`` naming ``source``, the column and the row, instead of a KeyError in the tokenizer."""
+    columns = input_columns(task)
+    missing = [column for column in columns if column not in table.column_names]
+    if missing:
+        raise DataError(f"{source}: lacks the column(s) {', '.join(map(repr, missing))} the run's task reads "
+                        f"(columns: {', '.join(table.column_names) or 'none'})")
+    for column in columns:
+        feature = table.features[column]
+        if getattr(feature, "dtype", None) in ("string", "large_string", "null"):
+            for index, value in enumerate(table[column]):
+                if value is None:
+                    raise DataError(f"{source}: row {index + 1} has no value in column {column!r}")
 
 
 @dataclass
@@ -19,12 +48,26 @@ class Predictor:
     task: Any
     batch_size: int = 64
 
-    def predict(self, rows: Union[list[dict[str, Any]], Any]) -> list[Any]:
-        """One prediction per row (dicts with the task's text columns), in input order."""
+    def predict(self, rows: Union[list[dict[str, Any]], Any], source: str = "the rows to predict") -> list[Any]:
+        """One prediction per row (dicts with the task's text columns), in input order.
+
+        Rows that lack a column the task reads are a ``DataError`` naming ``source``.
+        """
         import datasets
         import torch
 
-        table = rows if isinstance(rows, datasets.Dataset) else datasets.Dataset.from_list(list(rows))
+        if isinstance(rows, datasets.Dataset):
+            table = rows
+        else:
+            rows = list(rows)
+            needed = input_columns(self.task)
+            for index, row in enumerate(rows):
+                lacking = [column for column in needed if not isinstance(row, dict) or column not in row]
+                if lacking:
+                    raise DataError(f"{source}: row {index + 1} lacks the column(s) "
+                                    f"{', '.join(map(repr, lacking))} the run's task reads")
+            table = datasets.Dataset.from_list(rows)
+        check_input(table, self.task, source)
         encoded = self.task.preprocess(table, self.tokenizer)
         collate = self.task.collate(self.tokenizer)
         outputs = []
@@ -85,16 +128,34 @@ def _cell(value: Any) -> Any:
     return json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, (list, dict)) else value
 
 
-def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output_path: Union[str, Path]) -> int:
-    """Write ``input_path``'s rows plus a prediction column to ``output_path``; returns the row count."""
-    from adaptkit.data import load_table
-    from adaptkit.outputs import atomic_file
+def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output_path: Union[str, Path],
+                 overwrite: bool = False) -> int:
+    """Write ``input_path``'s rows plus a prediction column to ``output_path``; returns the row count.
 
+    Refused before the model is loaded: an existing ``output_path`` without ``overwrite``, the
+    input file itself, a folder, or a file of a run folder (its metrics.json...); then a CSV/TSV
+    row with more or fewer fields than the header (an unquoted comma would shift the columns and
+    predict on the wrong field) and a file lacking a column the task reads, each named.
+    """
+    from adaptkit.data import load_table, scan_rows
+    from adaptkit.outputs import atomic_file, check_output_file, record_in_manifest
+    from adaptkit.recipe import data_format
+
+    source, output = Path(input_path), Path(output_path)
+    if output.exists() and source.exists() and os.path.samefile(output, source):
+        raise AdaptkitError(f"--output {output} is the input file; give another path")
+    check_output_file(output, overwrite)
     predictor = load_run(run_dir)
-    table = load_table(Path(input_path))
-    predictions = predictor.predict(table)
-    output = Path(output_path)
+    kind = data_format(source)
+    if kind in ("csv", "tsv", "jsonl") and source.is_file():  # ragged rows, with their line
+        scan_rows(source, kind, input_columns(predictor.task), {}, None, is_train=False)
+    table = load_table(source)
+    index_columns = [c for c in table.column_names if c.startswith(_INDEX_COLUMN_PREFIX)]
+    if index_columns:
+        table = table.remove_columns(index_columns)
+    predictions = predictor.predict(table, source=str(source))
     columns = list(table.column_names)
+    check_output_file(output, overwrite)  # again: predicting took a while, the path may be taken now
     if output.suffix.lower() in (".jsonl", ".json"):  # lists (tags, generated tokens) stay lists
         with atomic_file(output) as handle:
             for row, prediction in zip(table, predictions):
@@ -104,16 +165,17 @@ def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output
                 else:
                     record["prediction"] = prediction
                 handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        return len(predictions)
-    with atomic_file(output, newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t" if output.suffix.lower() == ".tsv" else ",")
-        extra = ["prediction", "score"] if predictions and isinstance(predictions[0], dict) else ["prediction"]
-        writer.writerow(columns + extra)
-        for row, prediction in zip(table, predictions):
-            values = [_cell(row[c]) for c in columns]
-            if isinstance(prediction, dict):
-                values += [prediction["label"], prediction["score"]]
-            else:
-                values.append(_cell(prediction))
-            writer.writerow(values)
+    else:
+        with atomic_file(output, newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t" if output.suffix.lower() == ".tsv" else ",")
+            extra = ["prediction", "score"] if predictions and isinstance(predictions[0], dict) else ["prediction"]
+            writer.writerow(columns + extra)
+            for row, prediction in zip(table, predictions):
+                values = [_cell(row[c]) for c in columns]
+                if isinstance(prediction, dict):
+                    values += [prediction["label"], prediction["score"]]
+                else:
+                    values.append(_cell(prediction))
+                writer.writerow(values)
+    record_in_manifest(output)  # predictions in a run folder: a later `run --overwrite` may replace them
     return len(predictions)

@@ -1,16 +1,17 @@
 """``--overwrite`` replaces only what adaptkit wrote: a user's files in an output, checkpoint or
-compare folder are never deleted."""
+compare folder are never deleted, and what adaptkit writes gets the modes the umask asks for."""
 from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from adaptkit.cli import main
 from adaptkit.errors import AdaptkitError
-from adaptkit.outputs import MANIFEST, check_output_dir, foreign_entries, staged_output
+from adaptkit.outputs import MANIFEST, check_output_dir, foreign_entries, replace_folder, staged_output
 from adaptkit.runner import run
 from conftest import tiny_recipe_dict, write_recipe
 
@@ -29,6 +30,10 @@ def _user_files(folder: Path) -> dict[str, bytes]:
 def _assert_intact(folder: Path, files: dict[str, bytes]) -> None:
     for name, content in files.items():
         assert (folder / name).read_bytes() == content, f"{name} was lost or changed"
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def test_run_overwrite_into_a_folder_of_user_files_is_refused_and_names_them(tmp_path, capsys):
@@ -118,3 +123,34 @@ def test_compare_overwrite_into_a_folder_of_user_files_is_refused(tmp_path, caps
     assert "did not write" in err and "notes.txt" in err
     _assert_intact(out, files)
     assert sorted(p.name for p in out.iterdir()) == ["data", "notes.txt"]
+
+
+def test_advise_output_that_is_a_folder_is_refused(tmp_path, capsys):
+    path = write_recipe(tmp_path / "recipe.yaml", tiny_recipe_dict(tmp_path, "full"))
+    files = _user_files(tmp_path / "reports")
+    assert main(["advise", str(path), "--output", str(tmp_path / "reports"), "--overwrite"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    _assert_intact(tmp_path / "reports", files)
+
+
+@pytest.mark.parametrize("umask, folder_mode, file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_output_and_checkpoint_folders_follow_the_umask(tmp_path, umask, folder_mode, file_mode):
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(umask)
+    try:
+        with staged_output(tmp_path / "run", overwrite=False) as staging:  # mkdtemp: 0700
+            (staging / "adapter").mkdir()
+            save_file({"w": torch.zeros(2)}, str(staging / "adapter" / "w.safetensors"))  # safetensors: 0600
+        source = tmp_path / ".tmp-step-1"
+        source.mkdir()
+        save_file({"w": torch.zeros(2)}, str(source / "trainable-0.safetensors"))
+        replace_folder(source, tmp_path / "step-1")  # the checkpoints' rename
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "run") == folder_mode and _mode(tmp_path / "run" / "adapter") == folder_mode
+    assert _mode(tmp_path / "run" / "adapter" / "w.safetensors") == file_mode
+    assert _mode(tmp_path / "run" / MANIFEST) == file_mode
+    assert _mode(tmp_path / "step-1") == folder_mode
+    assert _mode(tmp_path / "step-1" / "trainable-0.safetensors") == file_mode

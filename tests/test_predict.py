@@ -57,3 +57,90 @@ def test_cli_writes_a_prediction_column_in_input_order(trained, tmp_path, capsys
 def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
     with pytest.raises(AdaptkitError, match="not an adaptkit run folder"):
         adaptkit.load(tmp_path)
+
+
+# ---------------------------------------------------------------------------- faults (issue 14)
+
+def _predict(result, *args: str) -> int:
+    return main(["predict", str(result.output_dir), *args])
+
+
+def test_predict_never_overwrites_a_file_without_overwrite_nor_a_runs_own_files(trained, tmp_path, capsys):
+    result, data_dir = trained
+    source = str(data_dir / "eval.csv")
+    metrics = result.output_dir / "metrics.json"
+    before = metrics.read_bytes()
+    for extra in ([], ["--overwrite"]):  # the run's metrics.json: never, it would break the run
+        assert _predict(result, "--input", source, "--output", str(metrics), *extra) == 2
+        assert "files of the adaptkit output" in capsys.readouterr().err
+    assert metrics.read_bytes() == before
+    assert _predict(result, "--input", source, "--output", source, "--overwrite") == 2
+    assert "is the input file" in capsys.readouterr().err
+    mine = tmp_path / "mine.csv"
+    mine.write_text("precious\n")
+    assert _predict(result, "--input", source, "--output", str(mine)) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert mine.read_text() == "precious\n"
+    assert _predict(result, "--input", source, "--output", str(mine), "--overwrite") == 0
+    assert mine.read_text().startswith("text,label,prediction,score")
+
+
+def test_default_predictions_in_the_run_folder_are_refused_twice_and_stay_adaptkits(trained, capsys):
+    from adaptkit.outputs import foreign_entries
+
+    result, data_dir = trained
+    target = result.output_dir / "predictions.csv"
+    target.unlink(missing_ok=True)
+    assert _predict(result, "--input", str(data_dir / "eval.csv")) == 0
+    first = target.read_bytes()
+    assert _predict(result, "--input", str(data_dir / "eval.csv")) == 2
+    assert "already exists" in capsys.readouterr().err and target.read_bytes() == first
+    assert _predict(result, "--input", str(data_dir / "eval.csv"), "--overwrite") == 0
+    assert foreign_entries(result.output_dir) == [], "a later run --overwrite may replace its own predictions"
+    target.unlink()
+
+
+def test_input_without_the_text_column_exits_2_naming_file_and_column(trained, tmp_path, capsys):
+    result, _ = trained
+    source = tmp_path / "rows.csv"
+    source.write_text("review,label\na good film,1\n")
+    out = tmp_path / "out.csv"
+    assert _predict(result, "--input", str(source), "--output", str(out)) == 2
+    err = capsys.readouterr().err
+    assert f"{source}: lacks the column(s) 'text'" in err and "columns: review, label" in err, err
+    assert "Traceback" not in err and not out.exists()
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"text": "a good film"}\n{"review": "bad"}\n')
+    assert _predict(result, "--input", str(jsonl), "--output", str(out)) == 2
+    assert f"{jsonl}:2: row lacks column(s) 'text'" in capsys.readouterr().err
+    with pytest.raises(AdaptkitError, match=r"row 2 lacks the column\(s\) 'text'"):
+        adaptkit.load(result.output_dir).predict([{"text": "fine"}, {"txt": "bad"}])
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_csv_row_with_an_unquoted_comma_is_an_error_naming_the_line(trained, tmp_path, capsys, first):
+    result, _ = trained
+    rows = ["a good film,1", "good, but boring,0", "bad plot,0"]
+    if first:  # first data row ragged: pandas would take the extra field as an index column
+        rows = [rows[1], rows[0], rows[2]]
+    source = tmp_path / "rows.csv"
+    source.write_text("text,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out.csv"
+    assert _predict(result, "--input", str(source), "--output", str(out)) == 2
+    line = 2 if first else 3
+    assert f"{source}:{line}: row has 3 field(s), the header has 2" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_pandas_index_columns_are_not_written_back(trained, tmp_path):
+    import pandas as pd
+
+    result, _ = trained
+    source = tmp_path / "rows.parquet"
+    pd.DataFrame({"text": ["a good film", "bad plot"]}, index=[5, 9]).to_parquet(source)
+    out = tmp_path / "out.csv"
+    assert _predict(result, "--input", str(source), "--output", str(out)) == 0
+    with out.open(newline="") as handle:
+        written = list(csv.DictReader(handle))
+    assert list(written[0]) == ["text", "prediction", "score"]
+    assert [row["text"] for row in written] == ["a good film", "bad plot"]
