@@ -102,10 +102,19 @@ def preflight(strategy: Any, context: Any) -> None:
 
 
 def wrap_checked(strategy: Any, model: Any, context: Any) -> Any:
-    """``preflight`` then ``strategy.wrap``; a failure inside wrap names the combination that failed."""
+    """``preflight``, ``strategy.wrap``, then the architecture right after it.
+
+    A failure inside wrap names the combination that failed. A wrap that returns no model, or
+    changes the task head's shape, is a ``ContractViolation`` naming the strategy's plugin and
+    distribution (``contract.check_wrapped``), here, before anything trains, instead of a shape
+    error or an ``AttributeError`` on ``None`` later in the run.
+    """
+    from adaptkit.contract import check_wrapped, head_shapes
+
     preflight(strategy, context)
+    heads = head_shapes(model, context.head_modules)
     try:
-        return strategy.wrap(model, context)
+        wrapped = strategy.wrap(model, context)
     except AdaptkitError:
         raise
     except Exception as exc:
@@ -119,6 +128,8 @@ def wrap_checked(strategy: Any, model: Any, context: Any) -> Any:
             f"{context.task!r} (peft task type {context.peft_task_type}): its wrap failed with "
             f"{type(exc).__name__}: {message}. This combination is not supported{where}; choose another "
             f"strategy (adaptkit plan RECIPE --all shows which ones plan on this model)") from exc
+    check_wrapped(strategy, wrapped, heads)
+    return wrapped
 
 
 def describe(name: str, model: Any, config: Any, recipe: Recipe, setup: str = "") -> StrategyPlan:

@@ -144,7 +144,8 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
     from adaptkit import __version__
     from adaptkit.checkpoint import plan_checkpoints
     from adaptkit.contract import (FrozenWeights, architecture_signature, check_close, check_equivalence,
-                                   check_signature, model_outputs, trained_head_state)
+                                   check_removal, check_signature, model_outputs, reload_export,
+                                   removal_reference, trained_head_state)
     from adaptkit.planning import distributed_setting, plan_of_model, render_text, setup_line, wrap_checked
     from adaptkit.outputs import check_output_dir, staged_output, write_json
     from adaptkit.report import model_card
@@ -170,6 +171,11 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
                           extra={"distributed": distributed_setting(recipe, accelerator.num_processes)})
     base_signature = architecture_signature(base)
     probes = equivalence_batches(session)
+    # Rule 4 (removal) compares with what the base computes before wrap on these same probes: kept
+    # for a non-mergeable strategy only, on the main process, capped like the wrapped outputs.
+    base_class = type(base)
+    removal = (removal_reference(base, probes, head, EQUIVALENCE_MAX_VALUES)
+               if not strategy.mergeable and accelerator.is_main_process else [])
     # The plan, on the model this run built anyway: combination checks and target resolution
     # (wrap_checked) stop a run that cannot work before any training, and the table is logged.
     setup = setup_line(strategy, context, recipe.training.mixed_precision)
@@ -215,13 +221,14 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
         export_dir = staging / ("adapter" if strategy.export_kind == "adapter" else "model")
         strategy.save(model, export_dir)
         if recipe.output.verify_export:
-            reloaded = strategy.load(session.build_base(), export_dir)
+            # reloaded as a user would, with plain transformers / peft, not the strategy's own load()
+            reloaded, how = reload_export(strategy, export_dir, session.build_base, base_class,
+                                          trust_remote_code=recipe.model.trust_remote_code)
             for index, batch in enumerate(probes):
                 check_close(name, "export", wrapped_outs[index], model_outputs(reloaded, batch),
                             strategy.merge_tolerance, f"the {strategy.export_kind} saved in {export_dir.name}/ "
-                                                      f"and reloaded, on eval batch {index + 1}")
-            contract.append(f"export: {export_dir.name}/ reloads with {strategy.export_loader} "
-                            "and gives the same outputs")
+                                                      f"and reloaded with {how}, on eval batch {index + 1}")
+            contract.append(f"export: {export_dir.name}/ reloads with {how} and gives the same outputs")
             del reloaded
         trained_head = trained_head_state(model, head) if strategy.mergeable else {}
         unwrapped = strategy.unwrap(model)
@@ -234,9 +241,14 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
                             f"on {sum(len(next(iter(b.values()))) for b in probes)} eval rows, head included")
             if recipe.output.merge and strategy.export_kind == "adapter":
                 unwrapped.save_pretrained(staging / "model", safe_serialization=True)
-        elif recipe.output.merge:
-            log(f"output.merge: strategy {name!r} cannot be merged into the base weights; only its "
-                f"{strategy.export_kind} is saved")
+        else:
+            check_removal(name, removal, unwrapped, probes[:len(removal)], head)
+            contract.append(f"removal: with the strategy removed the model computes bit-exactly what the base "
+                            f"computed before wrap{' below the task head' if head else ''}, on "
+                            f"{sum(len(next(iter(b.values()))) for b in probes[:len(removal)])} eval rows")
+            if recipe.output.merge:
+                log(f"output.merge: strategy {name!r} cannot be merged into the base weights; only its "
+                    f"{strategy.export_kind} is saved")
         session.tokenizer.save_pretrained(staging / "tokenizer")
         if logs_dir.is_dir():  # copied, not moved: a failure from here on can still --resume
             shutil.copytree(logs_dir, staging / "logs")

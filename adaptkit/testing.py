@@ -6,13 +6,14 @@ checks the core runs on every ``adaptkit run``:
 
 - signature:   ``unwrap(wrap(base))`` has exactly the base parameters and module tree;
 - frozen:      parameters left frozen are bit-identical after real optimizer steps;
-- export:      ``save`` writes safetensors that ``load`` (peft / transformers) reloads to the
-               same outputs;
+- wrap:        ``wrap`` returns a model whose task head keeps the task's shape;
+- export:      ``save`` writes safetensors that plain peft / transformers (not the strategy's
+               own ``load``) reload to the same outputs;
 - equivalence: a mergeable strategy's merged model computes what the wrapped model did;
 - removal:     a non-mergeable strategy's removal restores the base outputs exactly.
 
-It raises ``ContractViolation`` (rule and parameter named) on the first failure and returns
-a report of what passed otherwise. Use it in a plugin's tests in one line.
+It raises ``ContractViolation`` (rule, parameter and the strategy's plugin or class named) on
+the first failure and returns a report of what passed otherwise. Use it in a plugin's tests in one line.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from adaptkit.contract import FrozenWeights, architecture_signature, check_close, check_signature, model_outputs
-from adaptkit.errors import ContractViolation
+from adaptkit.contract import (FrozenWeights, architecture_signature, check_close, check_signature, check_wrapped,
+                               head_shapes, model_outputs, reload_export, violation)
 from adaptkit.strategy import Strategy, WrapContext
 
 VOCAB = 97
@@ -107,7 +108,6 @@ def check_strategy(strategy_cls: type[Strategy], options: Any = None,
 
     quiet_hf_logging()
     report = ConformanceReport(strategy_cls.name or strategy_cls.__name__)
-    name = report.strategy
     for family in families or list(FAMILIES):
         probe = _batch(7)
         base = _build(family, seed=0)
@@ -115,41 +115,41 @@ def check_strategy(strategy_cls: type[Strategy], options: Any = None,
         base_sig = architecture_signature(base)
         base_out = model_outputs(base, probe)
         strategy = strategy_cls(options)
+        heads = head_shapes(base, context.head_modules)
         model = strategy.wrap(base, context)
+        check_wrapped(strategy_cls, model, heads)
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         if not trainable:
-            raise ContractViolation(name, "trainable", f"wrap left nothing trainable on the {family} model")
+            raise violation(strategy_cls, "trainable", f"wrap left nothing trainable on the {family} model")
         frozen = FrozenWeights.snapshot(model)
         _train_steps(strategy, model)
-        frozen.verify(name, model)
+        frozen.verify(strategy_cls, model)
         report.passed.append(f"{family}: frozen - {len(frozen)} frozen tensors bit-identical after 3 steps")
         wrapped_out = model_outputs(model, probe)
         if torch.equal(wrapped_out, base_out):
-            raise ContractViolation(name, "trainable", f"training changed nothing the {family} model computes")
+            raise violation(strategy_cls, "trainable", f"training changed nothing the {family} model computes")
         with tempfile.TemporaryDirectory() as tmp:
-            export = strategy.save(model, Path(tmp) / "export")
-            reloaded = strategy.load(_build(family, seed=0), export)
-            check_close(name, "export", wrapped_out, model_outputs(reloaded, probe), strategy.merge_tolerance,
-                        f"{family}: reloaded export")
-            files = sorted(p.name for p in Path(export).iterdir())
-            if not any(f.endswith(".safetensors") for f in files):
-                raise ContractViolation(name, "export", f"{family}: no safetensors file saved (files: {files})")
-        report.passed.append(f"{family}: export - reloads from safetensors with the same outputs")
+            export = strategy.save(model, Path(tmp) / "export") or Path(tmp) / "export"
+            reloaded, how = reload_export(strategy, Path(export), lambda: _build(family, seed=0), type(base))
+            check_close(strategy_cls, "export", wrapped_out, model_outputs(reloaded, probe),
+                        strategy.merge_tolerance, f"{family}: export reloaded with {how}")
+        report.passed.append(f"{family}: export - reloads from safetensors with {how}, same outputs")
         unwrapped = strategy.unwrap(model)
-        check_signature(name, base_sig, architecture_signature(unwrapped), context.head_modules)
+        check_signature(strategy_cls, base_sig, architecture_signature(unwrapped), context.head_modules)
         report.passed.append(f"{family}: signature - unwrap(wrap(base)) has the base architecture")
         if strategy.mergeable:
-            check_close(name, "equivalence", wrapped_out, model_outputs(unwrapped, probe),
+            check_close(strategy_cls, "equivalence", wrapped_out, model_outputs(unwrapped, probe),
                         strategy.merge_tolerance, f"{family}: merged against wrapped")
             report.passed.append(f"{family}: equivalence - merged outputs match within {strategy.merge_tolerance:g}")
         else:
             fresh = _build(family, seed=0)
             again = strategy_cls(options)
             wrapped = again.wrap(fresh, _context(fresh, family))
+            check_wrapped(strategy_cls, wrapped, heads)
             _perturb_trainable(wrapped, context.head_modules)
             removed = again.unwrap(wrapped)
-            check_signature(name, base_sig, architecture_signature(removed), context.head_modules)
-            check_close(name, "removal", base_out, model_outputs(removed, probe), 0.0,
+            check_signature(strategy_cls, base_sig, architecture_signature(removed), context.head_modules)
+            check_close(strategy_cls, "removal", base_out, model_outputs(removed, probe), 0.0,
                         f"{family}: base outputs after removing the strategy")
             report.passed.append(f"{family}: removal - base outputs restored exactly")
     return report
