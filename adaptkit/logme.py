@@ -10,9 +10,10 @@ the value is only comparable between feature sets of the same examples and label
 exactly the pretrained-versus-random comparison ``adaptkit advise`` makes.
 
 The H-score (Bao et al. 2019) is ``tr(cov(f)^-1 cov(E[f | y]))``: how much of the feature
-variance lies between the class means. It is cheaper and cruder than LogME.
+variance lies between the class means, here with a shrunk covariance (see ``h_score``).
 
-numpy only: no torch, so these are testable in milliseconds.
+numpy (and scikit-learn for the shrinkage amount) only: no torch, so these are testable in
+milliseconds.
 """
 from __future__ import annotations
 
@@ -97,13 +98,21 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean([logme_single(features, (labels == c).astype(np.float64)).logme for c in classes]))
 
 
-def h_score(features: np.ndarray, labels: np.ndarray, shrinkage: float = 1e-6) -> float:
-    """H-score ``tr(cov(f)^-1 cov(E[f|y]))`` with a small ridge so a singular covariance is fine."""
+def h_score(features: np.ndarray, labels: np.ndarray) -> float:
+    """Shrinkage H-score: ``tr(cov(f)^-1 cov(E[f|y]))`` with a Ledoit-Wolf shrunk ``cov(f)``.
+
+    With as many rows as feature dimensions or fewer, the sample covariance is singular and the
+    plain H-score reaches (classes - 1) for any features, pure noise included; shrinking the
+    covariance toward a scaled identity by the Ledoit-Wolf amount (Ibrahim et al. 2022,
+    "Newer is not always better") keeps the score meaningful there. scikit-learn computes the
+    shrinkage amount.
+    """
+    from sklearn.covariance import ledoit_wolf
+
     f = np.asarray(features, dtype=np.float64)
     f = f - f.mean(axis=0)
     labels = np.asarray(labels)
-    covariance = f.T @ f / len(f)
-    covariance += shrinkage * np.trace(covariance) / f.shape[1] * np.eye(f.shape[1])
+    covariance, _ = ledoit_wolf(f, assume_centered=True)
     means = np.zeros_like(f)
     for c in np.unique(labels):
         rows = labels == c

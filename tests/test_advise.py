@@ -96,7 +96,7 @@ def test_conflicting_pretraining_is_reported_as_negative_transfer_risk(blind_mod
     report = advise(Recipe.from_dict(negative_recipe(tmp_path, blind_model)), strategies=["full"], probe_steps=0,
                     log=lambda _: None)
     transfer = report.transferability
-    assert report.transfer_verdict == "risk of negative transfer" and report.transfer_risk is True
+    assert report.transfer_verdict == "features suggest harm" and report.transfer_risk is True
     # the figures back the words: random weights separate sentiment, the pre-trained ones do not
     assert transfer["random"]["probe_accuracy"] > 0.85
     assert transfer["pretrained"]["probe_accuracy"] < 0.65
@@ -104,6 +104,33 @@ def test_conflicting_pretraining_is_reported_as_negative_transfer_risk(blind_mod
     assert transfer["probe_difference"]["mean"] < -0.2
     assert "WORSE than random" in report.findings[0]
     assert f"{transfer['pretrained']['probe_accuracy']:.3f}" in report.findings[0]
+
+
+def test_features_that_cannot_tell_are_never_called_harm(tmp_path):
+    """Keyword-labelled text that random features separate as well as 'pretrained' ones (here: another random draw).
+
+    Both probes are strong; the difference is within noise. That is "cannot tell", not a risk of
+    negative transfer: fine-tuning decides, and the sentence says to run compare.
+    """
+    from transformers import AutoConfig, BertModel
+
+    from adaptkit.advise import advise
+
+    settings = {k: v for k, v in TINY_BERT.items() if k != "model_type"}
+    import torch
+
+    torch.manual_seed(123)
+    folder = tmp_path / "random-but-saved"
+    BertModel(AutoConfig.for_model("bert", **settings)).save_pretrained(folder, safe_serialization=True)
+    recipe = negative_recipe(tmp_path, folder, train_rows=240)
+    report = advise(Recipe.from_dict(recipe), strategies=["frozen_head"], probe_steps=0, log=lambda _: None)
+    transfer = report.transferability
+    assert transfer["pretrained"]["probe_accuracy"] > 0.85 and transfer["random"]["probe_accuracy"] > 0.85
+    assert report.transfer_verdict == "features cannot tell" and report.transfer_risk is None
+    assert "fine-tuning decides" in report.findings[0] and "adaptkit compare" in report.findings[0]
+    assert "harm" not in report.findings[0] and "negative" not in report.findings[0]
+    assert [p["rows"] for p in transfer["probe_curve"]] == [60, 120, 240]
+    assert any("linear probe on the pretrained features" in f for f in report.findings)
 
 
 def _messy_rows() -> tuple[list[dict], list[dict]]:
@@ -137,13 +164,13 @@ def test_data_findings_name_each_problem_in_plain_words(tmp_path):
     assert "Only 60 training examples" in text
     assert "imbalanced" in text and "also appear in the training data" in text and "repeat" in text
     by_name = {s.strategy: s for s in report.strategies}
-    assert not by_name["full"].fits_data and by_name["lora"].fits_data and by_name["frozen_head"].fits_data
     assert by_name["full"].trainable == by_name["full"].total > 100 * by_name["lora"].trainable
-    full_line = next(f for f in report.findings if f.startswith("Strategy full"))
-    assert "lora" in full_line and "frozen_head" in full_line
+    # no claim from a parameter count: nothing measured says how many weights 60 rows can train
+    assert not any("can pin down" in f or f.startswith("Strategy full") for f in report.findings)
     # cost: a frozen backbone needs no backward pass through it, full fine-tuning does (6N vs ~2N)
     assert by_name["full"].flops_per_epoch > 2.5 * by_name["frozen_head"].flops_per_epoch
     assert all(s.seconds_per_epoch and s.seconds_per_epoch > 0 for s in report.strategies)
+    assert all(s.cpu_seconds_per_epoch and s.energy_wh_per_epoch > 0 for s in report.strategies)
     # built from a config: no pretrained weights, and the report says so instead of comparing
     assert report.transfer_verdict == "not assessed"
 
@@ -175,7 +202,7 @@ def test_cli_writes_json_and_refuses_to_overwrite_silently(tmp_path, capsys):
     saved = json.loads(output.read_text())
     assert [s["strategy"] for s in saved["strategies"]] == ["lora", "full"]
     assert saved["data"]["train_examples"] == 96 and saved["findings"]
-    assert "strategies: size against data" in capsys.readouterr().out
+    assert "strategies: size and cost per epoch" in capsys.readouterr().out
     assert main(["advise", str(path), "--output", str(output), "--probe-steps", "0"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     default = main(["advise", str(path), "--strategies", "lora", "--probe-steps", "0"])
@@ -203,7 +230,10 @@ def test_minilm_on_sst2_is_positive_transfer(tmp_path, monkeypatch):
     report = advise(recipe, strategies=[recipe.strategy.name], probe_steps=1, max_feature_rows=300,
                     log=lambda _: None)
     transfer = report.transferability
-    assert report.transfer_verdict == "transfer likely helps" and report.transfer_risk is False
+    assert report.transfer_verdict == "features favour transfer" and report.transfer_risk is False
     assert transfer["pretrained"]["probe_accuracy"] > transfer["random"]["probe_accuracy"] + 0.1
     assert transfer["pretrained"]["logme"] > transfer["random"]["logme"]
-    assert "Transfer looks worthwhile" in report.findings[0]
+    assert "The features favour transfer" in report.findings[0]
+    # 300 rows for 384 feature dimensions: the H-score cannot tell features from noise there, so it is withheld
+    assert transfer["pretrained"]["h_score"] is None and "rows per dimension" in transfer["h_score_withheld"]
+    assert [p["rows"] for p in transfer["probe_curve"]] == [75, 150, 300]

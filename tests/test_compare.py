@@ -7,9 +7,9 @@ import json
 import pytest
 
 from adaptkit.cli import main
-from adaptkit.compare import SCRATCH, Row, compute_saved, judge, variant
+from adaptkit.compare import SCRATCH, Row, compute_saved, judge, make_arm
 from adaptkit.recipe import Recipe
-from conftest import REPO, tiny_recipe_dict, write_recipe
+from conftest import REPO, tiny_recipe_dict, write_recipe, write_table
 from test_advise import negative_recipe, sentiment_blind_model
 
 
@@ -45,22 +45,37 @@ def test_pairing_matters_and_lower_is_better_flips_the_sign():
 def test_compute_saved_from_the_learning_curve():
     rows = [_row(SCRATCH, 0.60, 100, 1.0), _row(SCRATCH, 0.70, 300, 3.0), _row(SCRATCH, 0.75, 1000, 10.0),
             _row("lora", 0.72, 100, 0.8), _row("lora", 0.80, 300, 2.0), _row("lora", 0.85, 1000, 6.0),
-            _row("ia3", 0.55, 100, 0.5), _row("ia3", 0.65, 300, 1.0), _row("ia3", 0.70, 1000, 2.0)]
+            _row("ia3", 0.55, 100, 0.5), _row("ia3", 0.65, 300, 1.0), _row("ia3", 0.70, 1000, 2.0),
+            _row("full", 0.76, 300, 12.0)]
     saved = {c["strategy"]: c for c in compute_saved(rows, True)}
     assert saved["lora"]["examples_needed"] == 300 and saved["lora"]["energy_saved_wh"] == pytest.approx(8.0)
     assert saved["lora"]["lower_bound"] is False
     assert saved["ia3"]["matches_scratch"] is False
+    # matching scratch with more energy than scratch used is no saving, never a negative one
+    assert saved["full"]["matches_scratch"] and saved["full"]["energy_saved_wh"] is None
 
 
-def test_scratch_is_random_weights_with_the_configured_strategy(tiny_recipe, tmp_path):
-    recipe = Recipe.from_dict(tiny_recipe("lora"))
-    scratch = variant(recipe, SCRATCH, 50, 7, tmp_path / "out", "full", {})
-    assert scratch.model.init == "random" and scratch.strategy.name == "full"
-    assert scratch.data.max_train_samples == 50 and scratch.training.seed == 7
-    own = variant(recipe, "lora", None, 0, tmp_path / "out", "full", {})
-    assert own.training.learning_rate == recipe.training.learning_rate  # the recipe's rate is for its strategy
-    other = variant(recipe, "full", None, 0, tmp_path / "out", "full", {"full": 2e-3})
-    assert other.model.init == "pretrained" and other.training.learning_rate == 2e-3
+def test_each_arm_keeps_its_own_options_and_rate(tmp_path):
+    recipe = Recipe.from_dict(tiny_recipe_dict(tmp_path, "lora") | {"strategy": {"name": "lora", "r": 4}})
+    scratch = make_arm(recipe, SCRATCH, "full", {})
+    assert scratch.random_init and scratch.strategy == "full" and scratch.learning_rate is None
+    own = make_arm(recipe, "lora", "full", {})
+    assert own.options.r == 4 and own.learning_rate == recipe.training.learning_rate  # the recipe's rate is its own
+    other = make_arm(recipe, "full", "full", {"full": 2e-3})
+    assert not other.random_init and other.learning_rate == 2e-3
+    assert make_arm(recipe, "ia3", "full", {}).learning_rate is None  # the strategy's default, not lora's rate
+
+
+def test_learning_rate_grid_is_log_spaced_around_the_suggestion():
+    from adaptkit.tuning import learning_rate_grid
+
+    grid = learning_rate_grid(1e-3, 3)
+    assert grid == pytest.approx([1e-3 / 3, 1e-3, 3e-3], rel=1e-2)
+    four = learning_rate_grid(5e-4, 4)
+    ratios = [b / a for a, b in zip(four, four[1:])]
+    assert four[0] == pytest.approx(5e-4 / 3, rel=1e-2) and four[-1] == pytest.approx(1.5e-3, rel=1e-2)
+    assert max(ratios) == pytest.approx(min(ratios), rel=0.02)  # equal steps on a log scale
+    assert learning_rate_grid(2e-5, 1) == [2e-5]
 
 
 def test_conflicting_pretraining_is_judged_negative_transfer(tmp_path_factory, tmp_path):
@@ -68,16 +83,47 @@ def test_conflicting_pretraining_is_judged_negative_transfer(tmp_path_factory, t
 
     model_dir = sentiment_blind_model(tmp_path_factory)
     recipe = Recipe.from_dict(negative_recipe(tmp_path, model_dir))
-    report = compare(recipe, ["full", "frozen_head", SCRATCH], learning_rates={SCRATCH: 3e-3},
+    report = compare(recipe, ["frozen_head", SCRATCH], learning_rates={SCRATCH: 3e-3}, trials=2,
                      bootstrap_rounds=300, log=lambda _: None)
     by_name = {r.strategy: r for r in report.rows}
     assert by_name[SCRATCH].metric > 0.9  # the same architecture learns the task from random weights
-    assert by_name["full"].metric < 0.7 and by_name["frozen_head"].metric < 0.7
+    assert by_name["frozen_head"].metric < 0.7
     assert report.verdict == "negative transfer"
     assert report.per_size[0]["ci_high"] < 0
-    assert by_name["full"].trainable == by_name[SCRATCH].trainable > 1000 * by_name["frozen_head"].trainable
+    assert by_name[SCRATCH].trainable > 1000 * by_name["frozen_head"].trainable
     saved = json.loads((report.output_dir / "compare.json").read_text())
-    assert saved["verdict"] == "negative transfer" and len(saved["runs"]) == 3
+    assert saved["verdict"] == "negative transfer" and len(saved["runs"]) == 2
+    # every arm was searched: two learning rates each, chosen on validation rows carved from the 200
+    for run in saved["runs"]:
+        assert len(run["trials"]) == 2 and run["validation_examples"] == 40 and run["train_examples"] == 160
+        assert run["learning_rate"] in [t["learning_rate"] for t in run["trials"] if t["state"] == "complete"]
+
+
+def test_an_arm_that_predicts_one_class_is_flagged_not_counted(tmp_path):
+    """Labels that the text does not carry, 85 % one class: every arm can only learn the majority class."""
+    import random
+
+    from adaptkit.compare import compare
+
+    rng = random.Random(0)
+    words = ["alpha", "beta", "gamma", "delta", "film", "plot", "story", "scene"]
+
+    def rows(count):
+        return [{"text": " ".join(rng.sample(words, 4)), "label": int(rng.random() < 0.15)} for _ in range(count)]
+
+    recipe = tiny_recipe_dict(tmp_path, "frozen_head", training={"epochs": 1, "min_steps": 30, "batch_size": 16,
+                                                                  "num_threads": 1})
+    write_table(tmp_path / "train.csv", rows(120))
+    write_table(tmp_path / "eval.csv", rows(80))
+    report = compare(Recipe.from_dict(recipe), ["frozen_head", SCRATCH], trials=1, bootstrap_rounds=200,
+                     log=lambda _: None)
+    majority = report.baselines["majority_class"]
+    assert majority > 0.75 and 0.4 < report.baselines["chance"] < 0.6
+    for row in report.rows:
+        assert "did not learn" in row.flags and row.metric == pytest.approx(majority)
+    assert "did not train" in report.verdict_detail  # the baseline is named as untrained, not counted
+    table = (report.output_dir / "table.md").read_text()
+    assert "(did not learn" in table and f"majority class {majority:.4f}" in table
 
 
 def test_cli_compare_writes_table_plot_json_and_html(tmp_path, capsys):
@@ -85,25 +131,48 @@ def test_cli_compare_writes_table_plot_json_and_html(tmp_path, capsys):
         tmp_path, "full", training={"epochs": 1, "batch_size": 32, "seed": 0, "num_threads": 1}))
     out = tmp_path / "cmp"
     code = main(["compare", str(path), "--strategies", "frozen_head,scratch", "--sizes", "48,96", "--output", str(out),
-                 "--bootstrap", "200", "--power-watts", "36"])
+                 "--bootstrap", "200", "--power-watts", "36", "--trials", "2"])
     assert code == 0
-    stdout = capsys.readouterr().out
-    assert "| frozen_head | 48 |" in stdout and "Verdict:" in stdout
+    captured = capsys.readouterr()
+    assert "| frozen_head" in captured.out and "Verdict:" in captured.out
+    assert "trial 2/2" in captured.err and "min left" in captured.err  # progress names arm, size, trial, time left
     report = json.loads((out / "compare.json").read_text())
+    # 20 % of each size is held out for choosing: 48 -> 38 + 10, 96 -> 77 + 19
     assert [(r["strategy"], r["train_examples"]) for r in report["rows"]] == [
-        ("frozen_head", 48), (SCRATCH, 48), ("frozen_head", 96), (SCRATCH, 96)]
+        ("frozen_head", 38), (SCRATCH, 38), ("frozen_head", 77), (SCRATCH, 77)]
     assert report["verdict"] in ("positive transfer", "no clear difference", "negative transfer")
     for run in report["runs"]:
-        assert run["energy_method"] == "time x 36 W (given)"
-        assert run["energy_wh"] == pytest.approx(run["wall_seconds"] * 36 / 3600, rel=0.5)
+        chosen = next(t for t in run["trials"] if t["learning_rate"] == run["learning_rate"])
+        assert run["energy_wh"] == pytest.approx(chosen["train_seconds"] * 36 / 3600, rel=0.01)
+        assert run["search_energy_wh"] >= run["energy_wh"]
     for row in report["rows"]:
-        assert row["ci_low"] <= row["metric"] <= row["ci_high"]
+        assert row["ci_low"] <= row["metric"] <= row["ci_high"] and len(row["learning_rates"]) == 1
+    assert set(report["curves"]) == {"frozen_head", SCRATCH}
     png = (out / "compare.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     page = (out / "report.html").read_text()
     assert base64.b64encode(png).decode() in page and "Verdict:" in page
     assert main(["compare", str(path), "--strategies", "frozen_head,scratch", "--output", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_a_shared_optuna_storage_resumes_a_finished_search_without_training_again(tmp_path):
+    import optuna
+
+    from adaptkit.compare import compare
+
+    recipe = Recipe.from_dict(tiny_recipe_dict(tmp_path, "frozen_head", training={"epochs": 1, "num_threads": 1}))
+    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
+    first = compare(recipe, ["frozen_head"], trials=2, storage=storage, study_name="shared",
+                    output_dir=tmp_path / "cmp", bootstrap_rounds=50, log=lambda _: None)
+    studies = optuna.get_all_study_summaries(storage)
+    assert [s.study_name for s in studies] == ["shared:frozen_head-nall-s0"] and studies[0].n_trials == 2
+    lines: list[str] = []
+    second = compare(recipe, ["frozen_head"], trials=2, storage=storage, study_name="shared",
+                     output_dir=tmp_path / "cmp", overwrite=True, bootstrap_rounds=50, log=lines.append)
+    assert not any("trial" in line for line in lines)  # both trials came from the database
+    assert optuna.get_all_study_summaries(storage)[0].n_trials == 2
+    assert second.rows[0].metric == first.rows[0].metric and second.runs[0].learning_rate == first.runs[0].learning_rate
 
 
 def test_cli_compare_unknown_strategy_exits_2_naming_the_closest(tiny_recipe, tmp_path, capsys):

@@ -1,0 +1,204 @@
+"""Do the pretrained features help on this data? Measured before any training, with three honest answers.
+
+The pretrained model's features of the training rows (mean-pooled last hidden state) are set
+against the same architecture's features with random weights, by three measures:
+
+- a 5-fold cross-validated logistic-regression probe (scikit-learn), paired fold by fold;
+- LogME (``adaptkit.logme``), the evidence of a Bayesian linear model on the features;
+- the H-score with a Ledoit-Wolf shrunk feature covariance (Ibrahim et al. 2022): the plain
+  H-score saturates at (classes - 1) for any features, noise included, whenever rows do not
+  exceed the feature size. Shrinkage helps, but measured on synthetic features (one
+  informative direction among 384) the shrunk score still cannot tell noise from signal until
+  rows reach about twice the feature size: below ``H_SCORE_ROWS_PER_DIMENSION`` rows per
+  feature dimension the score is withheld with the reason.
+
+The outcome is one of three, never more than the figures carry:
+
+- "features favour transfer": the probe is clearly better on pretrained features (by more than
+  two standard errors and two points) and LogME agrees;
+- "features cannot tell": neither clearly better, whether both are weak or both are strong (an
+  easy, lexical task separates under random features too). Fine-tuning decides: run compare;
+- "features suggest harm": pretrained features are clearly worse than random ones on both.
+
+The probe's learning curve (accuracy at a quarter, a half and all of the rows) backs the
+data-size advice with a measurement instead of a parameter count.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Optional
+
+FAVOUR, CANNOT_TELL, HARM = "features favour transfer", "features cannot tell", "features suggest harm"
+NOT_ASSESSED = "not assessed"
+H_SCORE_ROWS_PER_DIMENSION = 2
+MARGIN = 0.02  # probe accuracy points a difference must exceed (besides two standard errors)
+STRONG_PROBE = 0.9  # both probes above this: an easy task for any features
+CURVE_GAIN = 0.02  # probe gain from half to all rows above which more data is likely to help
+
+
+def extract_features(model: Any, dataset: Any, collate: Callable, batch_size: int) -> tuple[Any, Any]:
+    """Mean-pooled last hidden states (attention mask respected) and integer labels, as numpy arrays.
+
+    Rows are fed in length order (far less padding) and put back in dataset order.
+    """
+    import numpy as np
+    import torch
+
+    order = (sorted(range(len(dataset)), key=lambda i: dataset[i]["length"])
+             if "length" in dataset.column_names else list(range(len(dataset))))
+    model.eval()
+    features, labels = [], []
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = collate([dataset[i] for i in order[start:start + batch_size]])
+            labels.append(batch.pop("labels").numpy())
+            hidden = model(**batch, output_hidden_states=True).hidden_states[-1].float()
+            mask = batch.get("attention_mask")
+            if mask is None or hidden.ndim != 3:
+                pooled = hidden.mean(dim=1) if hidden.ndim == 3 else hidden
+            else:
+                mask = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            features.append(pooled.numpy())
+    restore = np.argsort(np.array(order))
+    return np.concatenate(features)[restore], np.concatenate(labels)[restore]
+
+
+def probe_accuracy(features: Any, labels: Any, folds: int = 5, seed: int = 0) -> Optional[list[float]]:
+    """Per-fold accuracy of a standardised logistic regression (stratified K-fold); None if a class is too rare."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    smallest = int(np.bincount(labels).min()) if labels.size else 0
+    folds = min(folds, smallest)
+    if folds < 2:
+        return None
+    scores = []
+    for train_idx, test_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels):
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        probe.fit(features[train_idx], labels[train_idx])
+        scores.append(float(probe.score(features[test_idx], labels[test_idx])))
+    return scores
+
+
+def probe_curve(features: Any, labels: Any, folds: int, seed: int) -> list[dict[str, Any]]:
+    """Probe accuracy on a quarter, a half and all of the rows (nested, stratified subsets)."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    points = []
+    n = len(labels)
+    for share in (0.25, 0.5):
+        count = int(n * share)
+        if count < 4 * len(np.unique(labels)):
+            continue
+        try:
+            index, _ = train_test_split(np.arange(n), train_size=count, random_state=seed, stratify=labels)
+        except ValueError:
+            continue
+        scores = probe_accuracy(features[index], labels[index], folds, seed)
+        if scores:
+            points.append({"rows": count, "probe_accuracy": round(float(np.mean(scores)), 4)})
+    return points
+
+
+def transferability(session: Any, max_rows: int, folds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """LogME, shrunk H-score and probe accuracy for pretrained and random weights, and the probe's curve."""
+    import numpy as np
+
+    from adaptkit.logme import h_score, logme
+    from adaptkit.models import build_model
+
+    recipe = session.recipe
+    data = session.train_data
+    if recipe.model.name is None:
+        return {"skipped": "the model is built from model.config: there are no pretrained weights to judge"}
+    if "labels" not in data.column_names or not data or not isinstance(data[0]["labels"], int):
+        return {"skipped": "needs one integer class label per example (a classification task)"}
+    if len(data) > max_rows:
+        data = data.shuffle(seed=recipe.training.seed).select(range(max_rows))
+    collate = session.task.collate(session.tokenizer)
+    random_recipe = recipe.model_copy(deep=True)
+    random_recipe.model.init = "random"
+    result: dict[str, Any] = {"rows": len(data), "features": "mean-pooled last hidden state", "folds": folds}
+    fold_scores = {}
+    for kind, source_recipe in (("pretrained", recipe), ("random", random_recipe)):
+        started = time.perf_counter()
+        model = build_model(source_recipe, session.task, session.tokenizer, session.source, recipe.training.seed)
+        features, labels = extract_features(model, data, collate, recipe.training.eval_batch_size)
+        del model
+        scores = probe_accuracy(features, labels, folds, recipe.training.seed)
+        fold_scores[kind] = scores
+        enough = len(labels) >= H_SCORE_ROWS_PER_DIMENSION * features.shape[1]
+        result[kind] = {"logme": round(logme(features, labels), 5),
+                        "h_score": round(h_score(features, labels), 5) if enough else None,
+                        "probe_accuracy": round(float(np.mean(scores)), 4) if scores else None,
+                        "probe_fold_accuracies": [round(s, 4) for s in scores] if scores else None,
+                        "seconds": round(time.perf_counter() - started, 2)}
+        if not enough:
+            result["h_score_withheld"] = (f"{len(labels)} rows for {features.shape[1]} feature dimensions: the "
+                                          f"H-score needs at least {H_SCORE_ROWS_PER_DIMENSION} rows per dimension "
+                                          f"to tell features from noise")
+        if kind == "pretrained":
+            result["probe_curve"] = probe_curve(features, labels, folds, recipe.training.seed) + (
+                [{"rows": len(labels), "probe_accuracy": result[kind]["probe_accuracy"]}] if scores else [])
+        log(f"advise: {kind} features: LogME {result[kind]['logme']:.4f}, probe accuracy "
+            f"{result[kind]['probe_accuracy']}")
+    if fold_scores["pretrained"] and fold_scores["random"]:
+        diffs = np.array(fold_scores["pretrained"]) - np.array(fold_scores["random"])  # same folds: paired
+        se = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
+        result["probe_difference"] = {"mean": round(float(diffs.mean()), 4), "standard_error": round(se, 4)}
+    return result
+
+
+def transfer_verdict(result: dict[str, Any]) -> tuple[str, Optional[bool], str]:
+    """(outcome, risk, sentence): one of the three outcomes in the module docstring, with its figures."""
+    if "skipped" in result:
+        return NOT_ASSESSED, None, f"Transferability not assessed: {result['skipped']}."
+    pre, rnd = result["pretrained"], result["random"]
+    logme_diff = pre["logme"] - rnd["logme"]
+    figures = f"LogME {pre['logme']:.3f} vs {rnd['logme']:.3f}"
+    difference = result.get("probe_difference")
+    if difference:
+        margin = max(2 * difference["standard_error"], MARGIN)
+        figures = (f"linear-probe accuracy {pre['probe_accuracy']:.3f} vs {rnd['probe_accuracy']:.3f} "
+                   f"({difference['mean']:+.3f} ± {difference['standard_error']:.3f} over {result['folds']} folds), "
+                   + figures)
+        better = difference["mean"] > margin and logme_diff > 0
+        worse = difference["mean"] < -margin and logme_diff < 0
+    else:
+        better, worse = logme_diff > 0.01, logme_diff < -0.01
+    where = "pretrained vs the same architecture with random weights"
+    if better:
+        return (FAVOUR, False, f"The features favour transfer: pretrained features separate the classes clearly "
+                               f"better than random ones ({where}: {figures}).")
+    if worse:
+        return (HARM, True, f"The features suggest harm: pretrained features separate the classes clearly WORSE "
+                            f"than random ones ({where}: {figures}). Expect training from scratch to match or beat "
+                            f"fine-tuning; confirm with `adaptkit compare`.")
+    both = [p for p in (pre.get("probe_accuracy"), rnd.get("probe_accuracy")) if p is not None]
+    kind = ("both separate the classes well: the task is easy for any features" if both and min(both) >= STRONG_PROBE
+            else "neither is clearly better")
+    return (CANNOT_TELL, None, f"The features cannot tell: {kind} ({where}: {figures}). That is not evidence "
+                               f"against transfer; fine-tuning decides. Run `adaptkit compare` with scratch to "
+                               f"find out.")
+
+
+def curve_finding(result: dict[str, Any]) -> Optional[str]:
+    """The data-size advice the probe's learning curve backs, in words with its figures."""
+    curve = result.get("probe_curve") or []
+    if len(curve) < 2:
+        return None
+    half = next((p for p in curve if p["rows"] * 2 >= curve[-1]["rows"] * 0.9 and p is not curve[-1]), curve[-2])
+    gain = curve[-1]["probe_accuracy"] - half["probe_accuracy"]
+    points = ", ".join(f"{p['probe_accuracy']:.3f} at {p['rows']}" for p in curve)
+    if gain > CURVE_GAIN:
+        return (f"A linear probe on the pretrained features still gains {gain:+.3f} accuracy from {half['rows']} to "
+                f"{curve[-1]['rows']} rows ({points}): more labelled data is likely to help.")
+    return (f"A linear probe on the pretrained features has levelled off ({points}; {gain:+.3f} from "
+            f"{half['rows']} to {curve[-1]['rows']} rows): more data helps a probe little; fine-tuning may still "
+            f"gain from it.")
