@@ -86,10 +86,22 @@ def _add_transfer_commands(commands) -> None:
     compare.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
 
 
-def _cmd_advise(args) -> int:
-    from pathlib import Path
+WIDE = 160  # rich's width when stdout is neither a terminal nor given COLUMNS: a file keeps whole rows
+
+
+def _console():
+    """A rich console as wide as the terminal (or ``COLUMNS``), so tables are laid out to fit instead
+    of wrapping; output to a file or pipe, where no width is known, gets ``WIDE`` columns."""
+    import os
 
     from rich.console import Console
+
+    known = sys.stdout.isatty() or os.environ.get("COLUMNS", "").strip().isdigit()
+    return Console(width=None if known else WIDE)
+
+
+def _cmd_advise(args) -> int:
+    from pathlib import Path
 
     from adaptkit.advise import advise, default_output, render
     from adaptkit.compare import parse_list
@@ -102,7 +114,7 @@ def _cmd_advise(args) -> int:
     report = advise(recipe, strategies=parse_list(args.strategies), probe_steps=args.probe_steps,
                     max_feature_rows=args.max_rows, power_watts=args.power_watts,
                     grid_g_per_kwh=args.grid_intensity, log=lambda line: print(line, file=sys.stderr))
-    console = Console(width=160)
+    console = _console()
     for part in render(report):
         console.print(part)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -177,8 +189,6 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_plan(args) -> int:
-    from rich.console import Console
-
     from adaptkit import list_strategies
     from adaptkit.planning import plan, render
     from adaptkit.recipe import load_recipe
@@ -191,7 +201,7 @@ def _cmd_plan(args) -> int:
         for name in names:
             get_strategy(name)  # an unknown name is an error that suggests the closest one
     result = plan(recipe, names, strict=False)  # the table first, then the error
-    Console(width=200).print(render(result))
+    _console().print(render(result))
     result.raise_for_recipe_strategy()  # what would stop `adaptkit run` stops the plan too (exit 2)
     return 0
 
@@ -212,7 +222,6 @@ def _cmd_plugins(args) -> int:
     if args.json:
         print(json.dumps([vars(p) for p in plugins], indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("plugin", "distribution", "version", "provides", "status")
@@ -222,7 +231,7 @@ def _cmd_plugins(args) -> int:
                                 if h not in ("adaptkit_register_strategies", "adaptkit_register_tasks"))])
         table.add_row(plugin.name, plugin.distribution, plugin.version, provides,
                       f"[red]error: {plugin.error}[/red]" if plugin.error else "ok")
-    Console(width=160).print(table)
+    _console().print(table)
     return 0
 
 
@@ -264,7 +273,31 @@ COMMANDS = {"advise": _cmd_advise, "compare": _cmd_compare, "run": _cmd_run, "va
             "predict": _cmd_predict}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the command is, so that ``finally`` blocks run as for Ctrl-C: the
+    output lock file is removed and a half-written output folder cleaned away. During training
+    ``adaptkit.train`` takes SIGTERM over and stops at the next step with a checkpoint instead."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _on_sigterm() -> Optional[object]:
+    """Make SIGTERM raise ``Terminated`` while a command runs; returns the handler to put back, or
+    None when it is left alone (not the main thread, or a program embedding adaptkit set its own)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command. Exit codes: 0 done, 1 a check failed (``plugins --check``), 2 an error
+    (message on stderr), 130 Ctrl-C, 143 SIGTERM (both after a checkpoint when training)."""
     args = _parser().parse_args(argv)
     if args.version:
         from adaptkit import __version__
@@ -274,6 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         _parser().print_help()
         return 2
+    previous = _on_sigterm()
     try:
         return COMMANDS[args.command](args)
     except AdaptkitError as exc:
@@ -284,11 +318,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         hint = (f"; if it wrote checkpoints, continue with: adaptkit run {args.recipe} --resume"
                 if args.command == "run" else "")
-        print(f"interrupted{hint}", file=sys.stderr)
-        return 130
+        terminated = isinstance(exc, Terminated)
+        print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}{hint}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ MANIFEST = ".adaptkit-manifest.json"
 # What a run leaves beside its folder, and what a checkpoint folder holds (adaptkit.checkpoint):
 # recognised by name so that a compare folder or checkpoint folder left by a killed run can be
 # replaced with --overwrite. Anything else is the user's.
-CHECKPOINT_ENTRY = re.compile(r"^((damaged-)?step-\d+|best-epoch-\d+|\.tmp-.+|\.old-.+|logs)$")
+CHECKPOINT_ENTRY = re.compile(r"^((damaged-)?(step|best-epoch)-\d+|\.tmp-.+|\.old-.+|logs)$")
 # staged_output's mkdtemp and replace_folder's set-aside copy, when a kill cut them off
 _PARTIAL = re.compile(r"^\.(.+\.partial-[A-Za-z0-9_]{8}|old-.+-\d+)$")
 _NAMED_MAX = 5  # foreign files named in a refusal; the scan stops there (a home folder is not walked)

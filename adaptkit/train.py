@@ -289,37 +289,62 @@ def _finite_everywhere(accelerator, *tensors: torch.Tensor) -> bool:
 
 
 class _StopOnSigint:
-    """Ctrl-C during training asks the loop to stop at the next optimizer step and checkpoint there.
+    """Ctrl-C (SIGINT) or SIGTERM during training asks the loop to stop at the next optimizer
+    step and checkpoint there.
 
-    The flag is read at step boundaries only (and, with several processes, agreed on at the
-    log syncs), so the checkpoint is taken at a point a resume continues exactly. A second
-    Ctrl-C stops at once (KeyboardInterrupt).
+    SIGTERM is what schedulers (Slurm, Kubernetes, systemd) send before killing a job, so it is
+    handled like Ctrl-C: the same final checkpoint and message, then ``RunInterrupted`` with exit
+    code 143 (128 + SIGTERM, the code a shell reports for a process SIGTERM ended) instead of 130.
+    The flag is read at step boundaries only (and, with several processes, agreed on at the log
+    syncs), so the checkpoint is taken at a point a resume continues exactly. A second signal
+    stops at once: the handler that was there before (the CLI's, which raises) is called, or
+    KeyboardInterrupt is raised.
     """
+
+    SIGNALS = ("SIGINT", "SIGTERM")
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.requested = False
-        self._previous: Any = None
+        self.signal_name: Optional[str] = None
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         import signal
         import threading
 
         if self.enabled and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for name in self.SIGNALS:
+                number = getattr(signal, name)
+                self._previous[number] = signal.signal(number, self._handle)
 
     def uninstall(self) -> None:
         import signal
 
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for number, previous in self._previous.items():
+            signal.signal(number, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+        # Called from fit's ``finally``: a RunInterrupted on its way out says which signal stopped the run.
+        from adaptkit.errors import RunInterrupted
+
+        pending = sys.exc_info()[1]
+        if self.signal_name == "SIGTERM" and isinstance(pending, RunInterrupted) and pending.exit_code != 143:
+            pending.exit_code = 143
+            pending.args = (f"terminated (SIGTERM) {pending.args[0]}" if pending.args else "terminated (SIGTERM)",)
 
     def _handle(self, signum, frame) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
         if self.requested:
+            previous = self._previous.get(signum)
+            if callable(previous) and previous is not self._handle:
+                previous(signum, frame)
             raise KeyboardInterrupt
         self.requested = True
-        print("interrupt: stopping after this step and writing a checkpoint (press Ctrl-C again to stop at once)",
+        self.signal_name = name
+        what, again = ("interrupt", "press Ctrl-C") if name == "SIGINT" else ("terminated (SIGTERM)", "send SIGTERM")
+        print(f"{what}: stopping after this step and writing a checkpoint ({again} again to stop at once)",
               file=sys.stderr, flush=True)
 
     def should_stop(self, accelerator, at_sync: bool) -> bool:

@@ -52,3 +52,68 @@ def test_run_of_a_hub_id_offline_exits_2_with_advice(tiny_recipe, tmp_path, caps
     err = capsys.readouterr().err
     assert "nobody/not-a-cached-model" in err and "cannot be reached" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_tables_fit_the_terminal_width(tiny_recipe, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")  # what a 100-column terminal reports
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe("lora"))
+    for command in (["plugins"], ["plan", str(recipe)]):
+        assert main(command) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) > 3 and max(map(len, lines)) <= 100, (command, max(map(len, lines)))
+
+
+def test_sigterm_outside_training_removes_the_lock_and_exits_143(tiny_recipe, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+    import time
+
+    import adaptkit.runner
+    from adaptkit.outputs import lock_path
+
+    seen = {}
+
+    def killed_while_loading(*args, **kwargs):
+        seen["lock"] = lock_path(tmp_path / "run").is_file()
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler stopping the job
+        time.sleep(10)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(adaptkit.runner, "_run", killed_while_loading)
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe("full"))
+    assert main(["run", str(recipe), "--no-progress"]) == 143
+    err = capsys.readouterr().err
+    assert err.startswith("terminated (SIGTERM)") and "--resume" in err and "Traceback" not in err
+    assert seen["lock"] and not lock_path(tmp_path / "run").exists(), "the lock file is removed"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handler is put back"
+
+
+def test_sigterm_during_training_checkpoints_and_exits_143(tiny_recipe, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    import adaptkit.checkpoint
+    from adaptkit.checkpoint import STATE_FILE, checkpoint_root, latest_checkpoint
+    from adaptkit.outputs import lock_path
+
+    real_save = adaptkit.checkpoint.Checkpointer.save
+
+    def save_then_sigterm(self, state):
+        path = real_save(self, state)
+        if state["step"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends before it kills the job
+        return path
+
+    monkeypatch.setattr(adaptkit.checkpoint.Checkpointer, "save", save_then_sigterm)
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe("full", training={
+        "epochs": 1, "batch_size": 4, "seed": 0, "num_threads": 1, "checkpoint_every_steps": 5}))  # 24 steps
+    assert main(["run", str(recipe), "--no-progress"]) == 143
+    err = capsys.readouterr().err
+    assert "terminated (SIGTERM): stopping after this step" in err and "Traceback" not in err
+    assert "terminated (SIGTERM) interrupted at step 5 of 24" in err, err[-2000:]
+    assert f"adaptkit run {recipe} --resume" in err
+    root = checkpoint_root(tmp_path / "run")
+    assert json.loads((latest_checkpoint(root) / STATE_FILE).read_text())["step"] == 5
+    assert not lock_path(tmp_path / "run").exists(), "the lock file is removed"
+    assert not (tmp_path / "run").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handlers are put back"
