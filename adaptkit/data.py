@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -76,6 +77,10 @@ class _LabelRules:
     def check(self, value: Any, where: str) -> None:
         if self.column is None or isinstance(value, (list, dict)):
             return  # not a classification label (token tags, ...): the task checks those
+        if isinstance(value, float) and not math.isfinite(value):
+            # pandas writes a missing value as NaN into Parquet and JSON: it is no class called "nan"
+            raise DataError(f"{where}: the label column {self.column!r} holds {value} (a missing value); "
+                            f"give every row a label or drop the rows without one")
         if value is None or (isinstance(value, str) and not value.strip()):
             if self.multi:
                 return  # no label at all is a valid multi-label row
@@ -96,9 +101,23 @@ class _LabelRules:
                             f"classes (a single class cannot be learnt)")
 
 
+def _undecodable_line(path: Path) -> int:
+    """The line of the first byte that is not UTF-8: a text reader decodes in 8 KiB blocks, so
+    the line it is at when decoding fails can be far past the bad byte."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return raw[: exc.start].count(b"\n") + 1
+    return 1
+
+
 def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line, row) of a CSV/TSV file; ragged rows and undecodable bytes are errors with the line."""
-    handle = path.open(newline="", encoding="utf-8")
+    """(line, row) of a CSV/TSV file; ragged rows and undecodable bytes are errors with the line.
+
+    A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped, not read into the first column's name.
+    """
+    handle = path.open(newline="", encoding="utf-8-sig")
     reader = csv.reader(handle, delimiter=delimiter)
     try:
         header = None
@@ -108,7 +127,7 @@ def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]
             except StopIteration:
                 break
             except UnicodeDecodeError:
-                raise DataError(f"{path}:{reader.line_num + 1}: not UTF-8 text (a binary file?)") from None
+                raise DataError(f"{path}:{_undecodable_line(path)}: not UTF-8 text (a binary file?)") from None
             except csv.Error as exc:
                 raise DataError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
             if header is None:
@@ -128,7 +147,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte-order mark is no JSON
             except UnicodeDecodeError:
                 raise DataError(f"{path}:{number}: not UTF-8 text (a binary file?)") from None
             if not line.strip():

@@ -173,8 +173,31 @@ def estimate_memory(model, config, batch_size: int, sequence_length: int, precis
     return parts
 
 
+def check_sequence_length(recipe: Recipe, config: Any) -> None:
+    """Refuse a ``task.max_length`` longer than the model's position table (``task.position_limit``).
+
+    Past it, the first long batch fails deep in the forward pass with a tensor-size error, after
+    data loading and model building, or an epoch into the run. Prompt tuning's virtual tokens
+    take positions too. Checked by ``adaptkit plan`` and again when a run starts.
+    """
+    from adaptkit.errors import RecipeError
+    from adaptkit.task import position_limit
+
+    length = getattr(recipe.task_options, "max_length", None)
+    limit = position_limit(config)
+    if not isinstance(length, int) or limit is None:
+        return
+    virtual = getattr(recipe.strategy_options, "num_virtual_tokens", 0) or 0
+    if length + virtual > limit:
+        extra = f" plus strategy.num_virtual_tokens {virtual}" if virtual else ""
+        raise RecipeError(f"{recipe.where('task', 'max_length')}: {length}{extra} tokens are more than this "
+                          f"{getattr(config, 'model_type', 'model')} model's {limit} positions; set task.max_length "
+                          f"to at most {limit - virtual}")
+
+
 def plan_of_model(recipe: Recipe, name: str, model: Any, config: Any, setup: str = "") -> Plan:
     """The plan of a model a run has already built and wrapped: no second load, no meta copy."""
+    check_sequence_length(recipe, config)
     model_type = getattr(config, "model_type", "unknown")
     return Plan(model=recipe.model.name or f"config:{model_type}", model_type=model_type,
                 batch_size=recipe.training.batch_size,
@@ -217,6 +240,7 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
     distributed = distributed_setting(recipe)
     results: list[StrategyPlan] = []
     config = load_config(recipe, source)
+    check_sequence_length(recipe, config)
     model_type = getattr(config, "model_type", "unknown")
     for name in names:
         entry = StrategyPlan(name)

@@ -10,20 +10,91 @@ from __future__ import annotations
 import csv
 import difflib
 import json
+import os
+import types
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr,
-                      ValidationError, create_model, model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PrivateAttr, ValidationError, create_model,
+                      field_validator, model_validator)
 
 from adaptkit.errors import RecipeError
 
 DATA_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
 
 
+# Bounds on numbers that validate but would crash a run later (issue 14, item 6). Counts (epochs,
+# steps, batch sizes, rows, checkpoints) fit a signed 32-bit integer: epochs x batches then stays far
+# inside what a float (the scheduler's warmup) and torch's samplers hold. A seed is what both
+# torch.manual_seed and numpy.random.seed accept. More threads than any machine has cores only
+# makes torch.set_num_threads fail (int32) or thrash. No recipe integer may exceed int64.
+MAX_COUNT = 2**31 - 1
+MAX_SEED = 2**32 - 1
+MAX_THREADS = 1024
+MAX_INT = 2**63 - 1
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]  # pydantic's, bounded: a count a run can use
+NonNegativeInt = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    """Whether a field's type means true/false may be meant (not a number that YAML's true coerces to)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _accepts_bool(get_args(annotation)[0])
+    if origin is Literal:
+        return any(isinstance(arg, bool) for arg in get_args(annotation))
+    if origin is Union or origin is types.UnionType:
+        return any(_accepts_bool(arg) for arg in get_args(annotation) if arg is not type(None))
+    return not (isinstance(annotation, type) and issubclass(annotation, (int, float)))
+
+
+def _upper_bound(annotation: Any, metadata: tuple = ()) -> int:
+    """The largest integer a field allows: its own ``le``/``lt`` bound, at most int64."""
+    bound = MAX_INT
+    for item in metadata:
+        if isinstance(getattr(item, "metadata", None), list):  # a Field(...) inside Annotated[...]
+            bound = min(bound, _upper_bound(Any, tuple(item.metadata)))
+        for name, shift in (("le", 0), ("lt", 1)):
+            limit = getattr(item, name, None)
+            if isinstance(limit, int) and not isinstance(limit, bool):
+                bound = min(bound, limit - shift)
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        inner, *extra = get_args(annotation)
+        bound = min(bound, _upper_bound(inner, tuple(extra)))
+    elif origin is Union or origin is types.UnionType:
+        bound = min(bound, max(_upper_bound(arg) for arg in get_args(annotation) if arg is not type(None)))
+    return bound
+
+
+def number_problem(annotation: Any, value: Any, metadata: tuple = ()) -> Optional[str]:
+    """Why ``value`` must not reach a field of type ``annotation``, or None.
+
+    pydantic (lax) turns ``true`` into 1 for an int or float field, so ``epochs: true`` would run
+    one epoch without a word; and an integer beyond int64 is accepted until torch or numpy
+    overflow on it, mid-run.
+    """
+    if isinstance(value, bool):
+        return None if _accepts_bool(annotation) else "expected a number, got a boolean"
+    if isinstance(value, (int, float)) and abs(value) > MAX_INT:  # a float 1e300 becomes a 301-digit int too
+        return f"number is too large: at most {_upper_bound(annotation, metadata):,}"
+    return None
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_numbers(cls, value: Any, info: Any) -> Any:
+        field = cls.model_fields.get(info.field_name)
+        problem = number_problem(field.annotation, value, tuple(field.metadata)) if field is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class ModelSection(_Section):
@@ -75,10 +146,12 @@ class TrainingSection(_Section):
     gradient_accumulation_steps: PositiveInt = 1
     max_grad_norm: Optional[PositiveFloat] = 1.0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seeds data order, initialisation and dropout; "
+                                                        "0 to 2**32 - 1 (what torch and numpy accept).")
     group_by_length: bool = Field(True, description="Batch rows of similar length: far less padding.")
     device: Literal["auto", "cpu"] = "auto"
-    num_threads: Optional[PositiveInt] = Field(None, description="torch intra-op threads; default: all cores.")
+    num_threads: Optional[PositiveInt] = Field(None, le=MAX_THREADS,
+                                               description="torch intra-op threads; default: all cores.")
     checkpoint_every_steps: Optional[NonNegativeInt] = Field(
         None, description="Write a resumable checkpoint every N optimizer steps (and at the end); "
                           "default: at the end of every epoch; 0: only at the end of the run.")
@@ -100,6 +173,57 @@ class OutputSection(_Section):
     dir: Path
     merge: bool = Field(False, description="Also save the merged model (for mergeable strategies).")
     verify_export: bool = Field(True, description="Reload what was saved with peft/transformers and compare outputs.")
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _writable_place(cls, value: Any) -> Any:
+        if isinstance(value, (str, Path)):
+            problem = output_dir_problem(str(value))
+            if problem:
+                raise ValueError(problem)
+        return value
+
+
+# Room left in a file name for what adaptkit puts beside output.dir (".<name>.partial-XXXXXXXX",
+# ".old-<name>-<pid>", "<name>.checkpoints", "<name>-advice.json") within NAME_MAX (255 bytes).
+_SIBLING_ROOM = 32
+_VIRTUAL_FILESYSTEMS = ("/proc", "/sys", "/dev")
+
+
+def output_dir_problem(text: str) -> Optional[str]:
+    """Why ``text`` cannot be a run's output folder, or None; checked when the recipe is read.
+
+    Each case used to validate and then fail or do harm at the end of a run: "" and "." are the
+    working directory (the output is replaced as a whole on --overwrite), a NUL byte or an
+    over-long name fails in the operating system, and /proc, /sys and /dev are kernel file
+    systems where the run's files cannot be written.
+    """
+    if not text.strip():
+        return "is empty; name a folder for the run's outputs (e.g. runs/my-run)"
+    if "\x00" in text:
+        return "contains a NUL character, which no file name can hold"
+    encoded = os.fsencode(text)
+    if len(encoded) > 4000:
+        return f"is {len(encoded):,} bytes long; a path may be at most 4,000 bytes here"
+    parts = Path(text).parts
+    for part in parts:
+        if len(os.fsencode(part)) > 255:
+            return f"has a folder name of {len(os.fsencode(part)):,} bytes; at most 255 are allowed"
+    if parts and len(os.fsencode(parts[-1])) > 255 - _SIBLING_ROOM:
+        return (f"ends in a name of {len(os.fsencode(parts[-1])):,} bytes; at most {255 - _SIBLING_ROOM} "
+                f"(adaptkit writes '<name>.checkpoints' and similar beside it)")
+    resolved = Path(os.path.realpath(os.path.expanduser(text)))
+    here = Path(os.path.realpath(os.getcwd()))
+    if resolved == Path.home().resolve():
+        return f"is your home folder ({resolved}); name a new sub-folder for the run (e.g. ~/runs/my-run)"
+    if resolved == here or resolved in here.parents:
+        return (f"is {'the working directory' if resolved == here else 'a folder that holds the working directory'} "
+                f"({resolved}); a run writes and replaces its output folder as a whole, so name a new "
+                f"sub-folder (e.g. runs/my-run)")
+    for root in _VIRTUAL_FILESYSTEMS:
+        if resolved == Path(root) or Path(root) in resolved.parents:
+            return f"lies under {root} ({resolved}), a kernel file system where a run's files cannot be written"
+    return None
 
 
 class FSDPSection(_Section):
@@ -208,6 +332,7 @@ class Recipe(_Section):
                           "default: every installed one (or those in ADAPTKIT_PLUGINS).")
 
     _source: Optional[Path] = PrivateAttr(None)
+    _lines: Any = PrivateAttr(None)  # the _LineFinder of the file read, for errors found after loading
     _strategy_options: Any = PrivateAttr(None)
     _task_options: Any = PrivateAttr(None)
 
@@ -222,6 +347,11 @@ class Recipe(_Section):
     @property
     def task_options(self) -> Any:
         return self._task_options
+
+    def where(self, *path: Any) -> str:
+        """``file:line: dotted.key`` of a key path, for an error found after loading (plan, run start)."""
+        line = self._lines.line(path) if self._lines is not None else None
+        return f"{_where(self._source, line)}: {'.'.join(str(p) for p in path)}"
 
     def base_dir(self) -> Path:
         return self._source.parent if self._source else Path.cwd()
@@ -313,13 +443,19 @@ def _fields_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
+def _shown_key(part: Any) -> str:
+    """A key as an error shows it: quoted when blanks, colons or control characters would garble the message."""
+    text = str(part)
+    return text if text and all(c.isalnum() or c in "_-" for c in text) else repr(text)
+
+
 def _format_errors(exc: ValidationError, model: type[BaseModel], source: Optional[Path],
                    lines: _LineFinder, prefix: tuple[Any, ...] = ()) -> str:
     messages = []
     for error in exc.errors():
         loc = tuple(part for part in error["loc"] if not str(part).startswith("function-after"))
         path = prefix + loc
-        dotted = ".".join(str(p) for p in path) or "<top>"
+        dotted = ".".join(_shown_key(p) for p in path) or "<top>"
         line = lines.line(path)
         if error["type"] == "extra_forbidden":
             hint = _suggest(str(loc[-1]), [f for f in _fields_at(model, loc) if f not in ("name", "type")])
@@ -327,41 +463,119 @@ def _format_errors(exc: ValidationError, model: type[BaseModel], source: Optiona
         elif error["type"] == "missing":
             text = "required key is missing"
         else:
-            text = error["msg"]
+            text = error["msg"].removeprefix("Value error, ")
             if "input" in error and not isinstance(error["input"], (dict, list)):
-                text += f" (got {error['input']!r})"
+                shown = repr(error["input"])
+                text += f" (got {shown if len(shown) <= 80 else shown[:60] + f'... ({len(shown)} characters)'})"
         messages.append(f"{_where(source, line)}: {dotted}: {text}")
     return "\n".join(messages)
 
 
 # ---------------------------------------------------------------------------- loading
 
-def _find_duplicate_keys(node: yaml.Node, path: tuple[str, ...] = ()) -> Optional[tuple[tuple[str, ...], int]]:
+# A recipe is a few sections a few levels deep. These bounds keep a hostile or broken file from
+# exhausting the stack (PyYAML composes recursively: 500 nested brackets raise RecursionError) or
+# the memory and time of everything that walks the values (nine lines of aliases, each naming the
+# one before nine times, stand for 9**9 values: the "billion laughs").
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
+
+
+def _check_shape(text: str, source: Optional[Path]) -> None:
+    """Refuse nesting deeper than ``MAX_DEPTH``, from the parser's events (which never recurse)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise RecipeError(f"{_where(source, event.start_mark.line + 1)}: values nested more than "
+                                  f"{MAX_DEPTH} levels deep; a recipe needs a handful")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def _expanded_shape(root: yaml.Node) -> tuple[int, int, bool]:
+    """(values, depth, cyclic) of the document once aliases are expanded, each node visited once.
+
+    Iterative, so neither a long chain of aliases nor a self-referencing anchor (``&a [*a]``)
+    can exhaust the stack here.
+    """
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+    shape: dict[int, tuple[int, int]] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            parts = [shape[id(child)] for child in children(node)]
+            shape[id(node)] = (1 + sum(p[0] for p in parts), 1 + max((p[1] for p in parts), default=0))
+            open_nodes.discard(id(node))
+            continue
+        if id(node) in shape:
+            continue
+        if id(node) in open_nodes:
+            return 0, 0, True
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in children(node) if id(child) not in shape)
+    values, depth = shape[id(root)]
+    return values, depth, False
+
+
+def _find_duplicate_keys(node: yaml.Node, path: tuple[str, ...] = (),
+                         visited: Optional[set[int]] = None) -> Optional[tuple[tuple[str, ...], int]]:
+    """The first key given twice in one mapping; a node reached again through an alias is not re-walked."""
+    visited = set() if visited is None else visited
+    if id(node) in visited:
+        return None
+    visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
             if key.value in seen:
                 return path + (key.value,), key.start_mark.line + 1
             seen.add(key.value)
-            found = _find_duplicate_keys(value, path + (key.value,))
+            found = _find_duplicate_keys(value, path + (str(key.value),), visited)
             if found:
                 return found
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            found = _find_duplicate_keys(item, path + (str(index),))
+            found = _find_duplicate_keys(item, path + (str(index),), visited)
             if found:
                 return found
     return None
 
 
 def parse_yaml(text: str, source: Optional[Path]) -> tuple[Any, _LineFinder]:
-    """Safe-load YAML (no tags that run code) and keep node positions for error lines."""
+    """Safe-load YAML (no tags that run code) and keep node positions for error lines.
+
+    Nesting is bounded (``MAX_DEPTH``) before anything recursive runs, and aliases may expand
+    to at most ``MAX_VALUES`` values, before any value is built or walked.
+    """
     try:
+        _check_shape(text, source)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None:
+            size, depth, cyclic = _expanded_shape(root)
+            if cyclic:
+                raise RecipeError(f"{_where(source, 1)}: an alias (*name) refers to the value that holds it; "
+                                  f"a recipe's values cannot contain themselves")
+            if size > MAX_VALUES:
+                raise RecipeError(f"{_where(source, 1)}: the recipe's aliases (*name) expand to {size:,} values, "
+                                  f"more than the {MAX_VALUES:,} allowed (an alias bomb?); write the values out")
+            if depth > MAX_DEPTH:
+                raise RecipeError(f"{_where(source, 1)}: the recipe's aliases (*name) nest values {depth} levels "
+                                  f"deep, more than the {MAX_DEPTH} allowed")
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else None
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character: it has a position, not a mark
+            line = text[: exc.position].count("\n") + 1
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
             problem += ("; recipes are read with YAML safe loading, which refuses tags that build Python "
@@ -407,13 +621,14 @@ def _validate(data: Any, source: Optional[Path], lines: _LineFinder, check_files
     unknown = [k for k in data if k not in Recipe.model_fields]
     if unknown:
         key = str(unknown[0])
-        raise RecipeError(f"{_where(shown, lines.line((key,)))}: {key}: unknown section"
+        raise RecipeError(f"{_where(shown, lines.line((key,)))}: {_shown_key(key)}: unknown section"
                           f"{_suggest(key, list(Recipe.model_fields))}")
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(_format_errors(exc, Recipe, shown, lines)) from None
     recipe._source = source
+    recipe._lines = lines
     _check_requirements(recipe, shown, lines)
     from adaptkit.plugins import for_recipe
 
@@ -465,25 +680,72 @@ def _validate_plugin_sections(recipe: Recipe, shown: Optional[Path], lines: _Lin
                 f"{chosen!r}{_suggest(chosen, available)} (installed: {', '.join(available) or 'none'})"
             )
         options_model = table[chosen].Options
+        settings = spec.settings()
+        for name, value in settings.items():  # a plugin's options model may not guard these itself
+            field = options_model.model_fields.get(name)
+            problem = number_problem(field.annotation, value, tuple(field.metadata)) if field is not None else None
+            if problem:
+                got = f" (got {value!r})" if len(repr(value)) <= 80 else ""
+                raise RecipeError(f"{_where(shown, lines.line((section, name)))}: {section}.{name}: {problem}{got}")
         try:
-            options = options_model.model_validate(spec.settings())
+            options = options_model.model_validate(settings)
         except ValidationError as exc:
             raise RecipeError(_format_errors(exc, options_model, shown, lines, prefix=(section,))) from None
         setattr(recipe, f"_{section}_options", options)
+    _check_labels(recipe, shown, lines)
+    _check_metric_for_best(recipe, registry.tasks[recipe.task.type], shown, lines)
     text_task = getattr(registry.tasks[recipe.task.type], "needs_tokenizer", True)
     if recipe.model.name is None and recipe.model.tokenizer is None and text_task:
         raise RecipeError(f"{_where(shown, lines.line(('model',)))}: model: a model built from model.config "
                           f"needs model.tokenizer (task {recipe.task.type!r} reads text)")
 
 
+def _check_labels(recipe: Recipe, shown: Optional[Path], lines: _LineFinder) -> None:
+    """``task.labels`` names each class once: ``[0, 0, 1]`` would give two outputs one name.
+
+    Labels are compared as the data compares them, as text, so ``[0, "0"]`` repeats too.
+    """
+    labels = getattr(recipe.task_options, "labels", None)
+    if not isinstance(labels, (list, tuple)):
+        return
+    first: dict[str, int] = {}
+    for index, label in enumerate(labels):
+        name = str(label)
+        if name in first:
+            raise RecipeError(f"{_where(shown, lines.line(('task', 'labels', index)))}: task.labels[{index}]: "
+                              f"label {name!r} is listed twice (also task.labels[{first[name]}]); each class "
+                              f"is named once")
+        first[name] = index
+
+
+def _check_metric_for_best(recipe: Recipe, task_cls: type, shown: Optional[Path], lines: _LineFinder) -> None:
+    """``training.metric_for_best`` must be a metric the task reports, or the run stops after an epoch.
+
+    Tasks declare their eval metrics (``Task.metric_names``); a task that declares none is not
+    checked here (the run checks it at the first evaluation).
+    """
+    wanted = recipe.training.metric_for_best
+    if wanted is None:
+        return
+    names = list(getattr(task_cls(recipe.task_options), "metric_names", ()) or ())
+    if not names:
+        return
+    names = sorted(set(names) | {"loss"})  # the loop always reports the eval loss
+    metric = wanted[len("eval_"):] if wanted.startswith("eval_") else wanted
+    if metric not in names:
+        raise RecipeError(f"{_where(shown, lines.line(('training', 'metric_for_best')))}: training.metric_for_best: "
+                          f"{wanted!r} is not a metric of task {recipe.task.type!r}{_suggest(metric, names)} "
+                          f"(its metrics: {', '.join(names)})")
+
+
 def _read_header(path: Path, kind: str) -> Optional[list[str]]:
     """Column names of a data file, read cheaply (no pandas, no datasets)."""
-    if kind in ("csv", "tsv"):
-        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+    if kind in ("csv", "tsv"):  # utf-8-sig: Excel starts a UTF-8 CSV with a byte-order mark
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
             row = next(csv.reader(handle, delimiter="\t" if kind == "tsv" else ","), None)
         return row or []
     if kind == "jsonl":
-        with path.open(encoding="utf-8", errors="replace") as handle:
+        with path.open(encoding="utf-8-sig", errors="replace") as handle:
             first = handle.readline()
         try:
             value = json.loads(first) if first.strip() else {}
@@ -519,11 +781,12 @@ def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder)
             header = _read_header(path, kind) if kind else None
         except OSError as exc:  # a folder named *.csv, no permission, an I/O error
             raise RecipeError(f"{where}: data.{key}: cannot read {path}: {exc.strerror or exc}") from None
-        if header is None:
-            continue
-        if not header:
+        if header is None and kind != "jsonl":
+            continue  # JSON, Parquet, image folders: checked when loaded (data.check_table)
+        if header is not None and not header and kind != "jsonl":  # JSONL: blank first lines are skipped
             raise RecipeError(f"{where}: data.{key}: {path.name} is empty (no header, no rows)")
-        present = {renames.get(column, column) for column in header}
+        # a JSON Lines file whose first line is no object still gets its rows scanned: line 1 is the error
+        present = {renames.get(column, column) for column in header or required}
         missing = [column for column in required if column not in present]
         if missing:
             raise RecipeError(

@@ -14,6 +14,32 @@ if TYPE_CHECKING:
     import torch
 
 
+# Models whose position ids start after the padding index (fairseq's convention), so that
+# ``max_position_embeddings - pad_token_id - 1`` tokens fit, not ``max_position_embeddings``.
+_PADDING_OFFSET_MODELS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text",
+                          "roberta-prelayernorm", "ibert", "mpnet", "esm", "bart", "mbart", "xmod"}
+
+
+def position_limit(config: Any) -> int | None:
+    """The most tokens a model's position table holds, from its config (an object or config.json's dict).
+
+    None where positions are not a fixed table (rotary or relative positions, an image model):
+    there a longer input does not index past an embedding. Past a learned or sinusoidal table,
+    the forward pass fails mid-run with a tensor-size error instead.
+    """
+    get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
+    if get("rope_theta") is not None or get("rope_scaling") is not None:
+        return None
+    for key in ("n_positions", "max_position_embeddings"):
+        value = get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            if get("model_type") in _PADDING_OFFSET_MODELS:
+                pad = get("pad_token_id")
+                value -= (pad if isinstance(pad, int) else 1) + 1
+            return value
+    return None
+
+
 class TaskOptions(BaseModel):
     """Base for a task's recipe section; unknown keys are errors."""
 
@@ -30,6 +56,11 @@ class Task:
     # The metric that decides "better" by default, and whether higher is better.
     primary_metric: ClassVar[str] = "loss"
     greater_is_better: ClassVar[bool] = False
+    # Every metric ``compute_metrics`` reports (the loop adds "loss"), so ``adaptkit validate`` can
+    # refuse a misspelt ``training.metric_for_best`` instead of the run stopping after an epoch.
+    # Empty: not declared, checked only at the first evaluation. A task whose metrics depend on its
+    # options sets ``self.metric_names`` in ``__init__``.
+    metric_names: ClassVar[tuple[str, ...]] = ()
     # Whether the inputs are text: a model built from ``model.config`` then needs ``model.tokenizer``.
     needs_tokenizer: ClassVar[bool] = True
 

@@ -154,3 +154,169 @@ def test_schema_lists_installed_strategies_and_their_options():
     lora = next(d for name, d in schema["$defs"].items() if name.startswith("lora"))
     assert {"r", "alpha", "dropout", "target_modules"} <= set(lora["properties"])
     assert lora.get("additionalProperties") is False
+
+
+# ---------------------------------------------------------------------------- values that validated, then crashed
+# (issue 14, item 6 and 8): each must stop `adaptkit validate` with file:line: key, exit 2.
+
+def _recipe_with(recipe_dir, text: str):
+    path = recipe_dir / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+# GOOD with its training section last: a line appended to it is line 16
+TRAINING_LAST = GOOD.replace("training:\n  epochs: 1\n  learning_rate: 0.001\n", "") + \
+    "training:\n  batch_size: 8\n"
+
+
+VALUES_THAT_CRASHED = [
+    pytest.param("  seed: -1\n", ":16:", "training.seed", "greater than or equal to 0", id="seed-negative"),
+    pytest.param("  seed: 1180591620717411303424\n", ":16:", "training.seed", "at most 4,294,967,295", id="seed-2**70"),
+    pytest.param("  seed: 4294967296\n", ":16:", "training.seed", "less than or equal to 4294967295", id="seed-2**32"),
+    pytest.param("  epochs: " + "1" + "0" * 400 + "\n", ":16:", "training.epochs", "at most 2,147,483,647",
+                 id="epochs-10**400"),
+    pytest.param("  max_steps: 2147483648\n", ":16:", "training.max_steps", "less than or equal to 2147483647",
+                 id="steps-2**31"),
+    pytest.param("  num_threads: 1099511627776\n", ":16:", "training.num_threads", "less than or equal to 1024",
+                 id="threads-2**40"),
+    pytest.param("  epochs: true\n", ":16:", "training.epochs", "expected a number, got a boolean", id="epochs-true"),
+    pytest.param("  learning_rate: false\n", ":16:", "training.learning_rate", "got a boolean", id="lr-false"),
+    pytest.param("  metric_for_best: accuray\n", ":16:", "training.metric_for_best",
+                 "not a metric of task 'sequence_classification'; did you mean 'accuracy'?", id="metric-misspelt"),
+]
+
+
+@pytest.mark.parametrize("line, where, key, fragment", VALUES_THAT_CRASHED)
+def test_values_that_crashed_mid_run_fail_validation(recipe_dir, capsys, line, where, key, fragment):
+    path = _recipe_with(recipe_dir, TRAINING_LAST + line)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}{where} {key}: "), message
+    assert fragment in message and len(message) < 300, message
+    assert main(["validate", str(path)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_values_at_the_bounds_still_load(recipe_dir):
+    path = _recipe_with(recipe_dir, TRAINING_LAST + "  seed: 4294967295\n  num_threads: 1024\n  epochs: 2147483647\n"
+                                                    "  metric_for_best: eval_macro_f1\n  group_by_length: false\n")
+    training = load_recipe(path).training
+    assert (training.seed, training.num_threads, training.epochs) == (2**32 - 1, 1024, 2**31 - 1)
+    assert training.metric_for_best == "eval_macro_f1" and training.group_by_length is False
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ('""', "is empty"),
+    ('"   "', "is empty"),
+    (".", "is the working directory"),
+    ("./", "is the working directory"),
+    ("..", "a folder that holds the working directory"),
+    ("/", "a folder that holds the working directory"),
+    ('"run\\0x"', "contains a NUL character"),
+    ("a" * 100_000, "is 100,000 bytes long"),
+    ("runs/" + "b" * 240, "ends in a name of 240 bytes"),
+    ("/proc/self/run", "lies under /proc"),
+    ("/sys/kernel/run", "lies under /sys"),
+])
+def test_output_dirs_that_cannot_hold_a_run_are_refused(recipe_dir, monkeypatch, value, fragment):
+    monkeypatch.chdir(recipe_dir)
+    path = _recipe_with(recipe_dir, GOOD.replace("  dir: out\n", f"  dir: {value}\n"))
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:16: output.dir: "), message[:300]
+    assert fragment in message and len(message) < 400, message[:300]
+    assert main(["validate", str(path)]) == 2
+
+
+def test_an_output_dir_beside_the_working_directory_loads(recipe_dir, monkeypatch):
+    monkeypatch.chdir(recipe_dir)
+    path = _recipe_with(recipe_dir, GOOD.replace("  dir: out\n", "  dir: runs/first\n"))
+    assert str(load_recipe(path).output.dir) == "runs/first"
+
+
+def test_a_plugin_option_given_true_for_a_number_is_refused(recipe_dir):
+    path = _recipe_with(recipe_dir, GOOD.replace("  r: 4", "  r: true"))
+    with pytest.raises(RecipeError, match=r"recipe\.yaml:11: strategy\.r: expected a number, got a boolean"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("labels, index, name", [("[0, 0, 1]", 1, "'0'"), ("[neg, pos, '0', 0]", 3, "'0'")])
+def test_task_labels_listed_twice_are_refused(recipe_dir, labels, index, name):
+    path = _recipe_with(recipe_dir, GOOD.replace("  label_column: label\n", f"  label_column: label\n  labels: {labels}\n"))
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    assert str(caught.value).startswith(f"{path}:7: task.labels[{index}]: label {name} is listed twice"), str(caught.value)
+
+
+def test_every_builtin_task_declares_the_metrics_it_reports():
+    """``metric_names`` is what validate checks metric_for_best against: it must match compute_metrics."""
+    import torch
+
+    from adaptkit.plugins import get_registry
+
+    tasks = get_registry().tasks
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.3, -2.0]])
+    sequence = tasks["sequence_classification"]({"labels": ["a", "b", "c"]})
+    assert set(sequence.compute_metrics(logits, torch.tensor([0, 2]))) | {"loss"} == set(sequence.metric_names)
+    multi = tasks["sequence_classification"]({"labels": ["a", "b", "c"], "multi_label": True})
+    reported = multi.compute_metrics(logits, torch.tensor([[1, 0, 1], [0, 1, 0]]))
+    assert set(reported) | {"loss"} == set(multi.metric_names) != set(sequence.metric_names)
+    causal = tasks["causal_lm"]({"text_column": "text"})
+    assert set(causal.compute_metrics(torch.tensor([3.0, 1.0]), torch.tensor([2, 1]))) == set(causal.metric_names)
+    image = tasks["image_classification"]()
+    image.labels = ["a", "b", "c"]
+    assert set(image.compute_metrics(logits, torch.tensor([0, 2]))) | {"loss"} == set(image.metric_names)
+    tokens = tasks["token_classification"]()
+    tokens.labels = ["O", "B-X", "I-X"]
+    reported = tokens.compute_metrics(torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1, -100]]),
+                                      torch.tensor([1.5]), torch.tensor([2]))
+    assert set(reported) == set(tokens.metric_names)
+
+
+# ---------------------------------------------------------------------------- YAML bombs (issue 14, item 7)
+
+def _alias_bomb(levels: int = 9) -> str:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    names = "abcdefghijklmnop"
+    for before, name in zip(names[: levels - 1], names[1:levels]):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{before}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_nine_line_alias_bomb_is_refused_at_once(tmp_path):
+    import time
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(_alias_bomb())  # 9**9 values once expanded: the duplicate-key scan never finished
+    started = time.perf_counter()
+    with pytest.raises(RecipeError, match=r"recipe\.yaml:1: the recipe's aliases \(\*name\) expand to 4[\d,]+ values"):
+        load_recipe(path)
+    assert main(["validate", str(path)]) == 2
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("a: " + "[" * 500 + "]" * 500 + "\n", ":1: values nested more than 64 levels deep"),
+    ("a: " + "{b: " * 500 + "}" * 500 + "\n", ":1: values nested more than 64 levels deep"),
+    ("a:\n" + "".join("  " * i + "-\n" for i in range(1, 100)), ":65: values nested more than 64 levels deep"),
+    ("a0: &a0 [1]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 100)), "nest values 102 levels deep"),
+    ("model: &m {name: *m}\n", ":1: an alias (*name) refers to the value that holds it"),
+])
+def test_deep_or_self_referencing_yaml_is_a_recipe_error(tmp_path, capsys, text, fragment):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as caught:  # not RecursionError
+        load_recipe(path)
+    assert str(caught.value).startswith(str(path)) and fragment in str(caught.value), str(caught.value)
+    assert main(["validate", str(path)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_ordinary_aliases_still_work(recipe_dir):
+    text = GOOD.replace("  text_column: text\n", "  text_column: &col text\n").replace(
+        "data:\n", "data:\n  columns: {body: *col}\n")
+    recipe = load_recipe(_recipe_with(recipe_dir, text))
+    assert recipe.data.columns == {"body": "text"} and recipe.task_options.text_column == "text"

@@ -65,6 +65,7 @@ class CausalLM(Task):
     Options = CausalLMOptions
     peft_task_type = "CAUSAL_LM"
     primary_metric = "perplexity"
+    metric_names = ("token_loss", "perplexity", "tokens")
     greater_is_better = False
 
     # ------------------------------------------------------------------ data

@@ -60,6 +60,7 @@ class ImageClassification(Task):
     Options = ImageClassificationOptions
     peft_task_type = None  # peft has no image task type; a plain PeftModel forwards pixel_values
     primary_metric = "accuracy"
+    metric_names = ("loss", "accuracy", "macro_f1")
     greater_is_better = True
     needs_tokenizer = False
 

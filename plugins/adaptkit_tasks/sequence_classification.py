@@ -41,12 +41,14 @@ class SequenceClassification(Task):
     peft_task_type = "SEQ_CLS"
     primary_metric = "accuracy"
     greater_is_better = True
+    metric_names = ("loss", "accuracy", "macro_f1")
 
     def __init__(self, options=None):
         super().__init__(options)
         self.labels: list[str] = [str(label) for label in self.options.labels] if self.options.labels else []
         if self.options.multi_label:
             self.primary_metric = "macro_f1"
+            self.metric_names = ("loss", "exact_match", "micro_f1", "macro_f1")
 
     # ------------------------------------------------------------------ data
     def required_columns(self) -> list[str]:

@@ -77,6 +77,7 @@ class TokenClassification(Task):
     Options = TokenClassificationOptions
     peft_task_type = "TOKEN_CLS"
     primary_metric = "f1"
+    metric_names = ("precision", "recall", "f1", "accuracy", "loss")
     greater_is_better = True
 
     def __init__(self, options=None):
