@@ -43,6 +43,7 @@ class Plan:
     sequence_length: int
     strategies: list[StrategyPlan]
     recipe_strategy: str = ""
+    notes: list[str] = field(default_factory=list)  # the task's word on the recipe (Task.preflight)
 
     def raise_for_recipe_strategy(self) -> None:
         """Raise what stops the recipe's own strategy (with the recipe's options) from running."""
@@ -235,6 +236,7 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
     task.setup(splits.train)
     section = recipe.model
     source = resolve_model_source(section.name, section.revision, section.allow_pickle) if section.name else None
+    notes = task.preflight(recipe, source)
     names = strategies or [recipe.strategy.name]
     length = getattr(recipe.task_options, "max_length", 512)
     distributed = distributed_setting(recipe)
@@ -261,7 +263,7 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
         results.append(entry)
     result = Plan(model=section.name or f"config:{model_type}", model_type=model_type,
                   batch_size=recipe.training.batch_size, sequence_length=length, strategies=results,
-                  recipe_strategy=recipe.strategy.name)
+                  recipe_strategy=recipe.strategy.name, notes=notes)
     if strict:
         result.raise_for_recipe_strategy()
     return result
@@ -285,6 +287,8 @@ def render(result: Plan) -> Any:
         table.add_row(entry.strategy, entry.setup, f"{entry.trainable:,}", f"{entry.total:,}",
                       f"{100 * entry.trainable / max(entry.total, 1):.2f}",
                       f"{entry.memory['total'] / 2**20:,.0f} MiB", shown)
+    if result.notes:
+        table.caption = "\n".join(result.notes)
     return table
 
 

@@ -78,6 +78,11 @@ class Task:
     def setup(self, train: "datasets.Dataset") -> None:
         """Learn what the data implies (e.g. the label set) before the model is built."""
 
+    def preflight(self, recipe: Any, source: Any) -> list[str]:
+        """Refuse at ``adaptkit plan`` what would stop a run later (raise an ``AdaptkitError``), and
+        return notes the plan shows (e.g. a causal LM's packing that cannot isolate examples)."""
+        return []
+
     def build_model(self, source: str, config: Any, from_config: bool, **kwargs: Any) -> "torch.nn.Module":
         raise NotImplementedError
 

@@ -7,6 +7,7 @@ Neither ships a chat template unless asked: the tests give one, or check the ref
 """
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
@@ -40,8 +41,9 @@ def word_tokenizer(folder: Path, words: list[str], template: Optional[str] = Non
     return _wrap(backend, folder, template)
 
 
-def bpe_tokenizer(folder: Path, corpus: list[str], vocab_size: int = 420, template: Optional[str] = None):
-    """A byte-level BPE (GPT-2's scheme) trained on ``corpus``: any text encodes, nothing is unknown."""
+@functools.lru_cache(maxsize=4)
+def _trained_bpe(texts: tuple[str, ...], vocab_size: int) -> str:
+    """The trained tokenizer as JSON, trained once per session for every test file that asks."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     backend = Tokenizer(models.BPE())
@@ -49,8 +51,15 @@ def bpe_tokenizer(folder: Path, corpus: list[str], vocab_size: int = 420, templa
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator(corpus, trainer)
-    return _wrap(backend, folder, template)
+    backend.train_from_iterator(texts, trainer)
+    return backend.to_str()
+
+
+def bpe_tokenizer(folder: Path, corpus: list[str], vocab_size: int = 420, template: Optional[str] = None):
+    """A byte-level BPE (GPT-2's scheme) trained on ``corpus``: any text encodes, nothing is unknown."""
+    from tokenizers import Tokenizer
+
+    return _wrap(Tokenizer.from_str(_trained_bpe(tuple(corpus), vocab_size)), folder, template)
 
 
 def tiny_config(family: str, vocab_size: int) -> dict[str, Any]:

@@ -169,22 +169,16 @@ class CausalLM(Task):
     def predict_batch(self, model, batch) -> list[str]:
         """Greedy continuation of each row's prompt (or text), decoded without special tokens.
 
-        Rows are generated one at a time, unpadded: right-padded batches would make a decoder
-        continue from pad tokens, and per-row generation needs no padding-side assumptions.
+        The rows' prompts (right-padded by ``collate``) are re-padded on the left and generated
+        as one batch (``adaptkit_tasks.generation``): a decoder continues from the last position.
         """
-        import torch
+        from adaptkit_tasks.generation import generate
 
         tokenizer = getattr(self, "_tokenizer", None)
-        results = []
-        for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
-            prompt = ids[mask.bool()].unsqueeze(0)
-            output = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
-                                    max_new_tokens=self.options.max_new_tokens, do_sample=False,
-                                    eos_token_id=_end_token(tokenizer) if tokenizer is not None else None,
-                                    pad_token_id=getattr(tokenizer, "pad_token_id", None))
-            new = output[0, prompt.shape[1]:].tolist()
-            results.append(tokenizer.decode(new, skip_special_tokens=True).strip() if tokenizer is not None else new)
-        return results
+        prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        end = _end_token(tokenizer) if tokenizer is not None else None
+        return generate(model, tokenizer, prompts, self.options.max_new_tokens, [end] if end is not None else [],
+                        pad_id=getattr(tokenizer, "pad_token_id", None))
 
     def load_processor(self, recipe, source):
         """The tokenizer, remembered so ``predict_batch`` can decode what it generates."""

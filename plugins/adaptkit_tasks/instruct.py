@@ -74,14 +74,25 @@ class Instruct(CausalLM):
     Options = InstructOptions
 
     def required_columns(self) -> list[str]:
+        """The columns every file needs, predict inputs included: the answer column is not among
+        them (``setup`` requires it of the training data), so new questions need no empty answers."""
         opts = self.options
-        return {"text": [opts.text_column], "prompt_completion": [opts.prompt_column, opts.completion_column],
-                "alpaca": [opts.instruction_column, opts.output_column],
-                "messages": [opts.messages_column]}[opts.format]
+        return {"text": [opts.text_column], "prompt_completion": [opts.prompt_column],
+                "alpaca": [opts.instruction_column], "messages": [opts.messages_column]}[opts.format]
+
+    def answer_column(self) -> Optional[str]:
+        opts = self.options
+        return {"prompt_completion": opts.completion_column, "alpaca": opts.output_column}.get(opts.format)
 
     def setup(self, train) -> None:
         """Remember the training table: only it is packed, and only its prompts are learnt with
         ``train_on_inputs`` (eval loss stays on answers, predict rows stay one per input)."""
+        answer = self.answer_column()
+        if answer is not None and answer not in train.column_names:
+            raise DataError(f"the training data lacks column {answer!r}, the answers format "
+                            f"{self.options.format!r} learns (columns: {', '.join(train.column_names)}); set "
+                            f"task.{'completion' if self.options.format == 'prompt_completion' else 'output'}_column "
+                            f"or map it with data.columns")
         self._train = train
 
     def load_processor(self, recipe, source):
