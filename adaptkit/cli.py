@@ -63,8 +63,9 @@ def _add_transfer_commands(commands) -> None:
     advise.add_argument("--output", help="JSON report path (default: <output.dir>-advice.json)")
     advise.add_argument("--overwrite", action="store_true", help="replace an existing JSON report")
     advise.add_argument("--strategies", help="comma-separated strategies to judge (default: every installed one)")
-    advise.add_argument("--max-rows", type=int, default=2000, help="training rows used for LogME and the probe")
-    advise.add_argument("--probe-steps", type=int, default=3, help="real optimizer steps timed per strategy (0: none)")
+    advise.add_argument("--max-rows", type=int, default=1000, help="training rows used for LogME and the probe")
+    advise.add_argument("--probe-steps", type=int, default=1,
+                        help="1: time one real optimizer step per strategy and trace its FLOPs; 0: no timing")
     advise.add_argument("--power-watts", type=float, help="power draw for energy figures (default: RAPL or 15 W/core)")
     advise.add_argument("--grid-intensity", type=float, help="gCO2e per kWh (default 475, world average)")
 
@@ -80,7 +81,14 @@ def _add_transfer_commands(commands) -> None:
     compare.add_argument("--scratch-strategy", default=None,
                          help="strategy that trains the random-weight baseline (default: full)")
     compare.add_argument("--lr", action="append", default=[], metavar="NAME=RATE",
-                         help="learning rate for one strategy (repeatable), e.g. --lr scratch=3e-4")
+                         help="centre one arm's learning-rate search on RATE (repeatable), e.g. --lr scratch=3e-4")
+    compare.add_argument("--trials", type=int, default=4,
+                         help="learning rates tried per arm, log-spaced around its suggestion (1: no search)")
+    compare.add_argument("--validation-fraction", type=float, default=0.2,
+                         help="share of each arm's rows held out to choose the learning rate and epoch")
+    compare.add_argument("--storage", help="Optuna storage URL (e.g. sqlite:///sweep.db, postgresql://...) shared "
+                                           "by several compare processes; the output folder must be shared too")
+    compare.add_argument("--study-name", help="prefix of the Optuna study names (default: from the recipe)")
     compare.add_argument("--power-watts", type=float, help="power draw for energy figures (default: RAPL or 15 W/core)")
     compare.add_argument("--grid-intensity", type=float, help="gCO2e per kWh (default 475, world average)")
     compare.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
@@ -141,7 +149,8 @@ def _cmd_compare(args) -> int:
                      **({"scratch_strategy": args.scratch_strategy} if args.scratch_strategy else {}),
                      learning_rates=rates, power_watts=args.power_watts,
                      grid_g_per_kwh=args.grid_intensity, bootstrap_rounds=args.bootstrap,
-                     log=lambda line: print(line, file=sys.stderr))
+                     log=lambda line: print(line, file=sys.stderr), trials=args.trials,
+                     validation_fraction=args.validation_fraction, storage=args.storage, study_name=args.study_name)
     print((report.output_dir / "table.md").read_text())
     print(f"outputs: {report.output_dir} (compare.json, table.md, compare.png, report.html)")
     return 0

@@ -620,13 +620,18 @@ def _flags(row: Row) -> str:
 def markdown_table(report: CompareReport) -> str:
     """The results table as Markdown, ready to paste into a README."""
     second = any(r.secondary is not None for r in report.rows)
-    lines = [f"| arm | train rows | {report.metric} (95% CI) |" + (f" {SECONDARY_METRIC} |" if second else "")
+    seeds = any(r.seed_interval for r in report.rows)
+    lines = [f"| arm | train rows | {report.metric} (95% CI) |" + (" across seeds (95% CI) |" if seeds else "")
+             + (f" {SECONDARY_METRIC} |" if second else "")
              + " chosen lr | trainable params | train s | peak MiB | energy Wh (run / search) |",
-             "|---|---:|---:|" + ("---:|" if second else "") + "---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|" + ("---:|" if seeds else "") + ("---:|" if second else "") + "---:|---:|---:|---:|---:|"]
     for r in report.rows:
         lines.append(f"| {r.strategy}{_flags(r)} | {r.train_examples:,} | {r.metric:.4f} [{r.ci_low:.3f}, "
-                     f"{r.ci_high:.3f}] |" + (f" {r.secondary:.4f} |" if second and r.secondary is not None else
-                                              " - |" if second else "")
+                     f"{r.ci_high:.3f}] |"
+                     + (f" [{r.seed_interval[0]:.3f}, {r.seed_interval[1]:.3f}] |" if seeds and r.seed_interval
+                        else " - |" if seeds else "")
+                     + (f" {r.secondary:.4f} |" if second and r.secondary is not None else
+                        " - |" if second else "")
                      + f" {', '.join(f'{x:.2g}' for x in r.learning_rates)} | {r.trainable:,} | "
                        f"{r.wall_seconds:.1f} | {r.peak_memory_bytes / 2**20:,.0f} | {r.energy_wh:.4f} / "
                        f"{r.search_energy_wh:.4f} |")
@@ -651,6 +656,10 @@ def curve_sentences(report: CompareReport) -> list[str]:
                 out.append(f"Scratch's learning curve does not fall toward {match['target_arm']}'s "
                            f"{match['target_metric']:.4f} at {match['at_rows']:,} rows: no amount of data is "
                            f"predicted to close the gap from these points.")
+            elif match["rows"] <= match["at_rows"]:
+                out.append(f"Scratch's fitted curve already reaches {match['target_arm']}'s "
+                           f"{match['target_metric']:.4f} within the sizes tried (about {match['rows']:,} rows): "
+                           f"transfer saves no data here.")
             else:
                 low, high = match["ci"]
                 span = f"95% CI {low if low is not None else '?':,} to {high if high is not None else 'unbounded'}"

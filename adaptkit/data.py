@@ -19,6 +19,7 @@ class Splits:
     train: "datasets.Dataset"  # noqa: F821
     eval: "datasets.Dataset"  # noqa: F821
     eval_source: str  # the eval file, or "N% of train (seed S)"
+    validation: Optional["datasets.Dataset"] = None  # noqa: F821  # carved from train: chooses, never reported
 
 
 def load_table(path: Path) -> "datasets.Dataset":  # noqa: F821
@@ -265,4 +266,19 @@ def load_splits(recipe: Recipe, required: list[str], stratify_column: Optional[s
         train = train.shuffle(seed=seed).select(range(section.max_train_samples))
     if section.max_eval_samples and section.max_eval_samples < len(evaluation):
         evaluation = evaluation.select(range(section.max_eval_samples))
-    return Splits(train=train, eval=evaluation, eval_source=source)
+    validation = None
+    if section.validation_fraction:
+        train, validation = split_validation(train, section.validation_fraction, seed, stratify_column, train_path)
+    return Splits(train=train, eval=evaluation, eval_source=source, validation=validation)
+
+
+def split_validation(table, fraction: float, seed: int, column: Optional[str], where: Any = "the training data"):
+    """(train, validation): ``fraction`` of ``table``'s rows held out, stratified on ``column`` when it can be.
+
+    The validation rows choose (the best epoch, a learning rate); the eval rows a verdict is
+    computed on are never among them. At least one row stays on each side.
+    """
+    if len(table) < 4:
+        raise DataError(f"{where}: {len(table)} training rows are too few to carve a validation split from")
+    count = min(max(1, round(fraction * len(table))), len(table) - 2)
+    return _stratified_split(table, count / len(table), seed, column)

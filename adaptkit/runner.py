@@ -71,6 +71,9 @@ class Session:
         self.tokenizer = self.task.load_processor(recipe, self.source)
         self.train_data = self.task.preprocess(self.splits.train, self.tokenizer)
         self.eval_data = self.task.preprocess(self.splits.eval, self.tokenizer)
+        # data.validation_fraction: rows carved from train that pick the best epoch and stop early
+        self.validation_data = (self.task.preprocess(self.splits.validation, self.tokenizer)
+                                if self.splits.validation is not None else None)
 
     def build_base(self):
         from adaptkit.models import build_model
@@ -142,6 +145,7 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
     complete one after building and wrapping the model exactly once.
     """
     from adaptkit import __version__
+    from adaptkit.budget import budget_for, too_short
     from adaptkit.checkpoint import plan_checkpoints
     from adaptkit.contract import (FrozenWeights, architecture_signature, check_close, check_equivalence,
                                    check_removal, check_signature, model_outputs, reload_export,
@@ -194,7 +198,14 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
             f"{len(session.train_data)} train / {len(session.eval_data)} eval rows")
     session.registry.manager.hook.adaptkit_on_event(event="run_start", payload={"recipe": recipe.resolved_dict()})
 
-    result = fit(model, strategy, session.task, session.train_data, session.eval_data, session.tokenizer,
+    budget = budget_for(len(session.train_data), recipe.training)
+    if accelerator.is_main_process:
+        log(f"budget: {budget.describe()}")
+        warning = too_short(budget)
+        if warning:
+            log(f"warning: {warning}")
+    selection = session.validation_data if session.validation_data is not None else session.eval_data
+    result = fit(model, strategy, session.task, session.train_data, selection, session.tokenizer,
                  recipe.training, accelerator, learning_rate, progress=progress,
                  on_epoch_end=lambda epoch, metrics: session.registry.manager.hook.adaptkit_on_event(
                      event="epoch_end", payload={"epoch": epoch, "metrics": metrics}),
@@ -202,6 +213,15 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
                  on_checkpoint=lambda path, step: session.registry.manager.hook.adaptkit_on_event(
                      event="checkpoint", payload={"path": path, "step": step}),
                  tracker_config=recipe.resolved_dict())
+    validation_metrics = None
+    if session.validation_data is not None:  # fit chose on validation rows; the eval set is scored once, here
+        from adaptkit.train import eval_loader, evaluate
+
+        validation_metrics = result.final_metrics
+        collate = session.task.collate(session.tokenizer)
+        size = -(-recipe.training.eval_batch_size // accelerator.num_processes) * accelerator.num_processes
+        result.final_metrics = evaluate(model, accelerator.prepare(eval_loader(session.eval_data, size, collate)),
+                                        accelerator, session.task)
     model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # contract checks run in fp32
     peak = peak_memory_bytes(accelerator.device)
     model = model.cpu() if accelerator.device.type != "cpu" else model
@@ -262,6 +282,8 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
             "model_class": type(unwrapped).__name__,
             "num_labels": getattr(unwrapped.config, "num_labels", None),
             "eval": result.final_metrics,
+            "validation": validation_metrics,
+            "budget": {"total_steps": budget.total_steps, "epochs": budget.epochs, "source": budget.source},
             "history": result.history,
             "loss_curve": result.loss_curve,
             "best": {k: v for k, v in result.best.items() if k not in ("path", "since")},
@@ -271,6 +293,8 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
             "parameters": parameters,
             "train_examples": len(session.train_data),
             "eval_examples": len(session.eval_data),
+            "validation_examples": len(session.validation_data) if session.validation_data is not None else 0,
+            "history_split": "validation" if session.validation_data is not None else "eval",
             "eval_source": session.splits.eval_source,
             "learning_rate": learning_rate,
             "steps": result.steps,

@@ -383,9 +383,11 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
                              * accelerator.num_processes, collate)
     groups = [g for g in strategy.parameter_groups(model, learning_rate, training.weight_decay) if g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=learning_rate)
-    updates_per_epoch = math.ceil(len(loader) / training.gradient_accumulation_steps)
-    total_steps = training.max_steps or updates_per_epoch * training.epochs
-    epochs = math.ceil(total_steps / updates_per_epoch)
+    from adaptkit.budget import step_budget
+
+    budget = step_budget(math.ceil(len(loader) / training.gradient_accumulation_steps), training.epochs,
+                         training.min_steps, training.max_steps)
+    total_steps, epochs = budget.total_steps, budget.epochs
     scheduler = get_scheduler(training.scheduler if training.scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=int(training.warmup_ratio * total_steps),
                               num_training_steps=total_steps)

@@ -103,6 +103,12 @@ def learning_rate_grid(suggestion: float, trials: int) -> list[float]:
     return [float(f"{suggestion * GRID_SPAN ** (-1 + 2 * i / (trials - 1)):.3g}") for i in range(trials)]
 
 
+def middle_out(grid: list[float]) -> list[float]:
+    """The grid from its middle outwards: [a, b, c, d] -> [b, c, a, d]."""
+    centre = (len(grid) - 1) / 2
+    return sorted(grid, key=lambda rate: (abs(grid.index(rate) - centre), grid.index(rate)))
+
+
 class ArmModel:
     """An arm's model, built and wrapped once; ``reset()`` puts back its initial trainable tensors."""
 
@@ -149,6 +155,7 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
     import optuna
     import torch
 
+    from adaptkit.budget import budget_for
     from adaptkit.energy import EnergyMeter
     from adaptkit.errors import TrainingDiverged
     from adaptkit.train import best_metric, eval_loader, fit, gather_outputs, make_accelerator
@@ -157,13 +164,17 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
     task, recipe = session.task, session.recipe
     metric, greater = best_metric(recipe.training, task)
     grid = learning_rate_grid(workbench.suggestion, trials)
+    # Judged first at a third of the budget (in epochs, where validation is scored): earlier, on
+    # small data every trial is still at chance and pruning would be a coin toss.
+    epochs = budget_for(len(train_data), recipe.training).epochs
     study = optuna.create_study(
         study_name=study_name, storage=storage, load_if_exists=True,
         direction="maximize" if greater else "minimize",
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=len(grid)),
-        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource="auto", reduction_factor=PRUNER_REDUCTION))
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, math.ceil(epochs / 3)),
+                                                      reduction_factor=PRUNER_REDUCTION))
     if not study.trials:  # the first process to reach the study enqueues the grid; others share it
-        for rate in grid:
+        for rate in middle_out(grid):  # the likeliest rates first: the extremes then meet a good bar
             study.enqueue_trial({"learning_rate": rate})
     low, high = min(grid) / GRID_SPAN, max(grid) * GRID_SPAN
     training = recipe.training.model_copy(update={"load_best_at_end": True, "report_to": [],

@@ -37,7 +37,7 @@ def recipe(rows: int, epochs: int, device: str) -> dict[str, Any]:
                  "max_length": 128},
         "data": {"train": str(TRAIN), "eval": str(DEV), "max_train_samples": rows, "max_eval_samples": 200},
         "strategy": {"name": "frozen_head"},
-        "training": {"epochs": epochs, "batch_size": 32, "seed": 42, "device": device},
+        "training": {"epochs": epochs, "batch_size": 32, "seed": 42, "device": device, "min_steps": 0},
         "output": {"dir": "unused"},
     }
 

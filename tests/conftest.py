@@ -52,7 +52,7 @@ def tiny_recipe_dict(tmp_path: Path, strategy: str = "full", **sections: Any) ->
                  "max_length": 32},
         "data": {"train": str(train), "eval": str(evaluation)},
         "strategy": {"name": strategy},
-        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "seed": 0},
+        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "seed": 0, "min_steps": 0},
         "output": {"dir": str(tmp_path / "run")},
     }
     for key, value in sections.items():

@@ -12,7 +12,7 @@ from adaptkit.runner import Session, run
 from conftest import tiny_recipe_dict
 
 QUIET = {"progress": False, "log": lambda _: None}
-TRAINING = {"epochs": 2, "batch_size": 16, "seed": 0, "num_threads": 1}
+TRAINING = {"epochs": 2, "batch_size": 16, "seed": 0, "num_threads": 1, "min_steps": 0}
 
 
 def _probe(recipe: dict) -> tuple[Session, dict]:

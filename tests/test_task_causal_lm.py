@@ -38,7 +38,7 @@ def lm_recipe(folder, strategy: str, colours: dict[str, str] = COLOURS, model=No
         "data": {"train": str(write_jsonl(folder / "train.jsonl", pair_rows(192, 1, colours))),
                  "eval": str(write_jsonl(folder / "eval.jsonl", pair_rows(32, 2, colours)))},
         "strategy": {"name": strategy},
-        "training": {"epochs": 8, "batch_size": 16, "learning_rate": 5e-3 if strategy == "full" else 1e-2,
+        "training": {"epochs": 8, "batch_size": 16, "min_steps": 0, "learning_rate": 5e-3 if strategy == "full" else 1e-2,
                      "seed": 0, "warmup_ratio": 0.0},
         "output": {"dir": str(folder / "run")},
     }

@@ -43,7 +43,7 @@ def image_recipe(tmp_path: Path, strategy: str, train, evaluation) -> dict:
         "task": {"type": "image_classification"},
         "data": {"train": str(train), "eval": str(evaluation)},
         "strategy": {"name": strategy},
-        "training": {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3 if strategy == "full" else 1e-2,
+        "training": {"epochs": 4, "batch_size": 16, "min_steps": 0, "learning_rate": 3e-3 if strategy == "full" else 1e-2,
                      "seed": 0, "warmup_ratio": 0.0},
         "output": {"dir": str(tmp_path / f"run-{strategy}")},
     }

@@ -39,7 +39,7 @@ def ner_recipe(tmp_path, strategy: str) -> dict:
         "data": {"train": str(write_jsonl(tmp_path / "train.jsonl", 160, 1)),
                  "eval": str(write_jsonl(tmp_path / "eval.jsonl", 32, 2))},
         "strategy": {"name": strategy},
-        "training": {"epochs": 6, "batch_size": 16, "learning_rate": 3e-3 if strategy == "full" else 1e-2,
+        "training": {"epochs": 6, "batch_size": 16, "min_steps": 0, "learning_rate": 3e-3 if strategy == "full" else 1e-2,
                      "seed": 0, "warmup_ratio": 0.0},
         "output": {"dir": str(tmp_path / f"run-{strategy}")},
     }
