@@ -240,6 +240,12 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
     names = strategies or [recipe.strategy.name]
     length = getattr(recipe.task_options, "max_length", 512)
     distributed = distributed_setting(recipe)
+    if distributed is not None and section.device_map is not None:
+        from adaptkit.errors import RecipeError
+
+        raise RecipeError(f"{recipe.where('model', 'device_map')}: device_map spreads one model over the devices of a "
+                          f"single process and cannot be combined with the distributed section ({distributed}); "
+                          f"remove one of them (distributed: fsdp shards a large model across processes)")
     results: list[StrategyPlan] = []
     config = load_config(recipe, source)
     check_sequence_length(recipe, config)

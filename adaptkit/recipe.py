@@ -113,6 +113,25 @@ class ModelSection(_Section):
     revision: Optional[str] = None
     trust_remote_code: bool = Field(False, description="Run the model repository's own code. Off unless set here.")
     allow_pickle: bool = Field(False, description="Accept pickle (.bin) weights, which can run code.")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "fp32", description="dtype the weights are loaded in: bf16/fp16 halve the model's memory; 'auto' keeps the "
+                            "checkpoint's own dtype. fp32 (the default) trains exactly; mixed_precision is separate.")
+    attn_implementation: Optional[Literal["sdpa", "eager", "flash_attention_2"]] = Field(
+        None, description="Attention kernel: sdpa (torch's fused attention), eager (plain matmuls), or "
+                          "flash_attention_2 (needs the flash-attn package and a CUDA GPU); default: transformers'.")
+    device_map: Optional[Union[str, dict[str, Union[int, str]]]] = Field(
+        None, description="Spread a model too large for one device over the GPUs (and CPU) of one process: 'auto', "
+                          "'sequential', or {module: device}. Single process only; pretrained weights (model.name) only.")
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _kernel_installed(cls, value: Optional[str]) -> Optional[str]:
+        import importlib.util
+
+        if value == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("flash_attention_2 needs the flash-attn package, which is not installed (pip install "
+                             "flash-attn, CUDA GPUs only); use sdpa, torch's fused attention, instead")
+        return value
 
     @model_validator(mode="after")
     def _needs_a_source(self) -> "ModelSection":
@@ -174,6 +193,22 @@ class TrainingSection(_Section):
     early_stopping_patience: Optional[PositiveInt] = Field(
         None, description="Stop after this many evaluations without improving metric_for_best.")
     load_best_at_end: bool = Field(False, description="Export the best epoch's weights instead of the last epoch's.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in the backward pass instead of keeping them: "
+                           "activation memory drops to about one layer's, for ~30% more compute.")
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        "adamw_torch", description="AdamW from torch (fused: one kernel for all parameters), or bitsandbytes' 8-bit "
+                                   "AdamW (moments in 8 bits: a quarter of the optimizer memory) and its paged form.")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer_installed(cls, value: str) -> str:
+        import importlib.util
+
+        if value.endswith("_8bit") and importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError(f"{value} is bitsandbytes' optimizer, which is not installed: pip install "
+                             f"bitsandbytes, or use adamw_torch")
+        return value
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]] = Field(
         default_factory=list, description="accelerate trackers for losses and metrics; tensorboard writes to the run's logs/.")
 

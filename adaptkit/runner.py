@@ -237,6 +237,9 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
 
     if not accelerator.is_main_process:
         return RunResult(output_dir, {})
+    from adaptkit.models import merge_tolerance
+
+    tolerance = merge_tolerance(strategy, model)  # wider on a bf16/fp16 base: merged weights are rounded to it
     with staged_output(output_dir, overwrite) as staging:
         export_dir = staging / ("adapter" if strategy.export_kind == "adapter" else "model")
         strategy.save(model, export_dir)
@@ -246,7 +249,7 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
                                           trust_remote_code=recipe.model.trust_remote_code)
             for index, batch in enumerate(probes):
                 check_close(name, "export", wrapped_outs[index], model_outputs(reloaded, batch),
-                            strategy.merge_tolerance, f"the {strategy.export_kind} saved in {export_dir.name}/ "
+                            tolerance, f"the {strategy.export_kind} saved in {export_dir.name}/ "
                                                       f"and reloaded with {how}, on eval batch {index + 1}")
             contract.append(f"export: {export_dir.name}/ reloads with {how} and gives the same outputs")
             del reloaded
@@ -256,8 +259,8 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
         contract.append("signature: unwrapped model has exactly the base architecture "
                         f"({len(base_signature.parameters)} parameter tensors)")
         if strategy.mergeable:
-            check_equivalence(name, wrapped_outs, unwrapped, probes, strategy.merge_tolerance, trained_head)
-            contract.append(f"equivalence: merged model matches the trained model within {strategy.merge_tolerance:g} "
+            check_equivalence(name, wrapped_outs, unwrapped, probes, tolerance, trained_head)
+            contract.append(f"equivalence: merged model matches the trained model within {tolerance:g} "
                             f"on {sum(len(next(iter(b.values()))) for b in probes)} eval rows, head included")
             if recipe.output.merge and strategy.export_kind == "adapter":
                 unwrapped.save_pretrained(staging / "model", safe_serialization=True)

@@ -356,6 +356,19 @@ class _StopOnSigint:
         return float(accelerator.reduce(flag, reduction="sum")) > 0
 
 
+def make_optimizer(name: str, groups: list[dict[str, Any]], learning_rate: float) -> torch.optim.Optimizer:
+    """``training.optimizer``: torch's AdamW (fused: one kernel over all tensors), or bitsandbytes'
+    8-bit AdamW (both moments block-quantized to 8 bits; tensors under 4096 values keep 32-bit
+    moments) and its paged form (state pages out to host memory under GPU memory pressure; on a
+    CPU bitsandbytes runs it unpaged)."""
+    if name in ("adamw_8bit", "paged_adamw_8bit"):
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.PagedAdamW8bit if name.startswith("paged") else bnb.optim.AdamW8bit
+        return cls(groups, lr=learning_rate)
+    return torch.optim.AdamW(groups, lr=learning_rate, fused=True if name == "adamw_torch_fused" else None)
+
+
 def fit(model, strategy, task, train_data, eval_data, tokenizer, training: TrainingSection,
         accelerator, learning_rate: float, progress: bool = True,
         on_epoch_end: Optional[Callable[[int, dict[str, float]], None]] = None,
@@ -382,7 +395,11 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
     evaluation = eval_loader(eval_data, -(-training.eval_batch_size // accelerator.num_processes)
                              * accelerator.num_processes, collate)
     groups = [g for g in strategy.parameter_groups(model, learning_rate, training.weight_decay) if g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate)
+    optimizer = make_optimizer(training.optimizer, groups, learning_rate)
+    if training.gradient_checkpointing:
+        from adaptkit.models import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
     from adaptkit.budget import step_budget
 
     budget = step_budget(math.ceil(len(loader) / training.gradient_accumulation_steps), training.epochs,
