@@ -3,11 +3,53 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
+
+def card_data(summary: dict[str, Any]):
+    """The card's Hugging Face metadata (``huggingface_hub.ModelCardData``), which the Hub shows and
+    searches: base model by Hub id, library, pipeline tag, eval metrics as ``model-index``.
+
+    The data of an adaptkit run are local files, not Hub datasets, so ``datasets`` is left out
+    (the Hub would link names that do not exist) and the eval file is named in ``model-index``.
+    """
+    from huggingface_hub import EvalResult, ModelCardData
+
+    from adaptkit.publish import PIPELINE_TAGS
+
+    recipe = summary["recipe"]
+    base = summary.get("base_model_id")
+    pipeline = PIPELINE_TAGS.get(summary.get("task", ""))
+    name = f"{summary['strategy']}-{(base or summary['task']).rsplit('/', 1)[-1]}"
+    source = str(summary.get("eval_source") or "eval")
+    source = source.replace("\\", "/").rsplit("/", 1)[-1] if "/" in source or "\\" in source else source  # no local path
+    results = [EvalResult(task_type=pipeline or summary["task"], dataset_type="local", dataset_name=source,
+                          dataset_split="eval", metric_type=metric, metric_name=f"eval {metric}",
+                          metric_value=round(float(value), 6))
+               for metric, value in summary["eval"].items()]
+    return ModelCardData(
+        base_model=base, library_name="peft" if summary["export"]["kind"] == "adapter" else "transformers",
+        pipeline_tag=pipeline, model_name=name, eval_results=results or None,
+        tags=["adaptkit", summary["strategy"], *([f"base_model:adapter:{base}"] if base and
+                                                 summary["export"]["kind"] == "adapter" else [])],
+        adaptkit={"version": summary["adaptkit_version"], "strategy": summary["strategy"],
+                  "task": summary["task"], "recipe": recipe},
+    )
+
 
 def model_card(summary: dict[str, Any]) -> str:
-    """A README.md for the run folder: what was trained, how, how well, and how to load it."""
+    """A README.md for the run folder: Hugging Face metadata (``card_data``), then what was trained,
+    how, how well, how to load it, and the recipe that made it; written by ``huggingface_hub.ModelCard``."""
+    from huggingface_hub import ModelCard
+
+    body = _card_body(summary)
+    return str(ModelCard(f"---\n{card_data(summary).to_yaml()}\n---\n\n{body}"))
+
+
+def _card_body(summary: dict[str, Any]) -> str:
     recipe = summary["recipe"]
     metrics = summary["eval"]
+    base_id = summary.get("base_model_id")
     lines = [
         f"# {recipe['strategy']['name']} on {recipe['model'].get('name') or recipe['model'].get('config', {}).get('model_type')}",
         "",
@@ -24,6 +66,9 @@ def model_card(summary: dict[str, Any]) -> str:
         f"| training time (s) | {summary['train_seconds']:.1f} |",
         f"| peak memory (MiB) | {summary['peak_memory_bytes'] / 2**20:.0f} |",
         "",
+        f"Base model: [{base_id}](https://huggingface.co/{base_id})" if base_id else
+        "Base model: none on the Hub (built from a config or a local folder).",
+        "",
         "## Contract",
         "",
         *[f"- {check}" for check in summary["contract"]],
@@ -33,25 +78,30 @@ def model_card(summary: dict[str, Any]) -> str:
         "```python",
     ]
     loader = summary["export"].get("loader", "peft" if summary["export"]["kind"] == "adapter" else "transformers")
+    folder = summary["export"]["path"].replace("\\", "/").rsplit("/", 1)[-1]  # relative: the card travels
+    base = base_id or summary["base_model"]
     if loader not in ("peft", "transformers"):
         lines += [
             "import adaptkit",
-            f"predictor = adaptkit.load({str(summary['export']['path']).rsplit('/', 1)[0]!r})"
+            "predictor = adaptkit.load('.')  # this folder"
             f"  # the export loads with {loader}",
         ]
     elif summary["export"]["kind"] == "adapter":
         lines += [
             "from peft import PeftModel",
-            f"from transformers import {summary['model_class']}",
-            f"base = {summary['model_class']}.from_pretrained({summary['base_model']!r}, "
+            f"from transformers import AutoTokenizer, {summary['model_class']}",
+            f"base = {summary['model_class']}.from_pretrained({base!r}, "
             f"num_labels={summary.get('num_labels')})" if summary.get("num_labels") else
-            f"base = {summary['model_class']}.from_pretrained({summary['base_model']!r})",
-            f"model = PeftModel.from_pretrained(base, {summary['export']['path']!r})",
+            f"base = {summary['model_class']}.from_pretrained({base!r})",
+            f"model = PeftModel.from_pretrained(base, {folder!r})  # or the Hub repo id, once pushed",
+            f"tokenizer = AutoTokenizer.from_pretrained({folder!r})",
         ]
     else:
         lines += [
-            f"from transformers import {summary['model_class']}",
-            f"model = {summary['model_class']}.from_pretrained({summary['export']['path']!r})",
+            f"from transformers import AutoTokenizer, {summary['model_class']}",
+            f"model = {summary['model_class']}.from_pretrained({folder!r})",
+            f"tokenizer = AutoTokenizer.from_pretrained({folder!r})",
         ]
-    lines += ["```", "", "or `adaptkit predict <this folder> --input rows.csv`.", ""]
+    lines += ["```", "", "or `adaptkit predict <this folder> --input rows.csv`.", "",
+              "## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)

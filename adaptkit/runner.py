@@ -273,6 +273,10 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
                 log(f"output.merge: strategy {name!r} cannot be merged into the base weights; only its "
                     f"{strategy.export_kind} is saved")
         session.tokenizer.save_pretrained(staging / "tokenizer")
+        from adaptkit.publish import finish_exports, model_hub_id
+
+        base_model_id = model_hub_id(recipe.model.name, session.source)  # what loads elsewhere, never a path
+        finish_exports([staging / "adapter", staging / "model"], session.tokenizer, base_model_id)
         if logs_dir.is_dir():  # copied, not moved: a failure from here on can still --resume
             shutil.copytree(logs_dir, staging / "logs")
 
