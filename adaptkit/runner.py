@@ -286,6 +286,7 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
             "task": session.task.name,
             "task_state": session.task.state(),
             "base_model": session.source.location if session.source else None,
+            "base_model_id": base_model_id,
             "model_class": type(unwrapped).__name__,
             "num_labels": getattr(unwrapped.config, "num_labels", None),
             "eval": result.final_metrics,
