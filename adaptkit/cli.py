@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, help="CSV/TSV/JSON/JSONL/Parquet rows")
     predict.add_argument("--output", help="where to write predictions (default: predictions.csv in run_dir)")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    push = commands.add_parser("push", help="upload a finished run to the Hugging Face Hub (adaptkit.publish.push)")
+    push.add_argument("run_dir")
+    push.add_argument("repo_id", help="model repo, owner/name (created if absent)")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    push.add_argument("--dry-run", action="store_true",
+                      help="check the run and its card and list the files that would be uploaded; no network")
     _add_transfer_commands(commands)
     return parser
 
@@ -278,8 +284,25 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_push(args) -> int:
+    from adaptkit.publish import push
+
+    plan = push(args.run_dir, args.repo_id, private=args.private, dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"dry run: {len(plan.files)} files of {plan.run_dir} would go to {plan.repo_id}"
+              f" ({'private' if plan.private else 'public'}):")
+        print("\n".join(f"  {name}" for name in plan.files))
+        meta = {k: plan.card.get(k) for k in ("base_model", "library_name", "pipeline_tag") if plan.card.get(k)}
+        print("card metadata valid: " + ", ".join(f"{k} {v}" for k, v in meta.items()))
+    else:
+        print(f"pushed {len(plan.files)} files to {plan.url}")
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"advise": _cmd_advise, "compare": _cmd_compare, "run": _cmd_run, "validate": _cmd_validate, "plan": _cmd_plan, "schema": _cmd_schema, "plugins": _cmd_plugins,
-            "predict": _cmd_predict}
+            "predict": _cmd_predict, "push": _cmd_push}
 
 
 class Terminated(KeyboardInterrupt):

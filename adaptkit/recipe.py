@@ -219,6 +219,10 @@ class OutputSection(_Section):
     dir: Path
     merge: bool = Field(False, description="Also save the merged model (for mergeable strategies).")
     verify_export: bool = Field(True, description="Reload what was saved with peft/transformers and compare outputs.")
+    push_to_hub: Optional[str] = Field(
+        None, description="Hugging Face Hub repo id (owner/name) to upload the finished run to (adaptkit.publish.push; "
+                          "token from HF_TOKEN or `hf auth login`).")
+    hub_private: bool = Field(False, description="Create the push_to_hub repo as private.")
 
     @field_validator("dir", mode="before")
     @classmethod

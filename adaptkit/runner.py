@@ -323,4 +323,13 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
     shutil.rmtree(checkpoints.root, ignore_errors=True)  # the run is complete: nothing left to resume
     session.registry.manager.hook.adaptkit_on_event(event="run_end", payload={"metrics": summary,
                                                                              "output_dir": str(output_dir)})
+    if recipe.output.push_to_hub:  # the folder is complete and stays so whether or not the upload works
+        from adaptkit.publish import push
+
+        try:
+            plan = push(output_dir, recipe.output.push_to_hub, private=recipe.output.hub_private)
+        except AdaptkitError as exc:
+            raise AdaptkitError(f"the run finished and is in {output_dir}, but output.push_to_hub failed: {exc}. "
+                                f"Push it later with: adaptkit push {output_dir} {recipe.output.push_to_hub}") from None
+        log(f"pushed {len(plan.files)} files to {plan.url}")
     return RunResult(output_dir, summary)
