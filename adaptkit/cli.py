@@ -38,7 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--strategies", help="comma-separated strategies to plan (default: the recipe's)")
     plan.add_argument("--all", action="store_true", help="plan every installed strategy")
 
-    commands.add_parser("schema", help="print the recipe JSON Schema (installed plugins included)")
+    schema = commands.add_parser("schema", help="print the recipe JSON Schema (installed plugins included), "
+                                                "with $schema, titles and descriptions for editors")
+    schema.add_argument("--builtin", action="store_true",
+                        help="adaptkit's own strategies and tasks only (what recipes/adaptkit.schema.json holds)")
+    schema.add_argument("--output", metavar="FILE", help="write it to FILE instead of printing it")
+
+    completion = commands.add_parser("completion", help="print a shell completion script "
+                                                        "(eval \"$(adaptkit completion bash)\")")
+    completion.add_argument("shell", choices=["bash", "zsh", "fish"])
 
     plugins = commands.add_parser("plugins", help="list installed plugins, their strategies and errors")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -222,9 +230,24 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_schema(args) -> int:
-    from adaptkit.recipe import json_schema
+    from adaptkit.editor import builtin_schema, editor_schema, schema_text
 
-    print(json.dumps(json_schema(), indent=2))
+    text = schema_text(builtin_schema() if args.builtin else editor_schema())
+    if args.output:
+        from adaptkit.outputs import atomic_file
+
+        with atomic_file(args.output) as handle:
+            handle.write(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_completion(args) -> int:
+    from adaptkit.editor import completion_script
+
+    sys.stdout.write(completion_script(args.shell, _parser()))
     return 0
 
 
@@ -302,7 +325,7 @@ def _cmd_push(args) -> int:
 
 
 COMMANDS = {"advise": _cmd_advise, "compare": _cmd_compare, "run": _cmd_run, "validate": _cmd_validate, "plan": _cmd_plan, "schema": _cmd_schema, "plugins": _cmd_plugins,
-            "predict": _cmd_predict, "push": _cmd_push}
+            "predict": _cmd_predict, "push": _cmd_push, "completion": _cmd_completion}
 
 
 class Terminated(KeyboardInterrupt):
@@ -341,7 +364,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     previous = _on_sigterm()
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `adaptkit plugins --json | head -1`: the reader is gone, which is not an error of ours.
+        # stdout is pointed at /dev/null so that the interpreter's final flush stays quiet too.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141  # 128 + SIGPIPE, as a shell reports a program a closed pipe ended
     except AdaptkitError as exc:
         from adaptkit.errors import RunInterrupted
 
