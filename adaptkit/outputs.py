@@ -217,7 +217,11 @@ def check_output_file(path: Path, overwrite: bool, what: str = "--output") -> No
 
 
 def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    """The process umask, read without changing it where Linux allows (``/proc/self/status``).
+
+    Kept hand-written: psutil has no umask, and ``os.umask`` can only be read by setting it, which
+    for an instant changes it for every thread of the process; elsewhere that is the fallback.
+    """
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
@@ -256,6 +260,10 @@ def staged_output(directory: Path, overwrite: bool, kind: str = "run") -> Iterat
     folder under the real name. The folder gets a manifest of what was written in it, and
     ``directory`` is checked again just before the rename: files a user put there while the
     run trained are not deleted with the old results.
+
+    A write that fails (a full disk: safetensors, torch or Python raising) becomes an
+    ``AdaptkitError`` naming the free space left and ``--resume``, which finishes the run from
+    its last checkpoint (kept until the folder is in place) once space is freed.
     """
     check_output_dir(directory, overwrite)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -264,10 +272,48 @@ def staged_output(directory: Path, overwrite: bool, kind: str = "run") -> Iterat
         yield staging
         write_manifest(staging, kind)
         check_output_dir(directory, overwrite)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+        failed = _write_failure(exc)
+        if failed is None:
+            raise
+        raise AdaptkitError(f"writing the output folder {directory} failed ({_describe_write_error(exc, failed)}); "
+                            f"{_free_space(directory.parent)} free there. Nothing was replaced. Free some space, "
+                            + ("then finish the run with the same command and --resume (its checkpoints are kept)"
+                               if kind == "run" else "then run the same command again")) from exc
     replace_folder(staging, directory)
+
+
+def _write_failure(exc: BaseException) -> Optional[int]:
+    """The errno of a failed write of the disk's making (``adaptkit.checkpoint.write_failure``: full,
+    over quota, read-only, I/O error; 0 when a writer lost the errno), or None: any other error,
+    a missing file say, or an AdaptkitError or Ctrl-C, is what it says and is re-raised as it is."""
+    import errno
+
+    if not isinstance(exc, Exception) or isinstance(exc, AdaptkitError):
+        return None
+    from adaptkit.checkpoint import write_failure
+
+    code = write_failure(exc)
+    disk = {errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    if code is None or (code not in disk and (code or isinstance(exc, OSError))):
+        return None
+    return code
+
+
+def _describe_write_error(exc: BaseException, code: int) -> str:
+    import errno
+
+    if code == errno.ENOSPC:
+        return "no space left on the device"
+    return os.strerror(code) if code else f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:,.0f} MiB"
+    except OSError:
+        return "unknown space"
 
 
 def replace_folder(source: Path, target: Path) -> None:
@@ -330,44 +376,66 @@ def lock_path(directory: Path) -> Path:
     return directory.with_name(directory.name + ".lock")
 
 
+class _LockFileReplaced(Exception):
+    """The lock file was removed or replaced between filelock's open and its lock: lock the new one."""
+
+
 @contextmanager
 def run_lock(directory: Path) -> Iterator[Path]:
     """Hold an exclusive lock on ``<output.dir>.lock`` for the length of a run.
 
     A second run into the same folder is refused with the holder's PID instead of writing
-    files in between the first one's. The lock is an ``fcntl.flock`` on the file, which the
-    kernel drops when its holder dies however it dies, so the file of a killed run (a stale
-    lock) is simply taken over by the next run.
+    files in between the first one's. The lock is ``filelock``'s (``flock`` on POSIX, ``msvcrt``
+    on Windows), which the OS drops when its holder dies however it dies, so the file of a killed
+    run (a stale lock) is simply taken over by the next run. Two things are added here: the
+    holder's PID is written into the file (a failed write, e.g. a full disk, is ignored: the
+    lock holds without it and a refused run then says "PID unknown"), and the file is removed at
+    the end while still locked, with each new holder checking that the file it locked is still
+    the one at the path (filelock keeps the file on POSIX for exactly this race).
     """
-    import fcntl
+    from filelock import FileLock, Timeout
 
     path = lock_path(directory)
     path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def claim(fd: int) -> None:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            try:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            finally:
-                os.close(fd)
-            raise AdaptkitError(f"another adaptkit run (PID {holder}) is writing to {directory}: it holds the lock "
-                                f"{path}. Wait for it to finish, or stop it, or choose another output.dir") from None
-        try:  # the holder before us may have removed the file between our open and our lock
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
         except FileNotFoundError:
             same = False
-        if same:
+        if not same:  # the holder before us removed it between our open and our lock
+            raise _LockFileReplaced()
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
+
+    for _ in range(100):
+        lock = FileLock(str(path), timeout=0, on_acquired=claim)
+        try:
+            lock.acquire()
             break
-        os.close(fd)
+        except _LockFileReplaced:
+            continue
+        except Timeout:
+            try:
+                holder = path.read_text(errors="replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise AdaptkitError(f"another adaptkit run (PID {holder}) is writing to {directory}: it holds the lock "
+                                f"{path}. Wait for it to finish, or stop it, or choose another output.dir") from None
+        except OSError as exc:
+            raise AdaptkitError(f"cannot create the lock file {path} ({exc.strerror or exc}); check that its "
+                                f"folder is writable and has free space") from None
+    else:  # pragma: no cover - another process replacing the file a hundred times in a row
+        raise AdaptkitError(f"the lock file {path} keeps being replaced by another process; try again")
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield path
     finally:
         try:
             os.unlink(path)
-        except FileNotFoundError:
+        except OSError:  # gone already; or Windows, where filelock removes it on release
             pass
-        os.close(fd)
+        lock.release()
