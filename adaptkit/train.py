@@ -8,7 +8,6 @@ epoch and early stopping, and checkpoints that resume bit for bit (``adaptkit.ch
 from __future__ import annotations
 
 import math
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,10 +43,25 @@ class FitResult:
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory of this run: CUDA allocator peak on a GPU, process peak RSS on a CPU."""
+    """Peak memory of this run: CUDA allocator peak on a GPU, process peak RSS on a CPU.
+
+    psutil answers on every platform: Windows' own peak (``peak_wset``) directly; on Linux and
+    macOS psutil has no peak figure, so the kernel's (``getrusage`` ``ru_maxrss``, KiB on Linux,
+    bytes on macOS) is read, and psutil's current RSS where even that is missing. No ``/proc``.
+    """
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    import psutil
+
+    info = psutil.Process().memory_info()
+    if getattr(info, "peak_wset", None):
+        return int(info.peak_wset)
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - a platform without getrusage: the current RSS, a lower bound
+        return int(info.rss)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def make_accelerator(training: TrainingSection, log: Callable[[str], None] = print,
