@@ -2,7 +2,7 @@
 
 Words are split into sub-tokens by the tokenizer; each word's label sits on its first
 sub-token and the rest are labelled -100, so a word counts once in loss and metrics.
-Entity-level precision/recall/F1 follow seqeval's default (conlleval) span rules.
+Entity-level precision/recall/F1 are seqeval's (default conlleval span rules).
 """
 from __future__ import annotations
 
@@ -56,18 +56,27 @@ def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:
     return spans
 
 
+def _seqeval_tag(tag: str) -> str:
+    """A tag as seqeval reads it the way ``entity_spans`` does: prefix upper-cased, and a tag without
+    one (a POS tag such as NN) its own one-word entity (seqeval would split NN into N + N)."""
+    if tag == "O":
+        return tag
+    prefix, dash, rest = tag.partition("-")
+    if not dash:
+        return f"B-{tag}"
+    return f"{prefix.upper()}-{rest}" if prefix.upper() in ("B", "I", "E", "S") else "O"  # X-Y: no entity
+
+
 def span_scores(actual: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
-    """Micro precision/recall/F1 over entities: a prediction counts only if type and span match."""
-    true_spans = pred_spans = hits = 0
-    for row, (gold, guess) in enumerate(zip(actual, predicted)):
-        gold_set, guess_set = entity_spans(gold), entity_spans(guess)
-        true_spans += len(gold_set)
-        pred_spans += len(guess_set)
-        hits += len(gold_set & guess_set)
-    precision = hits / pred_spans if pred_spans else 0.0
-    recall = hits / true_spans if true_spans else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+    """Micro precision/recall/F1 over entities (seqeval, default conlleval mode): a prediction counts
+    only if type and span match; 0 where nothing was predicted or nothing was there to find."""
+    from seqeval.metrics.sequence_labeling import precision_recall_fscore_support
+
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        [[_seqeval_tag(t) for t in row] for row in actual], [[_seqeval_tag(t) for t in row] for row in predicted],
+        average="micro", zero_division=0)
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
 
 
 class TokenClassification(Task):
