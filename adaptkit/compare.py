@@ -29,6 +29,7 @@ eval predictions, which processes sharing an Optuna storage read from each other
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import math
@@ -703,43 +704,59 @@ def plot(report: CompareReport, path: Path) -> None:
     plt.close(figure)
 
 
-def html_report(report: CompareReport, png: Path) -> str:
-    """One self-contained page: verdict, table, plot (base64), curves, compute saved, method notes."""
-    image = base64.b64encode(png.read_bytes()).decode("ascii")
-    e = html.escape
-    head = "".join(f"<th>{h}</th>" for h in ("arm", "train rows", f"{report.metric}", "95% CI", "chosen lr",
-                                             "trainable params", "train s", "peak MiB", "energy Wh"))
-    body = "".join(
-        f"<tr><td>{e(r.strategy + _flags(r))}</td><td>{r.train_examples:,}</td><td>{r.metric:.4f}</td>"
-        f"<td>[{r.ci_low:.3f}, {r.ci_high:.3f}]</td><td>{', '.join(f'{x:.2g}' for x in r.learning_rates)}</td>"
-        f"<td>{r.trainable:,}</td><td>{r.wall_seconds:.1f}</td>"
-        f"<td>{r.peak_memory_bytes / 2**20:,.0f}</td><td>{r.energy_wh:.4f}</td></tr>" for r in report.rows)
-    sizes = "".join(f"<li>{p['train_examples']} examples: {e(p['best_transfer'])} - scratch = {p['difference']:+.4f} "
-                    f"[{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]: <b>{e(p['verdict'])}</b></li>" for p in report.per_size)
-    saved = "".join(
-        f"<li>{e(c['strategy'])}: " + (
-            f"matches scratch's best ({c['scratch_best_metric']:.4f} with {c['scratch_examples']} examples, "
-            f"{c['scratch_energy_wh']:.4f} Wh) with {c['examples_needed']} examples and {c['energy_wh']:.4f} Wh"
-            + (f": {c['energy_saved_wh']:.4f} Wh saved" if c["energy_saved_wh"] else ": no energy saved")
-            if c["matches_scratch"] else e(c["note"])) + "</li>" for c in report.compute_saved)
-    curves = "".join(f"<li>{e(line)}</li>" for line in curve_sentences(report))
-    notes = "".join(f"<li>{e(n)}</li>" for n in report.notes + [f"energy: {report.energy_method}"])
-    colour = {"positive transfer": "#1a7f37", "negative transfer": "#cf222e"}.get(report.verdict, "#9a6700")
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>adaptkit compare: {e(report.verdict)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:right}}
-td:first-child{{text-align:left}}h1{{color:{colour}}}</style></head><body>
-<h1>Verdict: {e(report.verdict)}</h1><p>{e(report.verdict_detail)}</p><p>{e(report.transfer_range)}</p>
-<table><tr>{head}</tr>{body}</table>
-<img alt="metric against {'trainable parameters' if len(report.sizes) == 1 else 'training examples'}" src="data:image/png;base64,{image}">
-<h2>By training-set size</h2><ul>{sizes}</ul>
-<h2>Learning curves</h2><ul>{curves or '<li>one size: no curve</li>'}</ul>
-<h2>Compute saved against training from scratch</h2><ul>{saved or '<li>no scratch baseline</li>'}</ul>
-<h2>Method</h2><ul>{notes}</ul>
-<p>Seeds: {', '.join(map(str, report.seeds))}. Raw figures: compare.json.</p>
+# The page, as a jinja2 template. Text is escaped with html.escape (the ``h`` filter), not jinja2's
+# autoescape, so quotes come out as &quot;/&#x27; exactly as before the template existed.
+HTML_TEMPLATE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>adaptkit compare: {{ r.verdict|h }}</title>
+<style>body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+td:first-child{text-align:left}h1{color:{{ colour }}}</style></head><body>
+<h1>Verdict: {{ r.verdict|h }}</h1><p>{{ r.verdict_detail|h }}</p><p>{{ r.transfer_range|h }}</p>
+<table><tr>{% for h in head %}<th>{{ h }}</th>{% endfor %}</tr>
+{%- for row in r.rows %}<tr><td>{{ (row.strategy ~ flags(row))|h }}</td><td>{{ "{:,}".format(row.train_examples) }}</td>
+{%- if true %}<td>{{ "%.4f"|format(row.metric) }}</td><td>[{{ "%.3f"|format(row.ci_low) }}, {{ "%.3f"|format(row.ci_high) }}]</td>
+{%- endif %}<td>{{ row.learning_rates|map("g2")|join(", ") }}</td><td>{{ "{:,}".format(row.trainable) }}</td>
+{%- if true %}<td>{{ "%.1f"|format(row.wall_seconds) }}</td><td>{{ "{:,.0f}".format(row.peak_memory_bytes / 1048576) }}</td>
+{%- endif %}<td>{{ "%.4f"|format(row.energy_wh) }}</td></tr>{% endfor %}</table>
+<img alt="metric against {{ 'trainable parameters' if r.sizes|length == 1 else 'training examples' }}" src="data:image/png;base64,{{ image }}">
+<h2>By training-set size</h2><ul>
+{%- for p in r.per_size %}<li>{{ p.train_examples }} examples: {{ p.best_transfer|h }} - scratch = {{ "%+.4f"|format(p.difference) }} [{{ "%+.4f"|format(p.ci_low) }}, {{ "%+.4f"|format(p.ci_high) }}]: <b>{{ p.verdict|h }}</b></li>{% endfor %}</ul>
+<h2>Learning curves</h2><ul>{% for line in curves %}<li>{{ line|h }}</li>{% else %}<li>one size: no curve</li>{% endfor %}</ul>
+<h2>Compute saved against training from scratch</h2><ul>
+{%- for c in r.compute_saved %}<li>{{ c.strategy|h }}: {% if c.matches_scratch -%}
+matches scratch's best ({{ "%.4f"|format(c.scratch_best_metric) }} with {{ c.scratch_examples }} examples, {{ "%.4f"|format(c.scratch_energy_wh) }} Wh) with {{ c.examples_needed }} examples and {{ "%.4f"|format(c.energy_wh) }} Wh
+{%- if c.energy_saved_wh %}: {{ "%.4f"|format(c.energy_saved_wh) }} Wh saved{% else %}: no energy saved{% endif %}
+{%- else %}{{ c.note|h }}{% endif %}</li>{% else %}<li>no scratch baseline</li>{% endfor %}</ul>
+<h2>Method</h2><ul>{% for n in notes %}<li>{{ n|h }}</li>{% endfor %}</ul>
+<p>Seeds: {{ r.seeds|join(", ") }}. Raw figures: compare.json.</p>
 </body></html>
 """
+
+
+@functools.lru_cache(maxsize=1)
+def _html_template():
+    """``HTML_TEMPLATE`` compiled once (compiling takes ~15 ms, rendering ~0.3 ms)."""
+    import jinja2
+
+    env = jinja2.Environment(autoescape=False, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters["h"] = lambda value: html.escape(str(value))
+    env.filters["g2"] = lambda value: f"{value:.2g}"
+    return env.from_string(HTML_TEMPLATE)
+
+
+def html_report(report: CompareReport, png: Path) -> str:
+    """One self-contained page: verdict, table, plot (base64), curves, compute saved, method notes.
+
+    Rendered with jinja2 (``HTML_TEMPLATE``): the page's layout is one readable template instead
+    of nested f-strings; a test holds it to the exact bytes the f-string version produced.
+    """
+    colour = {"positive transfer": "#1a7f37", "negative transfer": "#cf222e"}.get(report.verdict, "#9a6700")
+    return _html_template().render(
+        r=report, colour=colour, flags=_flags, curves=curve_sentences(report),
+        image=base64.b64encode(png.read_bytes()).decode("ascii"),
+        head=("arm", "train rows", f"{report.metric}", "95% CI", "chosen lr", "trainable params", "train s",
+              "peak MiB", "energy Wh"),
+        notes=report.notes + [f"energy: {report.energy_method}"])
 
 
 def parse_list(text: Optional[str], kind: type = str) -> Optional[list]:
