@@ -209,8 +209,25 @@ class TrainingSection(_Section):
             raise ValueError(f"{value} is bitsandbytes' optimizer, which is not installed: pip install "
                              f"bitsandbytes, or use adamw_torch")
         return value
-    report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]] = Field(
-        default_factory=list, description="accelerate trackers for losses and metrics; tensorboard writes to the run's logs/.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio",
+                            "swanlab"]] = Field(
+        default_factory=list, description="accelerate trackers that get the losses, learning rate, eval metrics and "
+                                          "the recipe as hyper-parameters (each must be installed); tensorboard and "
+                                          "mlflow (without MLFLOW_TRACKING_URI) write into the run's logs/.")
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, value: list[str]) -> list[str]:
+        import importlib.util
+
+        modules = {"tensorboard": ("tensorboard", "tensorboardX"), "comet_ml": ("comet_ml",)}
+        missing = [name for name in value
+                   if not any(importlib.util.find_spec(m) for m in modules.get(name, (name,)))]
+        if missing:  # accelerate would drop them with a log line nobody reads
+            raise ValueError(f"tracker{'s' if len(missing) > 1 else ''} {', '.join(missing)} not installed: "
+                             f"pip install {' '.join(missing)}, or remove {'them' if len(missing) > 1 else 'it'} "
+                             f"from report_to")
+        return value
 
 
 class OutputSection(_Section):

@@ -205,12 +205,27 @@ def evaluate(model, loader, accelerator, task) -> dict[str, float]:
 
 
 class _Progress:
-    """A rich progress bar on an interactive terminal, periodic plain lines otherwise."""
+    """What a person watching a run sees: every step on a terminal, one line per ``LOG_EVERY`` steps
+    when piped, and a table of the epochs at the end.
 
-    def __init__(self, total: int, enabled: bool):
-        self.enabled = enabled
+    The terminal bar shows the loss smoothed over steps (an exponential moving average), the
+    learning rate, the epoch, the last evaluation's metric and the time left. The loss is read
+    without stalling the GPU: each step's value is copied to pinned host memory asynchronously and
+    read once its copy has landed (on the CPU it is simply read). Piped output (a file, a CI log)
+    gets the same figures every ``LOG_EVERY`` steps, from the synced window mean the loop already has.
+    """
+
+    SMOOTHING = 0.9  # weight of the previous average: roughly the last 10 steps
+
+    def __init__(self, total: int, enabled: bool, epochs: int = 1, metric: str = ""):
+        self.enabled, self.total, self.epochs, self.metric = enabled, total, epochs, metric
         self.bar = None
-        self.total = total
+        self.smoothed: Optional[float] = None
+        self.last_eval: Optional[float] = None
+        self.lr: Optional[float] = None
+        self.epoch = 0
+        self.started, self.start_step = time.perf_counter(), None
+        self._pending: Optional[tuple[torch.Tensor, Any]] = None
         if enabled and sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -219,15 +234,82 @@ class _Progress:
             self.task = self.bar.add_task("train", total=total, info="")
             self.bar.start()
 
+    def _smooth(self, value: float) -> None:
+        if math.isfinite(value):
+            self.smoothed = value if self.smoothed is None else self.SMOOTHING * self.smoothed + (1 - self.SMOOTHING) * value
+
+    def _read(self, loss: torch.Tensor) -> None:
+        """Fold this step's loss into the average without a host sync on an accelerator."""
+        if loss.device.type == "cpu":
+            self._smooth(float(loss.detach()))
+            return
+        if self._pending is not None and self._pending[1].query():
+            self._smooth(float(self._pending[0]))
+            self._pending = None
+        if self._pending is None and loss.device.type == "cuda":
+            host = torch.empty((), dtype=loss.dtype, pin_memory=True)
+            host.copy_(loss.detach(), non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending = (host, event)
+
+    def info(self) -> str:
+        parts = [f"loss {self.smoothed:.4f}" if self.smoothed is not None else "",
+                 f"lr {self.lr:.2e}" if self.lr is not None else "",
+                 f"epoch {self.epoch + 1}/{self.epochs}",
+                 f"eval {self.metric} {self.last_eval:.4f}" if self.last_eval is not None else ""]
+        return "  ".join(p for p in parts if p)
+
+    def _left(self, step: int) -> str:
+        if self.start_step is None or step <= self.start_step:
+            return ""
+        rate = (time.perf_counter() - self.started) / (step - self.start_step)
+        seconds = int(rate * (self.total - step))
+        return f"  {seconds // 60}:{seconds % 60:02d} left"
+
     def update(self, step: int, info: str = "") -> None:
+        """Where the run is (at start, or resumed at ``step``)."""
+        if self.start_step is None:
+            self.start_step, self.started = step, time.perf_counter()
         if self.bar is not None:
-            self.bar.update(self.task, completed=step, info=info)
-        elif self.enabled and info:
-            print(f"step {step}/{self.total} {info}", file=sys.stderr, flush=True)
+            self.bar.update(self.task, completed=step, info=info or self.info())
+
+    def step(self, step: int, loss: Optional[torch.Tensor], lr: float, epoch: int,
+             logged: Optional[float] = None) -> None:
+        """One optimizer step: the bar moves; ``logged`` (the synced window mean every ``LOG_EVERY``
+        steps) makes the piped line."""
+        if not self.enabled:
+            return
+        self.lr, self.epoch = lr, epoch
+        if self.bar is not None:
+            if loss is not None:
+                self._read(loss)
+            self.bar.update(self.task, completed=step, info=self.info())
+        elif logged is not None:
+            self.smoothed = logged  # the mean over the last LOG_EVERY steps: already smooth
+            print(f"step {step}/{self.total}  {self.info()}{self._left(step)}", file=sys.stderr, flush=True)
+
+    def evaluated(self, metrics: dict[str, float]) -> None:
+        if self.metric in metrics:
+            self.last_eval = metrics[self.metric]
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+    def summary(self, history: list[dict[str, Any]]) -> None:
+        """A table of the epochs (train loss, every eval metric), printed once training ends."""
+        if not self.enabled or not history:
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        keys = [k for k in history[-1] if k not in ("epoch", "step")]
+        table = Table("epoch", "step", *keys, title="training summary")
+        for entry in history:
+            table.add_row(str(entry["epoch"]), str(entry["step"]),
+                          *(f"{entry[k]:.4f}" if isinstance(entry.get(k), float) else str(entry.get(k, "")) for k in keys))
+        Console(file=sys.stderr, width=None if sys.stderr.isatty() else 160).print(table)
 
 
 class _Best:
@@ -494,7 +576,7 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
     every = checkpoints.every_steps if checkpoints is not None else None
     if training.report_to:
         accelerator.init_trackers("train", config=_flat_config(tracker_config or {}))
-    bar = _Progress(total_steps, progress and accelerator.is_main_process)
+    bar = _Progress(total_steps, progress and accelerator.is_main_process, epochs=epochs, metric=metric)
     bar.update(result.steps)
     model.train()
     stop = _StopOnSigint(enabled=checkpointer is not None)
@@ -550,12 +632,12 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
                             result.loss_curve.append({"step": result.steps, "loss": mean})
                             window.zero_()
                             window_batches = 0
-                            bar.update(result.steps, f"loss {mean:.4f}")
+                            bar.step(result.steps, loss, scheduler.get_last_lr()[0], epoch, logged=mean)
                             if training.report_to:
                                 accelerator.log({"train/loss": mean, "train/learning_rate": scheduler.get_last_lr()[0]},
                                                 step=result.steps)
                         else:
-                            bar.update(result.steps)
+                            bar.step(result.steps, loss, scheduler.get_last_lr()[0], epoch)
                         if every and result.steps % every == 0:
                             result.train_seconds += time.perf_counter() - epoch_started
                             epoch_started = time.perf_counter()
@@ -580,6 +662,7 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
                      **{f"eval_{k}": v for k, v in metrics.items()}}
             result.history.append(entry)
             result.final_metrics = metrics
+            bar.evaluated(metrics)
             if training.report_to:
                 accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=result.steps)
             if best.update(epoch + 1, metrics) and training.load_best_at_end:
@@ -607,6 +690,7 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
                 tracker.finish()
         if checkpointer is not None:
             checkpointer.close()
+    bar.summary(result.history)
     result.best = best.state()
     if training.load_best_at_end and best.epoch is not None and best.epoch != len(result.history):
         if best_state is None:
