@@ -214,6 +214,7 @@ def build_model(recipe, task, tokenizer, source: ModelSource | None, seed: int, 
     from_config = section.config is not None or section.init == "random"
     set_seed(seed)
     kwargs: dict = {"trust_remote_code": section.trust_remote_code}
+    reference = None
     if not from_config:
         kwargs.update(revision=section.revision, local_files_only=source.local_files_only,
                       use_safetensors=None if section.allow_pickle else True, dtype=dtype)
@@ -223,8 +224,11 @@ def build_model(recipe, task, tokenizer, source: ModelSource | None, seed: int, 
             kwargs["device_map"] = section.device_map
         asks = getattr(strategy, "load_kwargs", None)
         if callable(asks):
-            extra = asks(head_modules_of(task, config, section.trust_remote_code), dtype)
+            with _default_dtype(dtype):
+                meta = _meta_model(task, config, section.trust_remote_code)
+            extra = asks(list(task.head_modules(meta)), dtype, meta)
             if extra:
+                reference = meta
                 if "device_map" not in kwargs:  # a quantized model is placed as it loads, on the training device
                     kwargs["device_map"] = {"": _training_device(recipe)}
                 kwargs.update(extra)
@@ -238,7 +242,16 @@ def build_model(recipe, task, tokenizer, source: ModelSource | None, seed: int, 
     if from_config and section.name is None and resizable:
         if embeddings.num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
+    if reference is not None:  # plain dict entry: an nn.Module attribute would become a submodule
+        model.__dict__["_adaptkit_full_precision"] = reference
     return model
+
+
+def full_precision_reference(model):
+    """The architecture the contract holds an export to: for a base loaded quantized (qlora's
+    4-bit ``from_pretrained``), the weightless full-precision model of the same config that
+    ``build_model`` kept; otherwise the model itself."""
+    return model.__dict__.get("_adaptkit_full_precision", model)
 
 
 def _training_device(recipe):
@@ -250,15 +263,15 @@ def _training_device(recipe):
     return "cpu"
 
 
-def head_modules_of(task, config, trust_remote_code: bool = False) -> list[str]:
-    """The task head's module names, from a weightless (meta) copy of the architecture."""
+def _meta_model(task, config, trust_remote_code: bool = False):
+    """A weightless (meta) copy of the task model: head names, tied layers, the full-precision signature."""
     import copy
 
     from accelerate import init_empty_weights
 
     with init_empty_weights():
         meta = task.build_model("", copy.deepcopy(config), True, trust_remote_code=trust_remote_code)
-    return list(task.head_modules(meta))
+    return meta.eval()  # from_pretrained returns a model in eval mode
 
 
 def enable_gradient_checkpointing(model) -> None:

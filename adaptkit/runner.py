@@ -78,7 +78,9 @@ class Session:
     def build_base(self):
         from adaptkit.models import build_model
 
-        return build_model(self.recipe, self.task, self.tokenizer, self.source, self.recipe.training.seed)
+        # the strategy may load the base its own way (qlora: quantized to 4-bit by from_pretrained)
+        return build_model(self.recipe, self.task, self.tokenizer, self.source, self.recipe.training.seed,
+                           strategy=self.strategy_cls(self.recipe.strategy_options))
 
     def eval_batches(self, rows: int, batch_size: int) -> list[dict]:
         """The first ``rows`` eval rows collated in batches as evaluation forms them (real data, real padding)."""
@@ -150,6 +152,7 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
     from adaptkit.contract import (FrozenWeights, architecture_signature, check_close, check_equivalence,
                                    check_removal, check_signature, model_outputs, reload_export,
                                    removal_reference, trained_head_state)
+    from adaptkit.models import full_precision_reference
     from adaptkit.planning import distributed_setting, plan_of_model, render_text, setup_line, wrap_checked
     from adaptkit.outputs import check_output_dir, staged_output, write_json
     from adaptkit.report import model_card
@@ -173,7 +176,7 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
     context = WrapContext(model_type=getattr(base.config, "model_type", "unknown"), task=session.task.name,
                           head_modules=head, peft_task_type=session.task.peft_task_type,
                           extra={"distributed": distributed_setting(recipe, accelerator.num_processes)})
-    base_signature = architecture_signature(base)
+    base_signature = architecture_signature(full_precision_reference(base))  # a 4-bit base: its fp architecture
     probes = equivalence_batches(session)
     # Rule 4 (removal) compares with what the base computes before wrap on these same probes: kept
     # for a non-mergeable strategy only, on the main process, capped like the wrapped outputs.

@@ -120,3 +120,59 @@ def test_frozen_head_stays_full_precision_through_save_and_load():
     """With train_head off the head is still kept out of quantization, in wrap and in load."""
     report = check_strategy(QLora, {"train_head": False}, families=["bert"])
     assert any("export" in line for line in report.passed)
+
+
+def _pretrained_qlora(tmp_path, **training):
+    """A recipe that trains qlora on a tiny pretrained BERT folder (so from_pretrained runs)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from conftest import MINILM, TINY_BERT, tiny_recipe_dict
+
+    settings = {**{k: v for k, v in TINY_BERT.items() if k != "model_type"}, "hidden_size": 64,
+                "intermediate_size": 128}
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(**settings, vocab_size=30522)).save_pretrained(tmp_path / "tiny")
+    return tiny_recipe_dict(tmp_path, "qlora", model={"name": str(tmp_path / "tiny"), "tokenizer": MINILM,
+                                                      "config": None},
+                            training={"epochs": 1, "max_steps": 3, **training},
+                            output={"dir": str(tmp_path / "run"), "merge": True})
+
+
+def test_pretrained_base_is_loaded_directly_in_4bit(tmp_path):
+    from adaptkit.recipe import Recipe
+    from adaptkit.runner import Session
+
+    session = Session(Recipe.from_dict(_pretrained_qlora(tmp_path)), log=lambda _: None)
+    base = session.build_base()
+    quantization = base.config.quantization_config  # from_pretrained got a BitsAndBytesConfig
+    assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
+    assert quantization.bnb_4bit_use_double_quant and quantization.llm_int8_skip_modules == ["classifier"]
+    query = base.bert.encoder.layer[0].attention.self.query
+    assert isinstance(query, bnb.nn.Linear4bit) and query.weight.dtype == torch.uint8  # before any wrap
+    assert type(base.classifier) is torch.nn.Linear and base.classifier.weight.dtype == torch.float32
+    # the same bytes as quantizing the float32 layer in place (what a base loaded without the
+    # strategy's arguments gets in QLora.load), so exports reload onto either
+    from transformers import AutoModelForSequenceClassification
+
+    from adaptkit_qlora import quantize_model
+
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "tiny", num_labels=2)
+    quantize_model(plain, QLoraOptions(), ["classifier"])
+    again = plain.bert.encoder.layer[0].attention.self.query.weight
+    assert torch.equal(again.data, query.weight.data)
+    assert torch.equal(again.quant_state.absmax, query.weight.quant_state.absmax)
+
+
+def test_run_on_a_4bit_loaded_base_keeps_the_contract_and_exports_a_plain_merged_model(tmp_path):
+    import json
+
+    result = adaptkit.run(_pretrained_qlora(tmp_path), progress=False)
+    contract = " ".join(result.metrics["contract"])
+    assert "signature: unwrapped model has exactly the base architecture" in contract
+    assert "equivalence" in contract and "export: adapter/ reloads" in contract
+    merged = json.loads((result.output_dir / "model" / "config.json").read_text())
+    assert "quantization_config" not in merged  # the merged model is full precision, loads without bitsandbytes
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(result.output_dir / "model")
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())

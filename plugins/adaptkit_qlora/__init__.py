@@ -98,9 +98,11 @@ def _embedding4bit_class():
 def quantize_model(model, options: QLoraOptions, keep: Iterable[str]):
     """Replace linear layers (and embeddings) outside ``keep`` by 4-bit bitsandbytes modules, in place.
 
-    Built from each module's own weights: the core has already loaded the model in full
-    precision, and rebuilding it through ``from_pretrained(quantization_config=...)`` would
-    load it twice and lose a head the task initialised.
+    A pretrained base is normally loaded 4-bit already (``QLora.load_kwargs``: transformers
+    quantizes each layer as it reads it); its ``Linear4bit`` layers are kept as they are and only
+    tagged for ``dequantize_model``, and what transformers does not quantize (embeddings) is done
+    here. A model built from a config (or loaded without the strategy's arguments) is quantized
+    here from its own weights, to the same bytes: both use bitsandbytes' ``quantize_4bit``.
     """
     import bitsandbytes as bnb
     import torch
@@ -108,7 +110,15 @@ def quantize_model(model, options: QLoraOptions, keep: Iterable[str]):
 
     keep = list(keep)
     compute = _dtype(options.compute_dtype)
+    # the dtype the full-precision parts were loaded in (model.dtype): 4-bit weights are uint8
+    loaded = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     for name, module in list(model.named_modules()):
+        if isinstance(module, bnb.nn.Linear4bit):  # quantized as it loaded (from_pretrained): keep its bytes
+            module.support_avx512bf16_for_cpu = False
+            if getattr(module, _ORIGIN, None) is None:
+                source = getattr(module, "source_cls", None) or torch.nn.Linear
+                setattr(module, _ORIGIN, {"cls": source, "dtype": loaded})
+            continue
         if not name or _named(name, keep):
             continue
         parent_name, _, child = name.rpartition(".")
@@ -178,6 +188,34 @@ def dequantize_model(model):
     return model
 
 
+def tied_output(model) -> list[str]:
+    """The name of an output layer whose weight is the input embedding's (a tied lm_head), if any."""
+    if model is None or not hasattr(model, "get_output_embeddings"):
+        return []
+    output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
+    if output is None or inputs is None or getattr(output, "weight", None) is not getattr(inputs, "weight", None):
+        return []
+    return [name for name, module in model.named_modules() if module is output][:1]
+
+
+# What transformers marks on a model it loaded quantized; the merged (de-quantized) model is a
+# plain full-precision model again, so it must not claim to be quantized (save_pretrained would
+# write a quantization_config that makes every later load quantize it).
+_QUANTIZED_MARKS = ("hf_quantizer", "is_loaded_in_4bit", "is_loaded_in_8bit", "quantization_method", "is_quantized")
+
+
+def forget_quantization(model):
+    """Remove transformers' quantization marks from a de-quantized model and its config."""
+    for module in model.modules():
+        for mark in _QUANTIZED_MARKS:
+            if mark in vars(module):
+                delattr(module, mark)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    return model
+
+
 def bitsandbytes_available() -> bool:
     """Whether bitsandbytes is installed, without importing it (its import takes a second)."""
     import importlib.util
@@ -208,9 +246,27 @@ class QLora(Lora):
         self.merge_tolerance = MERGE_TOLERANCE[self.options.compute_dtype]
         self._keep: list[str] = []
 
-    def kept_modules(self, context) -> list[str]:
-        """Modules left in full precision: the task head (its shape follows the task) and ``skip_modules``."""
-        return list(context.head_modules) + list(self.options.skip_modules)
+    def kept_modules(self, context, model=None) -> list[str]:
+        """Modules left in full precision: the task head (its shape follows the task), ``skip_modules``,
+        and an output layer that shares its weight with the input embeddings (a tied ``lm_head``:
+        quantizing one copy would quantize, or untie, the other)."""
+        return list(context.head_modules) + list(self.options.skip_modules) + tied_output(model)
+
+    def load_kwargs(self, head_modules: list[str], dtype, model=None) -> dict[str, Any]:
+        """What ``from_pretrained`` needs to load the base directly in 4-bit (called by the core's
+        ``build_model``): a ``BitsAndBytesConfig`` with this strategy's data type, double
+        quantization and compute dtype, the kept modules skipped. transformers then quantizes each
+        layer as it reads it, so the full-precision model is never held (benchmarks/qlora_memory.py)."""
+        if not bitsandbytes_available():
+            return {}  # preflight refuses the run with the install command
+        from transformers import BitsAndBytesConfig
+
+        keep = list(head_modules) + list(self.options.skip_modules) + tied_output(model)
+        return {"quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=self.options.quant_type,
+            bnb_4bit_use_double_quant=self.options.double_quant,
+            bnb_4bit_compute_dtype=_dtype(self.options.compute_dtype),
+            bnb_4bit_quant_storage="uint8", llm_int8_skip_modules=keep or None)}
 
     def peft_config(self, context):
         config = super().peft_config(context)
@@ -240,7 +296,7 @@ class QLora(Lora):
         from peft import get_peft_model
 
         self.check_targets(model, context)  # before quantizing: a misspelt name fails fast
-        self._keep = self.kept_modules(context)
+        self._keep = self.kept_modules(context, model)
         quantize_model(model, self.options, self._keep)
         return get_peft_model(model, self.peft_config(context))
 
@@ -250,7 +306,7 @@ class QLora(Lora):
 
         config = copy.deepcopy(model.peft_config["default"])
         state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
-        base = dequantize_model(model.unload())
+        base = forget_quantization(dequantize_model(model.unload()))
         # De-quantized GPT-2 projections are Conv1D again (input-major weights).
         config.fan_in_fan_out = context_has_conv1d(base)
         again = get_peft_model(base, config)
@@ -264,7 +320,7 @@ class QLora(Lora):
         config = PeftConfig.from_pretrained(directory)
         # lora's config excludes the task head from adaptation and lists it in modules_to_save.
         heads = {*(config.modules_to_save or []), *_as_list(config.exclude_modules)}
-        keep = sorted(heads) + list(self.options.skip_modules)
+        keep = sorted(heads) + list(self.options.skip_modules) + tied_output(base_model)
         quantize_model(base_model, self.options, keep)
         return PeftModel.from_pretrained(base_model, directory)
 
