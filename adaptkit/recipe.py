@@ -139,6 +139,9 @@ class ModelSection(_Section):
             raise ValueError("give model.name (a Hub id or folder) or model.config (a config to build from)")
         if self.config is not None and "model_type" not in self.config:
             raise ValueError("model.config needs a 'model_type' key (e.g. bert, gpt2, llama, vit)")
+        if self.device_map is not None and (self.config is not None or self.init == "random"):
+            raise ValueError("model.device_map places pretrained weights as they load; a model built from "
+                             "model.config or with init: random has none to place: remove device_map")
         return self
 
 
