@@ -98,8 +98,10 @@ def advise(recipe: Any, **options: Any) -> Any:
 def compare(recipe: Any, strategies: Any, seeds: Any = None, sizes: Any = None, **options: Any) -> Any:
     """Train strategies and the from-scratch baseline on the same data; returns a ``CompareReport``.
 
-    ``strategies`` may include ``"scratch"`` (same architecture, random weights); see
-    ``adaptkit.compare.compare`` for the output folder and the verdict's rules.
+    ``strategies`` may include ``"scratch"`` (same architecture, random weights). Every arm gets
+    the same learning-rate search (``trials``, chosen on a ``validation_fraction`` of its rows;
+    ``storage`` shares it through an Optuna database); see ``adaptkit.compare.compare`` for the
+    output folder and the verdict's rules.
     """
     from adaptkit.compare import compare as _compare
 

@@ -470,7 +470,7 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
         on_epoch_end: Optional[Callable[[int, dict[str, float]], None]] = None,
         checkpoints: Optional["CheckpointConfig"] = None,
         on_checkpoint: Optional[Callable[[str, int], None]] = None,
-        tracker_config: Optional[dict[str, Any]] = None) -> FitResult:
+        tracker_config: Optional[dict[str, Any]] = None, eval_every: Optional[int] = None) -> FitResult:
     """Train ``model`` (already wrapped by ``strategy``) and evaluate after every epoch.
 
     With ``checkpoints``, resumable checkpoints are written every ``every_steps`` optimizer
@@ -479,6 +479,8 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
     the exact point of the loop where they were saved, so a resumed run computes bit for bit
     what an uninterrupted one does. The best epoch on ``training.metric_for_best`` is tracked;
     ``early_stopping_patience`` stops, ``load_best_at_end`` puts its weights back at the end.
+    ``eval_every`` evaluates every that many epochs (default: every epoch, or in groups when the
+    small-data floor raised the epochs) and always after the last.
     """
     from transformers import get_scheduler
 
@@ -501,6 +503,9 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
     budget = step_budget(math.ceil(len(loader) / training.gradient_accumulation_steps), training.epochs,
                          training.min_steps, training.max_steps)
     total_steps, epochs = budget.total_steps, budget.epochs
+    # Epochs the small-data floor added are evaluated in groups: as many evaluations as the recipe's
+    # epochs would give (25 passes over 100 rows need not score 872 eval rows 25 times).
+    evaluate_every = eval_every or (math.ceil(epochs / training.epochs) if budget.raised_by_floor else 1)
     scheduler = get_scheduler(training.scheduler if training.scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=int(training.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -651,11 +656,16 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
                         if result.steps >= total_steps:
                             break
                 result.train_seconds += time.perf_counter() - epoch_started  # evaluation is not train time
-                if checkpointer is not None and every is None and checkpointer.last_saved_step != result.steps:
+                grouped = (epoch + 1) % evaluate_every and epoch + 1 < epochs and result.steps < total_steps
+                if checkpointer is not None and every is None and checkpointer.last_saved_step != result.steps \
+                        and not grouped:  # epochs the floor added are checkpointed with their group, too
                     save(position(epoch, batches_done))
             if pending_rng is not None:  # resumed at an epoch's end: the saved run was about to evaluate
                 restore_rng(pending_rng)
                 pending_rng = None
+            if (epoch + 1) % evaluate_every and epoch + 1 < epochs and result.steps < total_steps:
+                batches_done = 0  # an epoch the floor added: evaluated with its neighbours, not alone
+                continue
             metrics = evaluate(model, evaluation, accelerator, task)
             entry = {"epoch": epoch + 1, "step": result.steps,
                      "train_loss": float(_mean_across(accelerator, epoch_loss)) / max(epoch_batches, 1),

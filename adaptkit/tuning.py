@@ -197,7 +197,8 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
         with EnergyMeter(power_watts=power_watts, device=str(accelerator.device)) as meter:
             try:
                 result = fit(workbench.model, workbench.strategy, task, train_data, validation_data,
-                             session.tokenizer, training, accelerator, rate, progress=False, on_epoch_end=report)
+                             session.tokenizer, training, accelerator, rate, progress=False, on_epoch_end=report,
+                             eval_every=1)  # the validation split is small: score every epoch for the pruner
             except optuna.TrialPruned:
                 record.state = "pruned"
             except TrainingDiverged as exc:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 
 import pytest
 
@@ -143,7 +144,7 @@ def test_cli_compare_writes_table_plot_json_and_html(tmp_path, capsys):
     assert report["verdict"] in ("positive transfer", "no clear difference", "negative transfer")
     for run in report["runs"]:
         chosen = next(t for t in run["trials"] if t["learning_rate"] == run["learning_rate"])
-        assert run["energy_wh"] == pytest.approx(chosen["train_seconds"] * 36 / 3600, rel=0.01)
+        assert run["energy_wh"] == pytest.approx(chosen["train_seconds"] * 36 / 3600, rel=0.01, abs=1e-5)
         assert run["search_energy_wh"] >= run["energy_wh"]
     for row in report["rows"]:
         assert row["ci_low"] <= row["metric"] <= row["ci_high"] and len(row["learning_rates"]) == 1
@@ -187,20 +188,25 @@ def test_cli_compare_unknown_strategy_exits_2_naming_the_closest(tiny_recipe, tm
 
 
 @pytest.mark.slow
-def test_minilm_on_sst2_is_positive_transfer(tmp_path, monkeypatch):
-    """Shipped MiniLM + the quickstart strategy against the same model from random weights: 300 rows, 200 dev rows."""
+def test_minilm_on_100_sst2_rows_learns_and_beats_scratch(tmp_path, monkeypatch):
+    """The shipped MiniLM + the quick-start LoRA against the same model from random weights, at 100 rows.
+
+    At the old budget (3 epochs of batch 16: 21 steps) LoRA sat at chance here (0.503); the step
+    floor gives it 100 steps on the 80 rows left after the validation split.
+    """
     from adaptkit.compare import compare
     from adaptkit.recipe import load_recipe
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml")
-    recipe.data.max_eval_samples = 200
-    recipe.training.epochs = 3
-    recipe.training.batch_size = 16  # 57 optimizer steps: fewer leave LoRA untrained too, and prove nothing
+    recipe.training.batch_size = 16
+    recipe.training.num_threads = os.cpu_count()  # earlier tests in this process may have set 1
+    recipe.data.max_eval_samples = 200  # the gap (0.74 against 0.48 on 400 rows) needs no more to be clear
     recipe.output.dir = tmp_path / "run"
-    report = compare(recipe, [recipe.strategy.name, SCRATCH], sizes=[300], bootstrap_rounds=500,
+    report = compare(recipe, [recipe.strategy.name, SCRATCH], sizes=[100], trials=1, bootstrap_rounds=500,
                      log=lambda _: None)
     by_name = {r.strategy: r for r in report.rows}
+    assert by_name[recipe.strategy.name].metric >= 0.68 and not by_name[recipe.strategy.name].flags
     assert report.verdict == "positive transfer", report.verdict_detail
-    assert by_name[recipe.strategy.name].metric > by_name[SCRATCH].metric + 0.1
+    assert report.runs[0].trials[0]["steps"] >= 100
     assert (report.output_dir / "report.html").is_file()

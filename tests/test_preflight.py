@@ -135,7 +135,8 @@ def test_options_that_do_not_apply_to_the_task_are_refused(tmp_path, capsys):
 
 
 def test_plan_shows_the_setup_and_a_missing_required_plugin_names_the_install_command(tiny_recipe, tmp_path,
-                                                                                     capsys):
+                                                                                     capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "240")  # the table follows the terminal: wide enough for one line per row
     code, out, err = _plan_cli(tmp_path, tiny_recipe("qlora"), capsys, "--strategies", "lora,qlora")
     assert code == 0
     assert "no quantization, fp32 x single process" in out
