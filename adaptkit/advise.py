@@ -33,7 +33,7 @@ FEW_EXAMPLES = 300  # below this, say plainly that results swing with the seed
 FEW_PER_CLASS = 20
 IMBALANCE_LIMIT = 3.0
 TRUNCATION_LIMIT = 0.05
-MAX_FEATURE_ROWS = 1000
+MAX_FEATURE_ROWS = 500  # features of 500 rows twice: about 4 s of the quick start's advise
 
 
 @dataclass
@@ -259,7 +259,9 @@ def _time_one_step(session: Any, base: Any, strategy_cls: type, options: Any, le
     """One real optimizer step on a copy of ``base``: wall and CPU seconds, padded tokens, CUDA peak, FLOPs/token.
 
     One step, not many: its FLOPs are traced exactly (the same for every step of a strategy),
-    and its time converts the epoch's FLOPs to seconds on this machine. A strategy that caches
+    and its time converts the epoch's padded tokens to seconds on this machine. The batch is
+    what the loop would feed: rows of similar length around the median when batches are
+    grouped by length, random rows otherwise. A strategy that caches
     per-example work (frozen_head) pays its uncached cost here, an upper bound for later epochs.
     """
     import torch
@@ -279,7 +281,14 @@ def _time_one_step(session: Any, base: Any, strategy_cls: type, options: Any, le
     optimizer = torch.optim.AdamW(groups, lr=rate)
     data = session.train_data
     size = min(training.batch_size, len(data))
-    rows = random.Random(training.seed).sample(range(len(data)), size)
+    if "length" in data.column_names and training.group_by_length:
+        # a batch as length grouping forms them: rows of similar length around the median one
+        lengths = data["length"]
+        order = sorted(range(len(data)), key=lengths.__getitem__)
+        middle = max(0, len(order) // 2 - size // 2)
+        rows = order[middle:middle + size]
+    else:
+        rows = random.Random(training.seed).sample(range(len(data)), size)
     batch = {k: v.to(device) for k, v in session.task.collate(session.tokenizer)([data[i] for i in rows]).items()}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -77,7 +77,7 @@ def _add_transfer_commands(commands) -> None:
     advise.add_argument("--output", help="JSON report path (default: <output.dir>-advice.json)")
     advise.add_argument("--overwrite", action="store_true", help="replace an existing JSON report")
     advise.add_argument("--strategies", help="comma-separated strategies to judge (default: every installed one)")
-    advise.add_argument("--max-rows", type=int, default=1000, help="training rows used for LogME and the probe")
+    advise.add_argument("--max-rows", type=int, default=500, help="training rows used for LogME and the probe")
     advise.add_argument("--probe-steps", type=int, default=1,
                         help="1: time one real optimizer step per strategy and trace its FLOPs; 0: no timing")
     advise.add_argument("--power-watts", type=float, help="power draw for energy figures (default: RAPL or 15 W/core)")

@@ -45,13 +45,15 @@ def extract_features(model: Any, dataset: Any, collate: Callable, batch_size: in
     import numpy as np
     import torch
 
-    order = (sorted(range(len(dataset)), key=lambda i: dataset[i]["length"])
-             if "length" in dataset.column_names else list(range(len(dataset))))
+    lengths = dataset["length"] if "length" in dataset.column_names else None
+    order = sorted(range(len(dataset)), key=lengths.__getitem__) if lengths is not None else list(range(len(dataset)))
+    ordered = dataset.select(order)
     model.eval()
     features, labels = [], []
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            batch = collate([dataset[i] for i in order[start:start + batch_size]])
+            columns = ordered[start:start + batch_size]  # one slice read, not one read per row
+            batch = collate([dict(zip(columns, values)) for values in zip(*columns.values())])
             labels.append(batch.pop("labels").numpy())
             hidden = model(**batch, output_hidden_states=True).hidden_states[-1].float()
             mask = batch.get("attention_mask")
