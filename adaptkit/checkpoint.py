@@ -82,8 +82,11 @@ def recipe_identity(recipe: Any) -> dict[str, Any]:
     files = {}
     for key in ("train", "eval"):
         value = getattr(recipe.data, key)
-        if value is not None:
+        if isinstance(value, Path):
             files[key] = _file_identity(recipe.resolve_path(value))
+        elif value is not None:  # named datasets are identified by name/config/split/revision in the recipe
+            files[key] = [_file_identity(recipe.resolve_path(source.path)) if source.path is not None else None
+                          for source in recipe.data.sources(key)]
     identity["data_files"] = files
     identity["plugins"] = plugin_versions()
     return identity

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PrivateAttr, ValidationError, create_model,
-                      field_validator, model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PositiveFloat, PrivateAttr, Tag, ValidationError,
+                      create_model, field_validator, model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from adaptkit.errors import RecipeError
 
@@ -145,12 +146,88 @@ class ModelSection(_Section):
         return self
 
 
+class DataSource(_Section):
+    """One dataset of ``data.train``/``data.eval`` given as a mapping: a local file (``path``) or a dataset
+    ``datasets.load_dataset`` takes by ``name`` (a Hub id, or a local dataset folder), with its weight in a mixture."""
+
+    path: Optional[Path] = Field(None, description="Local data file (CSV, TSV, JSON, JSONL or Parquet) or image "
+                                                   "folder, as a plain data.train path; relative to the recipe file.")
+    name: Optional[str] = Field(None, description="A dataset datasets.load_dataset takes: a Hub id (owner/name), "
+                                                  "read from the local cache when offline, or a local dataset folder "
+                                                  "(data files, optionally a README.md with configs).")
+    config: Optional[str] = Field(None, description="The dataset's configuration (subset), for name.")
+    split: Optional[str] = Field(None, description="Split of name to read (slices such as train[:1000] too); "
+                                                   "default 'train' in data.train, required in data.eval.")
+    field: Optional[str] = Field(None, description="JSON key that holds the list of rows (nested JSON), for name or "
+                                                   "a .json path.")
+    revision: Optional[str] = Field(None, description="Hub branch, tag or commit of name.")
+    weight: Optional[PositiveFloat] = Field(
+        None, description="Share of the training rows drawn from this source in a mixture (weights are normalised; "
+                          "without weights each source counts with its size).")
+    columns: dict[str, str] = Field(default_factory=dict, description="Rename this source's columns before "
+                                                                      "data.columns applies: {name_here: name_wanted}.")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> "DataSource":
+        if (self.path is None) == (self.name is None):
+            raise ValueError("give either path (a local file or folder) or name (a dataset datasets can load: "
+                             "a Hub id or a dataset folder), not both" if self.path is not None else
+                             "give path (a local file or folder) or name (a dataset datasets can load: a Hub id "
+                             "or a dataset folder)")
+        if self.path is not None:
+            given = [key for key in ("config", "split", "revision") if getattr(self, key) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to a dataset given by name; a local file is one "
+                                 f"split (give another file, or name a dataset folder)")
+            if self.field is not None and self.path.suffix.lower() != ".json":
+                raise ValueError(f"field picks the list of rows inside a .json file (or a named dataset), not a "
+                                 f"{self.path.suffix or 'suffix-less'} file")
+        return self
+
+    def resolved(self, base: Path) -> dict[str, Any]:
+        """This source as a run records it: a local path or dataset folder made absolute."""
+        data = self.model_dump(mode="json")
+        if self.path is not None:
+            data["path"] = str(self.path if self.path.is_absolute() else base / self.path)
+        elif local_dataset_dir(self.name, base) is not None:
+            data["name"] = str(local_dataset_dir(self.name, base))
+        return data
+
+
+def local_dataset_dir(name: str, base: Path) -> Optional[Path]:
+    """The folder a source's ``name`` means when one exists (relative to ``base``), else None: a Hub id.
+
+    ``datasets.load_dataset`` itself prefers an existing local folder over a Hub id of the same spelling.
+    """
+    candidate = Path(name).expanduser()
+    candidate = candidate if candidate.is_absolute() else base / candidate
+    return candidate if candidate.is_dir() else None
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` can only be a folder (./x, /x, ~/x, a/b/c), never a Hub id (owner/name)."""
+    return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name
+
+
+def _data_kind(value: Any) -> str:
+    return "mixture" if isinstance(value, list) else "source" if isinstance(value, (dict, DataSource)) else "path"
+
+
+_DATA_TAGS = ("path", "source", "mixture")
+TrainData = Annotated[Union[Annotated[Path, Tag("path")], Annotated[DataSource, Tag("source")],
+                            Annotated[list[DataSource], Tag("mixture")]], Discriminator(_data_kind)]
+EvalData = Annotated[Union[Annotated[Path, Tag("path")], Annotated[DataSource, Tag("source")]],
+                     Discriminator(_data_kind)]
+
+
 class DataSection(_Section):
     """Where the examples are; paths are relative to the recipe file."""
 
-    train: Path = Field(description="Training file (CSV, TSV, JSON, JSONL or Parquet), or a folder of images "
-                                    "with one sub-folder per class.")
-    eval: Optional[Path] = Field(None, description="Evaluation file or folder; when absent, split from train.")
+    train: TrainData = Field(
+        description="Training file (CSV, TSV, JSON, JSONL or Parquet), or a folder of images with one sub-folder per "
+                    "class; or a dataset {name, config, split, field}; or a list of them with weights (a mixture).")
+    eval: Optional[EvalData] = Field(None, description="Evaluation file or folder, or a dataset {name, split, ...}; "
+                                                       "when absent, split from train.")
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out when no eval file is given.")
     validation_fraction: Optional[float] = Field(
         None, gt=0, lt=1, description="Carve this share of the training rows (stratified, seeded) into a validation "
@@ -159,6 +236,68 @@ class DataSection(_Section):
     max_train_samples: Optional[PositiveInt] = Field(None, description="Use only this many training rows (seeded).")
     max_eval_samples: Optional[PositiveInt] = None
     columns: dict[str, str] = Field(default_factory=dict, description="Rename columns: {name_in_file: name_task_expects}.")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _untagged_errors(cls, data: Any, handler: Any) -> "DataSection":
+        """Errors inside train/eval name the key as written (data.train.0.weight), not the union member tried."""
+        try:
+            section = handler(data)
+        except ValidationError as exc:
+            errors = []
+            for error in exc.errors():
+                loc = error["loc"]
+                if len(loc) > 1 and loc[0] in ("train", "eval") and loc[1] in _DATA_TAGS:
+                    loc = loc[:1] + loc[2:]
+                errors.append(InitErrorDetails(type=PydanticCustomError(error["type"], error["msg"]), loc=loc,
+                                               input=error.get("input")))
+            raise ValidationError.from_exception_data(exc.title, errors) from None
+        problems = section._source_problems()
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, [
+                InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input={})
+                for loc, message in problems])
+        return section
+
+    def _source_problems(self) -> list[tuple[tuple[Any, ...], str]]:
+        """(key path, why) of weights and splits that cannot mean what the recipe says."""
+        problems: list[tuple[tuple[Any, ...], str]] = []
+        if isinstance(self.train, DataSource) and self.train.weight is not None:
+            problems.append((("train", "weight"), "weight only means something in a mixture (a list of sources)"))
+        if isinstance(self.train, list):
+            if not self.train:
+                problems.append((("train",), "a mixture lists at least one source"))
+            missing = [index for index, source in enumerate(self.train) if source.weight is None]
+            if missing and len(missing) < len(self.train):
+                problems.append((("train", missing[0]), "give every source of the mixture a weight, or none (then "
+                                                        "each counts with its size)"))
+        if isinstance(self.eval, DataSource):
+            if self.eval.weight is not None:
+                problems.append((("eval", "weight"), "weight only applies to the sources of a data.train mixture"))
+            if self.eval.name is not None and self.eval.split is None:
+                problems.append((("eval",), f"give the split of {self.eval.name!r} to evaluate on (e.g. validation "
+                                            f"or test); it is never guessed, so training rows cannot become eval rows"))
+        return problems
+
+    def sources(self, key: str) -> list[DataSource]:
+        """``data.train`` or ``data.eval`` as a list of sources (a plain path is one ``path`` source)."""
+        value = getattr(self, key)
+        if value is None:
+            return []
+        if isinstance(value, Path):
+            return [DataSource(path=value)]
+        return list(value) if isinstance(value, list) else [value]
+
+    def resolved(self, key: str, base: Path) -> Any:
+        """``data.train``/``data.eval`` as a run records it: paths absolute, the shape as written."""
+        value = getattr(self, key)
+        if value is None:
+            return None
+        if isinstance(value, Path):
+            return str(value if value.is_absolute() else base / value)
+        if isinstance(value, list):
+            return [source.resolved(base) for source in value]
+        return value.resolved(base)
 
 
 class TrainingSection(_Section):
@@ -437,9 +576,9 @@ class Recipe(_Section):
         for section in ("strategy", "task"):  # a chosen distribution goes with the run, so reloading picks it too
             if getattr(self, section).distribution is not None:
                 data[section]["distribution"] = getattr(self, section).distribution
-        data["data"]["train"] = str(self.resolve_path(self.data.train))
+        data["data"]["train"] = self.data.resolved("train", self.base_dir())
         if self.data.eval is not None:
-            data["data"]["eval"] = str(self.resolve_path(self.data.eval))
+            data["data"]["eval"] = self.data.resolved("eval", self.base_dir())
         if self.distributed.deepspeed_config is not None:
             data["distributed"]["deepspeed_config"] = str(self.resolve_path(self.distributed.deepspeed_config))
         return data
@@ -829,18 +968,49 @@ def data_format(path: Path) -> Optional[str]:
     return DATA_FORMATS.get(path.suffix.lower())
 
 
+def _data_sources(section: DataSection) -> list[tuple[str, tuple[Any, ...], DataSource]]:
+    """(train|eval, key path of the source's path/name, source) of every data source a recipe reads."""
+    found = []
+    for key in ("train", "eval"):
+        value = getattr(section, key)
+        for index, source in enumerate(section.sources(key)):
+            loc: tuple[Any, ...] = ("data", key, index) if isinstance(value, list) else ("data", key)
+            if not isinstance(value, Path):
+                loc += ("path" if source.path is not None else "name",)
+            found.append((key, loc, source))
+    return found
+
+
+def _check_named_source(recipe: Recipe, source: DataSource, key: str, where: str) -> None:
+    """A dataset folder must exist; a Hub id must be cached when HF_HUB_OFFLINE is set (no network asked)."""
+    if local_dataset_dir(source.name, recipe.base_dir()) is not None:
+        return
+    if looks_like_path(source.name):
+        raise RecipeError(f"{where}: data.{key}: dataset folder not found: "
+                          f"{recipe.base_dir() / Path(source.name).expanduser()}")
+    from adaptkit.data import offline_cache_problem
+
+    problem = offline_cache_problem(source, f"data.{key}")
+    if problem:
+        raise RecipeError(f"{where}: {problem}")
+
+
 def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder) -> None:
     from adaptkit.plugins import get_registry
 
     task_cls = get_registry().tasks[recipe.task.type]
     required = task_cls(recipe.task_options).required_columns()
-    renames = recipe.data.columns
-    for key in ("train", "eval"):
-        value = getattr(recipe.data, key)
-        if value is None:
+    for key, loc, source in _data_sources(recipe.data):
+        where = _where(shown, lines.line(loc))
+        renames = {**recipe.data.columns,
+                   **{old: recipe.data.columns.get(new, new) for old, new in source.columns.items()}}
+        label = key  # data.train for a plain path, as before; data.train.0.path in a mixture (its classes
+        # may be spread over its sources: the two-class check is made on the mixture when it loads)
+        key = ".".join(str(part) for part in loc[1:])
+        if source.name is not None:
+            _check_named_source(recipe, source, key, where)
             continue
-        where = _where(shown, lines.line(("data", key)))
-        path = recipe.resolve_path(value)
+        path = recipe.resolve_path(source.path)
         kind = data_format(path)
         if not path.exists():
             raise RecipeError(f"{where}: data.{key}: file not found: {path}")
@@ -868,7 +1038,7 @@ def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder)
         from adaptkit.errors import DataError
 
         try:
-            scan_rows(path, kind, required, renames, recipe.task_options, is_train=key == "train")
+            scan_rows(path, kind, required, renames, recipe.task_options, is_train=label == "train" and not isinstance(recipe.data.train, list))
         except DataError as exc:
             raise RecipeError(f"{where}: data.{key}: {exc}") from None
         except OSError as exc:
