@@ -139,7 +139,9 @@ def describe(name: str, model: Any, config: Any, recipe: Recipe, setup: str = ""
     return StrategyPlan(name, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                         total=sum(p.numel() for p in model.parameters()), touched=touched_modules(model),
                         memory=estimate_memory(model, config, recipe.training.batch_size, length,
-                                               recipe.training.mixed_precision), setup=setup)
+                                               recipe.training.mixed_precision, quantized="4-bit" in setup,
+                                               gradient_checkpointing=recipe.training.gradient_checkpointing,
+                                               optimizer=recipe.training.optimizer), setup=setup)
 
 
 def touched_modules(model) -> list[str]:
@@ -153,23 +155,79 @@ def touched_modules(model) -> list[str]:
     return [f"{pattern} (x{count})" if count > 1 else pattern for pattern, count in sorted(patterns.items())]
 
 
-def estimate_memory(model, config, batch_size: int, sequence_length: int, precision: str) -> dict[str, int]:
+# bitsandbytes 4-bit: half a byte per value, plus one 8-bit block scale per 64 values and, with
+# double quantization, one fp32 scale per 256 of those (0.5 + 1/64 + 4/16384 bytes).
+FOUR_BIT_BYTES = 0.5 + 1 / 64 + 4 / 16384
+# Layers qlora leaves in full precision (the task head and the output layer).
+_KEPT_IN_FULL = ("lm_head", "classifier", "score", "head", "embed_out")
+
+
+def estimate_memory(model, config, batch_size: int, sequence_length: int, precision: str, *,
+                    quantized: bool = False, gradient_checkpointing: bool = False,
+                    optimizer: str = "adamw_torch", shards: int = 1) -> dict[str, int]:
     """Peak training memory, by part, in bytes.
 
-    weights: every parameter at its dtype; gradients: trainable parameters (fp32); optimizer:
-    AdamW's two fp32 moments per trainable parameter; activations: the per-layer estimate of
-    Korthikanti et al. 2022 (s*b*h*(34 + 5*a*s/h) bytes at 16-bit), doubled for fp32, an upper
-    bound when early layers are frozen.
+    Why each part is what it is:
+
+    - weights: every parameter at its own dtype, so ``model.dtype`` counts (the plan builds its
+      meta model in the load dtype; peft keeps adapters in fp32 on a 16-bit base). ``quantized``
+      (qlora) counts frozen ``nn.Linear`` weights outside the head at 4 bits with their block
+      scales (``FOUR_BIT_BYTES``); a real 4-bit model's packed uint8 weights count the same way.
+    - gradients: one per trainable parameter, at its dtype (torch keeps gradients in it).
+    - optimizer: AdamW's two moments at the parameter's dtype (torch's AdamW allocates them
+      ``zeros_like(param)``), or 1 byte each with bitsandbytes' 8-bit AdamW.
+    - activations: Korthikanti et al. 2022, s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit, doubled
+      in fp32; with ``gradient_checkpointing`` only each layer's input (2*s*b*h at 16-bit) is kept,
+      plus one layer's full activations while it is recomputed.
+    - logits: a language-model head's b*s*vocab fp32 logits and their gradient (the loss upcasts).
+    - ``shards``: FSDP full sharding / ZeRO-3 split weights, gradients and optimizer state over
+      that many processes (activations are per process); 1 = no sharding.
     """
-    weights = sum(p.numel() * BYTES.get(str(p.dtype), 4) for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    import torch
+
+    weights = gradients = states = 0.0
+    half = precision in ("fp16", "bf16")
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for param in module.parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            size = BYTES.get(str(param.dtype), 4)
+            if param.dtype in (torch.float16, torch.bfloat16):  # a 16-bit model computes in 16 bits
+                half = True
+            if param.dtype == torch.uint8 and type(param).__name__ == "Params4bit":  # already 4-bit (a run's model)
+                weights += param.numel() * 2 * FOUR_BIT_BYTES  # two 4-bit values per stored byte
+                continue
+            if (quantized and not param.requires_grad and isinstance(module, torch.nn.Linear) and param.ndim == 2
+                    and param.is_floating_point() and not any(k in module_name.split(".") for k in _KEPT_IN_FULL)):
+                weights += param.numel() * FOUR_BIT_BYTES
+                continue
+            weights += param.numel() * size
+            if param.requires_grad:
+                gradients += param.numel() * size
+                states += param.numel() * (2 if optimizer.endswith("_8bit") else 2 * size)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0) or 0
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0) or 0
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1) or 1
     s, b = sequence_length, batch_size
-    per_layer = s * b * hidden * (34 + 5 * heads * s / max(hidden, 1))
-    activations = int(per_layer * layers * (1 if precision in ("fp16", "bf16") else 2))
-    parts = {"weights": weights, "gradients": trainable * 4, "optimizer": trainable * 8, "activations": activations}
+    scale = 1 if half else 2
+    per_layer = s * b * hidden * (34 + 5 * heads * s / max(hidden, 1)) * scale
+    if gradient_checkpointing:
+        activations = layers * 2 * s * b * hidden * scale + per_layer
+    else:
+        activations = per_layer * layers
+    logits = 0
+    try:
+        output = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        output = None
+    vocab = getattr(output, "out_features", None) or getattr(output, "num_embeddings", None)
+    if vocab:
+        logits = 2 * b * s * vocab * 4
+    shards = max(int(shards), 1)
+    parts = {"weights": int(weights / shards), "gradients": int(gradients / shards),
+             "optimizer": int(states / shards), "activations": int(activations), "logits": int(logits)}
     parts["total"] = sum(parts.values())
     return parts
 
@@ -224,7 +282,7 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
     from accelerate import init_empty_weights
 
     from adaptkit.data import load_splits
-    from adaptkit.models import load_config, quiet_hf_logging, resolve_model_source
+    from adaptkit.models import _default_dtype, load_config, load_dtype, quiet_hf_logging, resolve_model_source
     from adaptkit.plugins import get_registry
     from adaptkit.strategy import WrapContext
 
@@ -255,7 +313,7 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
         try:
             options = recipe.strategy_options if name == recipe.strategy.name else None
             strategy = registry.strategies[name](options)
-            with init_empty_weights():
+            with init_empty_weights(), _default_dtype(load_dtype(recipe, config)):  # model.dtype's weight bytes
                 base = task.build_model("", copy.deepcopy(config), True, trust_remote_code=section.trust_remote_code)
                 context = WrapContext(model_type=model_type, task=task.name, head_modules=task.head_modules(base),
                                       peft_task_type=task.peft_task_type, extra={"distributed": distributed})

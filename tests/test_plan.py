@@ -95,3 +95,98 @@ def test_position_limit_from_a_config(config, limit):
     assert position_limit(config) == limit
     settings = dict(config)
     assert position_limit(AutoConfig.for_model(settings.pop("model_type"), **settings)) == limit
+
+
+# ---------------------------------------------------------------------------- memory estimate (issue 15, item 6)
+
+MEASURE = r"""
+import json, sys
+import psutil
+import accelerate, datasets, peft, transformers, torch  # imported before the baseline: not the run's memory
+import adaptkit, adaptkit.runner, adaptkit.train, adaptkit.planning, adaptkit.contract
+from transformers import BertForSequenceClassification
+recipe = json.loads(sys.argv[1])
+warm = json.loads(sys.argv[2])
+adaptkit.run(warm, progress=False)  # one-time costs (tokenizer, arrow, autograd threads) on a far smaller model
+before = psutil.Process().memory_info().rss
+result = adaptkit.run(recipe, progress=False)
+print(json.dumps({"before": before, "peak": result.metrics["peak_memory_bytes"]}))
+"""
+
+
+def _measured_increase(recipe: dict, warm: dict) -> int:
+    """Peak RSS the training adds, measured in a fresh process so this one's memory does not count."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(recipe), json.dumps(warm)], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures["peak"] - figures["before"]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_memory_estimate_within_a_quarter_of_the_measured_peak(tiny_recipe, tmp_path, dtype):
+    """Full fine-tuning of an 11M-parameter BERT (weights, gradients and AdamW state ~175 MB in
+    fp32, ~90 MB in bf16): the plan's estimate against the peak RSS the run adds on this CPU."""
+    from conftest import TINY_BERT
+
+    config = {**TINY_BERT, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
+              "num_attention_heads": 4}
+    recipe = tiny_recipe("full", model={"config": config, "dtype": dtype},
+                         training={"epochs": 1, "max_steps": 3, "checkpoint_every_steps": 0},
+                         output={"dir": str(tmp_path / "big"), "verify_export": False})
+    warm = tiny_recipe("full", training={"epochs": 1, "max_steps": 1}, output={"dir": str(tmp_path / "warm")})
+    estimate = plan(Recipe.from_dict(recipe)).strategies[0].memory["total"]
+    measured = _measured_increase(recipe, warm)
+    print(f"{dtype}: estimate {estimate / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB")
+    assert 0.75 * measured <= estimate <= 1.25 * measured, (estimate, measured)
+
+
+def test_memory_estimate_follows_dtype_4bit_checkpointing_and_sharding(tiny_recipe):
+    """Each knob moves the part it should: bf16 halves weights/gradients/moments, qlora's frozen
+    linear weights count 4 bits, checkpointing keeps one input per layer, shards divide the state."""
+    from adaptkit.planning import FOUR_BIT_BYTES, estimate_memory
+
+    fp32 = plan(Recipe.from_dict(tiny_recipe("full")), ["full", "lora", "qlora"])
+    bf16 = plan(Recipe.from_dict(tiny_recipe("full", model={"dtype": "bf16"})), ["full"])
+    full32, lora, qlora = (e.memory for e in fp32.strategies)
+    full16 = bf16.strategies[0].memory
+    for part in ("weights", "gradients", "optimizer"):
+        assert full16[part] == pytest.approx(full32[part] / 2, rel=1e-6), part
+    assert full16["activations"] == full32["activations"] / 2  # a 16-bit model's activations are 16-bit
+    frozen_linear = sum(m.weight.numel() for n, m in _meta_bert(tiny_recipe).named_modules()
+                        if type(m).__name__ == "Linear" and "classifier" not in n)
+    assert lora["weights"] - qlora["weights"] == pytest.approx(frozen_linear * (4 - FOUR_BIT_BYTES), abs=1)
+    from conftest import TINY_BERT
+
+    deep = {"config": {**TINY_BERT, "num_hidden_layers": 8}}
+    plain = plan(Recipe.from_dict(tiny_recipe("full", model=deep)), ["full"]).strategies[0].memory
+    checkpointed = plan(Recipe.from_dict(tiny_recipe("full", model=deep, training={"gradient_checkpointing": True})),
+                        ["full"]).strategies[0].memory
+    assert checkpointed["activations"] < 0.3 * plain["activations"]  # 8 layer inputs + one layer, not 8 layers
+    assert checkpointed["weights"] == plain["weights"]
+    eight = plan(Recipe.from_dict(tiny_recipe("full", training={"optimizer": "adamw_8bit"})), ["full"])
+    assert eight.strategies[0].memory["optimizer"] == full32["optimizer"] / 4
+    import torch
+
+    model = torch.nn.Linear(64, 64)
+    sharded = estimate_memory(model, None, 1, 1, "no", shards=4)
+    assert sharded["weights"] == (64 * 64 + 64) * 4 // 4 and sharded["optimizer"] == (64 * 64 + 64) * 8 // 4
+
+
+def _meta_bert(tiny_recipe):
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from conftest import TINY_BERT
+
+    settings = dict(TINY_BERT)
+    with init_empty_weights():
+        return AutoModelForSequenceClassification.from_config(
+            AutoConfig.for_model(settings.pop("model_type"), **settings, vocab_size=30522))
