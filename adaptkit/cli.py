@@ -96,7 +96,7 @@ def _add_transfer_commands(commands) -> None:
                          help="strategy that trains the random-weight baseline (default: full)")
     compare.add_argument("--lr", action="append", default=[], metavar="NAME=RATE",
                          help="centre one arm's learning-rate search on RATE (repeatable), e.g. --lr scratch=3e-4")
-    compare.add_argument("--trials", type=int, default=4,
+    compare.add_argument("--trials", type=int, default=3,
                          help="learning rates tried per arm, log-spaced around its suggestion (1: no search)")
     compare.add_argument("--validation-fraction", type=float, default=0.2,
                          help="share of each arm's rows held out to choose the learning rate and epoch")

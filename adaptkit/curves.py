@@ -39,7 +39,8 @@ class PowerLaw:
         """Rows at which the curve reaches ``error``; inf when it never does (a flat or rising curve)."""
         if self.slope >= 0:
             return math.inf if error < self.error(1.0) else 1.0
-        return math.exp((math.log(max(error, FLOOR)) - self.intercept) / self.slope)
+        exponent = (math.log(max(error, FLOOR)) - self.intercept) / self.slope
+        return math.exp(exponent) if exponent < 700 else math.inf  # a nearly flat curve: beyond any float
 
 
 def fit_power_law(sizes: Sequence[float], errors: Sequence[float]) -> Optional[PowerLaw]:

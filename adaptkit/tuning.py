@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 from adaptkit.errors import AdaptkitError
 
 SCRATCH = "scratch"
-DEFAULT_TRIALS = 4
+DEFAULT_TRIALS = 3  # a third of, equal to and three times the suggestion
 GRID_SPAN = 3.0  # the grid runs from suggestion / GRID_SPAN to suggestion * GRID_SPAN
 VALIDATION_FRACTION = 0.2
 PRUNER_REDUCTION = 3

@@ -14,6 +14,7 @@ def test_fit_recovers_a_known_power_law():
     assert curve.slope == pytest.approx(-0.3) and math.exp(curve.intercept) == pytest.approx(2.0)
     assert curve.rows_for(2.0 * 10_000 ** -0.3) == pytest.approx(10_000, rel=1e-6)
     assert PowerLaw(0.0, 0.05).rows_for(0.1) == math.inf  # a curve that does not fall never gets there
+    assert PowerLaw(-0.6, -1e-4).rows_for(0.2) == math.inf  # nearly flat: more rows than a float holds
     assert fit_power_law([100, 100], [0.3, 0.2]) is None
 
 
