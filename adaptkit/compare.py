@@ -663,7 +663,8 @@ def curve_sentences(report: CompareReport) -> list[str]:
                            f"transfer saves no data here.")
             else:
                 low, high = match["ci"]
-                span = f"95% CI {low if low is not None else '?':,} to {high if high is not None else 'unbounded'}"
+                span = (f"95% CI {f'{low:,}' if low is not None else 'unbounded'} to "
+                        f"{f'{high:,}' if high is not None else 'unbounded'}")
                 out.append(f"Scratch would need about {match['rows']:,} training rows ({span}) to match "
                            f"{match['target_arm']}'s {match['target_metric']:.4f} at {match['at_rows']:,} rows"
                            + (" (an extrapolation far beyond the sizes tried)." if match["extrapolated"] else "."))
