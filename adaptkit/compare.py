@@ -661,6 +661,10 @@ def curve_sentences(report: CompareReport) -> list[str]:
                 out.append(f"Scratch's fitted curve already reaches {match['target_arm']}'s "
                            f"{match['target_metric']:.4f} within the sizes tried (about {match['rows']:,} rows): "
                            f"transfer saves no data here.")
+            elif match["rows"] > 1000 * match["at_rows"]:
+                out.append(f"Scratch's learning curve barely falls: matching {match['target_arm']}'s "
+                           f"{match['target_metric']:.4f} at {match['at_rows']:,} rows would take more than 1,000 "
+                           f"times as many rows, far beyond anything measured here: in practice, never.")
             else:
                 low, high = match["ci"]
                 span = (f"95% CI {f'{low:,}' if low is not None else 'unbounded'} to "
