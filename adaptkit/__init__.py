@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from adaptkit.errors import AdaptkitError, ContractViolation, RecipeError
-from adaptkit.hookspecs import hookimpl
-from adaptkit.recipe import Recipe, load_recipe
-from adaptkit.strategy import PeftStrategy, Strategy, StrategyOptions, WrapContext
-from adaptkit.task import Task, TaskOptions
+from adaptkit.plugin.hookspecs import hookimpl
+from adaptkit.recipe.schema import Recipe, load_recipe
+from adaptkit.plugin.strategy import PeftStrategy, Strategy, StrategyOptions, WrapContext
+from adaptkit.plugin.task import Task, TaskOptions
 
 __version__ = "0.1.0"
 
@@ -25,7 +25,7 @@ __all__ = [
 
 def list_strategies() -> dict[str, type[Strategy]]:
     """Every installed strategy, by name, as registered through entry points."""
-    from adaptkit.plugins import get_registry
+    from adaptkit.plugin.registry import get_registry
 
     return dict(get_registry().strategies)
 
@@ -44,7 +44,7 @@ def get_strategy(name: str) -> type[Strategy]:
 
 def list_plugins() -> list[Any]:
     """Every plugin entry point found, with version, what it registered, and any error."""
-    from adaptkit.plugins import get_registry
+    from adaptkit.plugin.registry import get_registry
 
     return list(get_registry().plugins)
 
@@ -54,7 +54,7 @@ def run(recipe: Any, overwrite: bool = False, progress: bool = True, resume: boo
 
     ``resume=True`` continues the newest complete checkpoint of an interrupted run.
     """
-    from adaptkit.runner import run as _run
+    from adaptkit.engine.runner import run as _run
 
     return _run(recipe, overwrite=overwrite, progress=progress, resume=resume)
 
@@ -63,24 +63,24 @@ def plan(recipe: Any, strategies: Any = None) -> Any:
     """Before training: trainable parameters, touched modules and a memory estimate per strategy.
 
     Loads only the model's config (the weights on the meta device), so it is cheap; returns a
-    ``Plan`` (see ``adaptkit.planning``) and raises for target modules or combinations that cannot run.
+    ``Plan`` (see ``adaptkit.engine.planning``) and raises for target modules or combinations that cannot run.
     """
-    from adaptkit.planning import plan as _plan
-    from adaptkit.runner import _as_recipe
+    from adaptkit.engine.planning import plan as _plan
+    from adaptkit.engine.runner import _as_recipe
 
     return _plan(_as_recipe(recipe), strategies)
 
 
 def load(run_dir: Any) -> Any:
     """Load a finished run folder as a ``Predictor`` with ``.predict(rows)``."""
-    from adaptkit.predict import load_run
+    from adaptkit.engine.predict import load_run
 
     return load_run(run_dir)
 
 
 def check_strategy(strategy: Any, options: Any = None) -> Any:
-    """Run the architecture-preserving contract on tiny BERT and GPT-2 models (see adaptkit.testing)."""
-    from adaptkit.testing import check_strategy as _check
+    """Run the architecture-preserving contract on tiny BERT and GPT-2 models (see adaptkit.plugin.conformance)."""
+    from adaptkit.plugin.conformance import check_strategy as _check
 
     return _check(strategy, options)
 
@@ -88,9 +88,9 @@ def check_strategy(strategy: Any, options: Any = None) -> Any:
 def advise(recipe: Any, **options: Any) -> Any:
     """Judge data suitability, transferability and cost before training; returns an ``AdviceReport``.
 
-    See ``adaptkit.advise.advise`` for the options (strategies, probe_steps, max_feature_rows, ...).
+    See ``adaptkit.judge.advise.advise`` for the options (strategies, probe_steps, max_feature_rows, ...).
     """
-    from adaptkit.advise import advise as _advise
+    from adaptkit.judge.advise import advise as _advise
 
     return _advise(recipe, **options)
 
@@ -100,9 +100,9 @@ def compare(recipe: Any, strategies: Any, seeds: Any = None, sizes: Any = None, 
 
     ``strategies`` may include ``"scratch"`` (same architecture, random weights). Every arm gets
     the same learning-rate search (``trials``, chosen on a ``validation_fraction`` of its rows;
-    ``storage`` shares it through an Optuna database); see ``adaptkit.compare.compare`` for the
+    ``storage`` shares it through an Optuna database); see ``adaptkit.judge.compare.compare`` for the
     output folder and the verdict's rules.
     """
-    from adaptkit.compare import compare as _compare
+    from adaptkit.judge.compare import compare as _compare
 
     return _compare(recipe, strategies, seeds=seeds, sizes=sizes, **options)

@@ -1,7 +1,7 @@
 """frozen_head with and without its feature cache, side by side, in one process.
 
 The same recipe (all-MiniLM-L6-v2, 500 seeded rows of data/sst2/train_2k.tsv, 5 epochs,
-batch 32, the strategy's default learning rate), the same data, tokenizer, seed and training loop (``adaptkit.train.fit``); the
+batch 32, the strategy's default learning rate), the same data, tokenizer, seed and training loop (``adaptkit.engine.train.fit``); the
 only difference is the strategy option ``cache``. Uncached, every epoch runs the frozen
 backbone on every example; cached, the first epoch does and later epochs run only the head.
 
@@ -44,8 +44,8 @@ def recipe(rows: int, epochs: int, device: str) -> dict[str, Any]:
 
 def train_once(session, cache: bool) -> dict[str, Any]:
     """One full ``fit`` of frozen_head with the cache on or off; per-epoch train seconds recorded."""
-    import adaptkit.train as train
-    from adaptkit.strategy import WrapContext
+    import adaptkit.engine.train as train
+    from adaptkit.plugin.strategy import WrapContext
     from adaptkit_frozen_head import FrozenHead
 
     base = session.build_base()
@@ -94,8 +94,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "auto"], default="auto")
     args = parser.parse_args()
 
-    from adaptkit.recipe import Recipe
-    from adaptkit.runner import Session
+    from adaptkit.recipe.schema import Recipe
+    from adaptkit.engine.runner import Session
 
     session = Session(Recipe.from_dict(recipe(args.rows, args.epochs, args.device)), log=lambda _: None)
     results = [train_once(session, cache=False), train_once(session, cache=True)]

@@ -187,8 +187,8 @@ def train_tokens(session) -> int:
 def run_adaptkit(spec: dict, output: Path) -> dict[str, Any]:
     """One row through ``adaptkit.run``; tokens from the same session the run builds."""
     import adaptkit
-    from adaptkit.recipe import Recipe
-    from adaptkit.runner import Session
+    from adaptkit.recipe.schema import Recipe
+    from adaptkit.engine.runner import Session
 
     tokens = train_tokens(Session(Recipe.from_dict(spec), log=lambda _: None))
     _reset_cuda()
@@ -215,10 +215,10 @@ def run_trainer(spec: dict, output: Path, smoke: bool) -> dict[str, Any]:
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from adaptkit.planning import wrap_checked
-    from adaptkit.recipe import Recipe
-    from adaptkit.runner import Session
-    from adaptkit.strategy import WrapContext
+    from adaptkit.engine.planning import wrap_checked
+    from adaptkit.recipe.schema import Recipe
+    from adaptkit.engine.runner import Session
+    from adaptkit.plugin.strategy import WrapContext
 
     session = Session(Recipe.from_dict(spec), log=lambda _: None)
     training = session.recipe.training
@@ -242,7 +242,7 @@ def run_trainer(spec: dict, output: Path, smoke: bool) -> dict[str, Any]:
         out = trainer.train()
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() and not smoke else None
     if peak is None:
-        from adaptkit.train import peak_memory_bytes
+        from adaptkit.engine.train import peak_memory_bytes
 
         peak = peak_memory_bytes(torch.device("cpu"))
     tokens = train_tokens(session)

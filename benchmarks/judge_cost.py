@@ -37,12 +37,12 @@ COMPARE_ARGS = ["--strategies", "lora,full,frozen_head,scratch", "--sizes", "100
 
 def measure_advise() -> dict:
     import adaptkit
-    from adaptkit.advise import advise
-    from adaptkit.recipe import load_recipe
+    from adaptkit.judge.advise import advise
+    from adaptkit.recipe.schema import load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
     recipe.output.dir = Path(tempfile.mkdtemp()) / "quickstart"
-    from adaptkit.runner import Session
+    from adaptkit.engine.runner import Session
 
     Session(recipe, log=lambda _: None).build_base()  # imports, tokenizer and weights paged in for both
     started = time.perf_counter()

@@ -52,7 +52,7 @@ def build(vocab: int, seed: int, hidden: int):
     import torch
     from transformers import AutoConfig
 
-    from adaptkit.strategy import WrapContext
+    from adaptkit.plugin.strategy import WrapContext
     from adaptkit_lora import Lora
     from adaptkit_tasks.instruct import Instruct
 
@@ -127,7 +127,7 @@ def main() -> None:
     from transformers import AutoTokenizer
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from adaptkit.models import quiet_hf_logging
+    from adaptkit.engine.models import quiet_hf_logging
     from adaptkit_tasks.chat_templates import NAMED_TEMPLATES
     from adaptkit_tasks.instruct import Instruct
 

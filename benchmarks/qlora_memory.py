@@ -59,7 +59,7 @@ def model_bytes(model) -> int:
 def load_base(num_labels: int = 2):
     from transformers import AutoModelForSequenceClassification
 
-    from adaptkit.models import quiet_hf_logging, resolve_model_source
+    from adaptkit.engine.models import quiet_hf_logging, resolve_model_source
 
     quiet_hf_logging()
     source = resolve_model_source(MODEL)
@@ -97,7 +97,7 @@ def merge_error(compute_dtype: str, steps: int) -> float:
     """Largest |wrapped - merged| logit difference after ``steps`` AdamW steps at lr 1e-3."""
     import torch
 
-    from adaptkit.contract import model_outputs
+    from adaptkit.plugin.contract import model_outputs
     from adaptkit_qlora import QLora
 
     base, source = load_base()
@@ -135,7 +135,7 @@ def load_child(mode: str) -> None:
     import torch  # noqa: F401  imports are the baseline, not the load
     from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig  # noqa: F401
 
-    from adaptkit.models import quiet_hf_logging, resolve_model_source
+    from adaptkit.engine.models import quiet_hf_logging, resolve_model_source
     from adaptkit_qlora import QLora, quantize_model
     import bitsandbytes  # noqa: F401
 

@@ -78,7 +78,7 @@ def training_flops(model, real_tokens: int) -> float:
 
 
 def _data(rows: int):
-    from adaptkit.data import load_table
+    from adaptkit.engine.data import load_table
 
     train = load_table(TRAIN).shuffle(seed=SEED).select(range(rows))
     return train, load_table(DEV)
@@ -97,7 +97,7 @@ def _model():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from adaptkit.models import resolve_model_source
+    from adaptkit.engine.models import resolve_model_source
 
     torch.manual_seed(SEED)
     base = AutoModelForSequenceClassification.from_pretrained(resolve_model_source(MODEL).location, num_labels=2)
@@ -127,7 +127,7 @@ def run_plain(rows: int, epochs: int, same_batches: bool) -> dict:
     from transformers import AutoTokenizer, DataCollatorWithPadding, get_scheduler
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from adaptkit.models import resolve_model_source
+    from adaptkit.engine.models import resolve_model_source
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(MODEL).location)
     train, dev = _data(rows)
@@ -164,7 +164,7 @@ def run_plain(rows: int, epochs: int, same_batches: bool) -> dict:
 def run_trainer(rows: int, epochs: int) -> dict:
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from adaptkit.models import resolve_model_source
+    from adaptkit.engine.models import resolve_model_source
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(MODEL).location)
     train, dev = _data(rows)
@@ -186,7 +186,7 @@ def run_trainer(rows: int, epochs: int) -> dict:
 
 def run_adaptkit(rows: int, epochs: int, strategy: str = "lora") -> dict:
     import adaptkit
-    from adaptkit.models import load_tokenizer  # noqa: F401  (import cost outside the timed part)
+    from adaptkit.engine.models import load_tokenizer  # noqa: F401  (import cost outside the timed part)
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = {
@@ -205,7 +205,7 @@ def run_adaptkit(rows: int, epochs: int, strategy: str = "lora") -> dict:
     # the same rows adaptkit trained on (max_train_samples: seeded shuffle, then the first N)
     from transformers import AutoTokenizer
 
-    from adaptkit.models import resolve_model_source
+    from adaptkit.engine.models import resolve_model_source
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(MODEL).location)
     train, _ = _data(rows)
@@ -231,10 +231,10 @@ MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def child(args) -> None:
-    from adaptkit.models import quiet_hf_logging
+    from adaptkit.engine.models import quiet_hf_logging
 
     quiet_hf_logging()
-    import adaptkit.runner  # noqa: F401  (the libraries every contender imports, before the baseline)
+    import adaptkit.engine.runner  # noqa: F401  (the libraries every contender imports, before the baseline)
     import peft  # noqa: F401
     import transformers  # noqa: F401
 

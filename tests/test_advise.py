@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from adaptkit.cli import main
-from adaptkit.recipe import Recipe
+from adaptkit.recipe.schema import Recipe
 from conftest import (MINILM, NEGATIVE, POSITIVE, REPO, TINY_BERT, sentiment_rows, tiny_recipe_dict, write_recipe,
                       write_table)
 
@@ -32,7 +32,7 @@ def pretrain_sentiment_blind(folder: Path, steps: int = 80, seed: int = 0) -> Pa
     import torch
     from transformers import AutoConfig, AutoTokenizer, BertModel
 
-    from adaptkit.models import resolve_model_source
+    from adaptkit.engine.models import resolve_model_source
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -91,7 +91,7 @@ def blind_model(tmp_path_factory) -> Path:
 
 
 def test_conflicting_pretraining_is_reported_as_negative_transfer_risk(blind_model, tmp_path):
-    from adaptkit.advise import advise
+    from adaptkit.judge.advise import advise
 
     report = advise(Recipe.from_dict(negative_recipe(tmp_path, blind_model)), strategies=["full"], probe_steps=0,
                     log=lambda _: None)
@@ -114,7 +114,7 @@ def test_features_that_cannot_tell_are_never_called_harm(tmp_path):
     """
     from transformers import AutoConfig, BertModel
 
-    from adaptkit.advise import advise
+    from adaptkit.judge.advise import advise
 
     settings = {k: v for k, v in TINY_BERT.items() if k != "model_type"}
     import torch
@@ -146,7 +146,7 @@ def _messy_rows() -> tuple[list[dict], list[dict]]:
 
 
 def test_data_findings_name_each_problem_in_plain_words(tmp_path):
-    from adaptkit.advise import advise
+    from adaptkit.judge.advise import advise
 
     train, evaluation = _messy_rows()
     recipe = tiny_recipe_dict(tmp_path, "full")
@@ -177,8 +177,8 @@ def test_data_findings_name_each_problem_in_plain_words(tmp_path):
 
 def test_a_strategy_that_fails_is_skipped_with_its_reason(tmp_path, monkeypatch, capsys):
     from adaptkit import Strategy
-    from adaptkit.advise import advise
-    from adaptkit.plugins import get_registry
+    from adaptkit.judge.advise import advise
+    from adaptkit.plugin.registry import get_registry
 
     class Broken(Strategy):
         name = "broken"
@@ -220,8 +220,8 @@ def test_cli_unknown_strategy_exits_2_naming_the_closest(tmp_path, capsys):
 @pytest.mark.slow
 def test_minilm_on_sst2_is_positive_transfer(tmp_path, monkeypatch):
     """The shipped MiniLM on 300 shipped SST-2 rows: pretrained features clearly beat random ones."""
-    from adaptkit.advise import advise
-    from adaptkit.recipe import load_recipe
+    from adaptkit.judge.advise import advise
+    from adaptkit.recipe.schema import load_recipe
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml")

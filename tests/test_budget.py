@@ -7,8 +7,8 @@ import os
 import pytest
 
 import adaptkit
-from adaptkit.budget import TOO_FEW_STEPS, budget_for, step_budget, too_short
-from adaptkit.recipe import Recipe
+from adaptkit.engine.budget import TOO_FEW_STEPS, budget_for, step_budget, too_short
+from adaptkit.recipe.schema import Recipe
 from conftest import tiny_recipe_dict
 
 
@@ -35,7 +35,7 @@ def test_the_default_floor_raises_small_data_and_the_run_records_it(tmp_path):
 def test_a_budget_too_short_to_learn_is_warned_about(tmp_path):
     lines: list[str] = []
     recipe = tiny_recipe_dict(tmp_path, "lora", training={"epochs": 1, "min_steps": 0, "num_threads": 1})
-    from adaptkit.runner import run
+    from adaptkit.engine.runner import run
 
     run(recipe, progress=False, log=lines.append)
     warning = next(line for line in lines if line.startswith("warning: this run trains only"))

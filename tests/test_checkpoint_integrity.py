@@ -17,12 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adaptkit.checkpoint import (COMPLETE, STATE_FILE, CheckpointDamaged, checkpoint_root, plan_checkpoints,
+from adaptkit.engine.checkpoint import (COMPLETE, STATE_FILE, CheckpointDamaged, checkpoint_root, plan_checkpoints,
                                  read_manifest, verify_checkpoint)
 from adaptkit.cli import main
 from adaptkit.errors import AdaptkitError
-from adaptkit.recipe import Recipe
-from adaptkit.runner import run
+from adaptkit.recipe.schema import Recipe
+from adaptkit.engine.runner import run
 from conftest import tiny_recipe_dict, write_recipe
 
 QUIET = {"progress": False, "log": lambda _: None}
@@ -35,8 +35,7 @@ NEWEST, PREVIOUS, LAST = "step-00000020", "step-00000015", "step-00000024"
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """Checkpoints 15, 20, 24 of one run that crashed after training (before its export)."""
-    from adaptkit import contract
-
+    from adaptkit.plugin import contract
     base = tmp_path_factory.mktemp("integrity")
     recipe = tiny_recipe_dict(base, "full", training=TRAINING, output={"dir": str(base / "made")})
 

@@ -68,8 +68,8 @@ def test_sigterm_outside_training_removes_the_lock_and_exits_143(tiny_recipe, tm
     import signal
     import time
 
-    import adaptkit.runner
-    from adaptkit.outputs import lock_path
+    import adaptkit.engine.runner
+    from adaptkit.engine.outputs import lock_path
 
     seen = {}
 
@@ -79,7 +79,7 @@ def test_sigterm_outside_training_removes_the_lock_and_exits_143(tiny_recipe, tm
         time.sleep(10)
         raise AssertionError("SIGTERM did not stop the run")
 
-    monkeypatch.setattr(adaptkit.runner, "_run", killed_while_loading)
+    monkeypatch.setattr(adaptkit.engine.runner, "_run", killed_while_loading)
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe("full"))
     assert main(["run", str(recipe), "--no-progress"]) == 143
     err = capsys.readouterr().err
@@ -92,11 +92,11 @@ def test_sigterm_during_training_checkpoints_and_exits_143(tiny_recipe, tmp_path
     import os
     import signal
 
-    import adaptkit.checkpoint
-    from adaptkit.checkpoint import STATE_FILE, checkpoint_root, latest_checkpoint
-    from adaptkit.outputs import lock_path
+    import adaptkit.engine.checkpoint
+    from adaptkit.engine.checkpoint import STATE_FILE, checkpoint_root, latest_checkpoint
+    from adaptkit.engine.outputs import lock_path
 
-    real_save = adaptkit.checkpoint.Checkpointer.save
+    real_save = adaptkit.engine.checkpoint.Checkpointer.save
 
     def save_then_sigterm(self, state):
         path = real_save(self, state)
@@ -104,7 +104,7 @@ def test_sigterm_during_training_checkpoints_and_exits_143(tiny_recipe, tmp_path
             os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends before it kills the job
         return path
 
-    monkeypatch.setattr(adaptkit.checkpoint.Checkpointer, "save", save_then_sigterm)
+    monkeypatch.setattr(adaptkit.engine.checkpoint.Checkpointer, "save", save_then_sigterm)
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe("full", training={
         "epochs": 1, "batch_size": 4, "seed": 0, "num_threads": 1, "checkpoint_every_steps": 5}))  # 24 steps
     assert main(["run", str(recipe), "--no-progress"]) == 143

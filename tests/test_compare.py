@@ -8,8 +8,8 @@ import os
 import pytest
 
 from adaptkit.cli import main
-from adaptkit.compare import SCRATCH, Row, compute_saved, judge, make_arm
-from adaptkit.recipe import Recipe
+from adaptkit.judge.compare import SCRATCH, Row, compute_saved, judge, make_arm
+from adaptkit.recipe.schema import Recipe
 from conftest import REPO, tiny_recipe_dict, write_recipe, write_table
 from test_advise import negative_recipe, sentiment_blind_model
 
@@ -68,7 +68,7 @@ def test_each_arm_keeps_its_own_options_and_rate(tmp_path):
 
 
 def test_learning_rate_grid_is_log_spaced_around_the_suggestion():
-    from adaptkit.tuning import learning_rate_grid
+    from adaptkit.judge.tuning import learning_rate_grid
 
     grid = learning_rate_grid(1e-3, 3)
     assert grid == pytest.approx([1e-3 / 3, 1e-3, 3e-3], rel=1e-2)
@@ -80,7 +80,7 @@ def test_learning_rate_grid_is_log_spaced_around_the_suggestion():
 
 
 def test_conflicting_pretraining_is_judged_negative_transfer(tmp_path_factory, tmp_path):
-    from adaptkit.compare import compare
+    from adaptkit.judge.compare import compare
 
     model_dir = sentiment_blind_model(tmp_path_factory)
     recipe = Recipe.from_dict(negative_recipe(tmp_path, model_dir))
@@ -104,7 +104,7 @@ def test_an_arm_that_predicts_one_class_is_flagged_not_counted(tmp_path):
     """Labels that the text does not carry, 85 % one class: every arm can only learn the majority class."""
     import random
 
-    from adaptkit.compare import compare
+    from adaptkit.judge.compare import compare
 
     rng = random.Random(0)
     words = ["alpha", "beta", "gamma", "delta", "film", "plot", "story", "scene"]
@@ -160,7 +160,7 @@ def test_cli_compare_writes_table_plot_json_and_html(tmp_path, capsys):
 def test_a_shared_optuna_storage_resumes_a_finished_search_without_training_again(tmp_path):
     import optuna
 
-    from adaptkit.compare import compare
+    from adaptkit.judge.compare import compare
 
     recipe = Recipe.from_dict(tiny_recipe_dict(tmp_path, "frozen_head", training={"epochs": 1, "num_threads": 1}))
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
@@ -194,8 +194,8 @@ def test_minilm_on_100_sst2_rows_learns_and_beats_scratch(tmp_path, monkeypatch)
     At the old budget (3 epochs of batch 16: 21 steps) LoRA sat at chance here (0.503); the step
     floor gives it 100 steps on the 80 rows left after the validation split.
     """
-    from adaptkit.compare import compare
-    from adaptkit.recipe import load_recipe
+    from adaptkit.judge.compare import compare
+    from adaptkit.recipe.schema import load_recipe
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml")

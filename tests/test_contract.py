@@ -8,7 +8,7 @@ import torch
 
 import adaptkit
 from adaptkit import Strategy, hookimpl
-from adaptkit.contract import architecture_signature, check_signature
+from adaptkit.plugin.contract import architecture_signature, check_signature
 from adaptkit.errors import ContractViolation
 from adaptkit.testing import check_strategy, tiny_bert
 
@@ -126,7 +126,7 @@ def test_signature_catches_dtype_and_class_changes():
 
 def test_run_enforces_the_contract_and_writes_nothing(tiny_recipe, tmp_path, monkeypatch):
     """A strategy that breaks the contract at run time stops the run before any output appears."""
-    import adaptkit.plugins as plugins
+    import adaptkit.plugin.registry as plugins
 
     module = types.SimpleNamespace(
         adaptkit_register_strategies=hookimpl(lambda register: register(TouchesFrozenWeights)))

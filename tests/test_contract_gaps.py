@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from adaptkit import Strategy
-from adaptkit.checkpoint import checkpoint_root
+from adaptkit.engine.checkpoint import checkpoint_root
 from adaptkit.cli import main
-from adaptkit.contract import (architecture_signature, check_removal, check_signature, check_wrapped, head_shapes,
+from adaptkit.plugin.contract import (architecture_signature, check_removal, check_signature, check_wrapped, head_shapes,
                                removal_reference)
 from adaptkit.errors import ContractViolation
-from adaptkit.plugins import reset_registry
-from adaptkit.runner import run
+from adaptkit.plugin.registry import reset_registry
+from adaptkit.engine.runner import run
 from adaptkit.testing import _batch, check_strategy, tiny_bert, tiny_gpt2
 from conftest import write_recipe
 from plugin_fixtures import fake_distribution

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from adaptkit.curves import PowerLaw, curve_questions, fit_power_law
+from adaptkit.judge.curves import PowerLaw, curve_questions, fit_power_law
 
 
 def test_fit_recovers_a_known_power_law():

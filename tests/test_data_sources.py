@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from adaptkit.data import load_splits, mixture_counts
+from adaptkit.engine.data import load_splits, mixture_counts
 from adaptkit.errors import DataError, RecipeError
-from adaptkit.recipe import Recipe, load_recipe
+from adaptkit.recipe.schema import Recipe, load_recipe
 from conftest import REPO, tiny_recipe_dict, write_recipe
 
 HUB_ID = "adaptkit-test/tiny-set"
@@ -181,12 +181,12 @@ def test_hub_id_loads_from_a_cli_download_when_the_hub_is_unreachable(tmp_path, 
     """No HF_HUB_OFFLINE, but no answer from the Hub: offline mode for that one load, then restored."""
     import datasets.config
 
-    import adaptkit.publish
+    import adaptkit.engine.publish
 
     hub, _ = caches
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(adaptkit.publish, "_endpoint_reachable", lambda timeout=3.0: "huggingface.co:443 refused")
+    monkeypatch.setattr(adaptkit.engine.publish, "_endpoint_reachable", lambda timeout=3.0: "huggingface.co:443 refused")
     _download_snapshot(hub, HUB_ID, {"data/train.jsonl": "".join(json.dumps(r) + "\n" for r in _rows("snap", 10)),
                                      "data/test.jsonl": "".join(json.dumps(r) + "\n" for r in _rows("st", 4))})
     recipe = _recipe(tmp_path, {"train": {"name": HUB_ID}, "eval": {"name": HUB_ID, "split": "test"}})
@@ -294,7 +294,7 @@ def test_mixture_sources_whose_columns_do_not_convert_are_named(tmp_path, caches
 
 def test_mixture_trains_end_to_end(tmp_path, caches):
     """A tiny BERT run on a cached Hub dataset mixed with a local file; the run records the mixture."""
-    from adaptkit.runner import run
+    from adaptkit.engine.runner import run
 
     _, arrow = caches
     _cache_as_loaded(arrow, HUB_ID, _rows("hub", 24), tmp_path)

@@ -16,7 +16,7 @@ def test_a_full_disk_while_writing_the_output_folder_is_a_clear_error_and_resume
     from safetensors import SafetensorError
 
     from adaptkit.cli import main
-    from adaptkit.strategy import Strategy
+    from adaptkit.plugin.strategy import Strategy
     from conftest import write_recipe
 
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe("full", training=TRAINING))
@@ -39,8 +39,7 @@ def test_a_full_disk_while_writing_the_output_folder_is_a_clear_error_and_resume
 def test_a_failed_pid_write_keeps_the_lock_and_leaks_no_descriptor(tmp_path, monkeypatch):
     import psutil
 
-    from adaptkit import outputs
-
+    from adaptkit.engine import outputs
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -18,11 +18,11 @@ import torch
 from safetensors.torch import load_file
 
 from adaptkit import cli
-from adaptkit.checkpoint import STATE_FILE, checkpoint_root, latest_checkpoint, recipe_identity
-from adaptkit.distributed import failure_summary, launch_command
+from adaptkit.engine.checkpoint import STATE_FILE, checkpoint_root, latest_checkpoint, recipe_identity
+from adaptkit.engine.distributed import failure_summary, launch_command
 from adaptkit.errors import AdaptkitError, RecipeError
-from adaptkit.recipe import DistributedSection, Recipe, load_recipe
-from adaptkit.runner import run
+from adaptkit.recipe.schema import DistributedSection, Recipe, load_recipe
+from adaptkit.engine.runner import run
 from conftest import REPO, TINY_BERT, sentiment_rows, tiny_recipe_dict, write_recipe, write_table
 
 NO_DROPOUT = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -129,7 +129,7 @@ def test_deepspeed_without_the_package_is_a_clear_error(tmp_path, tiny_recipe, c
 def test_fsdp_options_map_onto_accelerates_plugin(monkeypatch):
     import accelerate.utils
 
-    from adaptkit.distributed import accelerator_options
+    from adaptkit.engine.distributed import accelerator_options
 
     seen = {}
     monkeypatch.setattr(accelerate.utils, "FullyShardedDataParallelPlugin", lambda **kw: seen.update(kw) or "plugin")
@@ -147,7 +147,7 @@ def test_fsdp_options_map_onto_accelerates_plugin(monkeypatch):
 
 
 def test_fsdp_on_cpu_processes_or_the_reason_it_cannot():
-    from adaptkit.distributed import fsdp_plugin
+    from adaptkit.engine.distributed import fsdp_plugin
 
     try:
         fsdp_plugin(DistributedSection(backend="fsdp"))

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from adaptkit.editor import MODELINE, SCHEMA_DIALECT, SCHEMA_FILE, builtin_schema, completion_script, schema_text
+from adaptkit.cli.editor import MODELINE, SCHEMA_DIALECT, SCHEMA_FILE, builtin_schema, completion_script, schema_text
 from conftest import REPO
 
 
@@ -71,8 +71,8 @@ def test_bash_completion_completes_commands_and_each_commands_options(tmp_path):
 
 
 def test_zsh_and_fish_scripts_name_every_command_and_option():
-    from adaptkit.cli import _parser
-    from adaptkit.editor import _commands
+    from adaptkit.cli.main import _parser
+    from adaptkit.cli.editor import _commands
 
     commands = _commands(_parser())
     zsh, fish = completion_script("zsh"), completion_script("fish")

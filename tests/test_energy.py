@@ -5,12 +5,12 @@ import time
 
 import pytest
 
-from adaptkit.energy import CPU_WATTS_PER_CORE, EnergyMeter
+from adaptkit.judge.energy import CPU_WATTS_PER_CORE, EnergyMeter
 
 
 def test_waiting_costs_nothing_and_work_costs_its_cpu_time(monkeypatch):
     monkeypatch.delenv("ADAPTKIT_POWER_WATTS", raising=False)
-    monkeypatch.setattr("adaptkit.energy._rapl_domains", lambda: [])
+    monkeypatch.setattr("adaptkit.judge.energy._rapl_domains", lambda: [])
     with EnergyMeter() as idle:
         time.sleep(0.3)
     with EnergyMeter() as busy:

@@ -21,13 +21,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import adaptkit.checkpoint
-from adaptkit.checkpoint import STATE_FILE, checkpoint_root, latest_checkpoint
+import adaptkit.engine.checkpoint
+from adaptkit.engine.checkpoint import STATE_FILE, checkpoint_root, latest_checkpoint
 from adaptkit.cli import main
 from adaptkit.errors import AdaptkitError, CheckpointWriteError, PluginError, RecipeError, TrainingDiverged
-from adaptkit.outputs import lock_path, run_lock, safe_join
-from adaptkit.plugins import build_registry, reset_registry
-from adaptkit.runner import run
+from adaptkit.engine.outputs import lock_path, run_lock, safe_join
+from adaptkit.plugin.registry import build_registry, reset_registry
+from adaptkit.engine.runner import run
 from conftest import MINILM, REPO, sentiment_rows, tiny_recipe_dict, write_recipe, write_table
 from plugin_fixtures import GOOD_EXTRA, fake_distribution
 
@@ -111,7 +111,7 @@ def test_infinite_loss_is_caught_at_the_next_log_sync_and_exits_2(tmp_path, monk
 def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint_usable(tmp_path, monkeypatch):
     recipe = _recipe(tmp_path)
     root = checkpoint_root(tmp_path / "run")
-    real = adaptkit.checkpoint.save_tensors
+    real = adaptkit.engine.checkpoint.save_tensors
     calls = {"n": 0}
 
     def disk_full(state, path):
@@ -121,7 +121,7 @@ def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint_usable(tmp_pat
             raise OSError(errno.ENOSPC, "No space left on device")
         real(state, path)
 
-    monkeypatch.setattr(adaptkit.checkpoint, "save_tensors", disk_full)
+    monkeypatch.setattr(adaptkit.engine.checkpoint, "save_tensors", disk_full)
     with pytest.raises(CheckpointWriteError) as caught:
         run(recipe, **QUIET)
     message = str(caught.value)
@@ -140,7 +140,7 @@ def test_write_failures_are_told_by_their_type_and_errno_not_by_words():
     """torch and safetensors wrap a failed write in their own errors; words in a message are no guide."""
     from safetensors import SafetensorError
 
-    from adaptkit.checkpoint import write_failure
+    from adaptkit.engine.checkpoint import write_failure
 
     def chained(outer: BaseException, inner: BaseException) -> BaseException:
         try:
@@ -188,7 +188,7 @@ def test_torchs_own_write_error_is_a_checkpoint_write_error_and_other_errors_lea
     assert sorted(p.name for p in root.iterdir() if p.name != "logs") == ["step-00000005"]
     monkeypatch.undo()
 
-    real_tensors = adaptkit.checkpoint.save_tensors
+    real_tensors = adaptkit.engine.checkpoint.save_tensors
 
     def bug(state, path):  # not a write failure: re-raised as it is, but no half folder is left behind
         if ".tmp-step-00000010" in str(path):
@@ -196,7 +196,7 @@ def test_torchs_own_write_error_is_a_checkpoint_write_error_and_other_errors_lea
             raise RuntimeError("CUDA error: device-side assert triggered")
         real_tensors(state, path)
 
-    monkeypatch.setattr(adaptkit.checkpoint, "save_tensors", bug)
+    monkeypatch.setattr(adaptkit.engine.checkpoint, "save_tensors", bug)
     with pytest.raises(RuntimeError, match="device-side assert"):
         run(recipe, resume=True, **QUIET)
     assert sorted(p.name for p in root.iterdir() if p.name != "logs") == ["step-00000005"]
@@ -311,7 +311,7 @@ def test_ctrl_c_writes_a_final_checkpoint_and_exits_130_with_resume_advice(tmp_p
 
 # ---------------------------------------------------------------------------- two runs, one folder
 
-HOLD_LOCK = ("import sys, time; from pathlib import Path; from adaptkit.outputs import run_lock; "
+HOLD_LOCK = ("import sys, time; from pathlib import Path; from adaptkit.engine.outputs import run_lock; "
              "lock = run_lock(Path(sys.argv[1])); lock.__enter__(); print('held', flush=True); time.sleep(120)")
 
 
@@ -421,7 +421,7 @@ def broken_site(tmp_path, monkeypatch):
 
 
 def test_a_plugin_raising_in_a_hook_or_answering_the_wrong_type_is_named(broken_site):
-    from adaptkit.models import resolve_model_source
+    from adaptkit.engine.models import resolve_model_source
 
     registry = build_registry()
     with pytest.raises(PluginError) as caught:
@@ -491,7 +491,7 @@ def test_recipe_tags_that_build_python_objects_are_refused(tmp_path):
     path.write_text(f'model: !!python/object/apply:os.system ["touch {marker}"]\n'
                     f"data: {{train: train.csv}}\nstrategy: {{name: full}}\noutput: {{dir: out}}\n")
     with pytest.raises(RecipeError) as caught:
-        from adaptkit.recipe import load_recipe
+        from adaptkit.recipe.schema import load_recipe
 
         load_recipe(path)
     message = str(caught.value)
@@ -518,8 +518,8 @@ def test_pickle_weights_refused_by_run_unless_allowed(tmp_path, capsys):
 def test_trust_remote_code_is_off_unless_the_recipe_says_so(tmp_path, monkeypatch):
     import transformers
 
-    from adaptkit.models import load_tokenizer, resolve_model_source
-    from adaptkit.recipe import Recipe
+    from adaptkit.engine.models import load_tokenizer, resolve_model_source
+    from adaptkit.recipe.schema import Recipe
 
     seen = []
 
@@ -549,14 +549,14 @@ def test_recipe_plugins_key_loads_only_the_listed_distributions(tmp_path, monkey
     fake_distribution(site, "adaptkit-sneaky", "1.0", {"sneaky_plugin": SIDE_EFFECT}, {"sneaky": "sneaky_plugin"})
     monkeypatch.syspath_prepend(str(site))
     reset_registry()
-    from adaptkit.recipe import load_recipe
+    from adaptkit.recipe.schema import load_recipe
 
     recipe = _recipe(tmp_path, "third_party_noop")
     recipe["plugins"] = ["adaptkit-extra"]
     loaded = load_recipe(write_recipe(tmp_path / "recipe.yaml", recipe))
     assert loaded.plugins == ["adaptkit-extra"] and loaded.strategy.name == "third_party_noop"
     assert not (site / "imported.marker").exists(), "a plugin the recipe did not list was imported"
-    from adaptkit.planning import plan  # planning (like advise and predict) keeps to the list too
+    from adaptkit.engine.planning import plan  # planning (like advise and predict) keeps to the list too
 
     reset_registry()
     planned = plan(loaded, strict=False)  # the fixture's strategy has no wrap: planned, with its error
@@ -575,7 +575,7 @@ def test_names_from_input_cannot_escape_the_output_root(tmp_path):
         with pytest.raises(AdaptkitError, match="one plain path component"):
             safe_join(root, bad)
     # A checkpoint's trainer_state.json names the best epoch's folder: a hostile one is refused.
-    from adaptkit.checkpoint import CheckpointConfig, Checkpointer
+    from adaptkit.engine.checkpoint import CheckpointConfig, Checkpointer
 
     class NoAccelerator:
         is_main_process = True
@@ -595,12 +595,12 @@ def test_names_from_input_cannot_escape_the_output_root(tmp_path):
 @pytest.fixture
 def no_model_building(monkeypatch):
     """Fail loudly if anything gets as far as building a model."""
-    import adaptkit.models
+    import adaptkit.engine.models
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built although the data is bad")
 
-    monkeypatch.setattr(adaptkit.models, "build_model", refuse)
+    monkeypatch.setattr(adaptkit.engine.models, "build_model", refuse)
 
 
 @pytest.mark.parametrize("rows, labels, fragment", [

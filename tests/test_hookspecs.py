@@ -1,6 +1,6 @@
 """The plugin API stays honest: every hookspec has a docstring, a test and a README entry.
 
-A hook added to ``adaptkit/hookspecs.py`` without a test that names it (in a tests/*.py file
+A hook added to ``adaptkit/plugin/hookspecs.py`` without a test that names it (in a tests/*.py file
 other than this one) or without a README entry fails here, naming the hook.
 """
 from __future__ import annotations
@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adaptkit import hookspecs
-
+from adaptkit.plugin import hookspecs
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = sorted(name for name, value in vars(hookspecs).items()
                if name.startswith("adaptkit_") and inspect.isfunction(value))

@@ -88,8 +88,8 @@ def test_answer_only_eval_counts_answer_tokens_exactly(tmp_path, tokenizer_dir):
 
 def test_plan_refuses_a_tokenizer_without_template_and_reports_packing(tmp_path, tokenizer_dir):
     from adaptkit.errors import AdaptkitError
-    from adaptkit.planning import plan, render_text
-    from adaptkit.recipe import Recipe
+    from adaptkit.engine.planning import plan, render_text
+    from adaptkit.recipe.schema import Recipe
 
     spec = recipe(tmp_path, tokenizer_dir, "messages", packing=True)
     del spec["task"]["chat_template"]

@@ -7,8 +7,8 @@ import torch
 
 import adaptkit
 from adaptkit.errors import RecipeError
-from adaptkit.recipe import Recipe
-from adaptkit.runner import Session
+from adaptkit.recipe.schema import Recipe
+from adaptkit.engine.runner import Session
 from conftest import MINILM, TINY_BERT
 
 
@@ -112,7 +112,7 @@ def test_device_map_is_refused_with_several_processes(tiny_recipe, tiny_folder, 
 
 
 def test_device_map_is_refused_by_plan_under_a_distributed_section(tiny_recipe, tiny_folder):
-    from adaptkit.planning import plan
+    from adaptkit.engine.planning import plan
 
     recipe = Recipe.from_dict(tiny_recipe(**_pretrained(tiny_recipe, tiny_folder, device_map="auto"),
                                           distributed={"backend": "fsdp"}))
@@ -148,9 +148,9 @@ def _saved_bytes_and_grads(model, batch) -> tuple[int, dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize("strategy", ["lora", "full"])
 def test_gradient_checkpointing_saves_less_for_backward_and_gives_the_same_gradients(tiny_recipe, strategy):
-    from adaptkit.models import enable_gradient_checkpointing
-    from adaptkit.planning import wrap_checked
-    from adaptkit.strategy import WrapContext
+    from adaptkit.engine.models import enable_gradient_checkpointing
+    from adaptkit.engine.planning import wrap_checked
+    from adaptkit.plugin.strategy import WrapContext
 
     config = {**TINY_BERT, "num_hidden_layers": 4, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     recipe = tiny_recipe(strategy, model={"config": config})
@@ -195,7 +195,7 @@ def _state_bytes(optimizer) -> int:
 
 @pytest.mark.parametrize("name", ["adamw_8bit", "paged_adamw_8bit"])
 def test_8bit_optimizer_state_is_about_a_quarter_of_adamw(name):
-    from adaptkit.train import make_optimizer
+    from adaptkit.engine.train import make_optimizer
 
     torch.manual_seed(0)
     sizes = {}
@@ -210,7 +210,7 @@ def test_8bit_optimizer_state_is_about_a_quarter_of_adamw(name):
 
 
 def test_fused_adamw_takes_the_same_steps_as_adamw():
-    from adaptkit.train import make_optimizer
+    from adaptkit.engine.train import make_optimizer
 
     results = []
     for which in ("adamw_torch", "adamw_torch_fused"):

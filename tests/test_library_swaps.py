@@ -14,15 +14,14 @@ import torch
 
 import importlib
 
-compare = importlib.import_module("adaptkit.compare")  # adaptkit.compare is also the function of that name
+compare = importlib.import_module("adaptkit.judge.compare")  # adaptkit.judge.compare is also the function of that name
 SCRATCH, CompareReport, Row = compare.SCRATCH, compare.CompareReport, compare.Row
 
 
 def test_peak_memory_follows_an_allocation_and_each_platform_reading(monkeypatch):
     import psutil
 
-    from adaptkit import train
-
+    from adaptkit.engine import train
     cpu = torch.device("cpu")
     before = train.peak_memory_bytes(cpu)
     assert before >= psutil.Process().memory_info().rss * 0.5

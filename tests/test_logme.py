@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adaptkit.logme import h_score, logme, logme_single
+from adaptkit.judge.logme import h_score, logme, logme_single
 
 
 def _direct_log_evidence(features: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from adaptkit.errors import ModelSourceError
-from adaptkit.models import resolve_model_source
+from adaptkit.engine.models import resolve_model_source
 
 
 def test_packaged_minilm_resolves_offline_to_site_packages():

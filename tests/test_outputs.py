@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from adaptkit.errors import AdaptkitError
-from adaptkit.recipe import Recipe, load_recipe
-from adaptkit.runner import Session, run
+from adaptkit.recipe.schema import Recipe, load_recipe
+from adaptkit.engine.runner import Session, run
 from conftest import tiny_recipe_dict
 
 QUIET = {"progress": False, "log": lambda _: None}
@@ -70,12 +70,12 @@ def test_full_run_folder_metrics_and_overwrite_rules(tmp_path, monkeypatch):
     with pytest.raises(AdaptkitError, match="already holds results.*--overwrite"):
         run(recipe, **QUIET)
     # A failing run with overwrite leaves the previous results exactly as they were.
-    import adaptkit.report
+    import adaptkit.engine.report
 
     def broken_card(summary):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(adaptkit.report, "model_card", broken_card)
+    monkeypatch.setattr(adaptkit.engine.report, "model_card", broken_card)
     with pytest.raises(RuntimeError, match="disk full"):
         run(recipe, overwrite=True, **QUIET)
     assert (folder / "metrics.json").read_bytes() == before
@@ -92,9 +92,9 @@ def test_a_failing_run_leaves_no_output_folder(tmp_path, monkeypatch):
     def fails(*args, **kwargs):
         raise RuntimeError("export broke")
 
-    import adaptkit.strategy
+    import adaptkit.plugin.strategy
 
-    monkeypatch.setattr(adaptkit.strategy.Strategy, "save", fails)
+    monkeypatch.setattr(adaptkit.plugin.strategy.Strategy, "save", fails)
     with pytest.raises(RuntimeError, match="export broke"):
         run(recipe, **QUIET)
     assert not (tmp_path / "run").exists()
@@ -104,7 +104,7 @@ def test_a_failing_run_leaves_no_output_folder(tmp_path, monkeypatch):
 
 
 def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path):
-    from adaptkit.outputs import atomic_file
+    from adaptkit.engine.outputs import atomic_file
 
     path = tmp_path / "predictions.csv"
     path.write_text("old\n")

@@ -11,8 +11,8 @@ import pytest
 
 from adaptkit.cli import main
 from adaptkit.errors import AdaptkitError
-from adaptkit.outputs import MANIFEST, check_output_dir, foreign_entries, replace_folder, staged_output
-from adaptkit.runner import run
+from adaptkit.engine.outputs import MANIFEST, check_output_dir, foreign_entries, replace_folder, staged_output
+from adaptkit.engine.runner import run
 from conftest import tiny_recipe_dict, write_recipe
 
 QUIET = {"progress": False, "log": lambda _: None}

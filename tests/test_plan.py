@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from adaptkit.cli import main
-from adaptkit.planning import plan
-from adaptkit.recipe import Recipe
+from adaptkit.engine.planning import plan
+from adaptkit.recipe.schema import Recipe
 from conftest import REPO, write_recipe
 
 
@@ -60,7 +60,7 @@ def test_plan_refuses_a_max_length_past_the_position_table(tiny_recipe, tmp_path
 
 def test_prompt_tuning_virtual_tokens_count_against_the_positions(tiny_recipe, tmp_path):
     from adaptkit.errors import RecipeError
-    from adaptkit.recipe import load_recipe
+    from adaptkit.recipe.schema import load_recipe
 
     path = write_recipe(tmp_path / "recipe.yaml", tiny_recipe("prompt_tuning", task={"max_length": 120}))
     with pytest.raises(RecipeError, match="120 plus strategy.num_virtual_tokens 20 tokens are more than this bert "
@@ -90,7 +90,7 @@ def test_a_run_stops_at_start_on_a_max_length_past_the_positions(tiny_recipe, tm
 def test_position_limit_from_a_config(config, limit):
     from transformers import AutoConfig
 
-    from adaptkit.task import position_limit
+    from adaptkit.plugin.task import position_limit
 
     assert position_limit(config) == limit
     settings = dict(config)
@@ -103,7 +103,7 @@ MEASURE = r"""
 import json, sys
 import psutil
 import accelerate, datasets, peft, transformers, torch  # imported before the baseline: not the run's memory
-import adaptkit, adaptkit.runner, adaptkit.train, adaptkit.planning, adaptkit.contract
+import adaptkit, adaptkit.engine.runner, adaptkit.engine.train, adaptkit.engine.planning, adaptkit.plugin.contract
 from transformers import BertForSequenceClassification
 recipe = json.loads(sys.argv[1])
 warm = json.loads(sys.argv[2])
@@ -154,7 +154,7 @@ def test_memory_estimate_within_a_quarter_of_the_measured_peak(tiny_recipe, tmp_
 def test_memory_estimate_follows_dtype_4bit_checkpointing_and_sharding(tiny_recipe):
     """Each knob moves the part it should: bf16 halves weights/gradients/moments, qlora's frozen
     linear weights count 4 bits, checkpointing keeps one input per layer, shards divide the state."""
-    from adaptkit.planning import FOUR_BIT_BYTES, estimate_memory
+    from adaptkit.engine.planning import FOUR_BIT_BYTES, estimate_memory
 
     fp32 = plan(Recipe.from_dict(tiny_recipe("full")), ["full", "lora", "qlora"])
     bf16 = plan(Recipe.from_dict(tiny_recipe("full", model={"dtype": "bf16"})), ["full"])

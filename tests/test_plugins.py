@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from adaptkit.errors import PluginError
-from adaptkit.plugins import build_registry, reset_registry
+from adaptkit.plugin.registry import build_registry, reset_registry
 from plugin_fixtures import (BROKEN_IMPORT, DUPLICATE_FULL, EXITS_AT_IMPORT, EXITS_WHILE_REGISTERING, GOOD_EXTRA,
                              IMPOSTOR_LORA, IMPOSTOR_TASK, INTERRUPTED_AT_IMPORT, MISSPELT_HOOK, RAISES_BASE_EXCEPTION_AT_IMPORT,
                              fake_distribution)
@@ -111,7 +111,7 @@ def test_adaptkit_on_event_sees_the_run(tiny_recipe, monkeypatch):
     import types
 
     import adaptkit
-    import adaptkit.plugins as plugins
+    import adaptkit.plugin.registry as plugins
     from adaptkit import hookimpl
 
     seen = []
@@ -133,9 +133,9 @@ def test_adaptkit_resolve_model_first_answer_wins(tmp_path, monkeypatch):
     """adaptkit_resolve_model: a plugin maps a name to a folder; adaptkit loads from there."""
     import types
 
-    import adaptkit.plugins as plugins
+    import adaptkit.plugin.registry as plugins
     from adaptkit import hookimpl
-    from adaptkit.models import resolve_model_source
+    from adaptkit.engine.models import resolve_model_source
 
     folder = tmp_path / "shipped"
     folder.mkdir()
@@ -153,8 +153,7 @@ def test_every_hookspec_has_a_test_and_a_readme_entry():
     """Keep the plugin API honest: a new hook without a test or documentation fails here."""
     from pathlib import Path
 
-    from adaptkit import hookspecs
-
+    from adaptkit.plugin import hookspecs
     names = [n for n in dir(hookspecs) if n.startswith("adaptkit_")]
     assert names, "no hookspecs found"
     root = Path(__file__).resolve().parent.parent
@@ -212,8 +211,8 @@ def _lora_recipe(tmp_path, **strategy):
 
 def test_an_ambiguous_name_fails_validation_until_the_recipe_names_a_distribution(impostor_site, tmp_path, capsys):
     from adaptkit.cli import main
-    from adaptkit.plugins import for_recipe, get_registry
-    from adaptkit.recipe import load_recipe
+    from adaptkit.plugin.registry import for_recipe, get_registry
+    from adaptkit.recipe.schema import load_recipe
 
     impostor_site()
     path, _ = _lora_recipe(tmp_path)
@@ -364,7 +363,7 @@ def test_ctrl_c_while_a_plugin_imports_still_interrupts(tmp_path, monkeypatch):
 
 def test_the_recipe_schema_accepts_a_distribution_key():
     """Editors that check recipes against `adaptkit schema` must not flag `distribution:`."""
-    from adaptkit.recipe import json_schema
+    from adaptkit.recipe.schema import json_schema
 
     definitions = json_schema()["$defs"]
     assert definitions["lora_strategy"]["properties"]["distribution"]["anyOf"][0]["pattern"]

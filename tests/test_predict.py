@@ -9,7 +9,7 @@ import pytest
 import adaptkit
 from adaptkit.cli import main
 from adaptkit.errors import AdaptkitError
-from adaptkit.runner import run
+from adaptkit.engine.runner import run
 from conftest import sentiment_rows, tiny_recipe_dict
 
 
@@ -86,7 +86,7 @@ def test_predict_never_overwrites_a_file_without_overwrite_nor_a_runs_own_files(
 
 
 def test_default_predictions_in_the_run_folder_are_refused_twice_and_stay_adaptkits(trained, capsys):
-    from adaptkit.outputs import foreign_entries
+    from adaptkit.engine.outputs import foreign_entries
 
     result, data_dir = trained
     target = result.output_dir / "predictions.csv"

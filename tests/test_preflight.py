@@ -15,12 +15,12 @@ from safetensors.torch import load_file
 
 import adaptkit
 from adaptkit import hookimpl
-from adaptkit.checkpoint import checkpoint_root, latest_checkpoint
+from adaptkit.engine.checkpoint import checkpoint_root, latest_checkpoint
 from adaptkit.cli import main
 from adaptkit.errors import AdaptkitError, ContractViolation
-from adaptkit.runner import run
-from adaptkit.strategy import WrapContext
-from adaptkit.targets import PreflightError, TargetModuleError
+from adaptkit.engine.runner import run
+from adaptkit.plugin.strategy import WrapContext
+from adaptkit.plugin.targets import PreflightError, TargetModuleError
 from adaptkit.testing import tiny_bert
 from conftest import tiny_recipe_dict, write_recipe
 
@@ -149,8 +149,7 @@ def test_plan_shows_the_setup_and_a_missing_required_plugin_names_the_install_co
 # ---------------------------------------------------------------------------- 1. + 3. + 4. on real runs
 
 def _crash_after_training(monkeypatch):
-    from adaptkit import contract
-
+    from adaptkit.plugin import contract
     def crash(model, batch):
         raise RuntimeError("simulated crash after training")
 
@@ -172,7 +171,7 @@ def test_resume_wraps_once_and_refuses_another_plugin_version(tmp_path, monkeypa
     assert state["recipe"]["plugins"]["adaptkit"] == adaptkit.__version__
 
     # A plugin upgraded between the crash and the resume: refused, naming the distribution and versions.
-    from adaptkit.plugins import get_registry
+    from adaptkit.plugin.registry import get_registry
 
     with monkeypatch.context() as patch:
         for info in get_registry().plugins:  # the first-party plugins all come from this distribution
@@ -223,7 +222,7 @@ class DropsTrainedHead(adaptkit.get_strategy("lora")):
 
 
 def test_a_merge_that_drops_the_trained_head_fails_the_run(tiny_recipe, tmp_path, monkeypatch):
-    import adaptkit.plugins as plugins
+    import adaptkit.plugin.registry as plugins
 
     module = types.SimpleNamespace(
         adaptkit_register_strategies=hookimpl(lambda register: register(DropsTrainedHead)))
@@ -246,8 +245,8 @@ def test_the_python_api_raises_what_the_cli_reports(tiny_recipe):
     recipe["strategy"].update(target_modules=["key", "valeu"], feedforward_modules=[])
     with pytest.raises(TargetModuleError, match="did you mean 'value'"):
         adaptkit.plan(recipe)
-    from adaptkit.planning import plan
-    from adaptkit.recipe import Recipe
+    from adaptkit.engine.planning import plan
+    from adaptkit.recipe.schema import Recipe
 
     with pytest.raises(TargetModuleError):  # still the function once the module is imported
         adaptkit.plan(recipe)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adaptkit.errors import AdaptkitError
-from adaptkit.runner import run
+from adaptkit.engine.runner import run
 from conftest import tiny_recipe_dict
 
 QUIET = {"progress": False, "log": lambda _: None}
@@ -25,8 +25,8 @@ def lora_run(tmp_path_factory):
 
 def test_dry_run_lists_exactly_the_run_files_and_validates_the_card(lora_run, capsys):
     from adaptkit.cli import main
-    from adaptkit.outputs import manifest_files
-    from adaptkit.publish import push
+    from adaptkit.engine.outputs import manifest_files
+    from adaptkit.engine.publish import push
 
     plan = push(lora_run.output_dir, "someone/tiny-lora", dry_run=True)
     assert plan.files == sorted(manifest_files(lora_run.output_dir))
@@ -44,7 +44,7 @@ def _copy(run_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_push_refuses_an_incomplete_contract_a_damaged_card_and_a_bad_repo_id(lora_run, tmp_path):
-    from adaptkit.publish import push
+    from adaptkit.engine.publish import push
 
     copy = _copy(lora_run.output_dir, tmp_path)
     with pytest.raises(AdaptkitError, match="not of the form owner/name"):
@@ -97,8 +97,7 @@ def test_push_uploads_exactly_the_listed_files_through_huggingface_hub(lora_run,
 
     import huggingface_hub
 
-    from adaptkit import publish
-
+    from adaptkit.engine import publish
     calls = {}
     monkeypatch.setattr(publish, "_endpoint_reachable", lambda timeout=3.0: None)
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
@@ -116,7 +115,7 @@ def test_push_uploads_exactly_the_listed_files_through_huggingface_hub(lora_run,
 
 
 def test_output_push_to_hub_in_a_recipe_keeps_the_run_when_the_hub_is_unreachable(tmp_path, monkeypatch):
-    from adaptkit.recipe import Recipe
+    from adaptkit.recipe.schema import Recipe
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe = tiny_recipe_dict(tmp_path, "lora", training=TRAINING,

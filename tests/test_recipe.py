@@ -9,7 +9,7 @@ import pytest
 
 from adaptkit.cli import main
 from adaptkit.errors import RecipeError
-from adaptkit.recipe import load_recipe, json_schema
+from adaptkit.recipe.schema import load_recipe, json_schema
 from conftest import sentiment_rows, write_table
 
 GOOD = textwrap.dedent("""\
@@ -255,7 +255,7 @@ def test_every_builtin_task_declares_the_metrics_it_reports():
     """``metric_names`` is what validate checks metric_for_best against: it must match compute_metrics."""
     import torch
 
-    from adaptkit.plugins import get_registry
+    from adaptkit.plugin.registry import get_registry
 
     tasks = get_registry().tasks
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.3, -2.0]])

@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adaptkit.checkpoint import COMPLETE, STATE_FILE, checkpoint_root, complete_checkpoints, latest_checkpoint
+from adaptkit.engine.checkpoint import COMPLETE, STATE_FILE, checkpoint_root, complete_checkpoints, latest_checkpoint
 from adaptkit.errors import AdaptkitError
-from adaptkit.runner import run
+from adaptkit.engine.runner import run
 from conftest import REPO, sentiment_rows, tiny_recipe_dict, write_recipe, write_table
 
 # 480 rows in batches of 4: 120 optimizer steps per epoch, 360 in all; a checkpoint every 7.
@@ -105,8 +105,7 @@ def test_resume_refuses_a_different_recipe_and_a_fresh_run_refuses_old_checkpoin
         run(recipe, progress=False, log=lambda _: None, resume=True)
 
     # Leave checkpoints behind as a killed run would: crash after training, before the export.
-    from adaptkit import contract
-
+    from adaptkit.plugin import contract
     def crash(model, batch):
         raise RuntimeError("simulated crash")
 
@@ -130,12 +129,12 @@ def test_resume_refuses_a_different_recipe_and_a_fresh_run_refuses_old_checkpoin
 
 
 def test_resume_keeps_the_best_epoch_and_early_stopping_state(tmp_path, monkeypatch):
-    import adaptkit.train
+    import adaptkit.engine.train
 
     training = {"epochs": 5, "batch_size": 16, "seed": 0, "num_threads": 1, "metric_for_best": "loss",
                 "greater_is_better": True, "early_stopping_patience": 2, "load_best_at_end": True}
     crashed = tiny_recipe_dict(tmp_path, "full", training=training, output={"dir": str(tmp_path / "crashed")})
-    real, calls = adaptkit.train.evaluate, {"n": 0}
+    real, calls = adaptkit.engine.train.evaluate, {"n": 0}
 
     def crash_at_third_evaluation(*args, **kwargs):
         calls["n"] += 1
@@ -143,7 +142,7 @@ def test_resume_keeps_the_best_epoch_and_early_stopping_state(tmp_path, monkeypa
             raise RuntimeError("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(adaptkit.train, "evaluate", crash_at_third_evaluation)
+    monkeypatch.setattr(adaptkit.engine.train, "evaluate", crash_at_third_evaluation)
     with pytest.raises(RuntimeError, match="killed"):
         run(crashed, progress=False, log=lambda _: None)
     monkeypatch.undo()
@@ -163,7 +162,7 @@ def test_resume_keeps_the_best_epoch_and_early_stopping_state(tmp_path, monkeypa
 
 def test_lora_with_accumulation_resumes_mid_epoch_exactly(tmp_path, monkeypatch):
     """Crash right after a mid-epoch checkpoint (LoRA dropout, accumulation, plain random order)."""
-    from adaptkit.checkpoint import Checkpointer
+    from adaptkit.engine.checkpoint import Checkpointer
 
     training = {"epochs": 2, "batch_size": 8, "gradient_accumulation_steps": 2, "group_by_length": False,
                 "seed": 5, "num_threads": 1, "checkpoint_every_steps": 4}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from adaptkit.runner import run
+from adaptkit.engine.runner import run
 from conftest import MINILM, tiny_recipe_dict
 
 QUIET = {"progress": False, "log": lambda _: None}
@@ -56,8 +56,8 @@ def test_the_card_carries_hub_metadata_metrics_and_the_recipe(lora_run):
 
 
 def test_hub_id_of_the_packaged_model_an_alias_and_a_local_folder(tmp_path):
-    from adaptkit.models import ModelSource, resolve_model_source
-    from adaptkit.publish import model_hub_id
+    from adaptkit.engine.models import ModelSource, resolve_model_source
+    from adaptkit.engine.publish import model_hub_id
 
     source = resolve_model_source(MINILM)
     assert source.origin == "plugin" and "site-packages" in source.location
@@ -109,7 +109,7 @@ def test_an_adapter_copied_elsewhere_loads_with_plain_peft_from_the_hub_cache(tm
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from adaptkit.models import resolve_model_source
+    from adaptkit.engine.models import resolve_model_source
 
     recipe = tiny_recipe_dict(tmp_path, "lora", training={**TRAINING, "max_steps": 2},
                               model={"name": MINILM, "config": None, "tokenizer": None},

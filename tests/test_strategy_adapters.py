@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from adaptkit.contract import architecture_signature, model_outputs
-from adaptkit.strategy import WrapContext
+from adaptkit.plugin.contract import architecture_signature, model_outputs
+from adaptkit.plugin.strategy import WrapContext
 from adaptkit.testing import FAMILIES, _batch, _context, _perturb_trainable, _train_steps, check_strategy
 from adaptkit_adapters import AdaptersOptions, BottleneckAdapters
 from adaptkit_adapters.model import AdapterModel, find_sites

@@ -26,7 +26,7 @@ def _wrapped(family: str, **options):
 
 
 def _count_block_calls(model: torch.nn.Module) -> list[int]:
-    from adaptkit.layers import find_block_list
+    from adaptkit.plugin.layers import find_block_list
 
     path, _ = find_block_list(model)
     calls = [0]
@@ -144,7 +144,7 @@ def test_per_family_learning_rate_and_explicit_override():
 
 
 def test_no_head_is_a_clear_error():
-    from adaptkit.strategy import WrapContext
+    from adaptkit.plugin.strategy import WrapContext
 
     base = FAMILIES["bert"]()
     with pytest.raises(ValueError, match="needs a task head"):
@@ -157,7 +157,7 @@ def test_options_reject_unknown_keys():
 
 
 def test_other_tasks_run_uncached():
-    from adaptkit.strategy import WrapContext
+    from adaptkit.plugin.strategy import WrapContext
 
     base = FAMILIES["bert"]()
     model = FrozenHead().wrap(base, WrapContext(model_type="bert", task="token_classification",

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptkit.contract import FrozenWeights
-from adaptkit.strategy import WrapContext
+from adaptkit.plugin.contract import FrozenWeights
+from adaptkit.plugin.strategy import WrapContext
 from adaptkit.testing import FAMILIES, _context, _train_steps, check_strategy
 from adaptkit_partial_freeze import PartialFreeze, PartialFreezeOptions
 

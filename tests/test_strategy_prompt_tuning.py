@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import adaptkit
-from adaptkit.contract import architecture_signature, model_outputs
+from adaptkit.plugin.contract import architecture_signature, model_outputs
 from adaptkit.testing import FAMILIES, _batch, _context, _train_steps, check_strategy
 from adaptkit_prompt_tuning import PromptTuning
 

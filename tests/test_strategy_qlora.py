@@ -7,7 +7,7 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 import adaptkit
-from adaptkit.contract import architecture_signature, model_outputs
+from adaptkit.plugin.contract import architecture_signature, model_outputs
 from adaptkit.testing import FAMILIES, _batch, _context, _train_steps, check_strategy
 from adaptkit_lora import LoraOptions
 from adaptkit_qlora import MERGE_TOLERANCE, QLora, QLoraOptions
@@ -139,8 +139,8 @@ def _pretrained_qlora(tmp_path, **training):
 
 
 def test_pretrained_base_is_loaded_directly_in_4bit(tmp_path):
-    from adaptkit.recipe import Recipe
-    from adaptkit.runner import Session
+    from adaptkit.recipe.schema import Recipe
+    from adaptkit.engine.runner import Session
 
     session = Session(Recipe.from_dict(_pretrained_qlora(tmp_path)), log=lambda _: None)
     base = session.build_base()

@@ -56,7 +56,7 @@ def full_run(tmp_path_factory):
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from adaptkit.models import resolve_model_source
+    from adaptkit.engine.models import resolve_model_source
 
     return AutoTokenizer.from_pretrained(resolve_model_source(MINILM).location)
 

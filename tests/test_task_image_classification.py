@@ -51,7 +51,7 @@ def image_recipe(tmp_path: Path, strategy: str, train, evaluation) -> dict:
 
 def test_a_config_built_vit_needs_no_tokenizer_but_a_text_task_does(tmp_path):
     from adaptkit.errors import RecipeError
-    from adaptkit.recipe import Recipe
+    from adaptkit.recipe.schema import Recipe
 
     train = image_folder(tmp_path / "train", 2, 0)
     recipe = image_recipe(tmp_path, "full", train, train)
@@ -62,7 +62,7 @@ def test_a_config_built_vit_needs_no_tokenizer_but_a_text_task_does(tmp_path):
 
 
 def test_image_folder_loads_with_class_names(tmp_path):
-    from adaptkit.data import load_table
+    from adaptkit.engine.data import load_table
 
     table = load_table(image_folder(tmp_path / "train", 3, 0))
     assert len(table) == 6 and set(table.column_names) == {"image", "label"}

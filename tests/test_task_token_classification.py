@@ -62,7 +62,7 @@ def test_labels_sit_on_the_first_sub_token():
     import datasets
     from transformers import AutoTokenizer
 
-    from adaptkit.models import resolve_model_source
+    from adaptkit.engine.models import resolve_model_source
     from adaptkit_tasks.token_classification import TokenClassification
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(MINILM).location)
@@ -88,7 +88,7 @@ def test_mismatched_tags_are_a_data_error():
     from transformers import AutoTokenizer
 
     from adaptkit.errors import DataError
-    from adaptkit.models import resolve_model_source
+    from adaptkit.engine.models import resolve_model_source
     from adaptkit_tasks.token_classification import TokenClassification
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(MINILM).location)
@@ -121,7 +121,7 @@ def test_run_tags_entities_and_reloads(tmp_path, strategy):
     import csv
     import json
 
-    from adaptkit.predict import predict_file
+    from adaptkit.engine.predict import predict_file
 
     source = tmp_path / "rows.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))

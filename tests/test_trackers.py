@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 
 from adaptkit.errors import RecipeError
-from adaptkit.recipe import Recipe
-from adaptkit.runner import run
+from adaptkit.recipe.schema import Recipe
+from adaptkit.engine.runner import run
 from conftest import tiny_recipe_dict
 
 TRAINING = {"epochs": 2, "batch_size": 16, "seed": 0, "num_threads": 1, "min_steps": 0}
@@ -57,7 +57,7 @@ def test_piped_progress_lines_and_the_summary_table(tmp_path, capsys):
 def test_the_terminal_line_smooths_every_step():
     import torch
 
-    from adaptkit.train import _Progress
+    from adaptkit.engine.train import _Progress
 
     bar = _Progress(total=5, enabled=True, epochs=1, metric="accuracy")
     bar.bar = type("Bar", (), {"update": lambda self, *a, **k: None, "stop": lambda self: None})()

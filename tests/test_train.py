@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 import adaptkit
-from adaptkit.recipe import Recipe, TrainingSection
-from adaptkit.runner import Session, run
-from adaptkit.train import make_accelerator
+from adaptkit.recipe.schema import Recipe, TrainingSection
+from adaptkit.engine.runner import Session, run
+from adaptkit.engine.train import make_accelerator
 from conftest import REPO, tiny_recipe_dict
 
 QUIET = {"progress": False, "log": lambda _: None}
@@ -19,7 +19,7 @@ QUIET = {"progress": False, "log": lambda _: None}
 
 def _eval_loss(run_dir: Path, eval_file: Path) -> float:
     """Mean eval loss of the exported model, recomputed from the run folder."""
-    from adaptkit.data import load_table
+    from adaptkit.engine.data import load_table
 
     predictor = adaptkit.load(run_dir)
     encoded = predictor.task.preprocess(load_table(eval_file), predictor.tokenizer)
@@ -113,7 +113,7 @@ def test_second_run_reuses_the_tokenized_cache(tmp_path, monkeypatch):
     assert calls["n"] == 0, "the second session tokenized again instead of using the datasets cache"
     assert second.train_data._fingerprint == first.train_data._fingerprint
     # A new process (a second `adaptkit run`) computes the same fingerprint, so it hits the cache too.
-    script = ("import sys; from adaptkit.recipe import Recipe; from adaptkit.runner import Session; import json;"
+    script = ("import sys; from adaptkit.recipe.schema import Recipe; from adaptkit.engine.runner import Session; import json;"
               f"r = Recipe.from_dict(json.loads(sys.argv[1])); s = Session(r, log=lambda _: None);"
               "print(s.train_data._fingerprint, s.eval_data._fingerprint)")
     out = subprocess.run([sys.executable, "-c", script, json.dumps(data)],

@@ -35,7 +35,7 @@ class FullFineTune(Strategy):
         decay = self.options.layer_decay
         if decay >= 1.0:
             return super().parameter_groups(model, learning_rate, weight_decay)
-        from adaptkit.layers import find_block_list
+        from adaptkit.plugin.layers import find_block_list
 
         blocks_path, count = find_block_list(model)
         groups: dict[tuple[float, bool], list] = {}

@@ -54,7 +54,7 @@ class IA3(PeftStrategy):
     def check_targets(self, model, context) -> None:
         """Each ``target_modules`` and ``feedforward_modules`` entry must match a module; the
         feed-forward ones must also be targets (peft would drop or refuse them)."""
-        from adaptkit.targets import IA3_LAYERS, TargetModuleError, resolve_targets
+        from adaptkit.plugin.targets import IA3_LAYERS, TargetModuleError, resolve_targets
 
         opts = self.options
         targets = resolve_targets(model, opts.target_modules, self.name, kinds=IA3_LAYERS,

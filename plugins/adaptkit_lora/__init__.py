@@ -90,7 +90,7 @@ class Lora(PeftStrategy):
 
         The per-family defaults are not checked: they list both the transformers 4 and 5 names.
         """
-        from adaptkit.targets import resolve_targets
+        from adaptkit.plugin.targets import resolve_targets
 
         resolve_targets(model, self.options.target_modules, self.name, exclude=context.head_modules)
 

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Literal
 from pydantic import Field
 
 from adaptkit import hookimpl
-from adaptkit.targets import PreflightError
+from adaptkit.plugin.targets import PreflightError
 from adaptkit_lora import Lora, LoraOptions
 
 # The attribute a quantized module carries to remember what it replaced (class, dtype, extras).

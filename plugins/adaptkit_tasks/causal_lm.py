@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, PositiveInt, model_validator
 
-from adaptkit.task import Task, TaskOptions
+from adaptkit.plugin.task import Task, TaskOptions
 
 IGNORE = -100
 

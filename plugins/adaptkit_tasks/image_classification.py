@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 
 from pydantic import Field
 
-from adaptkit.task import Task, TaskOptions
+from adaptkit.plugin.task import Task, TaskOptions
 
 
 class ImageClassificationOptions(TaskOptions):
@@ -101,7 +101,7 @@ class ImageClassification(Task):
         """The model folder's image processor, else a plain one sized from the model config."""
         from transformers import AutoImageProcessor
 
-        from adaptkit.models import load_config, resolve_model_source
+        from adaptkit.engine.models import load_config, resolve_model_source
 
         section = recipe.model
         if section.tokenizer is not None and Path(section.tokenizer).is_dir():

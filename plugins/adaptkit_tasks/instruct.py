@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, PositiveInt, field_validator
 
 from adaptkit.errors import DataError
-from adaptkit.task import TaskOptions
+from adaptkit.plugin.task import TaskOptions
 from adaptkit_tasks.causal_lm import CausalLM, _end_token, _start_tokens
 
 FORMATS = ("messages", "prompt_completion", "alpaca", "text")
@@ -98,7 +98,7 @@ class Instruct(CausalLM):
     def load_processor(self, recipe, source):
         """The tokenizer with the chat template installed; refused here, before any training,
         when no template is available (``adaptkit plan`` runs this too, via ``preflight``)."""
-        from adaptkit.models import load_tokenizer
+        from adaptkit.engine.models import load_tokenizer
         from adaptkit_tasks.chat_templates import install_template
 
         tokenizer = load_tokenizer(recipe, source)
@@ -110,7 +110,7 @@ class Instruct(CausalLM):
 
     def preflight(self, recipe, source) -> list[str]:
         """What ``adaptkit plan`` must refuse (no chat template) or say (packing isolation)."""
-        from adaptkit.models import load_config
+        from adaptkit.engine.models import load_config
         from adaptkit_tasks.packing import isolation_problem
 
         self.load_processor(recipe, source)

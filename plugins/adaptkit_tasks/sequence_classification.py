@@ -5,7 +5,7 @@ from typing import Any, Optional, Union
 
 from pydantic import Field, PositiveInt
 
-from adaptkit.task import Task, TaskOptions
+from adaptkit.plugin.task import Task, TaskOptions
 
 
 class SequenceClassificationOptions(TaskOptions):

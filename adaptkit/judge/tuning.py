@@ -113,10 +113,10 @@ class ArmModel:
     """An arm's model, built and wrapped once; ``reset()`` puts back its initial trainable tensors."""
 
     def __init__(self, session: Any, arm: Arm, seed: int, scratch_learning_rate: float):
-        from adaptkit.checkpoint import trainable_state
-        from adaptkit.models import build_model
-        from adaptkit.planning import wrap_checked
-        from adaptkit.strategy import WrapContext
+        from adaptkit.engine.checkpoint import trainable_state
+        from adaptkit.engine.models import build_model
+        from adaptkit.engine.planning import wrap_checked
+        from adaptkit.plugin.strategy import WrapContext
 
         recipe = session.recipe
         if arm.random_init:
@@ -136,7 +136,7 @@ class ArmModel:
                                                 else self.strategy.default_learning_rate)
 
     def reset(self) -> None:
-        from adaptkit.checkpoint import load_trainable_state
+        from adaptkit.engine.checkpoint import load_trainable_state
 
         load_trainable_state(self.model, self.initial, Path("the initial weights"))
 
@@ -155,10 +155,10 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
     import optuna
     import torch
 
-    from adaptkit.budget import budget_for
-    from adaptkit.energy import EnergyMeter
+    from adaptkit.engine.budget import budget_for
+    from adaptkit.judge.energy import EnergyMeter
     from adaptkit.errors import TrainingDiverged
-    from adaptkit.train import best_metric, eval_loader, fit, gather_outputs, make_accelerator
+    from adaptkit.engine.train import best_metric, eval_loader, fit, gather_outputs, make_accelerator
 
     _quiet_optuna()
     task, recipe = session.task, session.recipe

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 from adaptkit.errors import AdaptkitError
 
 if TYPE_CHECKING:
-    from adaptkit.recipe import DistributedSection, TrainingSection
+    from adaptkit.recipe.schema import DistributedSection, TrainingSection
 
 DEFAULT_PORT = 29500
 
@@ -82,7 +82,7 @@ def fsdp_plugin(distributed: "DistributedSection"):
     """accelerate's ``FullyShardedDataParallelPlugin`` from ``distributed.fsdp``."""
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    from adaptkit.recipe import FSDPSection
+    from adaptkit.recipe.schema import FSDPSection
 
     options = distributed.fsdp or FSDPSection()
     kwargs: dict[str, Any] = {
@@ -141,7 +141,7 @@ def accelerator_options(distributed: Optional["DistributedSection"], num_process
 
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
-    from adaptkit.recipe import DistributedSection
+    from adaptkit.recipe.schema import DistributedSection
 
     distributed = distributed or DistributedSection()
     handlers: list[Any] = [InitProcessGroupKwargs(timeout=timedelta(seconds=distributed.collective_timeout_seconds))]
@@ -175,7 +175,7 @@ def launch_command(recipe: str, run_args: Sequence[str], num_processes: int, num
 
     ``num_processes`` counts every process on every machine, as accelerate's does. ``--multi_gpu``
     selects torch's elastic launcher; on a machine without GPUs each process then runs on the CPU
-    over gloo (``adaptkit.train.make_accelerator`` asks for that).
+    over gloo (``adaptkit.engine.train.make_accelerator`` asks for that).
     """
     if num_processes < 1 or num_machines < 1:
         raise AdaptkitError("--num-processes and --num-machines must be at least 1")

@@ -379,7 +379,7 @@ class OutputSection(_Section):
     merge: bool = Field(False, description="Also save the merged model (for mergeable strategies).")
     verify_export: bool = Field(True, description="Reload what was saved with peft/transformers and compare outputs.")
     push_to_hub: Optional[str] = Field(
-        None, description="Hugging Face Hub repo id (owner/name) to upload the finished run to (adaptkit.publish.push; "
+        None, description="Hugging Face Hub repo id (owner/name) to upload the finished run to (adaptkit.engine.publish.push; "
                           "token from HF_TOKEN or `hf auth login`).")
     hub_private: bool = Field(False, description="Create the push_to_hub repo as private.")
 
@@ -508,7 +508,7 @@ class PluginSection(BaseModel):
         return dict(self.model_extra or {})
 
 
-# Which installed distribution provides the name, when more than one registers it (see adaptkit.plugins).
+# Which installed distribution provides the name, when more than one registers it (see adaptkit.plugin.registry).
 _DISTRIBUTION = dict(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$",
                      description="The distribution that provides it (e.g. adaptkit), needed only when two "
                                  "installed distributions register the same name; see `adaptkit plugins`.")
@@ -839,7 +839,7 @@ def _validate(data: Any, source: Optional[Path], lines: _LineFinder, check_files
     recipe._source = source
     recipe._lines = lines
     _check_requirements(recipe, shown, lines)
-    from adaptkit.plugins import for_recipe
+    from adaptkit.plugin.registry import for_recipe
 
     with for_recipe(recipe):  # its plugins: allow-list and the distributions its sections name
         _validate_plugin_sections(recipe, shown, lines)
@@ -871,7 +871,7 @@ def _check_requirements(recipe: Recipe, shown: Optional[Path], lines: _LineFinde
 
 
 def _validate_plugin_sections(recipe: Recipe, shown: Optional[Path], lines: _LineFinder) -> None:
-    from adaptkit.plugins import get_registry
+    from adaptkit.plugin.registry import get_registry
 
     registry = get_registry()
     for section, key, table, kind in (("strategy", "name", registry.strategies, "strategy"),
@@ -988,7 +988,7 @@ def _check_named_source(recipe: Recipe, source: DataSource, key: str, where: str
     if looks_like_path(source.name):
         raise RecipeError(f"{where}: data.{key}: dataset folder not found: "
                           f"{recipe.base_dir() / Path(source.name).expanduser()}")
-    from adaptkit.data import offline_cache_problem
+    from adaptkit.engine.data import offline_cache_problem
 
     problem = offline_cache_problem(source, f"data.{key}")
     if problem:
@@ -996,7 +996,7 @@ def _check_named_source(recipe: Recipe, source: DataSource, key: str, where: str
 
 
 def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder) -> None:
-    from adaptkit.plugins import get_registry
+    from adaptkit.plugin.registry import get_registry
 
     task_cls = get_registry().tasks[recipe.task.type]
     required = task_cls(recipe.task_options).required_columns()
@@ -1034,7 +1034,7 @@ def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder)
                 f"task {recipe.task.type!r} needs (columns: {', '.join(header)}); set the task's column "
                 f"names or map them with data.columns"
             )
-        from adaptkit.data import scan_rows  # every row, cheaply: a bad one is reported as file:line
+        from adaptkit.engine.data import scan_rows  # every row, cheaply: a bad one is reported as file:line
         from adaptkit.errors import DataError
 
         try:
@@ -1049,7 +1049,7 @@ def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder)
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a recipe with the installed strategies and tasks, for editors."""
-    from adaptkit.plugins import get_registry
+    from adaptkit.plugin.registry import get_registry
 
     registry = get_registry()
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from adaptkit.errors import AdaptkitError
-from adaptkit.recipe import Recipe
-from adaptkit.targets import PreflightError
+from adaptkit.recipe.schema import Recipe
+from adaptkit.plugin.targets import PreflightError
 
 BYTES = {"torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.uint8": 1, "torch.int8": 1}
 
@@ -110,7 +110,7 @@ def wrap_checked(strategy: Any, model: Any, context: Any) -> Any:
     distribution (``contract.check_wrapped``), here, before anything trains, instead of a shape
     error or an ``AttributeError`` on ``None`` later in the run.
     """
-    from adaptkit.contract import check_wrapped, head_shapes
+    from adaptkit.plugin.contract import check_wrapped, head_shapes
 
     preflight(strategy, context)
     heads = head_shapes(model, context.head_modules)
@@ -119,7 +119,7 @@ def wrap_checked(strategy: Any, model: Any, context: Any) -> Any:
     except AdaptkitError:
         raise
     except Exception as exc:
-        from adaptkit.plugins import get_registry
+        from adaptkit.plugin.registry import get_registry
 
         message = str(exc).splitlines()[0] if str(exc) else ""
         owner = get_registry().plugin_for("strategy", strategy.name)
@@ -240,7 +240,7 @@ def check_sequence_length(recipe: Recipe, config: Any) -> None:
     take positions too. Checked by ``adaptkit plan`` and again when a run starts.
     """
     from adaptkit.errors import RecipeError
-    from adaptkit.task import position_limit
+    from adaptkit.plugin.task import position_limit
 
     length = getattr(recipe.task_options, "max_length", None)
     limit = position_limit(config)
@@ -271,7 +271,7 @@ def plan(recipe: Recipe, strategies: Optional[list[str]] = None, strict: bool = 
     that cannot be planned keeps its error so the others still show. ``strict`` then raises
     what stops the recipe's own strategy (``Plan.raise_for_recipe_strategy``), as a run would.
     """
-    from adaptkit.plugins import for_recipe
+    from adaptkit.plugin.registry import for_recipe
 
     with for_recipe(recipe):
         return _plan(recipe, strategies, strict)
@@ -281,10 +281,10 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
     """``plan`` under the recipe's plugin allow-list."""
     from accelerate import init_empty_weights
 
-    from adaptkit.data import load_splits
-    from adaptkit.models import _default_dtype, load_config, load_dtype, quiet_hf_logging, resolve_model_source
-    from adaptkit.plugins import get_registry
-    from adaptkit.strategy import WrapContext
+    from adaptkit.engine.data import load_splits
+    from adaptkit.engine.models import _default_dtype, load_config, load_dtype, quiet_hf_logging, resolve_model_source
+    from adaptkit.plugin.registry import get_registry
+    from adaptkit.plugin.strategy import WrapContext
 
     quiet_hf_logging()
     registry = get_registry()

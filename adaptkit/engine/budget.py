@@ -71,6 +71,6 @@ def too_short(budget: StepBudget) -> Optional[str]:
 
 
 def _default_floor() -> int:
-    from adaptkit.recipe import DEFAULT_MIN_STEPS
+    from adaptkit.recipe.schema import DEFAULT_MIN_STEPS
 
     return DEFAULT_MIN_STEPS

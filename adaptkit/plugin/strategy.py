@@ -3,7 +3,7 @@
 A strategy adapts a pretrained model without changing its architecture: ``wrap`` freezes,
 injects or quantizes; ``unwrap`` merges what was learned back into the base weights (or
 removes it), so the result has exactly the base model's signature. The core, not the
-strategy, checks that promise (``adaptkit.contract``) on every run.
+strategy, checks that promise (``adaptkit.plugin.contract``) on every run.
 
 This module imports no torch: recipes are validated from the ``Options`` models alone.
 """
@@ -75,7 +75,7 @@ class Strategy:
         """Refuse, before any weight is read, a setting this strategy cannot run.
 
         Called by ``adaptkit plan`` and at the start of every run, before ``wrap``; raise
-        ``adaptkit.targets.PreflightError`` with the reason (qlora refuses FSDP, for example).
+        ``adaptkit.plugin.targets.PreflightError`` with the reason (qlora refuses FSDP, for example).
         ``context.extra["distributed"]`` holds the recipe's distributed setting.
         """
 

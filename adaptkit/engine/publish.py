@@ -22,7 +22,7 @@ from adaptkit.errors import AdaptkitError
 
 # "owner/name": what the Hub accepts as a model id (huggingface_hub's validate_repo_id rules, roughly)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
-# The contract rules every finished run records (adaptkit.runner): a run missing one was not verified.
+# The contract rules every finished run records (adaptkit.engine.runner): a run missing one was not verified.
 REQUIRED_RULES = ("frozen", "export", "signature")
 ONE_OF_RULES = ("equivalence", "removal")  # mergeable strategies prove equivalence, the others removal
 PIPELINE_TAGS = {"sequence_classification": "text-classification", "token_classification": "token-classification",
@@ -48,7 +48,7 @@ def model_hub_id(name: Optional[str], source: Any) -> Optional[str]:
     if source.origin in ("hub", "hub-cache"):
         return source.location
     if source.origin == "plugin":
-        from adaptkit.plugins import get_registry
+        from adaptkit.plugin.registry import get_registry
 
         answer = get_registry().manager.hook.adaptkit_resolve_model(name=name)
         carried = getattr(answer, "hub_id", None)
@@ -126,7 +126,7 @@ def check_contract(run_dir: Path) -> list[str]:
 def upload_files(run_dir: Path) -> list[str]:
     """Exactly the files the run wrote (its manifest), each present; predictions and other later
     additions stay on this machine."""
-    from adaptkit.outputs import manifest_files
+    from adaptkit.engine.outputs import manifest_files
 
     listed = manifest_files(run_dir)
     if not listed:

@@ -60,7 +60,7 @@ def check_weight_files(folder: Path, allow_pickle: bool) -> None:
 
 def resolve_model_source(name: str, revision: str | None = None, allow_pickle: bool = False) -> ModelSource:
     """Find ``name``: plugin answer, local folder, Hub cache, then the Hub itself."""
-    from adaptkit.plugins import get_registry
+    from adaptkit.plugin.registry import get_registry
 
     answer = get_registry().manager.hook.adaptkit_resolve_model(name=name)
     if answer:
@@ -200,7 +200,7 @@ def build_model(recipe, task, tokenizer, source: ModelSource | None, seed: int, 
     """
     from transformers import set_seed
 
-    from adaptkit.distributed import world_size
+    from adaptkit.engine.distributed import world_size
 
     section = recipe.model
     check_device_map(recipe, world_size())

@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list installed plugins, their strategies and errors")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.add_argument("--check", nargs="?", const="", metavar="STRATEGY,...",
-                         help="run the conformance kit (adaptkit.testing.check_strategy) on every installed "
+                         help="run the conformance kit (adaptkit.plugin.conformance.check_strategy) on every installed "
                               "strategy, or on the listed ones; exit 1 if any fails")
 
     predict = commands.add_parser("predict", help="predict with a finished run")
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, help="CSV/TSV/JSON/JSONL/Parquet rows")
     predict.add_argument("--output", help="where to write predictions (default: predictions.csv in run_dir)")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    push = commands.add_parser("push", help="upload a finished run to the Hugging Face Hub (adaptkit.publish.push)")
+    push = commands.add_parser("push", help="upload a finished run to the Hugging Face Hub (adaptkit.engine.publish.push)")
     push.add_argument("run_dir")
     push.add_argument("repo_id", help="model repo, owner/name (created if absent)")
     push.add_argument("--private", action="store_true", help="create the repo as private")
@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_transfer_commands(commands) -> None:
-    """``advise`` and ``compare``: does transfer pay on this data? (adaptkit.advise, adaptkit.compare)"""
+    """``advise`` and ``compare``: does transfer pay on this data? (adaptkit.judge.advise, adaptkit.judge.compare)"""
     advise = commands.add_parser("advise", help="before training: data suitability, transferability "
                                                 "(LogME, linear probe vs random weights) and cost per strategy")
     advise.add_argument("recipe")
@@ -125,10 +125,10 @@ def _console():
 def _cmd_advise(args) -> int:
     from pathlib import Path
 
-    from adaptkit.advise import advise, default_output, render
-    from adaptkit.compare import parse_list
-    from adaptkit.outputs import check_output_file, write_json
-    from adaptkit.recipe import load_recipe
+    from adaptkit.judge.advise import advise, default_output, render
+    from adaptkit.judge.compare import parse_list
+    from adaptkit.engine.outputs import check_output_file, write_json
+    from adaptkit.recipe.schema import load_recipe
 
     recipe = load_recipe(args.recipe)
     output = Path(args.output) if args.output else default_output(recipe)
@@ -147,8 +147,8 @@ def _cmd_advise(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from adaptkit.compare import compare, parse_list
-    from adaptkit.recipe import load_recipe
+    from adaptkit.judge.compare import compare, parse_list
+    from adaptkit.recipe.schema import load_recipe
 
     rates = {}
     for item in args.lr:
@@ -171,11 +171,11 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from adaptkit.distributed import launch_requested
+    from adaptkit.engine.distributed import launch_requested
 
     if launch_requested(args.num_processes, args.num_machines):
         return _launch_run(args)
-    from adaptkit.runner import run
+    from adaptkit.engine.runner import run
 
     result = run(args.recipe, overwrite=args.overwrite, progress=not args.no_progress, resume=args.resume)
     metrics = result.metrics
@@ -188,8 +188,8 @@ def _cmd_run(args) -> int:
 
 def _launch_run(args) -> int:
     """``run`` with several processes: the same command again, under accelerate's launcher."""
-    from adaptkit.distributed import check_backend_available, check_global_batch, launch
-    from adaptkit.recipe import load_recipe
+    from adaptkit.engine.distributed import check_backend_available, check_global_batch, launch
+    from adaptkit.recipe.schema import load_recipe
 
     recipe = load_recipe(args.recipe)  # a broken recipe fails here once, not in every process
     num_processes = args.num_processes or (args.num_machines or 1)
@@ -203,7 +203,7 @@ def _launch_run(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from adaptkit.recipe import load_recipe
+    from adaptkit.recipe.schema import load_recipe
 
     recipe = load_recipe(args.recipe)
     print(f"{args.recipe}: valid ({recipe.task.type}, strategy {recipe.strategy.name}, "
@@ -213,8 +213,8 @@ def _cmd_validate(args) -> int:
 
 def _cmd_plan(args) -> int:
     from adaptkit import list_strategies
-    from adaptkit.planning import plan, render
-    from adaptkit.recipe import load_recipe
+    from adaptkit.engine.planning import plan, render
+    from adaptkit.recipe.schema import load_recipe
 
     recipe = load_recipe(args.recipe)
     names = sorted(list_strategies()) if args.all else (args.strategies.split(",") if args.strategies else None)
@@ -230,11 +230,11 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_schema(args) -> int:
-    from adaptkit.editor import builtin_schema, editor_schema, schema_text
+    from adaptkit.cli.editor import builtin_schema, editor_schema, schema_text
 
     text = schema_text(builtin_schema() if args.builtin else editor_schema())
     if args.output:
-        from adaptkit.outputs import atomic_file
+        from adaptkit.engine.outputs import atomic_file
 
         with atomic_file(args.output) as handle:
             handle.write(text)
@@ -245,7 +245,7 @@ def _cmd_schema(args) -> int:
 
 
 def _cmd_completion(args) -> int:
-    from adaptkit.editor import completion_script
+    from adaptkit.cli.editor import completion_script
 
     sys.stdout.write(completion_script(args.shell, _parser()))
     return 0
@@ -276,7 +276,7 @@ def _cmd_plugins(args) -> int:
 def _check_plugins(args) -> int:
     """``adaptkit plugins --check``: pass/fail per strategy; broken plugins fail too; exit 1 on any failure."""
     from adaptkit import list_plugins
-    from adaptkit.plugins import check_installed
+    from adaptkit.plugin.registry import check_installed
 
     names = [n.strip() for n in args.check.split(",") if n.strip()] or None
     broken = [p for p in list_plugins() if p.error] if names is None else []  # listed names: just those
@@ -299,7 +299,7 @@ def _check_plugins(args) -> int:
 def _cmd_predict(args) -> int:
     from pathlib import Path
 
-    from adaptkit.predict import predict_file
+    from adaptkit.engine.predict import predict_file
 
     output = args.output or str(Path(args.run_dir) / "predictions.csv")
     count = predict_file(args.run_dir, args.input, output, overwrite=args.overwrite)
@@ -308,7 +308,7 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_push(args) -> int:
-    from adaptkit.publish import push
+    from adaptkit.engine.publish import push
 
     plan = push(args.run_dir, args.repo_id, private=args.private, dry_run=args.dry_run)
     if args.dry_run:
@@ -331,7 +331,7 @@ COMMANDS = {"advise": _cmd_advise, "compare": _cmd_compare, "run": _cmd_run, "va
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised wherever the command is, so that ``finally`` blocks run as for Ctrl-C: the
     output lock file is removed and a half-written output folder cleaned away. During training
-    ``adaptkit.train`` takes SIGTERM over and stops at the next step with a checkpoint instead."""
+    ``adaptkit.engine.train`` takes SIGTERM over and stops at the next step with a checkpoint instead."""
 
 
 def _raise_terminated(signum, frame) -> None:

@@ -1,6 +1,6 @@
 """Editor and shell habits: a recipe JSON Schema editors can use, and shell completion.
 
-``editor_schema`` is ``adaptkit.recipe.json_schema`` made for editors: ``$schema``, a title and a
+``editor_schema`` is ``adaptkit.recipe.schema.json_schema`` made for editors: ``$schema``, a title and a
 description on every key (the yaml-language-server shows them on hover and completes values).
 ``SCHEMA_FILE`` is that schema for adaptkit's own strategies and tasks, committed so that
 recipes/*.yaml can point at it with a modeline; ``adaptkit schema --builtin --output FILE``
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "recipes" / "adaptkit.schema.json"
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "recipes" / "adaptkit.schema.json"
 MODELINE = "# yaml-language-server: $schema=./adaptkit.schema.json"
 
 # Keys whose pydantic field carries no description of its own (recipe.py, first-party options).
@@ -59,7 +59,7 @@ def _describe(properties: dict[str, Any], defs: dict[str, Any]) -> None:
 def editor_schema() -> dict[str, Any]:
     """The recipe JSON Schema with ``$schema``, a top-level title and description, and a title and
     description on every property of every object (plugins' options included)."""
-    from adaptkit.recipe import json_schema
+    from adaptkit.recipe.schema import json_schema
 
     schema = json_schema()
     defs = schema.get("$defs", {})
@@ -84,7 +84,7 @@ def editor_schema() -> dict[str, Any]:
 def builtin_schema() -> dict[str, Any]:
     """``editor_schema`` with only adaptkit's own plugins loaded: what ``SCHEMA_FILE`` holds,
     the same on every machine whatever else is installed."""
-    from adaptkit.plugins import restricted_to
+    from adaptkit.plugin.registry import restricted_to
 
     with restricted_to([]):
         return editor_schema()
@@ -118,7 +118,7 @@ def completion_script(shell: str, parser: Optional[argparse.ArgumentParser] = No
     from adaptkit.errors import AdaptkitError
 
     if parser is None:
-        from adaptkit.cli import _parser
+        from adaptkit.cli.main import _parser
 
         parser = _parser()
     commands = _commands(parser)

@@ -4,7 +4,7 @@ The pretrained model's features of the training rows (mean-pooled last hidden st
 against the same architecture's features with random weights, by three measures:
 
 - a 5-fold cross-validated logistic-regression probe (scikit-learn), paired fold by fold;
-- LogME (``adaptkit.logme``), the evidence of a Bayesian linear model on the features;
+- LogME (``adaptkit.judge.logme``), the evidence of a Bayesian linear model on the features;
 - the H-score with a Ledoit-Wolf shrunk feature covariance (Ibrahim et al. 2022): the plain
   H-score saturates at (classes - 1) for any features, noise included, whenever rows do not
   exceed the feature size. Shrinkage helps, but measured on synthetic features (one
@@ -112,8 +112,8 @@ def transferability(session: Any, max_rows: int, folds: int, log: Callable[[str]
     """LogME, shrunk H-score and probe accuracy for pretrained and random weights, and the probe's curve."""
     import numpy as np
 
-    from adaptkit.logme import h_score, logme
-    from adaptkit.models import build_model
+    from adaptkit.judge.logme import h_score, logme
+    from adaptkit.engine.models import build_model
 
     recipe = session.recipe
     data = session.train_data

@@ -3,10 +3,10 @@
 Arms are the named strategies plus ``scratch``, a compare-level pseudo-strategy: the same
 architecture from random weights (``model.init: random``) trained by ``scratch_strategy``
 (default ``"full"``; any installed strategy that trains every weight will do). For every
-seed and training-set size, each arm gets the same learning-rate search (``adaptkit.tuning``:
+seed and training-set size, each arm gets the same learning-rate search (``adaptkit.judge.tuning``:
 a log-spaced grid around the arm's suggestion, chosen on a validation split carved from the
 arm's rows, poor trials pruned), and the budget gets the small-data floor of optimizer steps
-(``adaptkit.budget``), so a verdict measures transfer, not under-training.
+(``adaptkit.engine.budget``), so a verdict measures transfer, not under-training.
 
 What is reported, per arm and size: the eval metric of the chosen trial (every metric the task
 computes, so macro-F1 stands beside accuracy), its 95% bootstrap interval over eval rows, the
@@ -19,7 +19,7 @@ The verdict at each size compares the best transfer arm with scratch by a *paire
 of the metric difference (the same resampled eval rows for both): positive transfer when the
 95% interval lies above zero, negative when below, no clear difference otherwise. The report
 names the sizes where transfer pays and where it stops, fits a power-law learning curve per
-arm (``adaptkit.curves``) and says how many rows scratch would need to match transfer and what
+arm (``adaptkit.judge.curves``) and says how many rows scratch would need to match transfer and what
 doubling the data is expected to gain. Energy saved is stated only when it is positive.
 
 Outputs in one folder: ``compare.json``, ``table.md``, ``compare.png`` (metric against size
@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from adaptkit.errors import AdaptkitError
-from adaptkit.recipe import Recipe
-from adaptkit.tuning import DEFAULT_TRIALS, SCRATCH, VALIDATION_FRACTION
+from adaptkit.recipe.schema import Recipe
+from adaptkit.judge.tuning import DEFAULT_TRIALS, SCRATCH, VALIDATION_FRACTION
 
 # The strategy that trains the random-weight baseline unless told otherwise: the first-party full
 # fine-tune's registered name. Configurable (``scratch_strategy``, ``--scratch-strategy``) because
@@ -134,7 +134,7 @@ class CompareReport:
 def check_strategies(strategies: list[str], scratch_strategy: str) -> None:
     """Every name is installed (or ``scratch``); an unknown one is an error naming the closest."""
     from adaptkit import get_strategy, list_strategies
-    from adaptkit.recipe import closest
+    from adaptkit.recipe.schema import closest
 
     if not strategies:
         raise AdaptkitError("compare needs at least one strategy")
@@ -156,7 +156,7 @@ def check_strategies(strategies: list[str], scratch_strategy: str) -> None:
 def make_arm(recipe: Recipe, name: str, scratch_strategy: str, learning_rates: dict[str, float]) -> Any:
     """The arm for ``name``: the recipe's own strategy keeps its options and rate; others their defaults."""
     from adaptkit import get_strategy
-    from adaptkit.tuning import Arm
+    from adaptkit.judge.tuning import Arm
 
     own = name == recipe.strategy.name
     strategy = scratch_strategy if name == SCRATCH else name
@@ -271,7 +271,7 @@ def bootstrap(task: Any, metric: str, outputs_by_run: dict[tuple, dict[str, Any]
 
 
 def _interval(values: list[float]) -> tuple[float, float]:
-    from adaptkit.curves import percentile_interval
+    from adaptkit.judge.curves import percentile_interval
 
     return percentile_interval(values)
 
@@ -392,7 +392,7 @@ def compute_saved(rows: list[Row], greater: bool) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------- entry point
 
 # What compare writes (a folder: all below it), listed in .adaptkit-manifest.json so that --overwrite
-# can tell an earlier compare from a folder of the user's (adaptkit.outputs.check_output_dir).
+# can tell an earlier compare from a folder of the user's (adaptkit.engine.outputs.check_output_dir).
 COMPARE_FILES = ("compare.json", "table.md", "compare.png", "report.html", "trials")
 
 
@@ -431,8 +431,8 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
     (1: the suggestion alone, no search); ``learning_rates[name]`` centres an arm's search on
     another rate. ``storage``/``study_name`` share the search through an Optuna database.
     """
-    from adaptkit.plugins import for_recipe
-    from adaptkit.runner import _as_recipe
+    from adaptkit.plugin.registry import for_recipe
+    from adaptkit.engine.runner import _as_recipe
 
     recipe = _as_recipe(recipe)
     with for_recipe(recipe):  # its plugins: allow-list and the distribution its strategy section names
@@ -448,13 +448,13 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
              storage: Optional[str], study_name: Optional[str]) -> CompareReport:
     import torch
 
-    from adaptkit.budget import budget_for
-    from adaptkit.checkpoint import identity_hash, recipe_identity
-    from adaptkit.data import split_validation
-    from adaptkit.energy import describe_power, grid_intensity
-    from adaptkit.outputs import check_output_dir, safe_join, write_json, write_manifest
-    from adaptkit.runner import Session
-    from adaptkit.tuning import ArmModel, tune_arm
+    from adaptkit.engine.budget import budget_for
+    from adaptkit.engine.checkpoint import identity_hash, recipe_identity
+    from adaptkit.engine.data import split_validation
+    from adaptkit.judge.energy import describe_power, grid_intensity
+    from adaptkit.engine.outputs import check_output_dir, safe_join, write_json, write_manifest
+    from adaptkit.engine.runner import Session
+    from adaptkit.judge.tuning import ArmModel, tune_arm
 
     started = time.perf_counter()
     check_strategies(strategies, scratch_strategy)
@@ -538,7 +538,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     verdict, detail, per_size = judge(rows, replicates, greater, metric)
     curves = {}
     if len([s for s in size_list if s is not None]) >= 2:
-        from adaptkit.curves import curve_questions
+        from adaptkit.judge.curves import curve_questions
 
         best = per_size[-1]["best_transfer"] if per_size else None
         numeric = [s for s in size_list if s is not None]

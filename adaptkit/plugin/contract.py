@@ -54,8 +54,7 @@ def strategy_origin(strategy: StrategyRef) -> str:
     name = _strategy_name(strategy)
     cls = None if isinstance(strategy, str) else (strategy if isinstance(strategy, type) else type(strategy))
     try:
-        from adaptkit import plugins
-
+        from adaptkit.plugin import registry as plugins
         registry = plugins.get_registry()
         owner = registry.plugin_for("strategy", name)
         registered = registry.strategies.get(name)

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Mapping
 
 import pluggy
 
-from adaptkit import hookspecs
+from adaptkit.plugin import hookspecs
 from adaptkit.errors import AdaptkitError, PluginError
 
 ENTRY_POINT_GROUP = "adaptkit"
@@ -240,8 +240,8 @@ def _collect(hook: Any, kind: str) -> list[type]:
     collected: list[type] = []
 
     def register(cls: type) -> None:
-        from adaptkit.strategy import Strategy
-        from adaptkit.task import Task
+        from adaptkit.plugin.strategy import Strategy
+        from adaptkit.plugin.task import Task
 
         base = Strategy if kind == "strategy" else Task
         if not (isinstance(cls, type) and issubclass(cls, base)):
@@ -503,12 +503,12 @@ class StrategyCheck:
 
 
 def check_installed(names: list[str] | None = None, families: list[str] | None = None) -> list[StrategyCheck]:
-    """Run the conformance kit (``adaptkit.testing.check_strategy``) on installed strategies.
+    """Run the conformance kit (``adaptkit.plugin.conformance.check_strategy``) on installed strategies.
 
     ``names`` limits it to some strategies (an unknown name is an error). A failure of one
     strategy, contract or crash, is recorded and the others are still checked.
     """
-    from adaptkit.testing import check_strategy
+    from adaptkit.plugin.conformance import check_strategy
 
     registry = get_registry()
     chosen = sorted(registry.strategies) if not names else list(names)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 from adaptkit.errors import DataError
-from adaptkit.recipe import DataSource, Recipe, data_format, local_dataset_dir, looks_like_path
+from adaptkit.recipe.schema import DataSource, Recipe, data_format, local_dataset_dir, looks_like_path
 
 _BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
 
@@ -182,7 +182,7 @@ def load_named(source: DataSource, base: Path, key: str, split: str) -> "dataset
         return _load_dataset(str(folder), source, split, key, "dataset folder")
     if looks_like_path(source.name):
         raise DataError(f"{key}: dataset folder not found: {base / Path(source.name).expanduser()}")
-    from adaptkit.publish import _endpoint_reachable
+    from adaptkit.engine.publish import _endpoint_reachable
 
     unreachable = _endpoint_reachable()
     if unreachable is None:

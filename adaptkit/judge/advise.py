@@ -4,7 +4,7 @@ Three parts, each backed by figures the report prints:
 
 - Data suitability: examples per class, imbalance, duplicate texts, train/eval overlap and
   truncation at the recipe's ``max_length``.
-- Transferability before training (``adaptkit.transferability``): the pretrained model's
+- Transferability before training (``adaptkit.judge.transferability``): the pretrained model's
   features against the same architecture's with random weights (probe, LogME, shrunk H-score),
   judged as one of three outcomes (features favour transfer / cannot tell / suggest harm), and
   the probe's learning curve for the data-size advice.
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from adaptkit.recipe import Recipe
+from adaptkit.recipe.schema import Recipe
 
 FEW_EXAMPLES = 300  # below this, say plainly that results swing with the seed
 FEW_PER_CLASS = 20
@@ -266,8 +266,8 @@ def _time_one_step(session: Any, base: Any, strategy_cls: type, options: Any, le
     """
     import torch
 
-    from adaptkit.planning import wrap_checked
-    from adaptkit.strategy import WrapContext
+    from adaptkit.engine.planning import wrap_checked
+    from adaptkit.plugin.strategy import WrapContext
 
     training = session.recipe.training
     device = torch.device("cuda" if torch.cuda.is_available() and training.device != "cpu" else "cpu")
@@ -319,10 +319,10 @@ def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watt
     import torch
     from accelerate import init_empty_weights
 
-    from adaptkit.energy import energy_of_cpu_seconds, given_power, grid_intensity
-    from adaptkit.models import load_config
-    from adaptkit.planning import estimate_memory
-    from adaptkit.strategy import WrapContext
+    from adaptkit.judge.energy import energy_of_cpu_seconds, given_power, grid_intensity
+    from adaptkit.engine.models import load_config
+    from adaptkit.engine.planning import estimate_memory
+    from adaptkit.plugin.strategy import WrapContext
 
     recipe = session.recipe
     training = recipe.training
@@ -399,8 +399,8 @@ def advise(recipe: Union[Recipe, str, Path, dict], strategies: Optional[list[str
     ``probe_steps`` > 0 times one real optimizer step per strategy (0 skips timing).
     ``max_feature_rows`` caps the rows whose features LogME and the probe use.
     """
-    from adaptkit.plugins import for_recipe
-    from adaptkit.runner import _as_recipe
+    from adaptkit.plugin.registry import for_recipe
+    from adaptkit.engine.runner import _as_recipe
 
     recipe = _as_recipe(recipe)
     with for_recipe(recipe):  # its plugins: allow-list and the distribution its strategy section names
@@ -411,9 +411,9 @@ def _advise(recipe: Recipe, strategies: Optional[list[str]], probe_steps: int, m
             power_watts: Optional[float], grid_g_per_kwh: Optional[float], log: Callable[[str], None]
             ) -> AdviceReport:
     from adaptkit import get_strategy, list_strategies
-    from adaptkit.energy import describe_power
-    from adaptkit.runner import Session
-    from adaptkit.transferability import curve_finding, transfer_verdict, transferability
+    from adaptkit.judge.energy import describe_power
+    from adaptkit.engine.runner import Session
+    from adaptkit.judge.transferability import curve_finding, transfer_verdict, transferability
 
     started = time.perf_counter()
     names = strategies if strategies else sorted(list_strategies())

@@ -15,7 +15,7 @@ def card_data(summary: dict[str, Any]):
     """
     from huggingface_hub import EvalResult, ModelCardData
 
-    from adaptkit.publish import PIPELINE_TAGS
+    from adaptkit.engine.publish import PIPELINE_TAGS
 
     recipe = summary["recipe"]
     base = summary.get("base_model_id")

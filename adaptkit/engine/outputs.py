@@ -21,7 +21,7 @@ from typing import IO, Any, Iterable, Iterator, Optional
 from adaptkit.errors import AdaptkitError
 
 MANIFEST = ".adaptkit-manifest.json"
-# What a run leaves beside its folder, and what a checkpoint folder holds (adaptkit.checkpoint):
+# What a run leaves beside its folder, and what a checkpoint folder holds (adaptkit.engine.checkpoint):
 # recognised by name so that a compare folder or checkpoint folder left by a killed run can be
 # replaced with --overwrite. Anything else is the user's.
 CHECKPOINT_ENTRY = re.compile(r"^((damaged-)?(step|best-epoch)-\d+|\.tmp-.+|\.old-.+|logs)$")
@@ -285,14 +285,14 @@ def staged_output(directory: Path, overwrite: bool, kind: str = "run") -> Iterat
 
 
 def _write_failure(exc: BaseException) -> Optional[int]:
-    """The errno of a failed write of the disk's making (``adaptkit.checkpoint.write_failure``: full,
+    """The errno of a failed write of the disk's making (``adaptkit.engine.checkpoint.write_failure``: full,
     over quota, read-only, I/O error; 0 when a writer lost the errno), or None: any other error,
     a missing file say, or an AdaptkitError or Ctrl-C, is what it says and is re-raised as it is."""
     import errno
 
     if not isinstance(exc, Exception) or isinstance(exc, AdaptkitError):
         return None
-    from adaptkit.checkpoint import write_failure
+    from adaptkit.engine.checkpoint import write_failure
 
     code = write_failure(exc)
     disk = {errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}

@@ -85,7 +85,7 @@ def load_run(run_dir: Union[str, Path]) -> Predictor:
 
     Only the plugins the run's recipe allowed (its ``plugins:`` key) are loaded to do it.
     """
-    from adaptkit.plugins import for_recipe
+    from adaptkit.plugin.registry import for_recipe
 
     summary_path = Path(run_dir) / "metrics.json"
     saved: dict = {}
@@ -96,9 +96,9 @@ def load_run(run_dir: Union[str, Path]) -> Predictor:
 
 
 def _load_run(run_dir: Union[str, Path]) -> Predictor:
-    from adaptkit.models import quiet_hf_logging, resolve_model_source, build_model
-    from adaptkit.plugins import get_registry
-    from adaptkit.recipe import Recipe
+    from adaptkit.engine.models import quiet_hf_logging, resolve_model_source, build_model
+    from adaptkit.plugin.registry import get_registry
+    from adaptkit.recipe.schema import Recipe
 
     quiet_hf_logging()
     folder = Path(run_dir)
@@ -137,9 +137,9 @@ def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output
     row with more or fewer fields than the header (an unquoted comma would shift the columns and
     predict on the wrong field) and a file lacking a column the task reads, each named.
     """
-    from adaptkit.data import load_table, scan_rows
-    from adaptkit.outputs import atomic_file, check_output_file, record_in_manifest
-    from adaptkit.recipe import data_format
+    from adaptkit.engine.data import load_table, scan_rows
+    from adaptkit.engine.outputs import atomic_file, check_output_file, record_in_manifest
+    from adaptkit.recipe.schema import data_format
 
     source, output = Path(input_path), Path(output_path)
     if output.exists() and source.exists() and os.path.samefile(output, source):

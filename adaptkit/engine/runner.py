@@ -16,7 +16,7 @@ from typing import Any, Callable, Union
 import yaml
 
 from adaptkit.errors import AdaptkitError
-from adaptkit.recipe import Recipe, load_recipe
+from adaptkit.recipe.schema import Recipe, load_recipe
 
 # The merged model is compared with the trained one on this many real eval rows, in batches of
 # at most EQUIVALENCE_BATCH: several batches (so padding and lengths vary) at a bounded cost.
@@ -50,9 +50,9 @@ class Session:
     """Everything one run builds once: plugins, task, data, tokenizer, model factory."""
 
     def __init__(self, recipe: Recipe, log: Callable[[str], None] = print):
-        from adaptkit.data import load_splits
-        from adaptkit.models import quiet_hf_logging, resolve_model_source
-        from adaptkit.plugins import get_registry
+        from adaptkit.engine.data import load_splits
+        from adaptkit.engine.models import quiet_hf_logging, resolve_model_source
+        from adaptkit.plugin.registry import get_registry
 
         quiet_hf_logging()
         self.recipe = recipe
@@ -76,7 +76,7 @@ class Session:
                                 if self.splits.validation is not None else None)
 
     def build_base(self):
-        from adaptkit.models import build_model
+        from adaptkit.engine.models import build_model
 
         # the strategy may load the base its own way (qlora: quantized to 4-bit by from_pretrained)
         return build_model(self.recipe, self.task, self.tokenizer, self.source, self.recipe.training.seed,
@@ -109,8 +109,8 @@ def run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progres
     import os
 
     from adaptkit.errors import ContractViolation
-    from adaptkit.outputs import run_lock
-    from adaptkit.plugins import blame, for_recipe, get_registry, plugin_error
+    from adaptkit.engine.outputs import run_lock
+    from adaptkit.plugin.registry import blame, for_recipe, get_registry, plugin_error
 
     recipe = _as_recipe(recipe)
     main_process = int(os.environ.get("RANK", "0") or 0) == 0  # one lock per run, not per launched process
@@ -142,22 +142,22 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
          log: Callable[[str], None] = print, resume: bool = False) -> RunResult:
     """Train the recipe's strategy, enforce the contract, and write the output folder.
 
-    Checkpoints go to ``<output.dir>.checkpoints/`` during the run (see ``adaptkit.checkpoint``)
+    Checkpoints go to ``<output.dir>.checkpoints/`` during the run (see ``adaptkit.engine.checkpoint``)
     and are removed once the output folder is in place; ``resume`` continues the newest
     complete one after building and wrapping the model exactly once.
     """
     from adaptkit import __version__
-    from adaptkit.budget import budget_for, too_short
-    from adaptkit.checkpoint import plan_checkpoints
-    from adaptkit.contract import (FrozenWeights, architecture_signature, check_close, check_equivalence,
+    from adaptkit.engine.budget import budget_for, too_short
+    from adaptkit.engine.checkpoint import plan_checkpoints
+    from adaptkit.plugin.contract import (FrozenWeights, architecture_signature, check_close, check_equivalence,
                                    check_removal, check_signature, model_outputs, reload_export,
                                    removal_reference, trained_head_state)
-    from adaptkit.models import full_precision_reference
-    from adaptkit.planning import distributed_setting, plan_of_model, render_text, setup_line, wrap_checked
-    from adaptkit.outputs import check_output_dir, staged_output, write_json
-    from adaptkit.report import model_card
-    from adaptkit.strategy import WrapContext
-    from adaptkit.train import fit, make_accelerator, peak_memory_bytes
+    from adaptkit.engine.models import full_precision_reference
+    from adaptkit.engine.planning import distributed_setting, plan_of_model, render_text, setup_line, wrap_checked
+    from adaptkit.engine.outputs import check_output_dir, staged_output, write_json
+    from adaptkit.engine.report import model_card
+    from adaptkit.plugin.strategy import WrapContext
+    from adaptkit.engine.train import fit, make_accelerator, peak_memory_bytes
 
     recipe = _as_recipe(recipe)
     output_dir = Path(recipe.output.dir)
@@ -218,7 +218,7 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
                  tracker_config=recipe.resolved_dict())
     validation_metrics = None
     if session.validation_data is not None:  # fit chose on validation rows; the eval set is scored once, here
-        from adaptkit.train import eval_loader, evaluate
+        from adaptkit.engine.train import eval_loader, evaluate
 
         validation_metrics = result.final_metrics
         collate = session.task.collate(session.tokenizer)
@@ -240,7 +240,7 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
 
     if not accelerator.is_main_process:
         return RunResult(output_dir, {})
-    from adaptkit.models import merge_tolerance
+    from adaptkit.engine.models import merge_tolerance
 
     tolerance = merge_tolerance(strategy, model)  # wider on a bf16/fp16 base: merged weights are rounded to it
     with staged_output(output_dir, overwrite) as staging:
@@ -276,7 +276,7 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
                 log(f"output.merge: strategy {name!r} cannot be merged into the base weights; only its "
                     f"{strategy.export_kind} is saved")
         session.tokenizer.save_pretrained(staging / "tokenizer")
-        from adaptkit.publish import finish_exports, model_hub_id
+        from adaptkit.engine.publish import finish_exports, model_hub_id
 
         base_model_id = model_hub_id(recipe.model.name, session.source)  # what loads elsewhere, never a path
         finish_exports([staging / "adapter", staging / "model"], session.tokenizer, base_model_id)
@@ -327,7 +327,7 @@ def _run(recipe: Union[Recipe, str, Path, dict], overwrite: bool = False, progre
     session.registry.manager.hook.adaptkit_on_event(event="run_end", payload={"metrics": summary,
                                                                              "output_dir": str(output_dir)})
     if recipe.output.push_to_hub:  # the folder is complete and stays so whether or not the upload works
-        from adaptkit.publish import push
+        from adaptkit.engine.publish import push
 
         try:
             plan = push(output_dir, recipe.output.push_to_hub, private=recipe.output.hub_private)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from adaptkit.errors import AdaptkitError
-from adaptkit.outputs import check_checkpoint_dir, replace_folder
+from adaptkit.engine.outputs import check_checkpoint_dir, replace_folder
 
 if TYPE_CHECKING:
     import torch
@@ -95,7 +95,7 @@ def recipe_identity(recipe: Any) -> dict[str, Any]:
 def plugin_versions() -> dict[str, str]:
     """Every loaded plugin's distribution and version: a new plugin release can change what a
     strategy computes (axolotl #2568), so a checkpoint records them and resume compares."""
-    from adaptkit.plugins import get_registry
+    from adaptkit.plugin.registry import get_registry
 
     return {info.distribution: info.version for info in get_registry().plugins}
 
@@ -381,7 +381,7 @@ def verify_checkpoint(checkpoint: Path, deep: bool = True) -> list[str]:
 
     Each problem names the file: ``optimizer.bin is truncated (2048 of 9556 bytes)``.
     """
-    from adaptkit.outputs import safe_join
+    from adaptkit.engine.outputs import safe_join
 
     try:
         manifest = read_manifest(checkpoint)
@@ -629,7 +629,7 @@ class Checkpointer:
             f"{fewer} and {'continue with --resume' if previous is not None else 'run again'}")
 
     def load_best(self, name: str) -> dict[str, "torch.Tensor"]:
-        from adaptkit.outputs import safe_join
+        from adaptkit.engine.outputs import safe_join
 
         path = safe_join(self.root, name)  # the name is read from trainer_state.json
         if not (path / COMPLETE).is_file():

@@ -3,7 +3,7 @@
 accelerate owns devices, mixed precision, gradient accumulation and processes; this module
 owns the order of things: batches grouped by length (less padding), loss read back from
 the device only at log points (no per-step host sync), evaluation once per epoch, the best
-epoch and early stopping, and checkpoints that resume bit for bit (``adaptkit.checkpoint``).
+epoch and early stopping, and checkpoints that resume bit for bit (``adaptkit.engine.checkpoint``).
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from adaptkit.recipe import TrainingSection
+from adaptkit.recipe.schema import TrainingSection
 
 if TYPE_CHECKING:
-    from adaptkit.checkpoint import CheckpointConfig
-    from adaptkit.recipe import DistributedSection
+    from adaptkit.engine.checkpoint import CheckpointConfig
+    from adaptkit.recipe.schema import DistributedSection
 
 LOG_EVERY = 10
 
@@ -72,11 +72,11 @@ def make_accelerator(training: TrainingSection, log: Callable[[str], None] = pri
     ``logging_dir`` is where trackers (``training.report_to``) write while the run is going;
     the runner moves it into the output folder at the end. ``distributed`` (the recipe's section)
     chooses ddp / fsdp / deepspeed and the collective timeout when the run was launched with
-    several processes; ``training.batch_size`` stays the global batch (``adaptkit.distributed``).
+    several processes; ``training.batch_size`` stays the global batch (``adaptkit.engine.distributed``).
     """
     from accelerate import Accelerator
 
-    from adaptkit.distributed import accelerator_options, check_global_batch, world_size
+    from adaptkit.engine.distributed import accelerator_options, check_global_batch, world_size
 
     precision = training.mixed_precision
     cpu_only = training.device == "cpu" or not torch.cuda.is_available()
@@ -484,7 +484,7 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
     """
     from transformers import get_scheduler
 
-    from adaptkit.checkpoint import Checkpointer, capture_rng, load_trainable_state, restore_rng, trainable_state
+    from adaptkit.engine.checkpoint import Checkpointer, capture_rng, load_trainable_state, restore_rng, trainable_state
 
     collate = task.collate(tokenizer)
     loader = train_loader(train_data, training.batch_size, collate, training.group_by_length, training.seed)
@@ -495,10 +495,10 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
     groups = [g for g in strategy.parameter_groups(model, learning_rate, training.weight_decay) if g["params"]]
     optimizer = make_optimizer(training.optimizer, groups, learning_rate)
     if training.gradient_checkpointing:
-        from adaptkit.models import enable_gradient_checkpointing
+        from adaptkit.engine.models import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(model)
-    from adaptkit.budget import step_budget
+    from adaptkit.engine.budget import step_budget
 
     budget = step_budget(math.ceil(len(loader) / training.gradient_accumulation_steps), training.epochs,
                          training.min_steps, training.max_steps)
@@ -553,7 +553,7 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
     last_finite = {"step": result.steps}
 
     def diverged(where: str) -> Exception:
-        from adaptkit.checkpoint import latest_checkpoint
+        from adaptkit.engine.checkpoint import latest_checkpoint
         from adaptkit.errors import TrainingDiverged
 
         good = latest_checkpoint(checkpoints.root) if checkpoints is not None else None
