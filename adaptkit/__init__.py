@@ -10,7 +10,7 @@ from typing import Any
 
 from adaptkit.errors import AdaptkitError, ContractViolation, RecipeError
 from adaptkit.plugin.hookspecs import hookimpl
-from adaptkit.recipe.schema import Recipe, load_recipe
+from adaptkit.recipe import Recipe, load_recipe
 from adaptkit.plugin.strategy import PeftStrategy, Strategy, StrategyOptions, WrapContext
 from adaptkit.plugin.task import Task, TaskOptions
 

@@ -38,7 +38,7 @@ COMPARE_ARGS = ["--strategies", "lora,full,frozen_head,scratch", "--sizes", "100
 def measure_advise() -> dict:
     import adaptkit
     from adaptkit.judge.advise import advise
-    from adaptkit.recipe.schema import load_recipe
+    from adaptkit.recipe.loading import load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
     recipe.output.dir = Path(tempfile.mkdtemp()) / "quickstart"

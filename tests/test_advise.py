@@ -221,7 +221,7 @@ def test_cli_unknown_strategy_exits_2_naming_the_closest(tmp_path, capsys):
 def test_minilm_on_sst2_is_positive_transfer(tmp_path, monkeypatch):
     """The shipped MiniLM on 300 shipped SST-2 rows: pretrained features clearly beat random ones."""
     from adaptkit.judge.advise import advise
-    from adaptkit.recipe.schema import load_recipe
+    from adaptkit.recipe.loading import load_recipe
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml")

@@ -195,7 +195,7 @@ def test_minilm_on_100_sst2_rows_learns_and_beats_scratch(tmp_path, monkeypatch)
     floor gives it 100 steps on the 80 rows left after the validation split.
     """
     from adaptkit.judge.compare import compare
-    from adaptkit.recipe.schema import load_recipe
+    from adaptkit.recipe.loading import load_recipe
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml")

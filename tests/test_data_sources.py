@@ -19,7 +19,8 @@ import yaml
 
 from adaptkit.engine.data import load_splits, mixture_counts
 from adaptkit.errors import DataError, RecipeError
-from adaptkit.recipe.schema import Recipe, load_recipe
+from adaptkit.recipe.schema import Recipe
+from adaptkit.recipe.loading import load_recipe
 from conftest import REPO, tiny_recipe_dict, write_recipe
 
 HUB_ID = "adaptkit-test/tiny-set"

@@ -15,9 +15,10 @@ import pytest
 import yaml
 
 from adaptkit.cli import main
-from adaptkit.engine.data import check_table, load_table, scan_rows
+from adaptkit.engine.data import check_table, load_table
+from adaptkit.recipe.datafiles import scan_rows
 from adaptkit.errors import DataError, RecipeError
-from adaptkit.recipe.schema import load_recipe
+from adaptkit.recipe.loading import load_recipe
 from adaptkit_tasks.sequence_classification import SequenceClassificationOptions
 
 RECIPE = {

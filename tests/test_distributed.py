@@ -21,7 +21,8 @@ from adaptkit import cli
 from adaptkit.engine.checkpoint import STATE_FILE, checkpoint_root, latest_checkpoint, recipe_identity
 from adaptkit.engine.distributed import failure_summary, launch_command
 from adaptkit.errors import AdaptkitError, RecipeError
-from adaptkit.recipe.schema import DistributedSection, Recipe, load_recipe
+from adaptkit.recipe.schema import DistributedSection, Recipe
+from adaptkit.recipe.loading import load_recipe
 from adaptkit.engine.runner import run
 from conftest import REPO, TINY_BERT, sentiment_rows, tiny_recipe_dict, write_recipe, write_table
 

@@ -491,7 +491,7 @@ def test_recipe_tags_that_build_python_objects_are_refused(tmp_path):
     path.write_text(f'model: !!python/object/apply:os.system ["touch {marker}"]\n'
                     f"data: {{train: train.csv}}\nstrategy: {{name: full}}\noutput: {{dir: out}}\n")
     with pytest.raises(RecipeError) as caught:
-        from adaptkit.recipe.schema import load_recipe
+        from adaptkit.recipe.loading import load_recipe
 
         load_recipe(path)
     message = str(caught.value)
@@ -549,7 +549,7 @@ def test_recipe_plugins_key_loads_only_the_listed_distributions(tmp_path, monkey
     fake_distribution(site, "adaptkit-sneaky", "1.0", {"sneaky_plugin": SIDE_EFFECT}, {"sneaky": "sneaky_plugin"})
     monkeypatch.syspath_prepend(str(site))
     reset_registry()
-    from adaptkit.recipe.schema import load_recipe
+    from adaptkit.recipe.loading import load_recipe
 
     recipe = _recipe(tmp_path, "third_party_noop")
     recipe["plugins"] = ["adaptkit-extra"]

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from adaptkit.errors import AdaptkitError
-from adaptkit.recipe.schema import Recipe, load_recipe
+from adaptkit.recipe.schema import Recipe
+from adaptkit.recipe.loading import load_recipe
 from adaptkit.engine.runner import Session, run
 from conftest import tiny_recipe_dict
 

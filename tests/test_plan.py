@@ -60,7 +60,7 @@ def test_plan_refuses_a_max_length_past_the_position_table(tiny_recipe, tmp_path
 
 def test_prompt_tuning_virtual_tokens_count_against_the_positions(tiny_recipe, tmp_path):
     from adaptkit.errors import RecipeError
-    from adaptkit.recipe.schema import load_recipe
+    from adaptkit.recipe.loading import load_recipe
 
     path = write_recipe(tmp_path / "recipe.yaml", tiny_recipe("prompt_tuning", task={"max_length": 120}))
     with pytest.raises(RecipeError, match="120 plus strategy.num_virtual_tokens 20 tokens are more than this bert "

@@ -212,7 +212,7 @@ def _lora_recipe(tmp_path, **strategy):
 def test_an_ambiguous_name_fails_validation_until_the_recipe_names_a_distribution(impostor_site, tmp_path, capsys):
     from adaptkit.cli import main
     from adaptkit.plugin.registry import for_recipe, get_registry
-    from adaptkit.recipe.schema import load_recipe
+    from adaptkit.recipe.loading import load_recipe
 
     impostor_site()
     path, _ = _lora_recipe(tmp_path)

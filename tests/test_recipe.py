@@ -9,7 +9,8 @@ import pytest
 
 from adaptkit.cli import main
 from adaptkit.errors import RecipeError
-from adaptkit.recipe.schema import load_recipe, json_schema
+from adaptkit.recipe.loading import load_recipe
+from adaptkit.recipe.schema import json_schema
 from conftest import sentiment_rows, write_table
 
 GOOD = textwrap.dedent("""\

@@ -26,7 +26,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from adaptkit.cli import main
 from adaptkit.errors import RecipeError
-from adaptkit.recipe.schema import load_recipe
+from adaptkit.recipe.loading import load_recipe
 from conftest import sentiment_rows, write_table
 
 BASE = {

@@ -128,7 +128,7 @@ def _cmd_advise(args) -> int:
     from adaptkit.judge.advise import advise, default_output, render
     from adaptkit.judge.compare import parse_list
     from adaptkit.engine.outputs import check_output_file, write_json
-    from adaptkit.recipe.schema import load_recipe
+    from adaptkit.recipe.loading import load_recipe
 
     recipe = load_recipe(args.recipe)
     output = Path(args.output) if args.output else default_output(recipe)
@@ -148,7 +148,7 @@ def _cmd_advise(args) -> int:
 
 def _cmd_compare(args) -> int:
     from adaptkit.judge.compare import compare, parse_list
-    from adaptkit.recipe.schema import load_recipe
+    from adaptkit.recipe.loading import load_recipe
 
     rates = {}
     for item in args.lr:
@@ -189,7 +189,7 @@ def _cmd_run(args) -> int:
 def _launch_run(args) -> int:
     """``run`` with several processes: the same command again, under accelerate's launcher."""
     from adaptkit.engine.distributed import check_backend_available, check_global_batch, launch
-    from adaptkit.recipe.schema import load_recipe
+    from adaptkit.recipe.loading import load_recipe
 
     recipe = load_recipe(args.recipe)  # a broken recipe fails here once, not in every process
     num_processes = args.num_processes or (args.num_machines or 1)
@@ -203,7 +203,7 @@ def _launch_run(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from adaptkit.recipe.schema import load_recipe
+    from adaptkit.recipe.loading import load_recipe
 
     recipe = load_recipe(args.recipe)
     print(f"{args.recipe}: valid ({recipe.task.type}, strategy {recipe.strategy.name}, "
@@ -214,7 +214,7 @@ def _cmd_validate(args) -> int:
 def _cmd_plan(args) -> int:
     from adaptkit import list_strategies
     from adaptkit.engine.planning import plan, render
-    from adaptkit.recipe.schema import load_recipe
+    from adaptkit.recipe.loading import load_recipe
 
     recipe = load_recipe(args.recipe)
     names = sorted(list_strategies()) if args.all else (args.strategies.split(",") if args.strategies else None)

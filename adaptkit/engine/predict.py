@@ -137,9 +137,10 @@ def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output
     row with more or fewer fields than the header (an unquoted comma would shift the columns and
     predict on the wrong field) and a file lacking a column the task reads, each named.
     """
-    from adaptkit.engine.data import load_table, scan_rows
+    from adaptkit.engine.data import load_table
+    from adaptkit.recipe.datafiles import scan_rows
     from adaptkit.engine.outputs import atomic_file, check_output_file, record_in_manifest
-    from adaptkit.recipe.schema import data_format
+    from adaptkit.recipe.datafiles import data_format
 
     source, output = Path(input_path), Path(output_path)
     if output.exists() and source.exists() and os.path.samefile(output, source):

@@ -16,7 +16,8 @@ from typing import Any, Callable, Union
 import yaml
 
 from adaptkit.errors import AdaptkitError
-from adaptkit.recipe.schema import Recipe, load_recipe
+from adaptkit.recipe.schema import Recipe
+from adaptkit.recipe.loading import load_recipe
 
 # The merged model is compared with the trained one on this many real eval rows, in batches of
 # at most EQUIVALENCE_BATCH: several batches (so padding and lengths vary) at a bounded cost.

@@ -316,7 +316,6 @@ def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watt
     read); with ``probe_steps`` > 0 one real step per strategy, on a copy of one loaded base
     model, counts FLOPs and times the machine.
     """
-    import torch
     from accelerate import init_empty_weights
 
     from adaptkit.judge.energy import energy_of_cpu_seconds, given_power, grid_intensity

@@ -134,7 +134,7 @@ class CompareReport:
 def check_strategies(strategies: list[str], scratch_strategy: str) -> None:
     """Every name is installed (or ``scratch``); an unknown one is an error naming the closest."""
     from adaptkit import get_strategy, list_strategies
-    from adaptkit.recipe.schema import closest
+    from adaptkit.recipe.loading import closest
 
     if not strategies:
         raise AdaptkitError("compare needs at least one strategy")
@@ -554,7 +554,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
         compute_saved=compute_saved(rows, greater), scratch_strategy=scratch_strategy,
         energy_method=describe_power(power_watts, device), baselines=baselines, curves=curves,
         transfer_range=transfer_range(per_size),
-        search={"trials": trials, "grid": f"log-spaced from suggestion/3 to suggestion*3",
+        search={"trials": trials, "grid": "log-spaced from suggestion/3 to suggestion*3",
                 "validation_fraction": validation_fraction, "storage": storage, "study_prefix": prefix,
                 "pruner": "successive halving (reduction factor 3) on the validation metric after each epoch"},
         seconds=round(time.perf_counter() - started, 2),

@@ -1,4 +1,6 @@
-"""The recipe: its pydantic schema, YAML loading with file:line errors, and the JSON Schema."""
-from adaptkit.recipe.schema import Recipe, json_schema, load_recipe
+"""The recipe: its pydantic schema (``schema``), YAML loading with file:line errors (``loading``),
+and data files checked row by row without importing ``datasets`` (``datafiles``)."""
+from adaptkit.recipe.loading import load_recipe
+from adaptkit.recipe.schema import Recipe, json_schema
 
 __all__ = ["Recipe", "json_schema", "load_recipe"]
