@@ -60,7 +60,17 @@ class Strategy:
     # Absolute tolerance for "merged computes what wrapped computed"; 4-bit bases need more.
     merge_tolerance: ClassVar[float] = 1e-4
     # The learning rate used when the recipe gives none: LoRA wants ~10x full fine-tuning's.
+    # A strategy whose best rate depends on the model overrides ``suggest_learning_rate``.
     default_learning_rate: ClassVar[float] = 5e-5
+    # True for a strategy that trains every weight of the model (full fine-tuning): ``compare``
+    # trains such a strategy from random weights as its from-scratch baseline.
+    trains_every_weight: ClassVar[bool] = False
+    # How the strategy stores the frozen base when it quantizes it ("nf4 4-bit"), else None: the
+    # plan shows it, and the contract re-quantizes a fresh base before comparing with the export.
+    quantization: ClassVar[str | None] = None
+    # Options that only mean something when the task has a head (e.g. train the head whole):
+    # the pre-flight refuses them, naming the option, for a task without one (a language model).
+    head_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: StrategyOptions | dict[str, Any] | None = None):
         if options is None:
@@ -70,6 +80,14 @@ class Strategy:
         self.options = options
         if not self.export_loader:
             self.export_loader = "peft" if self.export_kind == "adapter" else "transformers"
+
+    def suggest_learning_rate(self, context: WrapContext) -> float:
+        """The learning rate for this model when the recipe gives none (asked before ``wrap``).
+
+        ``default_learning_rate`` unless overridden: a trained head on frozen features wants a
+        rate that depends on the model's feature scale, so such a strategy answers per model type.
+        """
+        return self.default_learning_rate
 
     def preflight(self, context: WrapContext) -> None:
         """Refuse, before any weight is read, a setting this strategy cannot run.
