@@ -1,5 +1,12 @@
-"""Errors adaptkit raises on purpose: each carries a message fit to show a user as is."""
+"""Errors adaptkit raises on purpose: each carries a message fit to show a user as is.
+
+Every exception a user or a plugin author may catch is defined here, in one module, so that
+``except adaptkit.SomeError`` never needs an import from the engine (which pulls in torch).
+All of them subclass ``AdaptkitError``; the CLI prints its message and exits with ``exit_code``.
+"""
 from __future__ import annotations
+
+from typing import Optional
 
 
 class AdaptkitError(Exception):
@@ -51,3 +58,25 @@ class RunInterrupted(AdaptkitError):
     """Ctrl-C (SIGINT) stopped a run after it wrote a final checkpoint; the CLI exits 130."""
 
     exit_code = 130
+
+
+class CheckpointDamaged(AdaptkitError):
+    """A checkpoint's files do not match its manifest, or cannot be read back."""
+
+
+class DistributedRunError(AdaptkitError):
+    """A multi-process run failed: one process died or raised, and the launcher stopped the rest."""
+
+    def __init__(self, message: str, exit_code: int = 1, rank: Optional[int] = None):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.rank = rank
+
+
+class PreflightError(AdaptkitError):
+    """A recipe cannot run as written, found before any training: an unsupported combination of
+    strategy, quantization, distributed setting, model type and task, or options that do not apply."""
+
+
+class TargetModuleError(PreflightError):
+    """A ``target_modules`` (or ``feedforward_modules``) entry matches no module of the model."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.errors import AdaptkitError, CheckpointDamaged  # noqa: F401 (defined in errors, importable here too)
 from adaptkit.engine.outputs import check_checkpoint_dir, replace_folder
 
 if TYPE_CHECKING:
@@ -349,10 +349,6 @@ def _write_marker(folder: Path, content: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- verifying checkpoints
 
 LEGACY_MARKER = re.compile(r"^(step|epoch) \d+\s*$")  # written before markers held a manifest
-
-
-class CheckpointDamaged(AdaptkitError):
-    """A checkpoint's files do not match its manifest, or cannot be read back."""
 
 
 def read_manifest(checkpoint: Path) -> Optional[dict[str, Any]]:

@@ -29,21 +29,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.errors import AdaptkitError, DistributedRunError  # noqa: F401 (defined in errors, importable here too)
 
 if TYPE_CHECKING:
     from adaptkit.recipe.schema import DistributedSection, TrainingSection
 
 DEFAULT_PORT = 29500
-
-
-class DistributedRunError(AdaptkitError):
-    """A multi-process run failed: one process died or raised, and the launcher stopped the rest."""
-
-    def __init__(self, message: str, exit_code: int = 1, rank: Optional[int] = None):
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.rank = rank
 
 
 # ---------------------------------------------------------------------------- inside a process

@@ -15,16 +15,7 @@ import difflib
 import re
 from typing import Any, Iterable, Optional, Union
 
-from adaptkit.errors import AdaptkitError
-
-
-class PreflightError(AdaptkitError):
-    """A recipe cannot run as written, found before any training: an unsupported combination of
-    strategy, quantization, distributed setting, model type and task, or options that do not apply."""
-
-
-class TargetModuleError(PreflightError):
-    """A ``target_modules`` (or ``feedforward_modules``) entry matches no module of the model."""
+from adaptkit.errors import PreflightError, TargetModuleError  # noqa: F401 (defined in errors, importable here too)
 
 
 # Layer kinds peft can adapt, by class name (bitsandbytes' Linear4bit subclasses nn.Linear).
