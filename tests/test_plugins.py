@@ -92,6 +92,39 @@ def test_allow_list_restricts_distributions(tmp_path, monkeypatch):
     assert list(registry.strategies) == ["third_party_noop"]
 
 
+def test_allow_list_names_entry_points_of_the_one_first_party_distribution(monkeypatch):
+    """Every first-party plugin comes from the distribution ``adaptkit``: ``ADAPTKIT_PLUGINS=tasks,lora``
+    (here ``tasks,partial-freeze``) must load those two entry points and leave out lora, full,
+    packaged_models and the rest."""
+    monkeypatch.setenv("ADAPTKIT_PLUGINS", "tasks, Partial-Freeze")
+    registry = build_registry()
+    assert sorted(p.name for p in registry.plugins) == ["partial_freeze", "tasks"]
+    assert list(registry.strategies) == ["partial_freeze"]
+    assert "sequence_classification" in registry.tasks
+    assert not registry.manager.hook.adaptkit_resolve_model.get_hookimpls()  # packaged_models left out
+
+
+def test_allow_list_mixes_entry_point_and_distribution_names(tmp_path, monkeypatch):
+    fake_distribution(tmp_path / "site", "adaptkit-extra", "1.0", {"extra_plugin": GOOD_EXTRA, "other_plugin": GOOD_EXTRA},
+                      {"extra": "extra_plugin", "other": "other_plugin"})
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("ADAPTKIT_PLUGINS", "adaptkit_extra,packaged-models")
+    registry = build_registry()
+    assert sorted(p.name for p in registry.plugins) == ["extra", "other", "packaged_models"]
+    monkeypatch.setenv("ADAPTKIT_PLUGINS", "other,full")
+    registry = build_registry()
+    assert sorted(p.name for p in registry.plugins) == ["full", "other"]
+    assert sorted(registry.strategies) == ["full", "third_party_noop"]
+
+
+def test_allow_list_by_entry_point_name_is_applied_by_get_registry(monkeypatch):
+    from adaptkit.plugin.registry import get_registry
+
+    assert "partial_freeze" in get_registry().strategies
+    monkeypatch.setenv("ADAPTKIT_PLUGINS", "full")
+    assert list(get_registry().strategies) == ["full"]  # a different allow-list is a different cached registry
+
+
 def test_plugins_command_lists_errors_without_failing(tmp_path, monkeypatch, capsys):
     from adaptkit.cli import main
 

@@ -4,9 +4,13 @@ Entry points are loaded one at a time, each inside its own guard, so one broken 
 is reported (with its distribution and error) while every other plugin keeps working; a
 plugin that calls ``sys.exit()`` or raises any other ``BaseException`` while it is imported or
 registers is caught too (only Ctrl-C, ``KeyboardInterrupt``, goes through).
-``ADAPTKIT_PLUGINS=dist1,dist2`` restricts loading to the named distributions, and a recipe's
-``plugins:`` list restricts it further for that recipe (``adaptkit`` itself, which ships the
-first-party strategies and tasks, is always allowed there). Nothing else is ever imported:
+``ADAPTKIT_PLUGINS=tasks,lora`` restricts loading to the named plugins: each entry is an
+entry-point name (``tasks``, ``lora``, ``packaged_models``: every first-party plugin is one entry
+point of the single distribution ``adaptkit``) or a distribution name, which lets in every entry
+point that distribution declares (``ADAPTKIT_PLUGINS=adaptkit,adaptkit-bitfit``); case, ``-`` and
+``_`` do not matter. A recipe's ``plugins:`` list (distribution names) restricts it further for
+that recipe (``adaptkit`` itself, which ships the first-party strategies and tasks, is always
+allowed there). Nothing else is ever imported:
 plugins come only from installed entry points.
 
 A strategy or task name registered by more than one distribution is never settled by the order
@@ -150,16 +154,23 @@ def _normal(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-def _allowed_distributions() -> set[str] | None:
-    """The distributions that may load: the env allow-list, narrowed by the active recipe's ``plugins:``."""
+def _allow_lists() -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """``(env, recipe)``: the ``ADAPTKIT_PLUGINS`` entries (entry-point or distribution names) and
+    the active recipe's ``plugins:`` distributions, each normalised; None where there is no list."""
     raw = os.environ.get(ALLOW_LIST_ENV)
-    allowed = None
+    env = None
     if raw is not None and raw.strip():
-        allowed = {_normal(part) for part in raw.split(",") if part.strip()}
-    recipe = _recipe_allow.get()
-    if recipe is not None:
-        allowed = set(recipe) if allowed is None else allowed & set(recipe)
-    return allowed
+        env = frozenset(_normal(part) for part in raw.split(",") if part.strip())
+    return env, _recipe_allow.get()
+
+
+def _allowed(info: PluginInfo, lists: tuple[frozenset[str] | None, frozenset[str] | None]) -> bool:
+    """Whether this entry point may load: named (by itself or its distribution) in ``ADAPTKIT_PLUGINS``
+    when that is set, and its distribution in the recipe's ``plugins:`` when a recipe has one."""
+    env, recipe = lists
+    if env is not None and _normal(info.name) not in env and _normal(info.distribution) not in env:
+        return False
+    return recipe is None or _normal(info.distribution) in recipe
 
 
 @contextlib.contextmanager
@@ -327,14 +338,14 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
     """Build a fresh plugin manager from entry points (plus ``extra_plugins``, for tests)."""
     manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
     manager.add_hookspecs(hookspecs)
-    allowed = _allowed_distributions()
+    lists = _allow_lists()
     plugins: list[PluginInfo] = []
     claims: dict[str, list[tuple[PluginInfo, type]]] = {}
 
     candidates: list[tuple[PluginInfo, Any]] = []
     for ep in _entry_points():
         info = _describe(ep)
-        if allowed is not None and _normal(info.distribution) not in allowed:
+        if not _allowed(info, lists):
             continue
         plugins.append(info)
         try:
@@ -384,20 +395,19 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_registry(allowed: frozenset | None) -> Registry:
+def _cached_registry(allowed: tuple[frozenset[str] | None, frozenset[str] | None]) -> Registry:
     return build_registry()
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_choice(allowed: frozenset | None, choices: frozenset) -> Registry:
+def _cached_choice(allowed: tuple[frozenset[str] | None, frozenset[str] | None], choices: frozenset) -> Registry:
     return _cached_registry(allowed).choosing(dict(choices))
 
 
 def get_registry() -> Registry:
     """The process-wide registry for the active allow-list and recipe choices, built on first use
     (never at import time)."""
-    allowed = _allowed_distributions()
-    key = frozenset(allowed) if allowed is not None else None
+    key = _allow_lists()
     choices = _recipe_choices.get()
     return _cached_choice(key, choices) if choices else _cached_registry(key)
 
@@ -439,7 +449,9 @@ def _guarded(function: Any, hook: str, info: PluginInfo) -> Any:
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
             value = function(*args, **kwargs)
-        except (PluginError, KeyboardInterrupt):
+        except (AdaptkitError, KeyboardInterrupt):
+            # An AdaptkitError is the plugin refusing on purpose with a message meant for the user
+            # (the packaged-models plugin's "pip install ..." advice): it is shown as the plugin wrote it.
             raise
         except BaseException as exc:  # sys.exit() inside a hook too: it must not end the command unnamed
             raise PluginError(f"{_describe_plugin(info)} failed in hook {hook}: {_explain(exc)}") from exc
