@@ -22,6 +22,37 @@ __all__ = [
     "list_plugins", "run", "plan", "load", "check_strategy", "advise", "compare", "__version__",
 ]
 
+# What plugin authors build with. A plugin imports only from ``adaptkit`` itself, never from a
+# submodule, so the core can reorganise its modules without breaking anyone's plugin
+# (tests/test_core_names_no_plugin.py checks the first-party ones).
+from adaptkit.errors import DataError, ModelSourceError, PreflightError, TargetModuleError  # noqa: E402
+from adaptkit.plugin.low_rank import LowRankOptions, LowRankStrategy  # noqa: E402
+from adaptkit.plugin.targets import adaptable_modules, resolve_targets  # noqa: E402
+from adaptkit.plugin.task import position_limit  # noqa: E402
+
+# Plugin helpers whose modules import torch (or the engine): loaded on first use by ``__getattr__``
+# so that ``import adaptkit`` stays torch-free. Name -> defining module.
+_LAZY = {
+    "find_block_list": "adaptkit.plugin.layers",
+    "load_config": "adaptkit.engine.models",
+    "resolve_model_source": "adaptkit.engine.models",
+}
+
+__all__ += [name for name in (
+    "DataError", "ModelSourceError", "PreflightError", "TargetModuleError", "LowRankOptions", "LowRankStrategy",
+    "adaptable_modules", "resolve_targets", "position_limit", *_LAZY) if name not in __all__]
+
+
+def __getattr__(name: str) -> Any:
+    """``adaptkit.find_block_list`` and the other ``_LAZY`` helpers, imported when first asked for."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'adaptkit' has no attribute {name!r}")
+
 
 def list_strategies() -> dict[str, type[Strategy]]:
     """Every installed strategy, by name, as registered through entry points."""

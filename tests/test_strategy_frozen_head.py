@@ -137,10 +137,22 @@ def test_max_cached_examples_bounds_the_cache():
 
 
 def test_per_family_learning_rate_and_explicit_override():
+    from adaptkit import WrapContext
+
+    def suggested(model_type: str, **options) -> float:
+        return FrozenHead(options).suggest_learning_rate(WrapContext(model_type=model_type, task="any"))
+
+    assert suggested("gpt2") == pytest.approx(1e-3)
+    assert suggested("bert") == pytest.approx(2e-2)
+    assert suggested("bert", learning_rate=3e-3) == pytest.approx(3e-3)
+    assert suggested("somethingnew") == pytest.approx(1e-2)  # DEFAULT_LEARNING_RATE
+
+
+def test_wrap_leaves_the_learning_rate_alone():
+    """The runner asks ``suggest_learning_rate`` before ``wrap``: wrap must not change the answer."""
     strategy, _ = _wrapped("gpt2")
-    assert strategy.default_learning_rate == pytest.approx(1e-3)
-    strategy, _ = _wrapped("bert", learning_rate=3e-3)
-    assert strategy.default_learning_rate == pytest.approx(3e-3)
+    assert strategy.default_learning_rate == pytest.approx(1e-2)
+    assert "default_learning_rate" not in vars(strategy)
 
 
 def test_no_head_is_a_clear_error():
@@ -156,13 +168,64 @@ def test_options_reject_unknown_keys():
         FrozenHeadOptions(cache=True, cahce=False)
 
 
-def test_other_tasks_run_uncached():
-    from adaptkit.plugin.strategy import WrapContext
+def test_per_token_heads_run_uncached_and_exact():
+    """A token-classification model (one row of logits per token) is seen to be uncacheable on its
+    first batch, whatever the task is called, and then runs the plain model."""
+    from transformers import BertConfig, BertForTokenClassification
+
+    from adaptkit import WrapContext
+
+    torch.manual_seed(0)
+    base = BertForTokenClassification(BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=2, intermediate_size=48,
+                                                 max_position_embeddings=64, num_labels=3))
+    model = FrozenHead().wrap(base, WrapContext(model_type="bert", task="anything", head_modules=["classifier"]))
+    batch = _batch(2)
+    batch["labels"] = torch.randint(0, 3, batch["input_ids"].shape)
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch)
+        expected = model.base(**batch)
+    assert model.mode == "uncacheable" and len(model) == 0
+    torch.testing.assert_close(out.logits, expected.logits)
+    torch.testing.assert_close(out.loss, expected.loss)
+
+
+def test_a_model_whose_loss_is_not_the_rebuilt_one_runs_uncached():
+    """The cache rebuilds the loss from cached head inputs; a model computing another loss (here:
+    label smoothing) must not be cached, or training would optimise the wrong objective."""
+    from adaptkit import WrapContext
+
+    torch.manual_seed(0)
+    base = FAMILIES["bert"]()
+    plain_forward = base.forward
+
+    def smoothed(*args, labels=None, **kwargs):
+        out = plain_forward(*args, **kwargs)
+        if labels is not None:
+            out.loss = torch.nn.functional.cross_entropy(out.logits, labels, label_smoothing=0.2)
+        return out
+
+    base.forward = smoothed
+    model = FrozenHead().wrap(base, WrapContext(model_type="bert", task="x", head_modules=["classifier"]))
+    batch = _batch(3)
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch)
+        expected = base(**batch)
+    assert model.mode == "uncacheable" and len(model) == 0
+    torch.testing.assert_close(out.loss, expected.loss)
+
+
+def test_a_classification_head_is_cached_whatever_the_task_is_called():
+    from adaptkit import WrapContext
 
     base = FAMILIES["bert"]()
-    model = FrozenHead().wrap(base, WrapContext(model_type="bert", task="token_classification",
-                                                head_modules=["classifier"]))
-    assert isinstance(model, CachedHeadModel) and not model.cache_enabled
+    model = FrozenHead().wrap(base, WrapContext(model_type="bert", task="my_own_task", head_modules=["classifier"]))
+    model.eval()
+    with torch.no_grad():
+        model(**_batch(3))
+    assert model.mode == "vector" and model.loss_checked and len(model) == 6
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
@@ -172,8 +235,10 @@ def test_warm_fills_the_cache_so_training_never_runs_the_backbone(family):
     batch = _batch(5)
     order = [5, 2, 0, 4, 1, 3]
     pad = torch.zeros((6, 4), dtype=torch.long)
+    # labelled, as the runner's before_training batches are: warm checks the model's loss on them
     regrouped = {"input_ids": torch.cat([batch["input_ids"], pad + 1], 1)[order],
-                 "attention_mask": torch.cat([batch["attention_mask"], pad], 1)[order]}
+                 "attention_mask": torch.cat([batch["attention_mask"], pad], 1)[order],
+                 "labels": batch["labels"][order]}
     # move each row's real tokens to the front so padding sits at the end, as collators do
     for row in range(6):
         real = regrouped["attention_mask"][row].bool()

@@ -30,7 +30,12 @@ def test_check_strategy_passes_with_fp4_and_dora():
 
 
 def test_options_extend_lora_options():
-    assert issubclass(QLoraOptions, LoraOptions)
+    """qlora takes every lora option with lora's default: both subclass adaptkit.LowRankOptions
+    (the shared public block), so neither plugin imports the other."""
+    assert issubclass(QLoraOptions, adaptkit.LowRankOptions) and issubclass(LoraOptions, adaptkit.LowRankOptions)
+    qlora = QLoraOptions.model_fields
+    assert LoraOptions.model_fields and all(name in qlora and qlora[name].default == field.default
+                                            for name, field in LoraOptions.model_fields.items())
     assert QLoraOptions().quant_type == "nf4" and QLoraOptions().double_quant is True
     with pytest.raises(ValueError):
         QLoraOptions(quant_type="int4")

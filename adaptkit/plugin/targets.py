@@ -1,4 +1,4 @@
-"""Pre-flight errors and target-module resolution shared by the peft strategies (lora, qlora, ia3).
+"""Target-module resolution for strategies that adapt named layers (peft's ``target_modules``).
 
 peft adapts the modules whose qualified name equals a ``target_modules`` entry or ends with
 ``.<entry>`` (a string is a regex that must match a whole name). An entry that matches
@@ -6,6 +6,10 @@ nothing is dropped without a word as long as another entry matches (peft #1959, 
 #1486): a misspelt ``qery`` beside ``value`` trains half of what the recipe says. Here every
 entry must match at least one adaptable module, else the run (and ``adaptkit plan``) stops
 with the names that can be targeted and the closest one.
+
+Which layer kinds can be adapted is the strategy's knowledge, not this module's: every function
+takes ``kinds`` (class names such as ``"Linear"``, ``"Conv1D"``) from its caller, so the module
+stays generic and names no method.
 
 No torch import at module level: plugins import this while recipes are validated.
 """
@@ -16,11 +20,6 @@ import re
 from typing import Any, Iterable, Optional, Union
 
 from adaptkit.errors import PreflightError, TargetModuleError  # noqa: F401 (defined in errors, importable here too)
-
-
-# Layer kinds peft can adapt, by class name (bitsandbytes' Linear4bit subclasses nn.Linear).
-LORA_LAYERS = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")
-IA3_LAYERS = ("Linear", "Conv1D", "Conv2d", "Conv3d")
 
 
 def _adaptable(module: Any, kinds: Iterable[str]) -> bool:
@@ -45,8 +44,9 @@ def _matches(name: str, entry: str) -> bool:
     return name == entry or name.endswith("." + entry)
 
 
-def adaptable_modules(model: Any, kinds: Iterable[str] = LORA_LAYERS, exclude: Iterable[str] = ()) -> list[str]:
-    """Qualified names of the modules peft could adapt, outside ``exclude`` (the task head)."""
+def adaptable_modules(model: Any, kinds: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
+    """Qualified names of the modules of the layer ``kinds`` (class names; bitsandbytes' Linear4bit
+    counts as ``Linear``), outside ``exclude`` (the task head)."""
     kinds, exclude = tuple(kinds), tuple(exclude)
     return [name for name, module in model.named_modules()
             if name and not _under(name, exclude) and _adaptable(module, kinds)]
@@ -61,10 +61,12 @@ def _leaf_names(names: Iterable[str]) -> list[str]:
     return sorted(leaves)
 
 
-def resolve_targets(model: Any, entries: Optional[Union[list[str], str]], strategy: str,
-                    option: str = "target_modules", kinds: Iterable[str] = LORA_LAYERS,
+def resolve_targets(model: Any, entries: Optional[Union[list[str], str]], strategy: str, *,
+                    kinds: Iterable[str], option: str = "target_modules",
                     exclude: Iterable[str] = ()) -> dict[str, list[str]]:
     """Every entry of ``entries`` -> the qualified module names it selects; raise if any selects none.
+
+    ``kinds`` are the layer classes the strategy can adapt (required: the strategy knows them).
 
     ``exclude`` are the task-head modules (peft's ``exclude_modules``): an entry that only
     names the head matches nothing adaptable and is reported as such.

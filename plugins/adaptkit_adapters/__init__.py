@@ -71,6 +71,7 @@ class BottleneckAdapters(Strategy):
     export_kind = "adapter"
     export_loader = "adaptkit_adapters.model.load_adapters (peft has no bottleneck adapters)"
     default_learning_rate = 1e-3
+    head_options = ("train_head",)
 
     def wrap(self, model: "torch.nn.Module", context: Any) -> "torch.nn.Module":
         from adaptkit_adapters.model import AdapterModel, find_sites

@@ -54,7 +54,7 @@ def _has_module(root: nn.Module, name: str) -> bool:
 def find_sites(model: nn.Module, model_type: str, config: str, attention_output: Optional[str] = None,
                ffn_output: Optional[str] = None) -> dict[str, int]:
     """Qualified module names to hook, with their output widths, for every block of ``model``."""
-    from adaptkit.plugin.layers import find_block_list
+    from adaptkit import find_block_list
 
     path, count = find_block_list(model)
     blocks = model.get_submodule(path)

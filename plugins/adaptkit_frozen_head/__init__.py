@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from adaptkit import Strategy, StrategyOptions, hookimpl
+from adaptkit import Strategy, StrategyOptions, WrapContext, hookimpl
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +54,14 @@ class FrozenHead(Strategy):
     export_kind = "model"
     default_learning_rate = DEFAULT_LEARNING_RATE
 
-    def wrap(self, model: "torch.nn.Module", context: Any) -> "torch.nn.Module":
+    def suggest_learning_rate(self, context: WrapContext) -> float:
+        """The recipe's ``learning_rate`` option, else the family's rate (``LEARNING_RATES``), else
+        ``DEFAULT_LEARNING_RATE``: a probe's best step follows the scale of the model's features.
+
+        Asked before ``wrap``, so nothing here depends on, or changes, the wrapped model."""
+        return self.options.learning_rate or LEARNING_RATES.get(context.model_type) or self.default_learning_rate
+
+    def wrap(self, model: "torch.nn.Module", context: WrapContext) -> "torch.nn.Module":
         from adaptkit_frozen_head.cached import CachedHeadModel
 
         heads = list(context.head_modules)
@@ -63,11 +70,10 @@ class FrozenHead(Strategy):
                              f"for the {type(model).__name__} model")
         for name, param in model.named_parameters():
             param.requires_grad_(any(name == h or name.startswith(h + ".") for h in heads))
-        rate = self.options.learning_rate or LEARNING_RATES.get(context.model_type)
-        if rate:
-            # An instance attribute: the runner reads strategy.default_learning_rate after wrap.
-            self.default_learning_rate = rate
-        cache = self.options.cache and context.task == "sequence_classification"
+        # Whatever the task: the wrapper caches only after the first labelled batch shows the model's
+        # output and loss are what it rebuilds from a cached head input (one row of logits per
+        # example); per-token heads and other losses train uncached, still a correct linear probe.
+        cache = self.options.cache
         return CachedHeadModel(model, heads, cache=cache, max_cached=self.options.max_cached_examples)
 
     def before_training(self, model: "torch.nn.Module", batches: Any) -> None:

@@ -13,6 +13,12 @@ module records what the model hands it. Three shapes occur:
 
 Anything else (per-token outputs such as token classification) runs the plain model with the
 backbone in eval mode: still a correct linear probe, only not cached.
+
+Which tasks can be cached is observed, not looked up by task name: the first labelled batch
+runs the whole model once, and caching goes on only if the model returns one row of logits
+per example and its own loss equals the one the wrapper rebuilds from those logits
+(``sequence_classification_loss``, transformers' rule for sequence and image classification).
+So any task whose model ends in such a head is cached, whatever the task is called.
 """
 from __future__ import annotations
 
@@ -82,6 +88,7 @@ class CachedHeadModel(nn.Module):
         self.cache_enabled = cache and len(self.head_names) == 1
         self.max_cached = max_cached
         self.mode: Optional[str] = None  # learnt on the first cacheable batch
+        self.loss_checked = False  # whether a labelled batch showed the model's loss is the rebuilt one
         self._cache: dict[bytes, torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
@@ -140,16 +147,28 @@ class CachedHeadModel(nn.Module):
 
     # ----------------------------------------------------------------- features
     @torch.no_grad()
-    def _learn_mode(self, inputs: dict[str, Any]) -> None:
-        """Run the whole model once to see what the head receives and what the model returns."""
+    def _learn_mode(self, inputs: dict[str, Any], labels: Optional[torch.Tensor] = None) -> None:
+        """Run the whole model once to see what the head receives and what the model returns.
+
+        With ``labels``, also compare the model's own loss with the one ``forward`` would rebuild
+        from its logits: a model whose loss follows another rule is not cached."""
         seen: dict[str, Any] = {}
         pre = self.head.register_forward_pre_hook(lambda m, args: seen.setdefault("input", args[0]))
         post = self.head.register_forward_hook(lambda m, args, out: seen.setdefault("output", out))
         try:
-            logits = self.base(**inputs).logits
+            outputs = self.base(**inputs, **({"labels": labels} if labels is not None else {}))
+            logits = outputs.logits
         finally:
             pre.remove()
             post.remove()
+        if labels is not None:
+            self.loss_checked = True
+            own = getattr(outputs, "loss", None)
+            if logits.ndim != 2 or own is None or not torch.allclose(
+                    sequence_classification_loss(self.config, logits, labels).float(), own.float(),
+                    rtol=1e-4, atol=1e-6):
+                self.mode = "uncacheable"
+                return
         head_in, head_out = seen.get("input"), seen.get("output")
         if not isinstance(head_in, torch.Tensor) or not isinstance(head_out, torch.Tensor) or logits.ndim != 2:
             self.mode = "uncacheable"
@@ -228,8 +247,9 @@ class CachedHeadModel(nn.Module):
             inputs = {k: v for k, v in batch.items() if k != "labels" and v is not None}
             if not self._cacheable(inputs):
                 break
-            if self.mode is None:
-                self._learn_mode(inputs)
+            labels = batch.get("labels")
+            if self.mode is None or (labels is not None and not self.loss_checked):
+                self._learn_mode(inputs, labels)
                 if self.mode == "uncacheable":
                     break
             self._head_inputs(inputs)
@@ -242,8 +262,8 @@ class CachedHeadModel(nn.Module):
         if not self._cacheable(kwargs):
             return self.base(labels=labels, **kwargs)
         inputs = {k: v for k, v in kwargs.items() if v is not None}
-        if self.mode is None:
-            self._learn_mode(inputs)
+        if self.mode is None or (labels is not None and not self.loss_checked):
+            self._learn_mode(inputs, labels)
             if self.mode == "uncacheable":
                 return self.base(labels=labels, **inputs)
         found = self._head_inputs(inputs)

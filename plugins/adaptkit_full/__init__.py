@@ -22,6 +22,8 @@ class FullFineTune(Strategy):
     mergeable = True
     export_kind = "model"
     default_learning_rate = 3e-5
+    # compare trains this strategy from random weights as its from-scratch baseline.
+    trains_every_weight = True
 
     def wrap(self, model, context):
         for param in model.parameters():
@@ -35,7 +37,7 @@ class FullFineTune(Strategy):
         decay = self.options.layer_decay
         if decay >= 1.0:
             return super().parameter_groups(model, learning_rate, weight_decay)
-        from adaptkit.plugin.layers import find_block_list
+        from adaptkit import find_block_list
 
         blocks_path, count = find_block_list(model)
         groups: dict[tuple[float, bool], list] = {}

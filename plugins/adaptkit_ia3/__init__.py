@@ -12,6 +12,9 @@ from pydantic import Field, model_validator
 
 from adaptkit import PeftStrategy, StrategyOptions, hookimpl
 
+# The layer kinds peft's IA3 can rescale, by class name: the ones a target_modules entry may name.
+IA3_LAYERS = ("Linear", "Conv1D", "Conv2d", "Conv3d")
+
 
 class IA3Options(StrategyOptions):
     target_modules: Optional[Union[list[str], str]] = Field(
@@ -39,6 +42,7 @@ class IA3(PeftStrategy):
     mergeable = True
     # IA3's vectors start at 1 and need a large step to move; the paper trains at 3e-3.
     default_learning_rate = 3e-3
+    head_options = ("train_head",)
 
     def peft_config(self, context):
         from peft import IA3Config
@@ -54,7 +58,7 @@ class IA3(PeftStrategy):
     def check_targets(self, model, context) -> None:
         """Each ``target_modules`` and ``feedforward_modules`` entry must match a module; the
         feed-forward ones must also be targets (peft would drop or refuse them)."""
-        from adaptkit.plugin.targets import IA3_LAYERS, TargetModuleError, resolve_targets
+        from adaptkit import TargetModuleError, resolve_targets
 
         opts = self.options
         targets = resolve_targets(model, opts.target_modules, self.name, kinds=IA3_LAYERS,

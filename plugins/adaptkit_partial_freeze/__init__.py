@@ -4,7 +4,7 @@ Lower layers of a pretrained transformer hold general features that transfer as 
 upper layers are more task-specific. Freezing the bottom saves memory and compute (no
 gradients through frozen parameters, no optimizer state for them) and guards small datasets
 against overwriting what the pretrained model knew. The block stack is found with
-``adaptkit.plugin.layers.find_block_list``, so BERT, GPT-2, Llama and ViT need no names here.
+``adaptkit.find_block_list``, so BERT, GPT-2, Llama and ViT need no names here.
 
 Torch is imported inside functions only, so listing plugins and validating recipes stay fast.
 """
@@ -106,10 +106,11 @@ class PartialFreeze(Strategy):
     mergeable = True
     export_kind = "model"
     default_learning_rate = 5e-5
+    head_options = ("train_head",)
 
     def frozen_names(self, model: "torch.nn.Module", context: Any) -> list[str]:
         """The parameter names these options freeze on ``model``, in model order."""
-        from adaptkit.plugin.layers import find_block_list
+        from adaptkit import find_block_list
 
         opts = self.options
         path, count = find_block_list(model)

@@ -4,8 +4,8 @@ The core hands every strategy an already-loaded full-precision model, so quantiz
 happens in ``wrap``: each ``nn.Linear`` (and GPT-2's ``Conv1D``) becomes a bitsandbytes
 ``Linear4bit`` and, by default, each ``nn.Embedding`` an ``Embedding4bit``, built from the
 module's own weights. The task head and any module named in ``skip_modules`` stay in full
-precision. LoRA (with every option of the ``lora`` strategy, reused from ``adaptkit_lora``)
-then trains on top of the frozen 4-bit weights.
+precision. LoRA (every option of the ``lora`` strategy: both subclass ``adaptkit.LowRankStrategy``,
+so neither plugin imports the other) then trains on top of the frozen 4-bit weights.
 
 ``unwrap`` de-quantizes each 4-bit module back to its original class and dtype and merges
 the adapter into those de-quantized weights, so the result has the base signature exactly
@@ -22,9 +22,7 @@ from typing import Any, Iterable, Literal
 
 from pydantic import Field
 
-from adaptkit import hookimpl
-from adaptkit.plugin.targets import PreflightError
-from adaptkit_lora import Lora, LoraOptions
+from adaptkit import LowRankOptions, LowRankStrategy, PreflightError, hookimpl
 
 # The attribute a quantized module carries to remember what it replaced (class, dtype, extras).
 _ORIGIN = "_adaptkit_qlora_origin"
@@ -38,7 +36,7 @@ _ORIGIN = "_adaptkit_qlora_origin"
 MERGE_TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-3, "float16": 1e-3}
 
 
-class QLoraOptions(LoraOptions):
+class QLoraOptions(LowRankOptions):
     quant_type: Literal["nf4", "fp4"] = Field(
         "nf4", description="4-bit data type: NF4 (normal float, the QLoRA choice) or FP4.")
     double_quant: bool = Field(
@@ -230,7 +228,7 @@ def context_has_conv1d(model) -> bool:
     return any(isinstance(m, Conv1D) for m in model.modules())
 
 
-class QLora(Lora):
+class QLora(LowRankStrategy):
     """LoRA on a 4-bit (NF4/FP4) base: the QLoRA recipe; the base takes ~0.14x its float32 memory."""
 
     name = "qlora"
@@ -240,10 +238,14 @@ class QLora(Lora):
     default_learning_rate = 5e-4
     # float32 compute (the default); instances use MERGE_TOLERANCE[compute_dtype].
     merge_tolerance = MERGE_TOLERANCE["float32"]
+    # The class-level answer (listings, compare); instances name their own type and compute dtype.
+    quantization = "4-bit (bitsandbytes)"
 
     def __init__(self, options: QLoraOptions | dict[str, Any] | None = None):
         super().__init__(options)
         self.merge_tolerance = MERGE_TOLERANCE[self.options.compute_dtype]
+        # What the plan table shows: the 4-bit type and the compute dtype.
+        self.quantization = f"{self.options.quant_type} 4-bit (bitsandbytes), {self.options.compute_dtype} compute"
         self._keep: list[str] = []
 
     def kept_modules(self, context, model=None) -> list[str]:
@@ -273,11 +275,6 @@ class QLora(Lora):
         # Linear4bit stores every weight output-major, GPT-2's Conv1D included once quantized.
         config.fan_in_fan_out = False
         return config
-
-    @property
-    def quantization(self) -> str:
-        """What the plan table shows: the 4-bit type and the compute dtype."""
-        return f"{self.options.quant_type} 4-bit (bitsandbytes), {self.options.compute_dtype} compute"
 
     def preflight(self, context) -> None:
         """Refuse what cannot run, before the model is loaded: no bitsandbytes, or FSDP."""
