@@ -80,3 +80,18 @@ class PreflightError(AdaptkitError):
 
 class TargetModuleError(PreflightError):
     """A ``target_modules`` (or ``feedforward_modules``) entry matches no module of the model."""
+
+
+class TaskContractViolation(AdaptkitError):
+    """A task broke what the engine relies on (``adaptkit.testing.check_task`` found it).
+
+    ``rule`` is one of ``head``, ``batch``, ``metrics``, ``predict``, ``state``; the message names
+    the task, the family of the tiny model it ran on, and what was expected against what came back.
+    """
+
+    def __init__(self, task: str, rule: str, detail: str, family: str | None = None):
+        self.task = task
+        self.rule = rule
+        self.family = family
+        on = f" on the tiny {family} model" if family else ""
+        super().__init__(f"task {task!r} broke the rule '{rule}'{on}: {detail}")

@@ -20,7 +20,7 @@ from adaptkit.plugin.contract import (architecture_signature, check_removal, che
 from adaptkit.errors import ContractViolation
 from adaptkit.plugin.registry import reset_registry
 from adaptkit.engine.runner import run
-from adaptkit.testing import _batch, check_strategy, tiny_bert, tiny_gpt2
+from adaptkit.testing import sample_batch as _batch, check_strategy, tiny_bert, tiny_gpt2
 from conftest import write_recipe
 from plugin_fixtures import fake_distribution
 

@@ -8,7 +8,9 @@ import torch
 
 from adaptkit.plugin.contract import architecture_signature, model_outputs
 from adaptkit.plugin.strategy import WrapContext
-from adaptkit.testing import FAMILIES, _batch, _context, _perturb_trainable, _train_steps, check_strategy
+from adaptkit.testing import (FAMILIES, check_strategy, perturb_trainable as _perturb_trainable, register_family,
+                              sample_batch as _batch, train_steps as _train_steps, unregister_family,
+                              wrap_context as _context)
 from adaptkit_adapters import AdaptersOptions, BottleneckAdapters
 from adaptkit_adapters.model import AdapterModel, find_sites
 
@@ -35,10 +37,13 @@ def test_check_strategy_passes(config):
     assert sum("removal - base outputs restored exactly" in line for line in report.passed) == 2
 
 
-def test_check_strategy_passes_on_llama(monkeypatch):
-    monkeypatch.setitem(FAMILIES, "llama", tiny_llama)
-    report = check_strategy(BottleneckAdapters, {"config": "houlsby", "non_linearity": "swish"},
-                            families=["llama"])
+def test_check_strategy_passes_on_llama():
+    register_family("llama", tiny_llama, head_modules=["score"], peft_task_type="SEQ_CLS")
+    try:
+        report = check_strategy(BottleneckAdapters, {"config": "houlsby", "non_linearity": "swish"},
+                                families=["llama"])
+    finally:
+        unregister_family("llama")
     assert any("llama: removal" in line for line in report.passed)
 
 

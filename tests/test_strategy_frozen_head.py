@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptkit.testing import FAMILIES, _batch, _context, _train_steps, check_strategy
+from adaptkit.testing import (FAMILIES, sample_batch as _batch, wrap_context as _context,
+                              train_steps as _train_steps, check_strategy)
 from adaptkit_frozen_head import FrozenHead, FrozenHeadOptions
 from adaptkit_frozen_head.cached import CachedHeadModel
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptkit.testing import FAMILIES, _context, _train_steps, check_strategy
+from adaptkit.testing import FAMILIES, wrap_context as _context, train_steps as _train_steps, check_strategy
 from adaptkit_ia3 import IA3, IA3Options
 
 

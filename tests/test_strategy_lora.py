@@ -6,7 +6,7 @@ import torch
 
 from adaptkit import WrapContext
 from adaptkit.errors import RecipeError
-from adaptkit.testing import FAMILIES, _context, check_strategy
+from adaptkit.testing import FAMILIES, wrap_context as _context, check_strategy
 from adaptkit_lora import DEFAULT_TARGETS, Lora, LoraOptions, target_modules_for
 
 

@@ -6,7 +6,8 @@ import torch
 
 from adaptkit.plugin.contract import FrozenWeights
 from adaptkit.plugin.strategy import WrapContext
-from adaptkit.testing import FAMILIES, _context, _train_steps, check_strategy
+from adaptkit.testing import (FAMILIES, wrap_context as _context, train_steps as _train_steps,
+                              check_strategy, register_family, unregister_family)
 from adaptkit_partial_freeze import PartialFreeze, PartialFreezeOptions
 
 
@@ -40,9 +41,12 @@ def test_check_strategy_passes():
     assert sum("equivalence" in line for line in report.passed) == 2
 
 
-def test_check_strategy_passes_on_llama(monkeypatch):
-    monkeypatch.setitem(FAMILIES, "llama", tiny_llama)
-    report = check_strategy(PartialFreeze, {"freeze_blocks": 1}, families=["llama"])
+def test_check_strategy_passes_on_llama():
+    register_family("llama", tiny_llama, head_modules=["score"], peft_task_type="SEQ_CLS")
+    try:
+        report = check_strategy(PartialFreeze, {"freeze_blocks": 1}, families=["llama"])
+    finally:
+        unregister_family("llama")
     assert any("llama: frozen" in line for line in report.passed)
 
 

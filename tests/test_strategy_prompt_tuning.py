@@ -6,7 +6,8 @@ import torch
 
 import adaptkit
 from adaptkit.plugin.contract import architecture_signature, model_outputs
-from adaptkit.testing import FAMILIES, _batch, _context, _train_steps, check_strategy
+from adaptkit.testing import (FAMILIES, sample_batch as _batch, wrap_context as _context,
+                              train_steps as _train_steps, check_strategy)
 from adaptkit_prompt_tuning import PromptTuning
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from adaptkit.testing import FAMILIES, _context, _train_steps, check_strategy
+from adaptkit.testing import build_family, check_strategy, train_steps, wrap_context
 from adaptkit_example import BitFit
 
 
@@ -14,8 +14,8 @@ def test_check_strategy_passes():
 
 def test_only_biases_and_head_train():
     torch.manual_seed(0)
-    model = FAMILIES["bert"]()
-    BitFit().wrap(model, _context(model, "bert"))
+    model = build_family("bert")
+    BitFit().wrap(model, wrap_context(model, "bert"))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(n.endswith(".bias") or n.startswith("classifier.") for n in trainable)
     assert "classifier.weight" in trainable
@@ -25,12 +25,12 @@ def test_only_biases_and_head_train():
 
 def test_weights_do_not_move_biases_do():
     torch.manual_seed(0)
-    model = FAMILIES["gpt2"]()
+    model = build_family("gpt2")
     strategy = BitFit({"train_head": False})
-    strategy.wrap(model, _context(model, "gpt2"))
+    strategy.wrap(model, wrap_context(model, "gpt2"))
     weight = model.transformer.h[0].mlp.c_fc.weight.clone()
     bias = model.transformer.h[0].mlp.c_fc.bias.clone()
-    _train_steps(strategy, model)
+    train_steps(strategy, model)
     assert torch.equal(model.transformer.h[0].mlp.c_fc.weight, weight)
     assert not torch.equal(model.transformer.h[0].mlp.c_fc.bias, bias)
     assert not model.score.weight.requires_grad
