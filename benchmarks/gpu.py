@@ -188,7 +188,7 @@ def run_adaptkit(spec: dict, output: Path) -> dict[str, Any]:
     """One row through ``adaptkit.run``; tokens from the same session the run builds."""
     import adaptkit
     from adaptkit.recipe.schema import Recipe
-    from adaptkit.engine.runner import Session
+    from adaptkit.engine.session import Session
 
     tokens = train_tokens(Session(Recipe.from_dict(spec), log=lambda _: None))
     _reset_cuda()
@@ -217,7 +217,7 @@ def run_trainer(spec: dict, output: Path, smoke: bool) -> dict[str, Any]:
 
     from adaptkit.engine.planning import wrap_checked
     from adaptkit.recipe.schema import Recipe
-    from adaptkit.engine.runner import Session
+    from adaptkit.engine.session import Session
     from adaptkit.plugin.strategy import WrapContext
 
     session = Session(Recipe.from_dict(spec), log=lambda _: None)

@@ -42,7 +42,7 @@ def measure_advise() -> dict:
 
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
     recipe.output.dir = Path(tempfile.mkdtemp()) / "quickstart"
-    from adaptkit.engine.runner import Session
+    from adaptkit.engine.session import Session
 
     Session(recipe, log=lambda _: None).build_base()  # imports, tokenizer and weights paged in for both
     started = time.perf_counter()

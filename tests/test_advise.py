@@ -190,9 +190,11 @@ def test_a_strategy_that_fails_is_skipped_with_its_reason(tmp_path, monkeypatch,
     report = advise(Recipe.from_dict(tiny_recipe_dict(tmp_path, "full")), strategies=["broken", "full"],
                     probe_steps=0)
     by_name = {s.strategy: s for s in report.strategies}
-    assert by_name["broken"].skipped == "RuntimeError: cannot wrap this family"
+    # advise wraps through the same pre-flight as run and plan: the reason names the strategy and the cause
+    assert by_name["broken"].skipped.startswith("PreflightError: strategy 'broken' cannot be applied")
+    assert "RuntimeError: cannot wrap this family" in by_name["broken"].skipped
     assert by_name["full"].skipped is None and by_name["full"].trainable > 0
-    assert "skipping strategy broken: RuntimeError: cannot wrap this family" in capsys.readouterr().out
+    assert "skipping strategy broken: PreflightError" in capsys.readouterr().out
 
 
 def test_cli_writes_json_and_refuses_to_overwrite_silently(tmp_path, capsys):

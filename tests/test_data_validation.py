@@ -19,7 +19,7 @@ from adaptkit.engine.data import check_table, load_table
 from adaptkit.recipe.datafiles import scan_rows
 from adaptkit.errors import DataError, RecipeError
 from adaptkit.recipe.loading import load_recipe
-from adaptkit_tasks.sequence_classification import SequenceClassificationOptions
+from adaptkit_tasks.sequence_classification import SequenceClassification, SequenceClassificationOptions
 
 RECIPE = {
     "model": {"name": "sentence-transformers/all-MiniLM-L6-v2"},
@@ -28,7 +28,7 @@ RECIPE = {
     "strategy": {"name": "lora"},
     "output": {"dir": "out"},
 }
-OPTIONS = SequenceClassificationOptions(text_column="text", label_column="label")
+OPTIONS = SequenceClassification(SequenceClassificationOptions(text_column="text", label_column="label")).label_rules()
 
 
 def _recipe(tmp_path, train: str):

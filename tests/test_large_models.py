@@ -8,7 +8,7 @@ import torch
 import adaptkit
 from adaptkit.errors import RecipeError
 from adaptkit.recipe.schema import Recipe
-from adaptkit.engine.runner import Session
+from adaptkit.engine.session import Session
 from conftest import MINILM, TINY_BERT
 
 

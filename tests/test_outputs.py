@@ -9,7 +9,8 @@ import torch
 from adaptkit.errors import AdaptkitError
 from adaptkit.recipe.schema import Recipe
 from adaptkit.recipe.loading import load_recipe
-from adaptkit.engine.runner import Session, run
+from adaptkit.engine.runner import run
+from adaptkit.engine.session import Session
 from conftest import tiny_recipe_dict
 
 QUIET = {"progress": False, "log": lambda _: None}

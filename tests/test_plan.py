@@ -63,7 +63,7 @@ def test_prompt_tuning_virtual_tokens_count_against_the_positions(tiny_recipe, t
     from adaptkit.recipe.loading import load_recipe
 
     path = write_recipe(tmp_path / "recipe.yaml", tiny_recipe("prompt_tuning", task={"max_length": 120}))
-    with pytest.raises(RecipeError, match="120 plus strategy.num_virtual_tokens 20 tokens are more than this bert "
+    with pytest.raises(RecipeError, match="120 plus 20 positions strategy 'prompt_tuning' prepends tokens are more than this bert "
                                           "model's 128 positions; set task.max_length to at most 108"):
         plan(load_recipe(path))
     fits = write_recipe(tmp_path / "fits.yaml", tiny_recipe("prompt_tuning", task={"max_length": 108}))

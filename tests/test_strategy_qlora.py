@@ -146,7 +146,7 @@ def _pretrained_qlora(tmp_path, **training):
 
 def test_pretrained_base_is_loaded_directly_in_4bit(tmp_path):
     from adaptkit.recipe.schema import Recipe
-    from adaptkit.engine.runner import Session
+    from adaptkit.engine.session import Session
 
     session = Session(Recipe.from_dict(_pretrained_qlora(tmp_path)), log=lambda _: None)
     base = session.build_base()

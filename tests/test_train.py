@@ -10,7 +10,8 @@ import torch
 
 import adaptkit
 from adaptkit.recipe.schema import Recipe, TrainingSection
-from adaptkit.engine.runner import Session, run
+from adaptkit.engine.runner import run
+from adaptkit.engine.session import Session
 from adaptkit.engine.train import make_accelerator
 from conftest import REPO, tiny_recipe_dict
 
@@ -106,14 +107,16 @@ def test_second_run_reuses_the_tokenized_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", counting)
     first = Session(recipe, log=lambda _: None)
+    first.train_data, first.eval_data  # preprocessed when first asked for (plan never asks)
     assert calls["n"] > 0, "the first session should tokenize"
     assert first.train_data.cache_files and Path(first.train_data.cache_files[0]["filename"]).is_file()
     calls["n"] = 0
     second = Session(recipe, log=lambda _: None)
+    second.train_data, second.eval_data
     assert calls["n"] == 0, "the second session tokenized again instead of using the datasets cache"
     assert second.train_data._fingerprint == first.train_data._fingerprint
     # A new process (a second `adaptkit run`) computes the same fingerprint, so it hits the cache too.
-    script = ("import sys; from adaptkit.recipe.schema import Recipe; from adaptkit.engine.runner import Session; import json;"
+    script = ("import sys; from adaptkit.recipe.schema import Recipe; from adaptkit.engine.session import Session; import json;"
               f"r = Recipe.from_dict(json.loads(sys.argv[1])); s = Session(r, log=lambda _: None);"
               "print(s.train_data._fingerprint, s.eval_data._fingerprint)")
     out = subprocess.run([sys.executable, "-c", script, json.dumps(data)],

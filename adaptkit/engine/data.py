@@ -9,6 +9,7 @@ from typing import Any, Iterator, Optional, Union
 
 from adaptkit.errors import DataError
 from adaptkit.recipe.datafiles import _cached_in_datasets, _fetch_hint, _hub_snapshot, _LabelRules, data_format, datasets_cache_dir
+from adaptkit.plugin.task import LabelRules
 from adaptkit.recipe.schema import DataSource, Recipe, local_dataset_dir, looks_like_path
 
 _BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
@@ -180,14 +181,14 @@ def load_source(source: DataSource, base: Path, key: str) -> tuple["datasets.Dat
 
 
 
-def check_table(table, path: Path, options: Any, is_train: bool,
+def check_table(table, path: Path, label_rules: Optional[LabelRules], is_train: bool,
                 known: Optional[set[str]] = None) -> set[str]:
     """The label checks of ``scan_rows`` on a loaded table (any format); rows are numbered from 1.
 
     ``known``: the labels seen in training, which an eval table's labels must be among when the
     recipe gives no ``task.labels``. Returns the labels seen.
     """
-    rules = _LabelRules(options)
+    rules = _LabelRules(label_rules)
     if rules.column is None or rules.column not in table.column_names:
         return set()
     if rules.labels is None and known:
@@ -228,7 +229,8 @@ def _stratified_split(table, fraction: float, seed: int, column: Optional[str]):
     return parts["train"], parts["test"]
 
 
-def load_splits(recipe: Recipe, required: list[str], stratify_column: Optional[str] = None) -> Splits:
+def load_splits(recipe: Recipe, required: list[str], stratify_column: Optional[str] = None,
+                label_rules: Optional[LabelRules] = None) -> Splits:
     """Train and eval tables with the recipe's renames, sizes and (stratified, seeded) split.
 
     A list of sources in ``data.train`` is a mixture (``mix_sources``); one source, a path or a named
@@ -237,13 +239,13 @@ def load_splits(recipe: Recipe, required: list[str], stratify_column: Optional[s
     section = recipe.data
     seed = recipe.training.seed
     if isinstance(section.train, list):
-        return mix_sources(recipe, required, stratify_column)
+        return mix_sources(recipe, required, stratify_column, label_rules)
     train, train_where, train_name = load_source(section.sources("train")[0], recipe.base_dir(), "data.train")
     train = _rename(train, section.columns, train_where)
     _check_columns(train, required, train_where)
-    seen = check_table(train, train_where, recipe.task_options, is_train=True)
+    seen = check_table(train, train_where, label_rules, is_train=True)
     if section.eval is not None:
-        evaluation, source = _load_eval(recipe, required, train.column_names, seen)
+        evaluation, source = _load_eval(recipe, required, train.column_names, seen, label_rules)
     else:
         if len(train) < 4:
             raise DataError(f"{train_where}: {len(train)} rows are too few to hold some out for evaluation; "
@@ -260,13 +262,14 @@ def load_splits(recipe: Recipe, required: list[str], stratify_column: Optional[s
     return Splits(train=train, eval=evaluation, eval_source=source, validation=validation)
 
 
-def _load_eval(recipe: Recipe, required: list[str], train_columns: list[str], seen: set[str]):
+def _load_eval(recipe: Recipe, required: list[str], train_columns: list[str], seen: set[str],
+               label_rules: Optional[LabelRules]):
     """(table, its name for the report) of ``data.eval``, checked against what training holds."""
     section = recipe.data
     evaluation, where, _ = load_source(section.sources("eval")[0], recipe.base_dir(), "data.eval")
     evaluation = _rename(evaluation, section.columns, where)
     _check_columns(evaluation, [c for c in required if c in train_columns], where)
-    check_table(evaluation, where, recipe.task_options, is_train=False, known=seen)
+    check_table(evaluation, where, label_rules, is_train=False, known=seen)
     return evaluation, str(where)
 
 
@@ -293,7 +296,8 @@ def _draw(table, count: int, rng: "numpy.random.Generator"):  # noqa: F821
     return table.select(indices.tolist())
 
 
-def mix_sources(recipe: Recipe, required: list[str], stratify_column: Optional[str] = None) -> Splits:
+def mix_sources(recipe: Recipe, required: list[str], stratify_column: Optional[str] = None,
+                label_rules: Optional[LabelRules] = None) -> Splits:
     """Splits of a mixture: ``data.train`` as a list of sources, each with an optional ``weight``.
 
     1. Each source is loaded and renamed (its own ``columns``, then ``data.columns``); the columns every
@@ -359,9 +363,9 @@ def mix_sources(recipe: Recipe, required: list[str], stratify_column: Optional[s
         parts.append(_draw(pool, count, rng))
     train = datasets.concatenate_datasets(parts)
     train = train.select(rng.permutation(len(train)).tolist())
-    seen = check_table(train, "data.train (the mixture)", recipe.task_options, is_train=True)
+    seen = check_table(train, "data.train (the mixture)", label_rules, is_train=True)
     if section.eval is not None:
-        evaluation, source = _load_eval(recipe, required, train.column_names, seen)
+        evaluation, source = _load_eval(recipe, required, train.column_names, seen, label_rules)
     else:
         evaluation = datasets.concatenate_datasets(held_out)
         evaluation = evaluation.select(rng.permutation(len(evaluation)).tolist())  # max_eval_samples keeps each share

@@ -201,6 +201,7 @@ def build_model(recipe, task, tokenizer, source: ModelSource | None, seed: int, 
     from transformers import set_seed
 
     from adaptkit.engine.distributed import world_size
+    from adaptkit.plugin.strategy import Strategy
 
     section = recipe.model
     check_device_map(recipe, world_size())
@@ -222,11 +223,10 @@ def build_model(recipe, task, tokenizer, source: ModelSource | None, seed: int, 
             kwargs["attn_implementation"] = section.attn_implementation
         if section.device_map is not None:
             kwargs["device_map"] = section.device_map
-        asks = getattr(strategy, "load_kwargs", None)
-        if callable(asks):
+        if strategy is not None and type(strategy).load_kwargs is not Strategy.load_kwargs:
             with _default_dtype(dtype):
                 meta = _meta_model(task, config, section.trust_remote_code)
-            extra = asks(list(task.head_modules(meta)), dtype, meta)
+            extra = strategy.load_kwargs(list(task.head_modules(meta)), dtype, meta)
             if extra:
                 reference = meta
                 if "device_map" not in kwargs:  # a quantized model is placed as it loads, on the training device

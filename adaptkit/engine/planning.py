@@ -7,7 +7,6 @@ sequence length.
 """
 from __future__ import annotations
 
-import copy
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -80,7 +79,7 @@ def setup_line(strategy: Any, context: Any, precision: str) -> str:
 
     A strategy that quantizes says how through a ``quantization`` attribute (qlora: "nf4 4-bit").
     """
-    quantization = getattr(strategy, "quantization", None) or (
+    quantization = strategy.quantization or (
         "no quantization, fp32" if precision in (None, "no") else f"no quantization, {precision} autocast")
     return f"{quantization} x {context.extra.get('distributed') or 'single process'}"
 
@@ -88,15 +87,17 @@ def setup_line(strategy: Any, context: Any, precision: str) -> str:
 def preflight(strategy: Any, context: Any) -> None:
     """Refuse, before any weight is read, combinations a strategy cannot run.
 
-    The core refuses options that cannot apply to the task (``train_head`` set where the task
-    model has no head); a strategy may refuse more by defining ``preflight(context)`` (qlora:
-    bitsandbytes missing, FSDP). ``context.extra["distributed"]`` is ``distributed_setting``.
+    The core refuses options the strategy declares meaningful only with a task head
+    (``Strategy.head_options``) when they are set and the task model has none; the strategy's own
+    ``preflight(context)`` may refuse more (bitsandbytes missing, FSDP).
+    ``context.extra["distributed"]`` is ``distributed_setting``.
     """
     options = getattr(strategy, "options", None)
-    if "train_head" in getattr(options, "model_fields_set", ()) and not context.head_modules:
-        raise PreflightError(f"strategy {strategy.name!r}: option train_head does not apply to task "
-                             f"{context.task!r}: its {context.model_type} model has no task head (the output "
-                             f"layer follows the vocabulary, not the task); remove train_head from the recipe")
+    for option in getattr(strategy, "head_options", ()):
+        if option in getattr(options, "model_fields_set", ()) and not context.head_modules:
+            raise PreflightError(f"strategy {strategy.name!r}: option {option} does not apply to task "
+                                 f"{context.task!r}: its {context.model_type} model has no task head (the output "
+                                 f"layer follows the vocabulary, not the task); remove {option} from the recipe")
     check = getattr(strategy, "preflight", None)
     if callable(check):
         check(context)
@@ -133,9 +134,8 @@ def wrap_checked(strategy: Any, model: Any, context: Any) -> Any:
     return wrapped
 
 
-def describe(name: str, model: Any, config: Any, recipe: Recipe, setup: str = "") -> StrategyPlan:
-    """Sizes, touched modules and the memory estimate of a wrapped model (meta or real)."""
-    length = getattr(recipe.task_options, "max_length", 512)
+def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, setup: str = "") -> StrategyPlan:
+    """Sizes, touched modules and the memory estimate of a wrapped model (meta or real), ``length`` tokens a row."""
     return StrategyPlan(name, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                         total=sum(p.numel() for p in model.parameters()), touched=touched_modules(model),
                         memory=estimate_memory(model, config, recipe.training.batch_size, length,
@@ -232,36 +232,38 @@ def estimate_memory(model, config, batch_size: int, sequence_length: int, precis
     return parts
 
 
-def check_sequence_length(recipe: Recipe, config: Any) -> None:
-    """Refuse a ``task.max_length`` longer than the model's position table (``task.position_limit``).
+def check_sequence_length(session: Any, strategy: Any, config: Any) -> None:
+    """Refuse a task's sequence length longer than the model's position table (``task.position_limit``).
 
     Past it, the first long batch fails deep in the forward pass with a tensor-size error, after
-    data loading and model building, or an epoch into the run. Prompt tuning's virtual tokens
-    take positions too. Checked by ``adaptkit plan`` and again when a run starts.
+    data loading and model building, or an epoch into the run. Positions a strategy prepends
+    (prompt tuning's virtual tokens, ``Strategy.positions_added``) count too. Checked by
+    ``adaptkit plan`` and again when a run starts.
     """
     from adaptkit.errors import RecipeError
     from adaptkit.plugin.task import position_limit
 
-    length = getattr(recipe.task_options, "max_length", None)
+    length = session.task.sequence_length()
     limit = position_limit(config)
     if not isinstance(length, int) or limit is None:
         return
-    virtual = getattr(recipe.strategy_options, "num_virtual_tokens", 0) or 0
-    if length + virtual > limit:
-        extra = f" plus strategy.num_virtual_tokens {virtual}" if virtual else ""
-        raise RecipeError(f"{recipe.where('task', 'max_length')}: {length}{extra} tokens are more than this "
+    added = strategy.positions_added()
+    if length + added > limit:
+        extra = f" plus {added} positions strategy {strategy.name!r} prepends" if added else ""
+        raise RecipeError(f"{session.recipe.where('task', 'max_length')}: {length}{extra} tokens are more than this "
                           f"{getattr(config, 'model_type', 'model')} model's {limit} positions; set task.max_length "
-                          f"to at most {limit - virtual}")
+                          f"to at most {limit - added}")
 
 
-def plan_of_model(recipe: Recipe, name: str, model: Any, config: Any, setup: str = "") -> Plan:
+def plan_of_model(session: Any, strategy: Any, model: Any, config: Any, setup: str = "") -> Plan:
     """The plan of a model a run has already built and wrapped: no second load, no meta copy."""
-    check_sequence_length(recipe, config)
+    recipe = session.recipe
+    check_sequence_length(session, strategy, config)
     model_type = getattr(config, "model_type", "unknown")
     return Plan(model=recipe.model.name or f"config:{model_type}", model_type=model_type,
-                batch_size=recipe.training.batch_size,
-                sequence_length=getattr(recipe.task_options, "max_length", 512),
-                strategies=[describe(name, model, config, recipe, setup)], recipe_strategy=name)
+                batch_size=recipe.training.batch_size, sequence_length=session.sequence_length,
+                strategies=[describe(strategy.name, model, config, recipe, session.sequence_length, setup)],
+                recipe_strategy=strategy.name)
 
 
 def plan(recipe: Recipe, strategies: Optional[list[str]] = None, strict: bool = True) -> Plan:
@@ -279,24 +281,12 @@ def plan(recipe: Recipe, strategies: Optional[list[str]] = None, strict: bool = 
 
 def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan:
     """``plan`` under the recipe's plugin allow-list."""
-    from accelerate import init_empty_weights
+    from adaptkit.engine.session import Session
 
-    from adaptkit.engine.data import load_splits
-    from adaptkit.engine.models import _default_dtype, load_config, load_dtype, quiet_hf_logging, resolve_model_source
-    from adaptkit.plugin.registry import get_registry
-    from adaptkit.plugin.strategy import WrapContext
-
-    quiet_hf_logging()
-    registry = get_registry()
-    task = registry.tasks[recipe.task.type](recipe.task_options)
-    label_column = getattr(recipe.task_options, "label_column", None)
-    splits = load_splits(recipe, task.required_columns(), stratify_column=label_column)
-    task.setup(splits.train)
+    session = Session(recipe, log=lambda _: None)
     section = recipe.model
-    source = resolve_model_source(section.name, section.revision, section.allow_pickle) if section.name else None
-    notes = task.preflight(recipe, source)
+    notes = session.task.preflight(recipe, session.source)
     names = strategies or [recipe.strategy.name]
-    length = getattr(recipe.task_options, "max_length", 512)
     distributed = distributed_setting(recipe)
     if distributed is not None and section.device_map is not None:
         from adaptkit.errors import RecipeError
@@ -305,28 +295,26 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
                           f"single process and cannot be combined with the distributed section ({distributed}); "
                           f"remove one of them (distributed: fsdp shards a large model across processes)")
     results: list[StrategyPlan] = []
-    config = load_config(recipe, source)
-    check_sequence_length(recipe, config)
+    config = session.config
+    check_sequence_length(session, session.strategy(), config)
     model_type = getattr(config, "model_type", "unknown")
     for name in names:
         entry = StrategyPlan(name)
         try:
-            options = recipe.strategy_options if name == recipe.strategy.name else None
-            strategy = registry.strategies[name](options)
-            with init_empty_weights(), _default_dtype(load_dtype(recipe, config)):  # model.dtype's weight bytes
-                base = task.build_model("", copy.deepcopy(config), True, trust_remote_code=section.trust_remote_code)
-                context = WrapContext(model_type=model_type, task=task.name, head_modules=task.head_modules(base),
-                                      peft_task_type=task.peft_task_type, extra={"distributed": distributed})
+            strategy = session.strategy(name)
+            with session.on_meta_device():  # model.dtype's weight bytes, no weights read or allocated
+                base = session.build_meta()
+                context = session.context(base, distributed)
                 setup = setup_line(strategy, context, recipe.training.mixed_precision)
                 entry.setup = setup
-                model = wrap_checked(strategy, base, context)
-            entry = describe(name, model, config, recipe, setup)
+                model = session.wrap(strategy, base, context)
+            entry = describe(name, model, config, recipe, session.sequence_length, setup)
         except Exception as exc:  # one strategy that cannot be planned must not hide the others
             entry.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             entry.failure = exc
         results.append(entry)
     result = Plan(model=section.name or f"config:{model_type}", model_type=model_type,
-                  batch_size=recipe.training.batch_size, sequence_length=length, strategies=results,
+                  batch_size=recipe.training.batch_size, sequence_length=session.sequence_length, strategies=results,
                   recipe_strategy=recipe.strategy.name, notes=notes)
     if strict:
         result.raise_for_recipe_strategy()

@@ -18,8 +18,7 @@ _INDEX_COLUMN_PREFIX = "__index_level_"
 def input_columns(task: Any) -> list[str]:
     """The columns a prediction reads: the task's required columns less what it learns to
     predict (``label_column``, ``tags_column``, ``response_column``), which new rows lack."""
-    options = getattr(task, "options", None)
-    targets = {getattr(options, name, None) for name in ("label_column", "tags_column", "response_column")}
+    targets = set(task.target_columns())
     return [column for column in task.required_columns() if column not in targets]
 
 

@@ -90,9 +90,9 @@ def data_suitability(session: Any) -> dict[str, Any]:
     Truncation counts encoded rows whose length reached ``max_length`` (an upper bound: a row
     that fits exactly is counted too), so no second tokenization is needed.
     """
-    task, options = session.task, session.recipe.task_options
-    label_column = getattr(options, "label_column", None)
-    text_columns = [c for c in (getattr(options, "text_column", None), getattr(options, "text_pair_column", None)) if c]
+    task = session.task
+    label_column = task.label_column()
+    text_columns = task.text_columns()
     train, evaluation = session.splits.train, session.splits.eval
     info: dict[str, Any] = {"train_examples": len(train), "eval_examples": len(evaluation),
                             "eval_source": session.splits.eval_source}
@@ -122,7 +122,7 @@ def data_suitability(session: Any) -> dict[str, Any]:
         if all(c in evaluation.column_names for c in text_columns):
             overlap = sum(1 for row in evaluation if _text_key(row, text_columns) in seen)
             info["eval_rows_also_in_train"] = overlap
-    max_length = getattr(options, "max_length", None)
+    max_length = task.sequence_length()
     if max_length and "length" in session.train_data.column_names:
         lengths = session.train_data["length"]
         info["max_length"] = max_length
@@ -254,8 +254,7 @@ def _epoch_padded_tokens(lengths: list[int], batch_size: int, group_by_length: b
         random.Random(seed).shuffle(order)
     return sum(max(order[i:i + batch_size]) * len(order[i:i + batch_size]) for i in range(0, len(order), batch_size))
 
-def _time_one_step(session: Any, base: Any, strategy_cls: type, options: Any, learning_rate: Optional[float]
-                   ) -> tuple[float, float, int, Optional[int], float]:
+def _time_one_step(session: Any, base: Any, name: str) -> tuple[float, float, int, Optional[int], float]:
     """One real optimizer step on a copy of ``base``: wall and CPU seconds, padded tokens, CUDA peak, FLOPs/token.
 
     One step, not many: its FLOPs are traced exactly (the same for every step of a strategy),
@@ -266,17 +265,13 @@ def _time_one_step(session: Any, base: Any, strategy_cls: type, options: Any, le
     """
     import torch
 
-    from adaptkit.engine.planning import wrap_checked
-    from adaptkit.plugin.strategy import WrapContext
-
     training = session.recipe.training
     device = torch.device("cuda" if torch.cuda.is_available() and training.device != "cpu" else "cpu")
     model = copy.deepcopy(base)
-    context = WrapContext(model_type=getattr(model.config, "model_type", "unknown"), task=session.task.name,
-                          head_modules=session.task.head_modules(model), peft_task_type=session.task.peft_task_type)
-    strategy = strategy_cls(options)
-    model = wrap_checked(strategy, model, context).to(device)
-    rate = learning_rate or strategy.default_learning_rate
+    context = session.context(model)
+    strategy = session.strategy(name)
+    rate = session.learning_rate(strategy, context)
+    model = session.wrap(strategy, model, context).to(device)
     groups = [g for g in strategy.parameter_groups(model, rate, training.weight_decay) if g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=rate)
     data = session.train_data
@@ -316,12 +311,8 @@ def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watt
     read); with ``probe_steps`` > 0 one real step per strategy, on a copy of one loaded base
     model, counts FLOPs and times the machine.
     """
-    from accelerate import init_empty_weights
-
-    from adaptkit.judge.energy import energy_of_cpu_seconds, given_power, grid_intensity
-    from adaptkit.engine.models import load_config
     from adaptkit.engine.planning import estimate_memory
-    from adaptkit.plugin.strategy import WrapContext
+    from adaptkit.judge.energy import energy_of_cpu_seconds, given_power, grid_intensity
 
     recipe = session.recipe
     training = recipe.training
@@ -329,23 +320,19 @@ def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watt
     lengths = list(session.train_data["length"]) if "length" in session.train_data.column_names else []
     epoch_tokens = _epoch_padded_tokens(lengths, training.batch_size, training.group_by_length, training.seed) \
         if lengths else None
-    sequence_length = getattr(recipe.task_options, "max_length", 512)
+    sequence_length = session.sequence_length
     base = session.build_base() if probe_steps > 0 and epoch_tokens is not None else None
     watts = given_power(power_watts)
     results = []
     for name in names:
         entry = StrategyAdvice(name)
         results.append(entry)
-        options = recipe.strategy_options if name == recipe.strategy.name else None
         try:
-            config = load_config(recipe, session.source)
-            strategy = session.registry.strategies[name](options)
-            with init_empty_weights():
-                meta = session.task.build_model("", config, True, trust_remote_code=recipe.model.trust_remote_code)
-                context = WrapContext(model_type=getattr(config, "model_type", "unknown"), task=session.task.name,
-                                      head_modules=session.task.head_modules(meta),
-                                      peft_task_type=session.task.peft_task_type)
-                model = strategy.wrap(meta, context)
+            config = session.config
+            strategy = session.strategy(name)
+            with session.on_meta_device():  # the pre-flight runs too: a strategy that cannot run is skipped
+                meta = session.build_meta()
+                model = session.wrap(strategy, meta, session.context(meta))
             entry.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             entry.total = sum(p.numel() for p in model.parameters())
             if entry.trainable == 0:
@@ -363,9 +350,7 @@ def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watt
         if base is None:
             continue
         try:
-            rate = training.learning_rate if name == recipe.strategy.name else None
-            wall, cpu, tokens, peak, traced = _time_one_step(session, base, session.registry.strategies[name],
-                                                             options, rate)
+            wall, cpu, tokens, peak, traced = _time_one_step(session, base, name)
             scale = epoch_tokens / max(tokens, 1)
             entry.flops_per_epoch = traced * epoch_tokens  # traced beats the parameter-order estimate
             entry.seconds_per_step = round(wall, 4)
@@ -398,10 +383,10 @@ def advise(recipe: Union[Recipe, str, Path, dict], strategies: Optional[list[str
     ``probe_steps`` > 0 times one real optimizer step per strategy (0 skips timing).
     ``max_feature_rows`` caps the rows whose features LogME and the probe use.
     """
+    from adaptkit.engine.session import as_recipe
     from adaptkit.plugin.registry import for_recipe
-    from adaptkit.engine.runner import _as_recipe
 
-    recipe = _as_recipe(recipe)
+    recipe = as_recipe(recipe)
     with for_recipe(recipe):  # its plugins: allow-list and the distribution its strategy section names
         return _advise(recipe, strategies, probe_steps, max_feature_rows, folds, power_watts, grid_g_per_kwh, log)
 
@@ -411,7 +396,7 @@ def _advise(recipe: Recipe, strategies: Optional[list[str]], probe_steps: int, m
             ) -> AdviceReport:
     from adaptkit import get_strategy, list_strategies
     from adaptkit.judge.energy import describe_power
-    from adaptkit.engine.runner import Session
+    from adaptkit.engine.session import Session
     from adaptkit.judge.transferability import curve_finding, transfer_verdict, transferability
 
     started = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Arms are the named strategies plus ``scratch``, a compare-level pseudo-strategy: the same
 architecture from random weights (``model.init: random``) trained by ``scratch_strategy``
-(default ``"full"``; any installed strategy that trains every weight will do). For every
+(default: the installed strategy that declares ``trains_every_weight``). For every
 seed and training-set size, each arm gets the same learning-rate search (``adaptkit.judge.tuning``:
 a log-spaced grid around the arm's suggestion, chosen on a validation split carved from the
 arm's rows, poor trials pruned), and the budget gets the small-data floor of optimizer steps
@@ -42,10 +42,6 @@ from adaptkit.errors import AdaptkitError
 from adaptkit.recipe.schema import Recipe
 from adaptkit.judge.tuning import DEFAULT_TRIALS, SCRATCH, VALIDATION_FRACTION
 
-# The strategy that trains the random-weight baseline unless told otherwise: the first-party full
-# fine-tune's registered name. Configurable (``scratch_strategy``, ``--scratch-strategy``) because
-# the core must not depend on any one plugin being installed.
-DEFAULT_SCRATCH_STRATEGY = "full"
 SCRATCH_LEARNING_RATE = 1e-4
 BOOTSTRAP = 1000
 VERDICTS = ("positive transfer", "no clear difference", "negative transfer")
@@ -114,7 +110,7 @@ class CompareReport:
     verdict_detail: str
     per_size: list[dict[str, Any]] = field(default_factory=list)
     compute_saved: list[dict[str, Any]] = field(default_factory=list)
-    scratch_strategy: str = DEFAULT_SCRATCH_STRATEGY
+    scratch_strategy: str = ""
     energy_method: str = ""
     baselines: dict[str, float] = field(default_factory=dict)  # chance and majority-class scores
     curves: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +126,20 @@ class CompareReport:
 
 
 # ---------------------------------------------------------------------------- planning
+
+def default_scratch_strategy() -> str:
+    """The strategy that trains the random-weight baseline unless told otherwise: an installed one that
+    declares ``trains_every_weight`` (the first by name when several do). The core names none: any
+    plugin may provide it, and ``scratch_strategy`` / ``--scratch-strategy`` chooses another."""
+    from adaptkit import list_strategies
+
+    candidates = sorted(name for name, cls in list_strategies().items() if cls.trains_every_weight)
+    if not candidates:
+        raise AdaptkitError(f"the {SCRATCH!r} arm needs a strategy that trains every weight, and no installed "
+                            f"strategy declares trains_every_weight; name one with scratch_strategy "
+                            f"(--scratch-strategy) or install one")
+    return candidates[0]
+
 
 def check_strategies(strategies: list[str], scratch_strategy: str) -> None:
     """Every name is installed (or ``scratch``); an unknown one is an error naming the closest."""
@@ -417,7 +427,7 @@ class _Progress:
 
 def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds: Optional[list[int]] = None,
             sizes: Optional[list[int]] = None, output_dir: Optional[Union[str, Path]] = None,
-            overwrite: bool = False, scratch_strategy: str = DEFAULT_SCRATCH_STRATEGY,
+            overwrite: bool = False, scratch_strategy: Optional[str] = None,
             learning_rates: Optional[dict[str, float]] = None, power_watts: Optional[float] = None,
             grid_g_per_kwh: Optional[float] = None, bootstrap_rounds: int = BOOTSTRAP,
             log: Callable[[str], None] = print, trials: int = DEFAULT_TRIALS,
@@ -431,18 +441,20 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
     (1: the suggestion alone, no search); ``learning_rates[name]`` centres an arm's search on
     another rate. ``storage``/``study_name`` share the search through an Optuna database.
     """
+    from adaptkit.engine.session import as_recipe
     from adaptkit.plugin.registry import for_recipe
-    from adaptkit.engine.runner import _as_recipe
 
-    recipe = _as_recipe(recipe)
+    recipe = as_recipe(recipe)
     with for_recipe(recipe):  # its plugins: allow-list and the distribution its strategy section names
+        if scratch_strategy is None and SCRATCH in strategies:
+            scratch_strategy = default_scratch_strategy()
         return _compare(recipe, list(strategies), seeds, sizes, output_dir, overwrite, scratch_strategy,
                         dict(learning_rates or {}), power_watts, grid_g_per_kwh, bootstrap_rounds, log, trials,
                         validation_fraction, storage, study_name)
 
 
 def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], sizes: Optional[list[int]],
-             output_dir: Optional[Union[str, Path]], overwrite: bool, scratch_strategy: str,
+             output_dir: Optional[Union[str, Path]], overwrite: bool, scratch_strategy: Optional[str],
              learning_rates: dict[str, float], power_watts: Optional[float], grid_g_per_kwh: Optional[float],
              bootstrap_rounds: int, log: Callable[[str], None], trials: int, validation_fraction: float,
              storage: Optional[str], study_name: Optional[str]) -> CompareReport:
@@ -453,7 +465,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     from adaptkit.engine.data import split_validation
     from adaptkit.judge.energy import describe_power, grid_intensity
     from adaptkit.engine.outputs import check_output_dir, safe_join, write_json, write_manifest
-    from adaptkit.engine.runner import Session
+    from adaptkit.engine.session import Session
     from adaptkit.judge.tuning import ArmModel, tune_arm
 
     started = time.perf_counter()
@@ -551,7 +563,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     report = CompareReport(
         output_dir=folder, metric=metric, greater_is_better=greater, strategies=strategies, sizes=size_list,
         seeds=seeds, rows=rows, runs=runs, verdict=verdict, verdict_detail=detail, per_size=per_size,
-        compute_saved=compute_saved(rows, greater), scratch_strategy=scratch_strategy,
+        compute_saved=compute_saved(rows, greater), scratch_strategy=scratch_strategy or "",
         energy_method=describe_power(power_watts, device), baselines=baselines, curves=curves,
         transfer_range=transfer_range(per_size),
         search={"trials": trials, "grid": "log-spaced from suggestion/3 to suggestion*3",
@@ -591,11 +603,12 @@ def _row(name: str, size: Optional[int], cell: list[RunRecord], replicates: list
                seed_interval=seed_interval(values), flags=flags)
 
 
-def _notes(scratch_strategy: str, learning_rates: dict[str, float], metric: str, rounds: int, seeds: list[int],
+def _notes(scratch_strategy: Optional[str], learning_rates: dict[str, float], metric: str, rounds: int, seeds: list[int],
            trials: int, validation_fraction: float) -> list[str]:
     return [
-        f"{SCRATCH}: the same architecture from random weights (model.init: random), trained with strategy "
-        f"{scratch_strategy!r}; its search is centred on {learning_rates.get(SCRATCH, SCRATCH_LEARNING_RATE):g}",
+        *([f"{SCRATCH}: the same architecture from random weights (model.init: random), trained with strategy "
+           f"{scratch_strategy!r}; its search is centred on {learning_rates.get(SCRATCH, SCRATCH_LEARNING_RATE):g}"]
+          if scratch_strategy else []),
         f"every arm: {trials} learning rate(s) log-spaced around its suggestion (the recipe's rate for its own "
         f"strategy, else the strategy's default), chosen on {validation_fraction:.0%} of the arm's rows held out "
         f"as validation; train examples in the table exclude them; the best epoch's weights are kept",

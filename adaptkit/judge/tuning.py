@@ -114,26 +114,18 @@ class ArmModel:
 
     def __init__(self, session: Any, arm: Arm, seed: int, scratch_learning_rate: float):
         from adaptkit.engine.checkpoint import trainable_state
-        from adaptkit.engine.models import build_model
-        from adaptkit.engine.planning import wrap_checked
-        from adaptkit.plugin.strategy import WrapContext
 
-        recipe = session.recipe
-        if arm.random_init:
-            recipe = recipe.model_copy(deep=True)
-            recipe.model.init = "random"
-        base = build_model(recipe, session.task, session.tokenizer, session.source, seed)
-        context = WrapContext(model_type=getattr(base.config, "model_type", "unknown"), task=session.task.name,
-                              head_modules=session.task.head_modules(base), peft_task_type=session.task.peft_task_type)
-        self.strategy = session.registry.strategies[arm.strategy](arm.options)
-        self.model = wrap_checked(self.strategy, base, context)
+        self.strategy = session.strategy(arm.strategy, arm.options)
+        # the arm's strategy loads its own base (a 4-bit one for a quantizing strategy), as a run does
+        base = session.build_base(self.strategy, seed=seed, random_init=arm.random_init)
+        context = session.context(base)
+        self.suggestion = arm.learning_rate or (scratch_learning_rate if arm.random_init
+                                                else self.strategy.suggest_learning_rate(context))
+        self.model = session.wrap(self.strategy, base, context)
         self.initial = trainable_state(self.model)
         self.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         if not self.trainable:
             raise AdaptkitError(f"strategy {arm.strategy!r} left no parameter trainable on this model")
-        # read after wrap: a strategy may suggest a rate that depends on the model it wrapped
-        self.suggestion = arm.learning_rate or (scratch_learning_rate if arm.random_init
-                                                else self.strategy.default_learning_rate)
 
     def reset(self) -> None:
         from adaptkit.engine.checkpoint import load_trainable_state

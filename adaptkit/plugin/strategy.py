@@ -89,6 +89,17 @@ class Strategy:
         """
         return self.default_learning_rate
 
+    def load_kwargs(self, head_modules: list[str], dtype: Any, model: Any = None) -> dict[str, Any]:
+        """Extra ``from_pretrained`` arguments for loading the base (a 4-bit ``BitsAndBytesConfig``, so
+        a quantizing strategy never holds the full-precision model). ``model`` is the task model on the
+        meta device, ``head_modules`` the modules to keep in full precision. None by default."""
+        return {}
+
+    def positions_added(self) -> int:
+        """Positions the strategy prepends to every input (prompt tuning's virtual tokens): they count
+        against the model's position table with the task's own tokens."""
+        return 0
+
     def preflight(self, context: WrapContext) -> None:
         """Refuse, before any weight is read, a setting this strategy cannot run.
 

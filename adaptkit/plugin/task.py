@@ -5,7 +5,8 @@ batch them, and score predictions. Like strategies, tasks arrive through plugins
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict
 
@@ -40,6 +41,19 @@ def position_limit(config: Any) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class LabelRules:
+    """What a classification task says about its label column, for checks that read every row
+    (``adaptkit validate``, data loading) without knowing the task: the column, the allowed labels
+    (None: learnt from the data, then at least two classes are needed), and whether a row holds
+    several labels joined by ``separator``."""
+
+    column: str
+    labels: Optional[tuple[str, ...]] = None
+    multi: bool = False
+    separator: str = ","
+
+
 class TaskOptions(BaseModel):
     """Base for a task's recipe section; unknown keys are errors."""
 
@@ -63,6 +77,11 @@ class Task:
     metric_names: ClassVar[tuple[str, ...]] = ()
     # Whether the inputs are text: a model built from ``model.config`` then needs ``model.tokenizer``.
     needs_tokenizer: ClassVar[bool] = True
+    # The Hugging Face pipeline tag of what the task trains ("text-classification"): the model card's
+    # ``pipeline_tag`` and eval task type. None: the card leaves it out.
+    pipeline_tag: ClassVar[str | None] = None
+    # The task a recipe without a ``task`` section means; at most one installed task declares it.
+    is_default: ClassVar[bool] = False
 
     def __init__(self, options: TaskOptions | dict[str, Any] | None = None):
         if options is None:
@@ -74,6 +93,38 @@ class Task:
     def required_columns(self) -> list[str]:
         """Columns the data files must have; checked before anything is tokenized."""
         return []
+
+    # What the core asks of a task instead of reading its options by name (a task's options are its own).
+
+    def label_column(self) -> Optional[str]:
+        """The column holding one class per row, if the task has one: splits are stratified on it."""
+        return None
+
+    def declared_labels(self) -> Optional[list[str]]:
+        """The label set the recipe gives (``task.labels``), as text; None when it is learnt from the data."""
+        return None
+
+    def label_rules(self) -> Optional[LabelRules]:
+        """How every row's label is checked before training; None: the task checks its targets itself."""
+        column = self.label_column()
+        if column is None:
+            return None
+        labels = self.declared_labels()
+        return LabelRules(column, tuple(labels) if labels is not None else None)
+
+    def target_columns(self) -> list[str]:
+        """Columns the task learns to predict, which new rows given to ``predict`` lack."""
+        column = self.label_column()
+        return [column] if column else []
+
+    def text_columns(self) -> list[str]:
+        """Columns of input text, for ``advise``'s duplicate and train/eval overlap counts."""
+        return []
+
+    def sequence_length(self) -> Optional[int]:
+        """Tokens kept per row, if the task truncates: the plan's memory estimate and ``advise`` use it,
+        and a run refuses one longer than the model's position table."""
+        return None
 
     def setup(self, train: "datasets.Dataset") -> None:
         """Learn what the data implies (e.g. the label set) before the model is built."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from adaptkit.errors import DataError
+from adaptkit.plugin.task import LabelRules
 from adaptkit.recipe.schema import DataSource
 
 
@@ -70,15 +71,14 @@ def offline_cache_problem(source: DataSource, key: str) -> Optional[str]:
 
 
 class _LabelRules:
-    """What a classification task's options say about its label column (nothing for other tasks)."""
+    """Checks rows against a task's ``LabelRules`` (``Task.label_rules``; None: nothing to check)."""
 
-    def __init__(self, options: Any):
-        self.column = getattr(options, "label_column", None)
-        labels = getattr(options, "labels", None)
-        self.labels = [str(label) for label in labels] if labels else None
+    def __init__(self, rules: "Optional[LabelRules]"):
+        self.column = rules.column if rules is not None else None
+        self.labels = list(rules.labels) if rules is not None and rules.labels else None
         self.source = "task.labels"
-        self.multi = bool(getattr(options, "multi_label", False))
-        self.separator = getattr(options, "label_separator", ",")
+        self.multi = bool(rules.multi) if rules is not None else False
+        self.separator = rules.separator if rules is not None else ","
         self.seen: set[str] = set()
 
     def check(self, value: Any, where: str) -> None:
@@ -168,8 +168,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, value
 
 
-def scan_rows(path: Path, kind: str, required: list[str], renames: dict[str, str], options: Any,
-              is_train: bool = True) -> None:
+def scan_rows(path: Path, kind: str, required: list[str], renames: dict[str, str],
+              label_rules: "Optional[LabelRules]", is_train: bool = True) -> None:
     """Read every row of a CSV, TSV or JSONL file and raise ``DataError`` at the first bad one.
 
     Checks: the file has rows (an empty split is an error), every row has every field of the
@@ -183,7 +183,7 @@ def scan_rows(path: Path, kind: str, required: list[str], renames: dict[str, str
         rows = _jsonl_rows(path)
     else:
         return
-    rules = _LabelRules(options)
+    rules = _LabelRules(label_rules)
     count = 0
     for line, row in rows:
         count += 1

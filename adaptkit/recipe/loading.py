@@ -333,7 +333,9 @@ def _check_labels(recipe: Recipe, shown: Optional[Path], lines: _LineFinder) -> 
 
     Labels are compared as the data compares them, as text, so ``[0, "0"]`` repeats too.
     """
-    labels = getattr(recipe.task_options, "labels", None)
+    from adaptkit.plugin.registry import get_registry
+
+    labels = get_registry().tasks[recipe.task.type](recipe.task_options).declared_labels()
     if not isinstance(labels, (list, tuple)):
         return
     first: dict[str, int] = {}
@@ -394,8 +396,8 @@ def _check_named_source(recipe: Recipe, source: DataSource, key: str, where: str
 def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder) -> None:
     from adaptkit.plugin.registry import get_registry
 
-    task_cls = get_registry().tasks[recipe.task.type]
-    required = task_cls(recipe.task_options).required_columns()
+    task = get_registry().tasks[recipe.task.type](recipe.task_options)
+    required = task.required_columns()
     for key, loc, source in _data_sources(recipe.data):
         where = _where(shown, lines.line(loc))
         renames = {**recipe.data.columns,
@@ -433,7 +435,8 @@ def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder)
         from adaptkit.errors import DataError
 
         try:
-            scan_rows(path, kind, required, renames, recipe.task_options, is_train=label == "train" and not isinstance(recipe.data.train, list))
+            scan_rows(path, kind, required, renames, task.label_rules(),
+                      is_train=label == "train" and not isinstance(recipe.data.train, list))
         except DataError as exc:
             raise RecipeError(f"{where}: data.{key}: {exc}") from None
         except OSError as exc:

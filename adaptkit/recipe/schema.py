@@ -513,8 +513,19 @@ class StrategySection(PluginSection):
     distribution: Optional[str] = Field(**_DISTRIBUTION)
 
 
+def default_task_type() -> str:
+    """The task a recipe without ``task.type`` means: the installed task that declares ``is_default``
+    (the core names none; "" when no installed task does, which validation then reports)."""
+    from adaptkit.plugin.registry import get_registry
+
+    defaults = sorted(name for name, cls in get_registry().tasks.items() if getattr(cls, "is_default", False))
+    return defaults[0] if defaults else ""
+
+
 class TaskSection(PluginSection):
-    type: str = Field("sequence_classification", description="A task from `adaptkit plugins`.")
+    type: str = Field(default_factory=default_task_type,
+                      description="A task from `adaptkit plugins` (default: the installed task that declares "
+                                  "itself the default; first-party: text classification).")
     distribution: Optional[str] = Field(**_DISTRIBUTION)
 
 

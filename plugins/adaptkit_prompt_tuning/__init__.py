@@ -58,6 +58,9 @@ class PromptTuning(_VirtualTokens):
     # Soft prompts need large steps (the paper uses 0.3 with Adafactor); the head shares this rate.
     default_learning_rate = 1e-2
 
+    def positions_added(self) -> int:
+        return self.options.num_virtual_tokens
+
     def peft_config(self, context):
         from peft import PromptTuningConfig, PromptTuningInit
 

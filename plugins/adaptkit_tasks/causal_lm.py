@@ -11,7 +11,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, PositiveInt, model_validator
 
-from adaptkit.plugin.task import Task, TaskOptions
+from adaptkit import Task, TaskOptions
+from adaptkit_tasks.shared import end_token, start_tokens
 
 IGNORE = -100
 
@@ -43,32 +44,27 @@ class CausalLMOptions(TaskOptions):
         return self
 
 
-def _end_token(tokenizer: Any) -> Optional[int]:
-    """The id that ends a text: eos for decoders' tokenizers, [SEP] for BERT-style ones."""
-    for name in ("eos_token_id", "sep_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            return int(value)
-    return None
-
-
-def _start_tokens(tokenizer: Any) -> list[int]:
-    """A BOS prefix where the tokenizer has a distinct one (llama); none where BOS is EOS (gpt2)."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    return [int(bos)] if bos is not None and bos != getattr(tokenizer, "eos_token_id", None) else []
-
-
 class CausalLM(Task):
     """Fine-tune a decoder on text, or on prompt/response pairs (optionally scoring responses only)."""
 
     name = "causal_lm"
     Options = CausalLMOptions
     peft_task_type = "CAUSAL_LM"
+    pipeline_tag = "text-generation"
     primary_metric = "perplexity"
     metric_names = ("token_loss", "perplexity", "tokens")
     greater_is_better = False
 
     # ------------------------------------------------------------------ data
+    def target_columns(self) -> list[str]:
+        return [self.options.response_column] if self.options.response_column else []
+
+    def text_columns(self) -> list[str]:
+        return [self.options.text_column] if self.options.text_column else []
+
+    def sequence_length(self) -> Optional[int]:
+        return self.options.max_length
+
     def required_columns(self) -> list[str]:
         opts = self.options
         return [opts.text_column] if opts.text_column else [opts.prompt_column, opts.response_column]
@@ -81,8 +77,8 @@ class CausalLM(Task):
         (tokenizing the joined string could merge tokens across it).
         """
         opts = self.options
-        end = [_end_token(tokenizer)] if opts.append_eos and _end_token(tokenizer) is not None else []
-        start = _start_tokens(tokenizer)
+        end = [end_token(tokenizer)] if opts.append_eos and end_token(tokenizer) is not None else []
+        start = start_tokens(tokenizer)
         if opts.text_column is not None:
             ids = start + tokenizer(text or "", add_special_tokens=False)["input_ids"] + end
             ids = ids[:opts.max_length]
@@ -176,7 +172,7 @@ class CausalLM(Task):
 
         tokenizer = getattr(self, "_tokenizer", None)
         prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
-        end = _end_token(tokenizer) if tokenizer is not None else None
+        end = end_token(tokenizer) if tokenizer is not None else None
         return generate(model, tokenizer, prompts, self.options.max_new_tokens, [end] if end is not None else [],
                         pad_id=getattr(tokenizer, "pad_token_id", None))
 

@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 
 from pydantic import Field
 
-from adaptkit.plugin.task import Task, TaskOptions
+from adaptkit import Task, TaskOptions
 
 
 class ImageClassificationOptions(TaskOptions):
@@ -63,12 +63,19 @@ class ImageClassification(Task):
     metric_names = ("loss", "accuracy", "macro_f1")
     greater_is_better = True
     needs_tokenizer = False
+    pipeline_tag = "image-classification"
 
     def __init__(self, options=None):
         super().__init__(options)
         self.labels: list[str] = [str(label) for label in self.options.labels] if self.options.labels else []
 
     # ------------------------------------------------------------------ data
+    def label_column(self) -> Optional[str]:
+        return self.options.label_column
+
+    def declared_labels(self) -> Optional[list[str]]:
+        return [str(label) for label in self.options.labels] if self.options.labels else None
+
     def required_columns(self) -> list[str]:
         return [self.options.image_column, self.options.label_column]
 
@@ -78,7 +85,7 @@ class ImageClassification(Task):
         return list(feature.names) if hasattr(feature, "names") else None
 
     def setup(self, train) -> None:
-        from adaptkit.errors import DataError
+        from adaptkit import DataError
 
         if self.labels:
             return
@@ -101,7 +108,7 @@ class ImageClassification(Task):
         """The model folder's image processor, else a plain one sized from the model config."""
         from transformers import AutoImageProcessor
 
-        from adaptkit.engine.models import load_config, resolve_model_source
+        from adaptkit import load_config, resolve_model_source
 
         section = recipe.model
         if section.tokenizer is not None and Path(section.tokenizer).is_dir():
@@ -120,7 +127,7 @@ class ImageClassification(Task):
                 pass  # no preprocessor_config.json: fall back to the config's size
         size = self.options.image_size or getattr(load_config(recipe, source), "image_size", None)
         if not size:
-            from adaptkit.errors import ModelSourceError
+            from adaptkit import ModelSourceError
 
             raise ModelSourceError("the model has no image processor and its config no image_size; "
                                    "set task.image_size")
@@ -128,7 +135,7 @@ class ImageClassification(Task):
 
     def preprocess(self, dataset, processor):
         """Pixel values per image (stored by datasets' cache), and the class index when known."""
-        from adaptkit.errors import DataError
+        from adaptkit import DataError
 
         opts = self.options
         index = {label: i for i, label in enumerate(self.labels)}
@@ -187,14 +194,14 @@ class ImageClassification(Task):
 
     # ------------------------------------------------------------------ metrics
     def compute_metrics(self, logits, labels) -> dict[str, float]:
-        from adaptkit_tasks.sequence_classification import _macro_f1
+        from adaptkit_tasks.shared import macro_f1
 
         import torch
 
         predicted = logits.argmax(dim=-1)
         return {"loss": float(torch.nn.functional.cross_entropy(logits.float(), labels.long())),
                 "accuracy": float((predicted == labels).float().mean()),
-                "macro_f1": _macro_f1(predicted, labels, len(self.labels))}
+                "macro_f1": macro_f1(predicted, labels, len(self.labels))}
 
     def predict_rows(self, logits) -> list[dict[str, Any]]:
         import torch

@@ -14,9 +14,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, PositiveInt, field_validator
 
-from adaptkit.errors import DataError
-from adaptkit.plugin.task import TaskOptions
-from adaptkit_tasks.causal_lm import CausalLM, _end_token, _start_tokens
+from adaptkit import DataError, TaskOptions
+from adaptkit_tasks.causal_lm import CausalLM
+from adaptkit_tasks.shared import end_token, start_tokens
 
 FORMATS = ("messages", "prompt_completion", "alpaca", "text")
 
@@ -73,6 +73,9 @@ class Instruct(CausalLM):
     description = "Instruction/chat tuning: text, prompt_completion, alpaca or messages data, answer-only loss."
     Options = InstructOptions
 
+    def target_columns(self) -> list[str]:
+        return []  # the assistant turns are inside the rows: a conversation to continue has them too
+
     def required_columns(self) -> list[str]:
         """The columns every file needs, predict inputs included: the answer column is not among
         them (``setup`` requires it of the training data), so new questions need no empty answers."""
@@ -98,10 +101,9 @@ class Instruct(CausalLM):
     def load_processor(self, recipe, source):
         """The tokenizer with the chat template installed; refused here, before any training,
         when no template is available (``adaptkit plan`` runs this too, via ``preflight``)."""
-        from adaptkit.engine.models import load_tokenizer
         from adaptkit_tasks.chat_templates import install_template
 
-        tokenizer = load_tokenizer(recipe, source)
+        tokenizer = super().load_processor(recipe, source)
         if self.options.format != "text":
             model = recipe.model.tokenizer or recipe.model.name or "the model"
             install_template(tokenizer, self.options.chat_template, repr(model))
@@ -110,7 +112,7 @@ class Instruct(CausalLM):
 
     def preflight(self, recipe, source) -> list[str]:
         """What ``adaptkit plan`` must refuse (no chat template) or say (packing isolation)."""
-        from adaptkit.engine.models import load_config
+        from adaptkit import load_config
         from adaptkit_tasks.packing import isolation_problem
 
         self.load_processor(recipe, source)
@@ -142,8 +144,8 @@ class Instruct(CausalLM):
             text = row.get(opts.text_column)
             if text is None or isinstance(text, (list, dict)):
                 raise DataError(f"{where}: {opts.text_column} must be text")
-            end = [_end_token(tokenizer)] if _end_token(tokenizer) is not None else []
-            return encode_text(tokenizer, str(text), opts.max_length, _start_tokens(tokenizer), end)
+            end = [end_token(tokenizer)] if end_token(tokenizer) is not None else []
+            return encode_text(tokenizer, str(text), opts.max_length, start_tokens(tokenizer), end)
         messages, answered = row_messages(row, opts, where)
         try:
             pieces = render_pieces(tokenizer, messages)

@@ -5,7 +5,8 @@ from typing import Any, Optional, Union
 
 from pydantic import Field, PositiveInt
 
-from adaptkit.plugin.task import Task, TaskOptions
+from adaptkit import LabelRules, Task, TaskOptions
+from adaptkit_tasks.shared import macro_f1
 
 
 class SequenceClassificationOptions(TaskOptions):
@@ -19,29 +20,17 @@ class SequenceClassificationOptions(TaskOptions):
     max_length: PositiveInt = Field(128, description="Tokens kept per example; longer texts are truncated.")
 
 
-def _macro_f1(predicted, actual, num_labels: int) -> float:
-    import torch
-
-    scores = []
-    for label in range(num_labels):
-        tp = ((predicted == label) & (actual == label)).sum().item()
-        fp = ((predicted == label) & (actual != label)).sum().item()
-        fn = ((predicted != label) & (actual == label)).sum().item()
-        if tp + fp + fn == 0:
-            continue
-        scores.append(2 * tp / (2 * tp + fp + fn))
-    return float(torch.tensor(scores).mean()) if scores else 0.0
-
-
 class SequenceClassification(Task):
     """Classify each text (or text pair) into one of the labels, or several for multi-label."""
 
     name = "sequence_classification"
     Options = SequenceClassificationOptions
     peft_task_type = "SEQ_CLS"
+    pipeline_tag = "text-classification"
     primary_metric = "accuracy"
     greater_is_better = True
     metric_names = ("loss", "accuracy", "macro_f1")
+    is_default = True  # a recipe without a task section classifies text
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -51,6 +40,23 @@ class SequenceClassification(Task):
             self.metric_names = ("loss", "exact_match", "micro_f1", "macro_f1")
 
     # ------------------------------------------------------------------ data
+    def label_column(self) -> Optional[str]:
+        return self.options.label_column
+
+    def declared_labels(self) -> Optional[list[str]]:
+        return [str(label) for label in self.options.labels] if self.options.labels else None
+
+    def label_rules(self) -> Optional[LabelRules]:
+        labels = self.declared_labels()
+        return LabelRules(self.options.label_column, tuple(labels) if labels is not None else None,
+                          multi=self.options.multi_label, separator=self.options.label_separator)
+
+    def text_columns(self) -> list[str]:
+        return [c for c in (self.options.text_column, self.options.text_pair_column) if c]
+
+    def sequence_length(self) -> Optional[int]:
+        return self.options.max_length
+
     def required_columns(self) -> list[str]:
         columns = [self.options.text_column, self.options.label_column]
         if self.options.text_pair_column:
@@ -65,7 +71,7 @@ class SequenceClassification(Task):
         return [str(value)]
 
     def setup(self, train) -> None:
-        from adaptkit.errors import DataError
+        from adaptkit import DataError
 
         if self.labels:
             return
@@ -86,7 +92,7 @@ class SequenceClassification(Task):
         self.labels = list(state["labels"])
 
     def preprocess(self, dataset, tokenizer):
-        from adaptkit.errors import DataError
+        from adaptkit import DataError
 
         opts = self.options
         index = {label: i for i, label in enumerate(self.labels)}
@@ -184,7 +190,7 @@ class SequenceClassification(Task):
             # from the gathered rows themselves: exact under many processes and uneven last batches
             "loss": float(torch.nn.functional.cross_entropy(logits.float(), labels.long())),
             "accuracy": float((predicted == labels).float().mean()),
-            "macro_f1": _macro_f1(predicted, labels, len(self.labels)),
+            "macro_f1": macro_f1(predicted, labels, len(self.labels)),
         }
 
     def predict_rows(self, logits) -> list[Any]:

@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 
 from pydantic import Field, PositiveInt
 
-from adaptkit.plugin.task import Task, TaskOptions
+from adaptkit import Task, TaskOptions
 
 IGNORE = -100
 
@@ -85,6 +85,7 @@ class TokenClassification(Task):
     name = "token_classification"
     Options = TokenClassificationOptions
     peft_task_type = "TOKEN_CLS"
+    pipeline_tag = "token-classification"
     primary_metric = "f1"
     metric_names = ("precision", "recall", "f1", "accuracy", "loss")
     greater_is_better = True
@@ -94,11 +95,20 @@ class TokenClassification(Task):
         self.labels: list[str] = list(self.options.labels) if self.options.labels else []
 
     # ------------------------------------------------------------------ data
+    def declared_labels(self) -> Optional[list[str]]:
+        return [str(label) for label in self.options.labels] if self.options.labels else None
+
+    def target_columns(self) -> list[str]:
+        return [self.options.tags_column]
+
+    def sequence_length(self) -> Optional[int]:
+        return self.options.max_length
+
     def required_columns(self) -> list[str]:
         return [self.options.tokens_column, self.options.tags_column]
 
     def setup(self, train) -> None:
-        from adaptkit.errors import DataError
+        from adaptkit import DataError
 
         if self.labels:
             return
@@ -122,7 +132,7 @@ class TokenClassification(Task):
         Rows without tags (prediction) get label 0 on first sub-tokens, so ``predict_batch``
         still knows where each word starts.
         """
-        from adaptkit.errors import DataError
+        from adaptkit import DataError
 
         if not getattr(tokenizer, "is_fast", False):
             raise DataError("token classification needs a fast tokenizer (it maps sub-tokens back to words)")

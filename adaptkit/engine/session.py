@@ -1,0 +1,171 @@
+"""The session: a recipe resolved once into what every command needs.
+
+``run``, ``plan``, ``advise``, ``compare`` each used to rebuild the same chain — recipe ->
+registry -> task -> data -> model source -> processor -> base model -> wrap context -> learning
+rate — with small differences that were bugs waiting (``advise`` wrapped without the pre-flight;
+"the recipe's rate or the strategy's default" was decided in four places). Here each link is
+decided once, typed, and lazily: ``plan`` never tokenizes, ``run`` never loads data twice.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
+
+from adaptkit.recipe.loading import load_recipe
+from adaptkit.recipe.schema import Recipe
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+
+    from adaptkit.engine.data import Splits
+    from adaptkit.engine.models import ModelSource
+    from adaptkit.plugin.registry import Registry
+    from adaptkit.plugin.strategy import Strategy, WrapContext
+    from adaptkit.plugin.task import Task
+
+RecipeLike = Union[Recipe, str, Path, dict]
+
+
+def as_recipe(recipe: RecipeLike) -> Recipe:
+    """A ``Recipe`` from a recipe, a YAML path or a dict (validated like a file, errors with key paths)."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    return load_recipe(recipe)
+
+
+class Session:
+    """Everything a command builds from one recipe, each piece resolved once when first asked for.
+
+    Built eagerly: the registry, the task (with ``setup`` on the training split, which learns the
+    label set), the data splits and the model source — cheap, and what every command needs.
+    Built lazily: the processor (tokenizer) and the preprocessed splits, which ``plan`` skips.
+    """
+
+    def __init__(self, recipe: RecipeLike, log: Callable[[str], None] = print):
+        from adaptkit.engine.data import load_splits
+        from adaptkit.engine.models import quiet_hf_logging, resolve_model_source
+        from adaptkit.plugin.registry import get_registry
+
+        quiet_hf_logging()
+        self.recipe: Recipe = as_recipe(recipe)
+        self.log = log
+        self.registry: Registry = get_registry()
+        self.task: Task = self.registry.tasks[self.recipe.task.type](self.recipe.task_options)
+        self.strategy_cls: type[Strategy] = self.registry.strategies[self.recipe.strategy.name]
+        self.splits: Splits = load_splits(self.recipe, self.task.required_columns(),
+                                          stratify_column=self.task.label_column(),
+                                          label_rules=self.task.label_rules())
+        self.task.setup(self.splits.train)
+        section = self.recipe.model
+        self.source: Optional[ModelSource] = (resolve_model_source(section.name, section.revision, section.allow_pickle)
+                                              if section.name else None)
+
+    # ------------------------------------------------------------------ data
+
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        """The task's processor (a tokenizer, or an image processor), saved beside every export."""
+        return self.task.load_processor(self.recipe, self.source)
+
+    @functools.cached_property
+    def train_data(self) -> "datasets.Dataset":
+        return self.task.preprocess(self.splits.train, self.tokenizer)
+
+    @functools.cached_property
+    def eval_data(self) -> "datasets.Dataset":
+        return self.task.preprocess(self.splits.eval, self.tokenizer)
+
+    @functools.cached_property
+    def validation_data(self) -> "Optional[datasets.Dataset]":
+        """Rows carved from train (``data.validation_fraction``) that pick the best epoch and stop early."""
+        if self.splits.validation is None:
+            return None
+        return self.task.preprocess(self.splits.validation, self.tokenizer)
+
+    def eval_batches(self, rows: int, batch_size: int) -> list[dict]:
+        """The first ``rows`` eval rows collated in batches as evaluation forms them (real data, real padding)."""
+        collate = self.task.collate(self.tokenizer)
+        count = min(rows, len(self.eval_data))
+        return [collate([self.eval_data[i] for i in range(start, min(start + batch_size, count))])
+                for start in range(0, count, batch_size)]
+
+    @property
+    def sequence_length(self) -> int:
+        """Tokens per row the plan and the cost estimates assume: the task's limit, else 512."""
+        return self.task.sequence_length() or 512
+
+    # ------------------------------------------------------------------ strategies and models
+
+    def strategy(self, name: Optional[str] = None, options: Any = None) -> "Strategy":
+        """A strategy instance: the recipe's own with the recipe's options, another with ``options`` or its defaults."""
+        name = name or self.recipe.strategy.name
+        if options is None and name == self.recipe.strategy.name:
+            options = self.recipe.strategy_options
+        return self.registry.strategies[name](options)
+
+    @functools.cached_property
+    def config(self) -> Any:
+        """The model's config (no weights read)."""
+        from adaptkit.engine.models import load_config
+
+        return load_config(self.recipe, self.source)
+
+    def build_base(self, strategy: "Optional[Strategy]" = None, seed: Optional[int] = None,
+                   random_init: bool = False) -> "torch.nn.Module":
+        """The task model with real weights (or the same architecture at random: ``random_init``).
+
+        ``strategy`` may load the base its own way (qlora: quantized to 4-bit by from_pretrained).
+        """
+        from adaptkit.engine.models import build_model
+
+        recipe = self.recipe
+        if random_init:
+            recipe = recipe.model_copy(deep=True)
+            recipe.model.init = "random"
+        return build_model(recipe, self.task, self.tokenizer, self.source,
+                           self.recipe.training.seed if seed is None else seed,
+                           strategy=strategy if strategy is not None else self.strategy())
+
+    @contextlib.contextmanager
+    def on_meta_device(self) -> Iterator[None]:
+        """Models built (and wrapped) inside are on the meta device, in the recipe's load dtype: their
+        sizes and what a strategy adds, without reading or allocating a weight."""
+        from accelerate import init_empty_weights
+
+        from adaptkit.engine.models import _default_dtype, load_dtype
+
+        with init_empty_weights(), _default_dtype(load_dtype(self.recipe, self.config)):
+            yield
+
+    def build_meta(self) -> "torch.nn.Module":
+        """The task model from its config; call inside ``on_meta_device`` (wrap it there too)."""
+        return self.task.build_model("", copy.deepcopy(self.config), True,
+                                     trust_remote_code=self.recipe.model.trust_remote_code)
+
+    def context(self, model: "torch.nn.Module", distributed: Optional[str] = None) -> "WrapContext":
+        """What a strategy is told about the model it wraps: type, task, head modules, setting."""
+        from adaptkit.plugin.strategy import WrapContext
+
+        return WrapContext(model_type=getattr(model.config, "model_type", "unknown"), task=self.task.name,
+                           head_modules=self.task.head_modules(model), peft_task_type=self.task.peft_task_type,
+                           extra={"distributed": distributed})
+
+    def learning_rate(self, strategy: "Strategy", context: "WrapContext") -> float:
+        """The recipe's ``training.learning_rate`` for the recipe's strategy when given; else the strategy's
+        suggestion for this model (asked before ``wrap``). The one place this rule lives."""
+        given = self.recipe.training.learning_rate
+        if given and strategy.name == self.recipe.strategy.name:
+            return given
+        return strategy.suggest_learning_rate(context)
+
+    def wrap(self, strategy: "Strategy", base: "torch.nn.Module", context: "WrapContext") -> "torch.nn.Module":
+        """Pre-flight, ``strategy.wrap`` and the architecture check right after it (``planning.wrap_checked``)."""
+        from adaptkit.engine.planning import wrap_checked
+
+        return wrap_checked(strategy, base, context)
