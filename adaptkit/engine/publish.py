@@ -25,10 +25,19 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 # The contract rules every finished run records (adaptkit.engine.runner): a run missing one was not verified.
 REQUIRED_RULES = ("frozen", "export", "signature")
 ONE_OF_RULES = ("equivalence", "removal")  # mergeable strategies prove equivalence, the others removal
-PIPELINE_TAGS = {"sequence_classification": "text-classification", "token_classification": "token-classification",
-                 "causal_lm": "text-generation", "instruct": "text-generation",
-                 "image_classification": "image-classification"}
 NOT_UPLOADED = {".adaptkit-manifest.json"}  # bookkeeping for --overwrite, meaningless on the Hub
+
+
+def pipeline_tag(task: Optional[str]) -> Optional[str]:
+    """The Hub pipeline tag the installed task ``task`` declares (``Task.pipeline_tag``), else None.
+
+    Read from the task class, not a table keyed by task names: a third party's task gets its tag
+    on the card by declaring it, and the core names no task.
+    """
+    from adaptkit.plugin.registry import get_registry
+
+    task_cls = get_registry().tasks.get(task or "")
+    return getattr(task_cls, "pipeline_tag", None) if task_cls is not None else None
 
 
 def is_hub_id(text: Optional[str]) -> bool:

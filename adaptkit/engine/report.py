@@ -15,11 +15,11 @@ def card_data(summary: dict[str, Any]):
     """
     from huggingface_hub import EvalResult, ModelCardData
 
-    from adaptkit.engine.publish import PIPELINE_TAGS
+    from adaptkit.engine.publish import pipeline_tag
 
     recipe = summary["recipe"]
     base = summary.get("base_model_id")
-    pipeline = PIPELINE_TAGS.get(summary.get("task", ""))
+    pipeline = pipeline_tag(summary.get("task"))
     name = f"{summary['strategy']}-{(base or summary['task']).rsplit('/', 1)[-1]}"
     source = str(summary.get("eval_source") or "eval")
     source = source.replace("\\", "/").rsplit("/", 1)[-1] if "/" in source or "\\" in source else source  # no local path

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from adaptkit.errors import AdaptkitError, DataError
+from adaptkit import AdaptkitError, DataError
 
 # Well-known layouts, for tokenizers that ship none. Each ends an assistant turn with a marker
 # the model learns to emit, so generation knows where to stop.

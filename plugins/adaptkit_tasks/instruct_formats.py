@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from adaptkit.errors import DataError
+from adaptkit import DataError
 
 ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_ROLE_MAP = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant",
