@@ -36,6 +36,7 @@ _LAZY = {
     "find_block_list": "adaptkit.plugin.layers",
     "load_config": "adaptkit.engine.models",
     "resolve_model_source": "adaptkit.engine.models",
+    "LabelRules": "adaptkit.plugin.task",  # lazy only while it is new; torch-free, may move to the imports above
 }
 
 __all__ += [name for name in (
