@@ -215,7 +215,7 @@ def run_trainer(spec: dict, output: Path, smoke: bool) -> dict[str, Any]:
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from adaptkit.engine.planning import wrap_checked
+    from adaptkit.engine.session import wrap_checked
     from adaptkit.recipe.schema import Recipe
     from adaptkit.engine.session import Session
     from adaptkit.plugin.strategy import WrapContext

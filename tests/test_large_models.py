@@ -149,7 +149,7 @@ def _saved_bytes_and_grads(model, batch) -> tuple[int, dict[str, torch.Tensor]]:
 @pytest.mark.parametrize("strategy", ["lora", "full"])
 def test_gradient_checkpointing_saves_less_for_backward_and_gives_the_same_gradients(tiny_recipe, strategy):
     from adaptkit.engine.models import enable_gradient_checkpointing
-    from adaptkit.engine.planning import wrap_checked
+    from adaptkit.engine.session import wrap_checked
     from adaptkit.plugin.strategy import WrapContext
 
     config = {**TINY_BERT, "num_hidden_layers": 4, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}

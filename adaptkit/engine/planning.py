@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from adaptkit.errors import AdaptkitError
 from adaptkit.recipe.schema import Recipe
-from adaptkit.plugin.targets import PreflightError
+from adaptkit.errors import PreflightError
 
 BYTES = {"torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.uint8": 1, "torch.int8": 1}
 
@@ -84,54 +84,8 @@ def setup_line(strategy: Any, context: Any, precision: str) -> str:
     return f"{quantization} x {context.extra.get('distributed') or 'single process'}"
 
 
-def preflight(strategy: Any, context: Any) -> None:
-    """Refuse, before any weight is read, combinations a strategy cannot run.
-
-    The core refuses options the strategy declares meaningful only with a task head
-    (``Strategy.head_options``) when they are set and the task model has none; the strategy's own
-    ``preflight(context)`` may refuse more (bitsandbytes missing, FSDP).
-    ``context.extra["distributed"]`` is ``distributed_setting``.
-    """
-    options = getattr(strategy, "options", None)
-    for option in getattr(strategy, "head_options", ()):
-        if option in getattr(options, "model_fields_set", ()) and not context.head_modules:
-            raise PreflightError(f"strategy {strategy.name!r}: option {option} does not apply to task "
-                                 f"{context.task!r}: its {context.model_type} model has no task head (the output "
-                                 f"layer follows the vocabulary, not the task); remove {option} from the recipe")
-    check = getattr(strategy, "preflight", None)
-    if callable(check):
-        check(context)
 
 
-def wrap_checked(strategy: Any, model: Any, context: Any) -> Any:
-    """``preflight``, ``strategy.wrap``, then the architecture right after it.
-
-    A failure inside wrap names the combination that failed. A wrap that returns no model, or
-    changes the task head's shape, is a ``ContractViolation`` naming the strategy's plugin and
-    distribution (``contract.check_wrapped``), here, before anything trains, instead of a shape
-    error or an ``AttributeError`` on ``None`` later in the run.
-    """
-    from adaptkit.plugin.contract import check_wrapped, head_shapes
-
-    preflight(strategy, context)
-    heads = head_shapes(model, context.head_modules)
-    try:
-        wrapped = strategy.wrap(model, context)
-    except AdaptkitError:
-        raise
-    except Exception as exc:
-        from adaptkit.plugin.registry import get_registry
-
-        message = str(exc).splitlines()[0] if str(exc) else ""
-        owner = get_registry().plugin_for("strategy", strategy.name)
-        where = f" (plugin {owner.name!r}, distribution {owner.distribution} {owner.version})" if owner else ""
-        raise PreflightError(
-            f"strategy {strategy.name!r} cannot be applied to this {context.model_type} model for task "
-            f"{context.task!r} (peft task type {context.peft_task_type}): its wrap failed with "
-            f"{type(exc).__name__}: {message}. This combination is not supported{where}; choose another "
-            f"strategy (adaptkit plan RECIPE --all shows which ones plan on this model)") from exc
-    check_wrapped(strategy, wrapped, heads)
-    return wrapped
 
 
 def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, setup: str = "") -> StrategyPlan:
