@@ -141,9 +141,9 @@ def plan(recipe: RecipeLike, strategies: Optional[list[str]] = None) -> Plan:
     ``Plan`` (see ``adaptkit.engine.planning``) and raises for target modules or combinations that cannot run.
     """
     from adaptkit.engine.planning import plan as _plan
-    from adaptkit.engine.runner import _as_recipe
+    from adaptkit.engine.session import as_recipe
 
-    return _plan(_as_recipe(recipe), strategies)
+    return _plan(as_recipe(recipe), strategies)
 
 
 def load(run_dir: Union[str, "PathLike[str]"]) -> Predictor:
