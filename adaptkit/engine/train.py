@@ -465,6 +465,350 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], learning_rate: float
     return torch.optim.AdamW(groups, lr=learning_rate, fused=True if name == "adamw_torch_fused" else None)
 
 
+class _TrainingLoop:
+    """The state ``fit`` carries from step to step, and its steps as methods a reader can name.
+
+    The loop is one object so that everything a checkpoint saves (``_position``) is in one place:
+    the step count, the loss summed since the last log sync (``window``), the epoch's loss, the
+    batches done in the current epoch, the best epoch and the result so far. A resume (``resume``)
+    fills exactly these back. The order of work that touches random numbers (loader, optimizer,
+    scheduler, ``accelerator.prepare``, the data order seeded per epoch, RNG states restored where
+    they were saved) is the one an uninterrupted run follows, so a resumed run is bit for bit the same.
+    """
+
+    def __init__(self, model, strategy, task, train_data, eval_data, tokenizer, training: TrainingSection,
+                 accelerator, learning_rate: float, checkpoints: Optional["CheckpointConfig"],
+                 on_checkpoint: Optional[Callable[[str, int], None]], eval_every: Optional[int]):
+        from transformers import get_scheduler
+
+        from adaptkit.engine.checkpoint import Checkpointer
+
+        self.strategy, self.task, self.train_data, self.training = strategy, task, train_data, training
+        self.accelerator, self.checkpoints, self.on_checkpoint = accelerator, checkpoints, on_checkpoint
+        self.collate = task.collate(tokenizer)
+        loader = train_loader(train_data, training.batch_size, self.collate, training.group_by_length, training.seed)
+        self.generator = loader.sampler.generator  # re-seeded every epoch: data order is f(seed, epoch)
+        # every batch is split across processes (split_batches): round the eval batch up so it splits
+        evaluation = eval_loader(eval_data, -(-training.eval_batch_size // accelerator.num_processes)
+                                 * accelerator.num_processes, self.collate)
+        groups = [g for g in strategy.parameter_groups(model, learning_rate, training.weight_decay) if g["params"]]
+        optimizer = make_optimizer(training.optimizer, groups, learning_rate)
+        if training.gradient_checkpointing:
+            from adaptkit.engine.models import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(model)
+        from adaptkit.engine.budget import step_budget
+
+        budget = step_budget(math.ceil(len(loader) / training.gradient_accumulation_steps), training.epochs,
+                             training.min_steps, training.max_steps)
+        self.total_steps, self.epochs = budget.total_steps, budget.epochs
+        # Epochs the small-data floor added are evaluated in groups: as many evaluations as the recipe's
+        # epochs would give (25 passes over 100 rows need not score 872 eval rows 25 times).
+        self.evaluate_every = eval_every or (math.ceil(self.epochs / training.epochs) if budget.raised_by_floor else 1)
+        scheduler = get_scheduler(training.scheduler if training.scheduler != "constant" else "constant_with_warmup",
+                                  optimizer, num_warmup_steps=int(training.warmup_ratio * self.total_steps),
+                                  num_training_steps=self.total_steps)
+        self.model, self.optimizer, self.loader, self.evaluation, self.scheduler = accelerator.prepare(
+            model, optimizer, loader, evaluation, scheduler)
+
+        self.result = FitResult()
+        self.metric, greater = best_metric(training, task)
+        self.best = _Best(self.metric, greater, training.early_stopping_patience)
+        self.best_state: Optional[dict[str, torch.Tensor]] = None
+        self.checkpointer = Checkpointer(checkpoints, accelerator) if checkpoints is not None else None
+        self.every = checkpoints.every_steps if checkpoints is not None else None
+        self.window = torch.zeros((), device=accelerator.device)  # loss summed since the last log sync
+        self.window_batches = 0
+        self.epoch_loss, self.epoch_batches = torch.zeros((), device=accelerator.device), 0
+        self.start_epoch, self.batches_done, self.finished = 0, 0, False
+        self.pending_rng: Optional[dict[str, Any]] = None  # a resume's RNG states, applied where they were saved
+        self.trainable: list[torch.Tensor] = []
+        self.last_finite_step = 0
+        self.clock = time.perf_counter()  # start of the training time not yet added to train_seconds
+        self.bar: Optional[_Progress] = None
+        self.stop: Optional[_StopOnSigint] = None
+
+    # -- resume ------------------------------------------------------------------------------
+
+    def resume(self, path: Path) -> None:
+        """Put back what a checkpoint saved: the model's trainable state, optimizer, scheduler and
+        RNG states (``Checkpointer.load``), the result so far and the position in the data.
+
+        The RNG states are captured now and re-applied only where the saved run was (about to run
+        the next batch, or about to evaluate at an epoch's end): the loader's own draws in between
+        must not shift them.
+        """
+        from adaptkit.engine.checkpoint import capture_rng
+
+        result = self.result
+        state = self.checkpointer.load(path)
+        self.pending_rng = capture_rng()  # load_state set them; re-applied where the save happened
+        result.steps, result.train_seconds = state["step"], state["train_seconds"]
+        result.train_examples, result.loss_curve, result.history = (
+            state["train_examples"], state["loss_curve"], state["history"])
+        result.resumed_from_step = state["step"]
+        self.window.fill_(state["window"])
+        self.window_batches = state["window_batches"]
+        self.epoch_loss.fill_(state["epoch_loss"])
+        self.epoch_batches = state["epoch_batches"]
+        self.start_epoch, self.batches_done, self.finished = state["epoch"], state["batches_done"], state["finished"]
+        self.best.load(state["best"])
+        result.stopped_early = state.get("stopped_early")
+        if self.finished and result.history:
+            result.final_metrics = {k[len("eval_"):]: v for k, v in result.history[-1].items() if k.startswith("eval_")}
+        if self.accelerator.is_main_process:
+            print(f"resuming from {path.name} (epoch {self.start_epoch + 1}, "
+                  f"batch {self.batches_done}, step {result.steps})", file=sys.stderr, flush=True)
+
+    def _restore_pending_rng(self) -> None:
+        """Apply a resume's RNG states, once, at the point of the loop where they were saved."""
+        if self.pending_rng is not None:
+            from adaptkit.engine.checkpoint import restore_rng
+
+            restore_rng(self.pending_rng)
+            self.pending_rng = None
+
+    # -- before the first step ---------------------------------------------------------------
+
+    def start(self, progress: bool, tracker_config: Optional[dict[str, Any]]) -> None:
+        """Everything between setup and the first step: the strategy's warm-up pass (its time is
+        train time), trackers, the progress display and the signal handlers (installed last, just
+        before ``fit``'s ``try``, whose ``finally`` removes them)."""
+        accelerator, training = self.accelerator, self.training
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.last_finite_step = self.result.steps
+        if accelerator.num_processes == 1:  # e.g. frozen_head's feature cache, filled before step 1
+            warm_started = time.perf_counter()
+            self.strategy.before_training(accelerator.unwrap_model(self.model), _sorted_batches(
+                self.train_data, training, self.collate, accelerator.device))
+            self.result.train_seconds += time.perf_counter() - warm_started
+        if training.report_to:
+            accelerator.init_trackers("train", config=_flat_config(tracker_config or {}))
+        self.bar = _Progress(self.total_steps, progress and accelerator.is_main_process, epochs=self.epochs,
+                             metric=self.metric)
+        self.bar.update(self.result.steps)
+        self.model.train()
+        self.stop = _StopOnSigint(enabled=self.checkpointer is not None)
+        self.stop.install()
+
+    def epochs_to_run(self) -> range:
+        """The epochs left: from the resumed one on, none when the checkpoint was the finished run's."""
+        return range(0) if self.finished else range(self.start_epoch, self.epochs)
+
+    # -- one epoch of optimizer steps --------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> None:
+        """The epoch's optimizer steps (from the saved batch on when resumed), then its checkpoint.
+
+        An epoch resumed at its end (every batch done, or the step budget reached) trains nothing:
+        the saved run was about to evaluate, so its RNG states are put back here and ``fit``
+        continues with the evaluation.
+        """
+        resumed = self.pending_rng is not None
+        skip = self.batches_done if resumed else 0
+        self.clock = time.perf_counter()
+        if resumed and (skip >= len(self.loader) or self.result.steps >= self.total_steps):
+            self._restore_pending_rng()
+            return
+        self.generator.manual_seed(self.training.seed + epoch)
+        if not resumed:
+            self.epoch_loss.zero_()
+            self.epoch_batches = 0
+        self.batches_done = skip
+        for batch in (self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader):
+            self._restore_pending_rng()  # a resumed run: the saved run was here, about to run this batch
+            loss = self._step(batch)
+            if self.accelerator.sync_gradients:  # an optimizer step, not only an accumulated batch
+                self.result.steps += 1
+                self._log(loss, epoch)
+                self._checkpoint_if_due(epoch)
+                self._stop_if_asked(epoch)
+                if self.result.steps >= self.total_steps:
+                    break
+        self.result.train_seconds += time.perf_counter() - self.clock  # evaluation is not train time
+        if self.checkpointer is not None and self.every is None and self.checkpointer.last_saved_step != \
+                self.result.steps and not self.grouped(epoch):  # epochs the floor added are checkpointed with their group, too
+            self._save(self._position(epoch, self.batches_done))
+        self._restore_pending_rng()  # (already done at the first batch when this epoch trained)
+
+    def _step(self, batch: dict) -> torch.Tensor:
+        """Forward and backward on one batch; accelerate decides whether the optimizer steps now or
+        the gradient accumulates. The loss is summed on the device: no host sync here."""
+        accelerator = self.accelerator
+        with accelerator.accumulate(self.model):
+            loss = self.model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and self.training.max_grad_norm:
+                accelerator.clip_grad_norm_(self.model.parameters(), self.training.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.window += loss.detach()
+        self.epoch_loss += loss.detach()
+        self.window_batches += 1
+        self.epoch_batches += 1
+        self.batches_done += 1
+        self.result.train_examples += _batch_rows(batch) * accelerator.num_processes  # split batches
+        return loss
+
+    # -- log ---------------------------------------------------------------------------------
+
+    def _log(self, loss: torch.Tensor, epoch: int) -> None:
+        """Move the progress display every step; every ``LOG_EVERY`` steps (and at the last) read the
+        window's mean loss back from the device, refuse a non-finite one, and record and report it."""
+        result, lr = self.result, self.scheduler.get_last_lr()[0]
+        if not (result.steps % LOG_EVERY == 0 or result.steps == self.total_steps):
+            self.bar.step(result.steps, loss, lr, epoch)
+            return
+        # the one host sync per LOG_EVERY steps; the mean over processes, not rank 0's
+        # (a NaN or inf on any process makes the mean non-finite on all of them)
+        mean = float(_mean_across(self.accelerator, self.window)) / self.window_batches
+        if not math.isfinite(mean):
+            raise self._diverged(f"(loss {mean} over steps {self.last_finite_step + 1}-{result.steps})")
+        self.last_finite_step = result.steps
+        result.loss_curve.append({"step": result.steps, "loss": mean})
+        self.window.zero_()
+        self.window_batches = 0
+        self.bar.step(result.steps, loss, lr, epoch, logged=mean)
+        if self.training.report_to:
+            self.accelerator.log({"train/loss": mean, "train/learning_rate": lr}, step=result.steps)
+
+    def _diverged(self, where: str) -> Exception:
+        """The error for a NaN or infinite loss, naming the last good checkpoint that is kept."""
+        from adaptkit.engine.checkpoint import latest_checkpoint
+        from adaptkit.errors import TrainingDiverged
+
+        good = latest_checkpoint(self.checkpoints.root) if self.checkpoints is not None else None
+        kept = (f"the last good checkpoint, {good.name}, is kept in {good.parent}" if good is not None
+                else "no checkpoint was written before it")
+        return TrainingDiverged(
+            f"training diverged: the loss became NaN or infinite at step {self.result.steps} {where} (it was finite "
+            f"up to step {self.last_finite_step}); {kept}. Nothing with NaN weights was saved. Lower "
+            f"training.learning_rate, set training.max_grad_norm, or check the data, then run again")
+
+    # -- checkpoint --------------------------------------------------------------------------
+
+    def _position(self, epoch: int, done: int, is_finished: bool = False) -> dict[str, Any]:
+        """What a checkpoint saves besides the tensors: where the loop is and what it measured so far."""
+        result = self.result
+        return {"step": result.steps, "epoch": epoch, "batches_done": done, "finished": is_finished,
+                "train_seconds": result.train_seconds, "train_examples": result.train_examples,
+                "loss_curve": result.loss_curve, "history": result.history, "window": float(self.window),
+                "window_batches": self.window_batches, "epoch_loss": float(self.epoch_loss),
+                "epoch_batches": self.epoch_batches, "best": self.best.state(), "stopped_early": result.stopped_early}
+
+    def _save(self, state: dict[str, Any]) -> None:
+        """Write a checkpoint, never one with NaN weights: the loss since the last log sync and the
+        weights are checked first."""
+        if not _finite_everywhere(self.accelerator, self.window, self.epoch_loss, *self.trainable):
+            raise self._diverged("(found before writing a checkpoint)")
+        self.last_finite_step = self.result.steps
+        path = self.checkpointer.save(state)
+        if self.on_checkpoint is not None and self.accelerator.is_main_process:
+            self.on_checkpoint(str(path), self.result.steps)
+
+    def _save_mid_epoch(self, epoch: int) -> None:
+        """A checkpoint between two steps; the training time so far is banked first, so it is saved."""
+        self.result.train_seconds += time.perf_counter() - self.clock
+        self.clock = time.perf_counter()
+        self._save(self._position(epoch, self.batches_done))
+
+    def _checkpoint_if_due(self, epoch: int) -> None:
+        """Every ``every_steps`` optimizer steps (``training.checkpoint_every_steps``)."""
+        if self.every and self.result.steps % self.every == 0:
+            self._save_mid_epoch(epoch)
+
+    def _stop_if_asked(self, epoch: int) -> None:
+        """Ctrl-C or SIGTERM arrived: checkpoint this step (unless just done) and stop with advice."""
+        if self.stop.should_stop(self.accelerator, self.result.steps % LOG_EVERY == 0):
+            if self.checkpointer.last_saved_step != self.result.steps:
+                self._save_mid_epoch(epoch)
+            raise self._interrupted()
+
+    def _interrupted(self) -> Exception:
+        """The error for a stop on Ctrl-C or SIGTERM: where the checkpoint is and how to continue."""
+        from adaptkit.errors import RunInterrupted
+
+        return RunInterrupted(f"interrupted at step {self.result.steps} of {self.total_steps}: checkpoint "
+                              f"step-{self.result.steps:08d} is saved in {self.checkpoints.root}; continue the run by "
+                              f"giving the same command with --resume")
+
+    # -- evaluate ----------------------------------------------------------------------------
+
+    def grouped(self, epoch: int) -> bool:
+        """An epoch the small-data floor added, evaluated (and checkpointed) with its neighbours, not alone."""
+        return bool((epoch + 1) % self.evaluate_every and epoch + 1 < self.epochs
+                    and self.result.steps < self.total_steps)
+
+    def evaluate_epoch(self, epoch: int) -> dict[str, float]:
+        """The eval pass after ``epoch``: its history entry, the display and trackers, and the best
+        epoch (whose trainable weights are kept, and checkpointed, when ``load_best_at_end`` wants them)."""
+        from adaptkit.engine.checkpoint import trainable_state
+
+        accelerator, result = self.accelerator, self.result
+        metrics = evaluate(self.model, self.evaluation, accelerator, self.task)
+        entry = {"epoch": epoch + 1, "step": result.steps,
+                 "train_loss": float(_mean_across(accelerator, self.epoch_loss)) / max(self.epoch_batches, 1),
+                 **{f"eval_{k}": v for k, v in metrics.items()}}
+        result.history.append(entry)
+        result.final_metrics = metrics
+        self.bar.evaluated(metrics)
+        if self.training.report_to:
+            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=result.steps)
+        if self.best.update(epoch + 1, metrics) and self.training.load_best_at_end:
+            self.best_state = trainable_state(accelerator.unwrap_model(self.model))
+            if self.checkpointer is not None:
+                self.best.path = self.checkpointer.save_best(epoch + 1, self.best_state)
+        return metrics
+
+    def stops_after(self, epoch: int) -> bool:
+        """Whether training ends after this evaluated epoch: early stopping (recorded in the result)
+        or the step budget spent."""
+        if self.best.exhausted and self.result.steps < self.total_steps:
+            self.result.stopped_early = epoch + 1
+            return True
+        return self.result.steps >= self.total_steps
+
+    # -- the end -----------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """The finished run's checkpoint (a resume of it trains nothing), then a stop asked for during
+        the last evaluation is reported, now that that checkpoint is saved."""
+        if self.checkpointer is not None and not self.finished \
+                and self.checkpointer.last_saved_step != self.result.steps:
+            # (when this step was just saved, before the last evaluation, resuming it redoes only that)
+            self._save(self._position(len(self.result.history), 0, is_finished=True))
+        if self.stop.requested:  # Ctrl-C during the last evaluation: the finished checkpoint is saved
+            raise self._interrupted()
+
+    def close(self) -> None:
+        """Always, from ``fit``'s ``finally``: signal handlers back (this names a SIGTERM on a
+        ``RunInterrupted`` on its way out), the display stopped, trackers and checkpoint writer closed."""
+        self.stop.uninstall()
+        self.bar.close()
+        if self.training.report_to:
+            for tracker in self.accelerator.trackers:  # not end_training(): that also ends the process group
+                tracker.finish()
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+
+    def outcome(self) -> FitResult:
+        """The epoch table, the best epoch, and its weights put back when ``load_best_at_end`` asks."""
+        from adaptkit.engine.checkpoint import load_trainable_state
+
+        result, best = self.result, self.best
+        self.bar.summary(result.history)
+        result.best = best.state()
+        if self.training.load_best_at_end and best.epoch is not None and best.epoch != len(result.history):
+            if self.best_state is None:
+                self.best_state = self.checkpointer.load_best(best.path)
+            load_trainable_state(self.accelerator.unwrap_model(self.model), self.best_state,
+                                 Path(best.path or "best epoch"))
+            result.final_metrics = dict(best.metrics)
+            result.loaded_best = True
+        return result
+
+
 def fit(model, strategy, task, train_data, eval_data, tokenizer, training: TrainingSection,
         accelerator, learning_rate: float, progress: bool = True,
         on_epoch_end: Optional[Callable[[int, dict[str, float]], None]] = None,
@@ -481,231 +825,25 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
     ``early_stopping_patience`` stops, ``load_best_at_end`` puts its weights back at the end.
     ``eval_every`` evaluates every that many epochs (default: every epoch, or in groups when the
     small-data floor raised the epochs) and always after the last.
+
+    This is the outline of the loop; each step is a method of ``_TrainingLoop``.
     """
-    from transformers import get_scheduler
-
-    from adaptkit.engine.checkpoint import Checkpointer, capture_rng, load_trainable_state, restore_rng, trainable_state
-
-    collate = task.collate(tokenizer)
-    loader = train_loader(train_data, training.batch_size, collate, training.group_by_length, training.seed)
-    generator = loader.sampler.generator  # re-seeded every epoch: data order is f(seed, epoch)
-    # every batch is split across processes (split_batches): round the eval batch up so it splits
-    evaluation = eval_loader(eval_data, -(-training.eval_batch_size // accelerator.num_processes)
-                             * accelerator.num_processes, collate)
-    groups = [g for g in strategy.parameter_groups(model, learning_rate, training.weight_decay) if g["params"]]
-    optimizer = make_optimizer(training.optimizer, groups, learning_rate)
-    if training.gradient_checkpointing:
-        from adaptkit.engine.models import enable_gradient_checkpointing
-
-        enable_gradient_checkpointing(model)
-    from adaptkit.engine.budget import step_budget
-
-    budget = step_budget(math.ceil(len(loader) / training.gradient_accumulation_steps), training.epochs,
-                         training.min_steps, training.max_steps)
-    total_steps, epochs = budget.total_steps, budget.epochs
-    # Epochs the small-data floor added are evaluated in groups: as many evaluations as the recipe's
-    # epochs would give (25 passes over 100 rows need not score 872 eval rows 25 times).
-    evaluate_every = eval_every or (math.ceil(epochs / training.epochs) if budget.raised_by_floor else 1)
-    scheduler = get_scheduler(training.scheduler if training.scheduler != "constant" else "constant_with_warmup",
-                              optimizer, num_warmup_steps=int(training.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
-    model, optimizer, loader, evaluation, scheduler = accelerator.prepare(
-        model, optimizer, loader, evaluation, scheduler)
-
-    result = FitResult()
-    metric, greater = best_metric(training, task)
-    best = _Best(metric, greater, training.early_stopping_patience)
-    best_state: Optional[dict[str, torch.Tensor]] = None
-    checkpointer = Checkpointer(checkpoints, accelerator) if checkpoints is not None else None
-    window = torch.zeros((), device=accelerator.device)
-    window_batches = 0
-    epoch_loss, epoch_batches = torch.zeros((), device=accelerator.device), 0
-    start_epoch, batches_done, finished = 0, 0, False
-    pending_rng: Optional[dict[str, Any]] = None
-    if checkpointer is not None and checkpoints.resume_from is not None:
-        state = checkpointer.load(checkpoints.resume_from)
-        pending_rng = capture_rng()  # load_state set them; re-applied where the save happened
-        result.steps, result.train_seconds = state["step"], state["train_seconds"]
-        result.train_examples, result.loss_curve, result.history = (
-            state["train_examples"], state["loss_curve"], state["history"])
-        result.resumed_from_step = state["step"]
-        window.fill_(state["window"])
-        window_batches = state["window_batches"]
-        epoch_loss.fill_(state["epoch_loss"])
-        epoch_batches = state["epoch_batches"]
-        start_epoch, batches_done, finished = state["epoch"], state["batches_done"], state["finished"]
-        best.load(state["best"])
-        result.stopped_early = state.get("stopped_early")
-        if finished and result.history:
-            result.final_metrics = {k[len("eval_"):]: v for k, v in result.history[-1].items() if k.startswith("eval_")}
-        if accelerator.is_main_process:
-            print(f"resuming from {checkpoints.resume_from.name} (epoch {start_epoch + 1}, "
-                  f"batch {batches_done}, step {result.steps})", file=sys.stderr, flush=True)
-
-    def position(epoch: int, done: int, is_finished: bool = False) -> dict[str, Any]:
-        return {"step": result.steps, "epoch": epoch, "batches_done": done, "finished": is_finished,
-                "train_seconds": result.train_seconds, "train_examples": result.train_examples,
-                "loss_curve": result.loss_curve, "history": result.history, "window": float(window),
-                "window_batches": window_batches, "epoch_loss": float(epoch_loss), "epoch_batches": epoch_batches,
-                "best": best.state(), "stopped_early": result.stopped_early}
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    last_finite = {"step": result.steps}
-
-    def diverged(where: str) -> Exception:
-        from adaptkit.engine.checkpoint import latest_checkpoint
-        from adaptkit.errors import TrainingDiverged
-
-        good = latest_checkpoint(checkpoints.root) if checkpoints is not None else None
-        kept = (f"the last good checkpoint, {good.name}, is kept in {good.parent}" if good is not None
-                else "no checkpoint was written before it")
-        return TrainingDiverged(
-            f"training diverged: the loss became NaN or infinite at step {result.steps} {where} (it was finite "
-            f"up to step {last_finite['step']}); {kept}. Nothing with NaN weights was saved. Lower "
-            f"training.learning_rate, set training.max_grad_norm, or check the data, then run again")
-
-    def save(state: dict[str, Any]) -> None:
-        # never write NaN weights: the loss since the last log sync and the weights are checked first
-        if not _finite_everywhere(accelerator, window, epoch_loss, *trainable):
-            raise diverged("(found before writing a checkpoint)")
-        last_finite["step"] = result.steps
-        path = checkpointer.save(state)
-        if on_checkpoint is not None and accelerator.is_main_process:
-            on_checkpoint(str(path), result.steps)
-
-    if accelerator.num_processes == 1:  # e.g. frozen_head's feature cache, filled before step 1
-        warm_started = time.perf_counter()
-        strategy.before_training(accelerator.unwrap_model(model), _sorted_batches(train_data, training, collate,
-                                                                                 accelerator.device))
-        result.train_seconds += time.perf_counter() - warm_started
-    every = checkpoints.every_steps if checkpoints is not None else None
-    if training.report_to:
-        accelerator.init_trackers("train", config=_flat_config(tracker_config or {}))
-    bar = _Progress(total_steps, progress and accelerator.is_main_process, epochs=epochs, metric=metric)
-    bar.update(result.steps)
-    model.train()
-    stop = _StopOnSigint(enabled=checkpointer is not None)
-
-    def interrupted() -> Exception:
-        from adaptkit.errors import RunInterrupted
-
-        return RunInterrupted(f"interrupted at step {result.steps} of {total_steps}: checkpoint "
-                              f"step-{result.steps:08d} is saved in {checkpoints.root}; continue the run by "
-                              f"giving the same command with --resume")
-
-    stop.install()
+    loop = _TrainingLoop(model, strategy, task, train_data, eval_data, tokenizer, training, accelerator,
+                         learning_rate, checkpoints, on_checkpoint, eval_every)
+    if loop.checkpointer is not None and checkpoints.resume_from is not None:
+        loop.resume(checkpoints.resume_from)
+    loop.start(progress, tracker_config)
     try:
-        for epoch in range(start_epoch, epochs):
-            if finished:
-                break
-            resumed = pending_rng is not None
-            skip = batches_done if resumed else 0
-            epoch_started = time.perf_counter()
-            if not (resumed and (skip >= len(loader) or result.steps >= total_steps)):
-                generator.manual_seed(training.seed + epoch)
-                if not resumed:
-                    epoch_loss.zero_()
-                    epoch_batches = 0
-                batches_done = skip
-                for batch in (accelerator.skip_first_batches(loader, skip) if skip else loader):
-                    if pending_rng is not None:  # the saved run was here, about to run this batch
-                        restore_rng(pending_rng)
-                        pending_rng = None
-                    with accelerator.accumulate(model):
-                        loss = model(**batch).loss
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and training.max_grad_norm:
-                            accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    window += loss.detach()
-                    epoch_loss += loss.detach()
-                    window_batches += 1
-                    epoch_batches += 1
-                    batches_done += 1
-                    result.train_examples += _batch_rows(batch) * accelerator.num_processes  # split batches
-                    if accelerator.sync_gradients:
-                        result.steps += 1
-                        if result.steps % LOG_EVERY == 0 or result.steps == total_steps:
-                            # the one host sync per LOG_EVERY steps; the mean over processes, not rank 0's
-                            # (a NaN or inf on any process makes the mean non-finite on all of them)
-                            mean = float(_mean_across(accelerator, window)) / window_batches
-                            if not math.isfinite(mean):
-                                raise diverged(f"(loss {mean} over steps {last_finite['step'] + 1}-{result.steps})")
-                            last_finite["step"] = result.steps
-                            result.loss_curve.append({"step": result.steps, "loss": mean})
-                            window.zero_()
-                            window_batches = 0
-                            bar.step(result.steps, loss, scheduler.get_last_lr()[0], epoch, logged=mean)
-                            if training.report_to:
-                                accelerator.log({"train/loss": mean, "train/learning_rate": scheduler.get_last_lr()[0]},
-                                                step=result.steps)
-                        else:
-                            bar.step(result.steps, loss, scheduler.get_last_lr()[0], epoch)
-                        if every and result.steps % every == 0:
-                            result.train_seconds += time.perf_counter() - epoch_started
-                            epoch_started = time.perf_counter()
-                            save(position(epoch, batches_done))
-                        if stop.should_stop(accelerator, result.steps % LOG_EVERY == 0):
-                            if checkpointer.last_saved_step != result.steps:
-                                result.train_seconds += time.perf_counter() - epoch_started
-                                epoch_started = time.perf_counter()
-                                save(position(epoch, batches_done))
-                            raise interrupted()
-                        if result.steps >= total_steps:
-                            break
-                result.train_seconds += time.perf_counter() - epoch_started  # evaluation is not train time
-                grouped = (epoch + 1) % evaluate_every and epoch + 1 < epochs and result.steps < total_steps
-                if checkpointer is not None and every is None and checkpointer.last_saved_step != result.steps \
-                        and not grouped:  # epochs the floor added are checkpointed with their group, too
-                    save(position(epoch, batches_done))
-            if pending_rng is not None:  # resumed at an epoch's end: the saved run was about to evaluate
-                restore_rng(pending_rng)
-                pending_rng = None
-            if (epoch + 1) % evaluate_every and epoch + 1 < epochs and result.steps < total_steps:
-                batches_done = 0  # an epoch the floor added: evaluated with its neighbours, not alone
+        for epoch in loop.epochs_to_run():
+            loop.train_epoch(epoch)
+            if loop.grouped(epoch):  # an epoch the floor added: evaluated with its neighbours, not alone
                 continue
-            metrics = evaluate(model, evaluation, accelerator, task)
-            entry = {"epoch": epoch + 1, "step": result.steps,
-                     "train_loss": float(_mean_across(accelerator, epoch_loss)) / max(epoch_batches, 1),
-                     **{f"eval_{k}": v for k, v in metrics.items()}}
-            result.history.append(entry)
-            result.final_metrics = metrics
-            bar.evaluated(metrics)
-            if training.report_to:
-                accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=result.steps)
-            if best.update(epoch + 1, metrics) and training.load_best_at_end:
-                best_state = trainable_state(accelerator.unwrap_model(model))
-                if checkpointer is not None:
-                    best.path = checkpointer.save_best(epoch + 1, best_state)
+            metrics = loop.evaluate_epoch(epoch)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, metrics)
-            batches_done = 0
-            if best.exhausted and result.steps < total_steps:
-                result.stopped_early = epoch + 1
+            if loop.stops_after(epoch):
                 break
-            if result.steps >= total_steps:
-                break
-        if checkpointer is not None and not finished and checkpointer.last_saved_step != result.steps:
-            # (when this step was just saved, before the last evaluation, resuming it redoes only that)
-            save(position(len(result.history), 0, is_finished=True))
-        if stop.requested:  # Ctrl-C during the last evaluation: the finished checkpoint is saved
-            raise interrupted()
+        loop.finish()
     finally:
-        stop.uninstall()
-        bar.close()
-        if training.report_to:
-            for tracker in accelerator.trackers:  # not end_training(): that also ends the process group
-                tracker.finish()
-        if checkpointer is not None:
-            checkpointer.close()
-    bar.summary(result.history)
-    result.best = best.state()
-    if training.load_best_at_end and best.epoch is not None and best.epoch != len(result.history):
-        if best_state is None:
-            best_state = checkpointer.load_best(best.path)
-        load_trainable_state(accelerator.unwrap_model(model), best_state, Path(best.path or "best epoch"))
-        result.final_metrics = dict(best.metrics)
-        result.loaded_best = True
-    return result
+        loop.close()
+    return loop.outcome()
