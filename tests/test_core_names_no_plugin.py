@@ -83,8 +83,6 @@ def test_the_allow_list_names_only_strings_that_occur():
         assert reason and value in (ROOT / relative).read_text(encoding="utf-8"), (relative, value)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 18: the last core references (conformance's check_task recipe "
-                                       "names strategy 'full') are being removed in parallel; drop this mark then")
 def test_the_core_names_no_plugin():
     offenders = core_offenders()
     assert not offenders, "the core names plugins:\n" + "\n".join(offenders)
