@@ -178,6 +178,32 @@ def trainable_state(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
     return {name: tensors[name].detach().cpu().clone().contiguous() for name in trainable_state_names(model)}
 
 
+def gathered_trainable_state(accelerator: Any, model: "torch.nn.Module",
+                             everywhere: bool = False) -> dict[str, "torch.Tensor"]:
+    """``trainable_state`` of a model accelerate prepared, whole even when it is sharded.
+
+    Under FSDP each process holds a shard of every weight (a DTensor, or a flat parameter), so
+    the full tensors are gathered with ``accelerator.get_state_dict``, a collective: every
+    process must call this. The main process gets the tensors; the others an empty dict, or
+    (``everywhere``) the same tensors broadcast from the main process.
+    """
+    from adaptkit.engine.distributed import sharded
+
+    if not sharded(accelerator):
+        return trainable_state(accelerator.unwrap_model(model))
+    names = trainable_state_names(accelerator.unwrap_model(model))
+    full = accelerator.get_state_dict(model)
+    state = ({name: full[name].detach().cpu().clone().contiguous() for name in names}
+             if accelerator.is_main_process else {})
+    if everywhere:
+        import torch.distributed as dist
+
+        box = [state]
+        dist.broadcast_object_list(box, src=0)
+        state = box[0]
+    return state
+
+
 def load_trainable_state(model: "torch.nn.Module", state: dict[str, "torch.Tensor"], source: Path) -> None:
     """Copy ``state`` into ``model`` in place, refusing a checkpoint of other trainable tensors."""
     import torch
@@ -205,7 +231,8 @@ def trainable_state_names(model: "torch.nn.Module") -> list[str]:
     named += [(n, b) for n, b in model.named_buffers(remove_duplicate=False)
               if n in persistent and type(b) is torch.Tensor and b.is_floating_point()]
     for name, tensor in named:
-        key = (tensor.data_ptr(), tuple(tensor.shape))
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # an FSDP2 shard (DTensor)
+        key = (local.data_ptr(), tuple(tensor.shape))
         if key not in seen:
             seen.add(key)
             names.append(name)
@@ -496,13 +523,21 @@ class Checkpointer:
 
     # accelerate hooks ---------------------------------------------------------------
     def _save_models(self, models: list, weights: list, output_dir: str) -> None:
-        if self.accelerator.is_main_process:
-            for index, model in enumerate(models):
-                save_tensors(trainable_state(self.accelerator.unwrap_model(model)),
-                             Path(output_dir) / TRAINABLE_FILE.format(index=index))
+        for index, model in enumerate(models):  # every process: gathering a sharded model is a collective
+            state = gathered_trainable_state(self.accelerator, model)
+            if self.accelerator.is_main_process:
+                save_tensors(state, Path(output_dir) / TRAINABLE_FILE.format(index=index))
         weights.clear()  # accelerate would otherwise write the whole (mostly frozen) model
 
     def _load_models(self, models: list, input_dir: str) -> None:
+        from adaptkit.engine.distributed import sharded
+
+        if sharded(self.accelerator):
+            # accelerate's load_fsdp_model restores the sharded model itself from the full (or
+            # sharded) state dict its save_fsdp_model wrote; copying full tensors into shards here
+            # would not fit. The trainable file is still written: it is what --resume verifies,
+            # and what a run with another backend or process count could read.
+            return
         for index, model in enumerate(models):
             path = Path(input_dir) / TRAINABLE_FILE.format(index=index)
             load_trainable_state(self.accelerator.unwrap_model(model), load_tensors(path), path)

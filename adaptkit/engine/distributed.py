@@ -80,30 +80,171 @@ def fsdp_plugin(distributed: "DistributedSection"):
         "fsdp_version": options.version,
         "auto_wrap_policy": options.auto_wrap_policy,
         "cpu_offload": options.cpu_offload,
-        "use_orig_params": options.use_orig_params,
-        "sync_module_states": options.sync_module_states,
-        "forward_prefetch": options.forward_prefetch,
         "activation_checkpointing": options.activation_checkpointing,
         "state_dict_type": options.state_dict_type,
     }
     if options.version == 1:
-        kwargs["sharding_strategy"] = options.sharding_strategy
+        kwargs.update(sharding_strategy=options.sharding_strategy, use_orig_params=options.use_orig_params,
+                      sync_module_states=options.sync_module_states, forward_prefetch=options.forward_prefetch)
+        if options.backward_prefetch is not None:
+            kwargs["backward_prefetch"] = options.backward_prefetch
     else:
+        # FSDP2 (fully_shard) has no flat parameters, prefetch flags or module-state broadcast:
+        # accelerate raises on forward_prefetch and warns on the others, so they are not passed.
         if options.sharding_strategy not in ("FULL_SHARD", "SHARD_GRAD_OP"):
             raise AdaptkitError(f"distributed.fsdp.sharding_strategy: {options.sharding_strategy} needs FSDP "
                                 "version 1; FSDP2 supports FULL_SHARD and SHARD_GRAD_OP")
+        for name in ("forward_prefetch", "backward_prefetch"):
+            if getattr(options, name):
+                raise AdaptkitError(f"distributed.fsdp.{name} applies to FSDP version 1 only (fully_shard in "
+                                    "version 2 prefetches on its own); remove it or set version: 1")
         kwargs["reshard_after_forward"] = options.sharding_strategy == "FULL_SHARD"
-    if options.backward_prefetch is not None:
-        kwargs["backward_prefetch"] = options.backward_prefetch
     if options.transformer_layer_cls_to_wrap:
         kwargs["transformer_cls_names_to_wrap"] = list(options.transformer_layer_cls_to_wrap)
     if options.min_num_params is not None:
         kwargs["min_num_params"] = options.min_num_params
-    try:
-        return FullyShardedDataParallelPlugin(**kwargs)
-    except RuntimeError as exc:  # accelerate's FSDP wants an accelerator device (CUDA, XPU, ...)
-        raise AdaptkitError(f"distributed.backend: fsdp cannot run here: {exc} "
-                            "(accelerate's FSDP needs GPUs; on CPUs use distributed.backend: ddp)") from None
+    if kwargs.get("sync_module_states") and not _has_accelerator_device():
+        # The plugin's __post_init__ asks the accelerator for its current device when
+        # sync_module_states is set and raises "no available devices" on a CPU-only machine; the
+        # device is only used for param_init_fn (to_empty), so on CPUs it is the CPU.
+        kwargs["sync_module_states"] = False
+        plugin = FullyShardedDataParallelPlugin(**kwargs)
+        plugin.sync_module_states = True
+        import torch
+
+        plugin.param_init_fn = lambda module: module.to_empty(device=torch.device("cpu"), recurse=False)
+    else:
+        plugin = FullyShardedDataParallelPlugin(**kwargs)
+    if options.version == 2:
+        original = plugin.set_auto_wrap_policy
+        plugin.set_auto_wrap_policy = lambda model: original(_embedding_free_wrap(plugin, model))
+    return plugin
+
+
+def _embedding_free_wrap(plugin: Any, model: Any) -> Any:
+    """FSDP2: leave out of the per-layer wrap any class that holds the input embeddings.
+
+    accelerate 1.15's ``fsdp2_prepare_model`` always gives the input embedding its own
+    ``fully_shard`` after the per-layer ones; when a wrapped class contains it (transformers 5
+    lists ``BertEmbeddings`` in BERT's ``_no_split_modules``), that second ``fully_shard`` meets
+    parameters that are already DTensors and torch fails with "Invariant encountered: value was
+    None when it should not be" (``_init_sharding_spec_tp``), on GPUs and CPUs alike. The
+    embedding is still its own FSDP unit (accelerate's), so nothing is left unsharded.
+    """
+    embed = getattr(model, "get_input_embeddings", lambda: None)()
+    if embed is None:
+        return model
+    names = plugin.transformer_cls_names_to_wrap
+    if names is None:
+        names = list(getattr(model, "_no_split_modules", None) or [])
+    holders = {type(module).__name__ for module in model.modules()
+               if module is not embed and any(child is embed for child in module.modules())}
+    plugin.transformer_cls_names_to_wrap = [name for name in names if name not in holders]
+    return model
+
+
+def _has_accelerator_device() -> bool:
+    """Whether accelerate finds a device for FSDP (CUDA, XPU, NPU, ...); False on a CPU-only machine."""
+    from accelerate.utils import (is_cuda_available, is_hpu_available, is_mlu_available, is_musa_available,
+                                  is_npu_available, is_xpu_available)
+
+    return any(check() for check in (is_cuda_available, is_xpu_available, is_npu_available, is_mlu_available,
+                                     is_musa_available, is_hpu_available))
+
+
+def shard_on_cpus(accelerator: Any, options: dict[str, Any]) -> bool:
+    """Turn a gloo (CPU) run with an FSDP plugin into the FSDP run accelerate would make on GPUs.
+
+    accelerate (1.15, ``AcceleratorState.__init__`` in accelerate/state.py) switches a launched run
+    to ``DistributedType.FSDP`` only from the accelerator types (MULTI_GPU, MULTI_XPU, ...): a CPU
+    run (``Accelerator(cpu=True)``, ``MULTI_CPU``) keeps DDP and silently drops ``fsdp_plugin``.
+    accelerate's FSDP code itself (``fsdp2_prepare_model`` / ``FullyShardedDataParallel`` in
+    ``prepare``, ``save_fsdp_model``/``load_fsdp_model`` in ``save_state``/``load_state``,
+    ``get_state_dict``, ``clip_grad_norm_``) only calls torch, whose ``fully_shard`` and
+    ``FullyShardedDataParallel`` run over gloo on CPUs. So, after construction, the state is set
+    the way ``AcceleratorState`` sets it on GPUs (type, plugin, mixed precision), and every later
+    step runs accelerate's own FSDP path. Returns whether it switched.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    plugin = options.get("fsdp_plugin")
+    if plugin is None or accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return False
+    state = accelerator.state
+    state.distributed_type = DistributedType.FSDP
+    # as AcceleratorState.__init__ does: every later AcceleratorState() copies PartialState's
+    # shared state over its own, so the type must be set there too
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.fsdp_plugin = plugin
+    return True
+
+
+def sharded(accelerator: Any) -> bool:
+    """Whether the model is sharded over the processes (FSDP or DeepSpeed): its weights must be
+    gathered (a collective: every process calls) before they are saved or exported."""
+    from accelerate.utils import DistributedType
+
+    return accelerator is not None and accelerator.distributed_type in (DistributedType.FSDP,
+                                                                         DistributedType.DEEPSPEED)
+
+
+def meta_skeleton(model: Any) -> Any:
+    """A copy of ``model``'s modules with every parameter on the meta device (no memory) and the
+    buffers copied (small, and non-persistent ones are not in a state dict): what a gathered full
+    state dict is loaded into after sharded training (``materialize``). Taken before sharding,
+    because FSDP changes the modules in place and refuses ``deepcopy`` afterwards."""
+    import copy
+
+    import torch
+
+    memo: dict[int, Any] = {}
+    for _, parameter in model.named_parameters(remove_duplicate=False):
+        if id(parameter) not in memo:
+            memo[id(parameter)] = torch.nn.Parameter(torch.empty_like(parameter, device="meta"),
+                                                     requires_grad=parameter.requires_grad)
+    return copy.deepcopy(model, memo)
+
+
+def materialize(skeleton: Any, state: dict[str, Any]) -> Any:
+    """``skeleton`` with the gathered full ``state`` in place of its meta parameters (same tensors, no copy)."""
+    import torch
+
+    missing = [name for name, p in skeleton.named_parameters(remove_duplicate=False)
+               if p.is_meta and name not in state]
+    if missing:
+        raise AdaptkitError(f"the gathered state dict lacks {len(missing)} parameters (e.g. {missing[:3]})")
+    flags = {name: p.requires_grad for name, p in skeleton.named_parameters(remove_duplicate=False)}
+    skeleton.load_state_dict(state, strict=False, assign=True)
+    if hasattr(skeleton, "tie_weights"):
+        skeleton.tie_weights()
+    with torch.no_grad():
+        for name, parameter in skeleton.named_parameters(remove_duplicate=False):
+            parameter.requires_grad_(flags[name])
+    return skeleton
+
+
+def become_unsharded(accelerator: Any, model: Any, skeleton: Any) -> None:
+    """After sharded training, turn ``model`` (the very object the caller holds) into a plain module
+    with the full trained weights on every process, so that export, merge and the contract checks
+    run on ordinary tensors and no process waits in a collective for the others.
+
+    The full state dict is gathered with ``accelerator.get_state_dict`` (a collective: FSDP2
+    ``get_model_state_dict(full_state_dict=True)``, FSDP1 ``FULL_STATE_DICT``), broadcast from
+    rank 0, loaded into the meta skeleton taken before sharding, and ``model`` takes the
+    skeleton's class and attributes. Every process then holds one full CPU copy, as an
+    unsharded export must.
+    """
+    import torch.distributed as dist
+
+    state = accelerator.get_state_dict(model)
+    box = [state if accelerator.is_main_process else None]
+    dist.broadcast_object_list(box, src=0)
+    plain = materialize(skeleton, {k: v.cpu() for k, v in box[0].items()})
+    model.__class__ = plain.__class__
+    model.__dict__ = plain.__dict__
 
 
 def deepspeed_plugin(distributed: "DistributedSection", base_dir: Optional[Path] = None):

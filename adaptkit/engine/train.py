@@ -76,7 +76,7 @@ def make_accelerator(training: TrainingSection, log: Callable[[str], None] = pri
     """
     from accelerate import Accelerator
 
-    from adaptkit.engine.distributed import accelerator_options, check_global_batch, world_size
+    from adaptkit.engine.distributed import accelerator_options, check_global_batch, shard_on_cpus, world_size
 
     precision = training.mixed_precision
     cpu_only = training.device == "cpu" or not torch.cuda.is_available()
@@ -106,6 +106,7 @@ def make_accelerator(training: TrainingSection, log: Callable[[str], None] = pri
     options = accelerator_options(distributed, world, base_dir, log)
     accelerator = Accelerator(mixed_precision=precision, cpu=cpu,
                               gradient_accumulation_steps=training.gradient_accumulation_steps, **trackers, **options)
+    shard_on_cpus(accelerator, options)  # FSDP over gloo: accelerate's own FSDP path, on CPUs
     check_global_batch(training, accelerator.num_processes)
     return accelerator
 
@@ -378,7 +379,8 @@ def _finite_everywhere(accelerator, *tensors: torch.Tensor) -> bool:
     """Whether every tensor is finite on every process: one host sync (one reduce when distributed)."""
     bad = torch.zeros((), device=accelerator.device)
     for tensor in tensors:
-        bad = bad + (~torch.isfinite(tensor.detach())).any().to(bad.device, torch.float32)
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # an FSDP2 shard: checked here
+        bad = bad + (~torch.isfinite(local.detach())).any().to(bad.device, torch.float32)
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad, reduction="sum")
     return float(bad) == 0
@@ -508,6 +510,10 @@ class _TrainingLoop:
         scheduler = get_scheduler(training.scheduler if training.scheduler != "constant" else "constant_with_warmup",
                                   optimizer, num_warmup_steps=int(training.warmup_ratio * self.total_steps),
                                   num_training_steps=self.total_steps)
+        from adaptkit.engine.distributed import meta_skeleton, sharded
+
+        # sharding changes the modules in place: a weightless copy is kept to gather the trained weights into
+        self.skeleton = meta_skeleton(model) if sharded(accelerator) else None
         self.model, self.optimizer, self.loader, self.evaluation, self.scheduler = accelerator.prepare(
             model, optimizer, loader, evaluation, scheduler)
 
@@ -743,7 +749,7 @@ class _TrainingLoop:
     def evaluate_epoch(self, epoch: int) -> dict[str, float]:
         """The eval pass after ``epoch``: its history entry, the display and trackers, and the best
         epoch (whose trainable weights are kept, and checkpointed, when ``load_best_at_end`` wants them)."""
-        from adaptkit.engine.checkpoint import trainable_state
+        from adaptkit.engine.checkpoint import gathered_trainable_state
 
         accelerator, result = self.accelerator, self.result
         metrics = evaluate(self.model, self.evaluation, accelerator, self.task)
@@ -756,7 +762,7 @@ class _TrainingLoop:
         if self.training.report_to:
             accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=result.steps)
         if self.best.update(epoch + 1, metrics) and self.training.load_best_at_end:
-            self.best_state = trainable_state(accelerator.unwrap_model(self.model))
+            self.best_state = gathered_trainable_state(accelerator, self.model, everywhere=True)  # a collective
             if self.checkpointer is not None:
                 self.best.path = self.checkpointer.save_best(epoch + 1, self.best_state)
         return metrics
@@ -846,4 +852,9 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
         loop.finish()
     finally:
         loop.close()
+    if loop.skeleton is not None:  # sharded: the caller's model becomes a plain one with the full weights
+        from adaptkit.engine.distributed import become_unsharded
+
+        become_unsharded(accelerator, model, loop.skeleton)
+        loop.model = model
     return loop.outcome()
