@@ -23,7 +23,7 @@ from adaptkit.plugin.task import Task, TaskOptions
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers (nothing is imported at run time)
-    from adaptkit.engine.models import load_config, resolve_model_source
+    from adaptkit.plugin.sources import load_config, resolve_model_source
     from adaptkit.engine.planning import Plan, StrategyPlan
     from adaptkit.engine.predict import Predictor
     from adaptkit.engine.runner import RunResult
@@ -60,8 +60,8 @@ from adaptkit.plugin.task import position_limit  # noqa: E402
 # so that ``import adaptkit`` stays torch-free. Name -> defining module.
 _LAZY = {
     "find_block_list": "adaptkit.plugin.layers",
-    "load_config": "adaptkit.engine.models",
-    "resolve_model_source": "adaptkit.engine.models",
+    "load_config": "adaptkit.plugin.sources",
+    "resolve_model_source": "adaptkit.plugin.sources",
     "LabelRules": "adaptkit.plugin.task",  # lazy only while it is new; torch-free, may move to the imports above
 }
 

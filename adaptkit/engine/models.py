@@ -1,150 +1,34 @@
-"""Resolve a recipe's model name to something loadable, and refuse what is unsafe.
+"""Build the task model from its source: load dtype, attention, device map, a strategy's own loading
+(4-bit), random initialisation, gradient checkpointing, and the tolerances merged weights get.
 
-Order: a plugin's ``adaptkit_resolve_model`` answer (e.g. a model a package ships), then a
-local folder, then a Hugging Face Hub id. A Hub id that is neither cached nor reachable fails
-at once with a message saying so, instead of retrying for half a minute inside the Hub client.
+Where the files come from (plugins, local folders, the Hub cache, the Hub) is
+``adaptkit.plugin.sources``; its names are re-exported here for the engine's callers.
 """
 from __future__ import annotations
 
 import os
-import socket
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 from adaptkit.errors import ModelSourceError
-
-HUB_HOST = "huggingface.co"
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model's files are: ``location`` is a folder or a Hub id; ``origin`` says how."""
-
-    name: str
-    location: str
-    origin: str  # "plugin", "local", "hub-cache", "hub"
-    local_files_only: bool
+from adaptkit.plugin.sources import (HUB_HOST, ModelSource, check_weight_files, load_config,  # noqa: F401
+                                     load_tokenizer, quiet_hf_logging, resolve_model_source)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
-        return False
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
-def _cached_on_hub(name: str, revision: str | None) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
-        return False
-    found = try_to_load_from_cache(name, "config.json", revision=revision)
-    return isinstance(found, str)
 
 
-def check_weight_files(folder: Path, allow_pickle: bool) -> None:
-    """Refuse pickle-only checkpoints unless the recipe allows them: pickle can run code."""
-    has_safetensors = any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json"))
-    pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
-    if not has_safetensors and pickled and not allow_pickle:
-        raise ModelSourceError(
-            f"model folder {folder} holds only pickle weights ({', '.join(sorted(pickled))}); loading "
-            f"them can run arbitrary code. Convert them to safetensors, or set 'model.allow_pickle: "
-            f"true' in the recipe if you trust their source"
-        )
 
 
-def resolve_model_source(name: str, revision: str | None = None, allow_pickle: bool = False) -> ModelSource:
-    """Find ``name``: plugin answer, local folder, Hub cache, then the Hub itself."""
-    from adaptkit.plugin.registry import get_registry
-
-    answer = get_registry().manager.hook.adaptkit_resolve_model(name=name)
-    if answer:
-        folder = Path(answer)
-        check_weight_files(folder, allow_pickle)
-        return ModelSource(name, str(folder), "plugin", True)
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelSourceError(f"model folder {path} has no config.json: it is not a transformers model folder")
-        check_weight_files(path, allow_pickle)
-        return ModelSource(name, str(path.resolve()), "local", True)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelSourceError(f"model folder {name!r} does not exist")
-    if _cached_on_hub(name, revision):
-        return ModelSource(name, name, "hub-cache", True)
-    if not _hub_reachable():
-        raise ModelSourceError(
-            f"model {name!r} is not a local folder, not in the Hugging Face cache, and the Hub "
-            f"({HUB_HOST}) cannot be reached from this machine. Download it where there is a "
-            f"network (`huggingface-cli download {name} --local-dir DIR`) and set model.name to DIR"
-        )
-    return ModelSource(name, name, "hub", False)
 
 
-def quiet_hf_logging() -> None:
-    """Silence library chatter that says nothing actionable (weights newly initialised for a head)."""
-    import logging
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    import datasets
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*newly initialized.*")
 
 
-def load_tokenizer(recipe, source: ModelSource | None):
-    """The recipe's tokenizer, with a padding token guaranteed (decoders often lack one)."""
-    from transformers import AutoTokenizer
-
-    section = recipe.model
-    if section.tokenizer is not None and Path(section.tokenizer).expanduser().is_dir():
-        # A tokenizer folder (a run's tokenizer/) has no config.json, so it is not a model source.
-        folder = Path(section.tokenizer).expanduser().resolve()
-        tok_source = ModelSource(section.tokenizer, str(folder), "local", True)
-    elif section.tokenizer is not None:
-        tok_source = resolve_model_source(section.tokenizer, section.revision, section.allow_pickle)
-    else:
-        tok_source = source
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            tok_source.location, revision=section.revision, local_files_only=tok_source.local_files_only,
-            trust_remote_code=section.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelSourceError(f"cannot load a tokenizer from {tok_source.name!r}: {str(exc).splitlines()[0]}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return tokenizer
 
 
-def load_config(recipe, source: ModelSource | None):
-    from transformers import AutoConfig
 
-    section = recipe.model
-    if section.config is not None:
-        settings = dict(section.config)
-        model_type = settings.pop("model_type")
-        try:
-            return AutoConfig.for_model(model_type, **settings)
-        except (ValueError, KeyError) as exc:
-            raise ModelSourceError(f"model.config: {exc}") from None
-    try:
-        return AutoConfig.from_pretrained(source.location, revision=section.revision,
-                                          local_files_only=source.local_files_only,
-                                          trust_remote_code=section.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelSourceError(f"cannot load the config of {source.name!r}: {str(exc).splitlines()[0]}") from None
+
+
 
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}

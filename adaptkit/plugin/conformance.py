@@ -277,7 +277,7 @@ def check_strategy(strategy_cls: type[Strategy], options: Any = None,
     ``families`` defaults to every registered text family with a ``build`` (bert and gpt2, plus
     any family a plugin's tests registered).
     """
-    from adaptkit.engine.models import quiet_hf_logging
+    from adaptkit.plugin.sources import quiet_hf_logging
 
     quiet_hf_logging()
     report = ConformanceReport(strategy_cls.name or strategy_cls.__name__)
@@ -409,7 +409,7 @@ def check_task(task_cls: type[Task], options: Any = None, rows: Optional[Sequenc
     """
     import datasets
 
-    from adaptkit.engine.models import quiet_hf_logging
+    from adaptkit.plugin.sources import quiet_hf_logging
     from transformers import AutoConfig
 
     quiet_hf_logging()

@@ -148,7 +148,7 @@ class Task:
         beside the run (``save_pretrained``) and reloaded from ``recipe.model.tokenizer`` by
         ``adaptkit predict``, so whatever is returned must round-trip through that folder.
         """
-        from adaptkit.engine.models import load_tokenizer
+        from adaptkit.plugin.sources import load_tokenizer
 
         return load_tokenizer(recipe, source)
 
