@@ -143,11 +143,12 @@ def _run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
     if not accelerator.is_main_process:
         return RunResult(output_dir, {})
     with staged_output(output_dir, overwrite) as staging:
-        contract, export_dir, unwrapped, base_model_id = _verify_and_export(session, prepared, trained, staging)
+        accelerator.free_memory()  # the optimizer and accelerate's model references: not needed to export
+        contract, export_dir, described, base_model_id = _verify_and_export(session, prepared, trained, staging)
         if logs_dir.is_dir():  # copied, not moved: a failure from here on can still --resume
             shutil.copytree(logs_dir, staging / "logs")
         summary = _summary(session, prepared, trained, accelerator, contract, output_dir / export_dir.name,
-                           unwrapped, base_model_id, time.perf_counter() - wall_started)
+                           described, base_model_id, time.perf_counter() - wall_started)
         write_json(staging / "metrics.json", summary)
         (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved_dict(), sort_keys=False))
         (staging / "README.md").write_text(model_card(summary))
@@ -233,7 +234,8 @@ def _train(session: Session, prepared: _Prepared, accelerator: Any, checkpoints:
     model = model.cpu() if accelerator.device.type != "cpu" else model
     prepared.frozen.verify(prepared.strategy.name, model)
     wrapped_outs = []
-    for batch in prepared.probes:  # kept until the merge is checked: stop once the logits held reach the cap
+    # kept until the merge is checked (main process only: it alone exports); stop once the logits reach the cap
+    for batch in prepared.probes if accelerator.is_main_process else []:
         wrapped_outs.append(model_outputs(model, batch))
         if sum(out.numel() for out in wrapped_outs) >= EQUIVALENCE_MAX_VALUES:
             break
@@ -241,11 +243,18 @@ def _train(session: Session, prepared: _Prepared, accelerator: Any, checkpoints:
 
 
 def _verify_and_export(session: Session, prepared: _Prepared, trained: _Trained, staging: Path
-                       ) -> tuple[list[str], Path, Any, Any]:
-    """Save the export, reload it with the standard tools, unwrap, and check the contract's rules.
+                       ) -> tuple[list[str], Path, dict[str, Any], Any]:
+    """Save the export, unwrap and check the contract's rules, then reload the export with the standard tools.
 
-    Returns the contract lines, the export folder, the unwrapped model and the base model's Hub id.
+    Never two full models at once (a 7B model must not need twice its memory to be verified): the
+    trained model is unwrapped (merged) in place and checked against the outputs kept from training,
+    the merged copy saved if asked, and only then — with the trained model, its optimizer and
+    accelerate's references released — is the saved export loaded onto a fresh base and compared
+    with the same outputs. Returns the contract lines, the export folder, what the summary records
+    of the unwrapped model, and the base model's Hub id.
     """
+    import gc
+
     from adaptkit.engine.models import merge_tolerance
     from adaptkit.engine.publish import finish_exports, model_hub_id
     from adaptkit.plugin.contract import (architecture_signature, check_close, check_equivalence, check_removal,
@@ -258,6 +267,31 @@ def _verify_and_export(session: Session, prepared: _Prepared, trained: _Trained,
     tolerance = merge_tolerance(strategy, model)  # wider on a bf16/fp16 base: merged weights are rounded to it
     export_dir = staging / ("adapter" if strategy.export_kind == "adapter" else "model")
     strategy.save(model, export_dir)
+    trained_head = trained_head_state(model, head) if strategy.mergeable else {}
+    unwrapped = strategy.unwrap(model)
+    check_signature(name, prepared.base_signature, architecture_signature(unwrapped), head)
+    signature_line = ("signature: unwrapped model has exactly the base architecture "
+                      f"({len(prepared.base_signature.parameters)} parameter tensors)")
+    if strategy.mergeable:
+        check_equivalence(name, wrapped_outs, unwrapped, probes, tolerance, trained_head)
+        merge_line = (f"equivalence: merged model matches the trained model within {tolerance:g} "
+                      f"on {sum(len(next(iter(b.values()))) for b in probes)} eval rows, head included")
+        if recipe.output.merge and strategy.export_kind == "adapter":
+            unwrapped.save_pretrained(staging / "model", safe_serialization=True)
+    else:
+        removal = prepared.removal
+        check_removal(name, removal, unwrapped, probes[:len(removal)], head)
+        merge_line = (f"removal: with the strategy removed the model computes bit-exactly what the base "
+                      f"computed before wrap{' below the task head' if head else ''}, on "
+                      f"{sum(len(next(iter(b.values()))) for b in probes[:len(removal)])} eval rows")
+        if recipe.output.merge:
+            log(f"output.merge: strategy {name!r} cannot be merged into the base weights; only its "
+                f"{strategy.export_kind} is saved")
+    described = {"model_class": type(unwrapped).__name__, "num_labels": getattr(unwrapped.config, "num_labels", None)}
+    # From here the trained model is no longer needed: release every reference before a second one loads.
+    del model, unwrapped, trained_head
+    prepared.model = trained.model = None
+    gc.collect()
     if recipe.output.verify_export:
         # reloaded as a user would, with plain transformers / peft, not the strategy's own load()
         reloaded, how = reload_export(strategy, export_dir, session.build_base, prepared.base_class,
@@ -268,34 +302,16 @@ def _verify_and_export(session: Session, prepared: _Prepared, trained: _Trained,
                                    f"and reloaded with {how}, on eval batch {index + 1}")
         contract.append(f"export: {export_dir.name}/ reloads with {how} and gives the same outputs")
         del reloaded
-    trained_head = trained_head_state(model, head) if strategy.mergeable else {}
-    unwrapped = strategy.unwrap(model)
-    check_signature(name, prepared.base_signature, architecture_signature(unwrapped), head)
-    contract.append("signature: unwrapped model has exactly the base architecture "
-                    f"({len(prepared.base_signature.parameters)} parameter tensors)")
-    if strategy.mergeable:
-        check_equivalence(name, wrapped_outs, unwrapped, probes, tolerance, trained_head)
-        contract.append(f"equivalence: merged model matches the trained model within {tolerance:g} "
-                        f"on {sum(len(next(iter(b.values()))) for b in probes)} eval rows, head included")
-        if recipe.output.merge and strategy.export_kind == "adapter":
-            unwrapped.save_pretrained(staging / "model", safe_serialization=True)
-    else:
-        removal = prepared.removal
-        check_removal(name, removal, unwrapped, probes[:len(removal)], head)
-        contract.append(f"removal: with the strategy removed the model computes bit-exactly what the base "
-                        f"computed before wrap{' below the task head' if head else ''}, on "
-                        f"{sum(len(next(iter(b.values()))) for b in probes[:len(removal)])} eval rows")
-        if recipe.output.merge:
-            log(f"output.merge: strategy {name!r} cannot be merged into the base weights; only its "
-                f"{strategy.export_kind} is saved")
+        gc.collect()
+    contract += [signature_line, merge_line]
     session.tokenizer.save_pretrained(staging / "tokenizer")
     base_model_id = model_hub_id(recipe.model.name, session.source)  # what loads elsewhere, never a path
     finish_exports([staging / "adapter", staging / "model"], session.tokenizer, base_model_id)
-    return contract, export_dir, unwrapped, base_model_id
+    return contract, export_dir, described, base_model_id
 
 
 def _summary(session: Session, prepared: _Prepared, trained: _Trained, accelerator: Any, contract: list[str],
-             export_path: Path, unwrapped: Any, base_model_id: Any, wall_seconds: float) -> dict[str, Any]:
+             export_path: Path, described: dict[str, Any], base_model_id: Any, wall_seconds: float) -> dict[str, Any]:
     """metrics.json: every figure of the run, the contract lines and the resolved recipe."""
     from adaptkit import __version__
 
@@ -307,8 +323,8 @@ def _summary(session: Session, prepared: _Prepared, trained: _Trained, accelerat
         "task_state": session.task.state(),
         "base_model": session.source.location if session.source else None,
         "base_model_id": base_model_id,
-        "model_class": type(unwrapped).__name__,
-        "num_labels": getattr(unwrapped.config, "num_labels", None),
+        "model_class": described["model_class"],
+        "num_labels": described["num_labels"],
         "eval": result.final_metrics,
         "validation": trained.validation_metrics,
         "budget": {"total_steps": budget.total_steps, "epochs": budget.epochs, "source": budget.source},
