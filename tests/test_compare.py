@@ -142,10 +142,23 @@ def test_cli_compare_writes_table_plot_json_and_html(tmp_path, capsys):
     assert [(r["strategy"], r["train_examples"]) for r in report["rows"]] == [
         ("frozen_head", 38), (SCRATCH, 38), ("frozen_head", 77), (SCRATCH, 77)]
     assert report["verdict"] in ("positive transfer", "no clear difference", "negative transfer")
+    greater = True  # the task's primary metric, accuracy: higher is better
     for run in report["runs"]:
         chosen = next(t for t in run["trials"] if t["learning_rate"] == run["learning_rate"])
         assert run["energy_wh"] == pytest.approx(chosen["train_seconds"] * 36 / 3600, rel=0.01, abs=1e-5)
         assert run["search_energy_wh"] >= run["energy_wh"]
+        # only a trial that beat every earlier one scored the eval rows; the chosen trial always did
+        tag = f"{run['strategy']}-n{run['size']}-s{run['seed']}"
+        scored = sorted(int(f.stem.split("-")[1]) for f in (out / "trials" / tag).glob("trial-*.pt"))
+        expected, best = [], None
+        for trial in sorted(run["trials"], key=lambda t: t["number"]):
+            if trial["state"] != "complete":
+                continue
+            key = (trial["validation"] if greater else -trial["validation"], -trial["validation_loss"])
+            if best is None or key > best:
+                expected.append(trial["number"])
+                best = key
+        assert scored == expected and chosen["number"] in scored
     for row in report["rows"]:
         assert row["ci_low"] <= row["metric"] <= row["ci_high"] and len(row["learning_rates"]) == 1
     assert set(report["curves"]) == {"frozen_head", SCRATCH}

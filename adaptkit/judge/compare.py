@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional, Union
 
 from adaptkit.errors import AdaptkitError
 from adaptkit.recipe.schema import Recipe
+from adaptkit.judge.curves import percentile_interval
 from adaptkit.judge.tuning import DEFAULT_TRIALS, SCRATCH, VALIDATION_FRACTION
 
 SCRATCH_LEARNING_RATE = 1e-4
@@ -280,12 +281,6 @@ def bootstrap(task: Any, metric: str, outputs_by_run: dict[tuple, dict[str, Any]
     return {cell: [sum(v) / len(v) for v in zip(*per_seed)] for cell, per_seed in by_cell.items()}
 
 
-def _interval(values: list[float]) -> tuple[float, float]:
-    from adaptkit.judge.curves import percentile_interval
-
-    return percentile_interval(values)
-
-
 def seed_interval(values: list[float]) -> Optional[list[float]]:
     """95% t-interval of the mean across seeds (scipy.stats.t); None for one seed."""
     if len(values) < 2:
@@ -316,7 +311,7 @@ def judge(rows: list[Row], replicates: dict[tuple, list[float]], greater: bool, 
         best = max(learned, key=lambda r: r.metric if greater else -r.metric)
         sign = 1.0 if greater else -1.0
         diffs = [sign * (a - b) for a, b in zip(replicates[(best.strategy, size)], replicates[(SCRATCH, size)])]
-        low, high = _interval(diffs)
+        low, high = percentile_interval(diffs)
         point = sign * (best.metric - cells[SCRATCH].metric)
         verdict = VERDICTS[0] if low > 0 else VERDICTS[2] if high < 0 else VERDICTS[1]
         per_size.append({"size": size, "train_examples": best.train_examples, "best_transfer": best.strategy,
@@ -581,7 +576,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
 
 def _row(name: str, size: Optional[int], cell: list[RunRecord], replicates: list[float],
          baselines: dict[str, float], metric: str, greater: bool) -> Row:
-    low, high = _interval(replicates)
+    low, high = percentile_interval(replicates)
     values = [r.metric for r in cell]
     mean = sum(values) / len(values)
     secondary = [r.metrics[SECONDARY_METRIC] for r in cell if SECONDARY_METRIC in r.metrics and SECONDARY_METRIC != metric]

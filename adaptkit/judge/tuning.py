@@ -169,6 +169,13 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
         for rate in middle_out(grid):  # the likeliest rates first: the extremes then meet a good bar
             study.enqueue_trial({"learning_rate": rate})
     low, high = min(grid) / GRID_SPAN, max(grid) * GRID_SPAN
+    sign = 1.0 if greater else -1.0
+
+    def choice_key(record: TrialRecord) -> tuple[float, float]:
+        """The chosen trial is the best validation score, ties broken by the lower validation loss."""
+        loss = record.validation_loss
+        return sign * record.validation, -(loss if loss is not None and math.isfinite(loss) else math.inf)
+
     training = recipe.training.model_copy(update={"load_best_at_end": True, "report_to": [],
                                                   "checkpoint_every_steps": None, "seed": seed})
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -207,10 +214,14 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
         record.validation = float(result.best["value"])
         record.validation_loss = float(result.best["metrics"].get("loss", math.nan))
         record.best_epoch, record.steps = result.best["epoch"], result.steps
-        model = accelerator.unwrap_model(workbench.model)
-        loader = eval_loader(session.eval_data, recipe.training.eval_batch_size, collate)
-        outputs, _, _ = gather_outputs(model, loader, None, task.batch_outputs)
-        torch.save({k: v.cpu() for k, v in outputs.items()}, trial_dir / f"trial-{trial.number}.pt")
+        finished = [TrialRecord(**t.user_attrs["record"]) for t in study.get_trials(deepcopy=False)
+                    if t.user_attrs.get("record", {}).get("state") == "complete"]
+        if not finished or choice_key(record) > max(choice_key(r) for r in finished):
+            # only a trial that could be chosen scores the eval rows (the chosen one is always such a trial)
+            model = accelerator.unwrap_model(workbench.model)
+            loader = eval_loader(session.eval_data, recipe.training.eval_batch_size, collate)
+            outputs, _, _ = gather_outputs(model, loader, None, task.batch_outputs)
+            torch.save({k: v.cpu() for k, v in outputs.items()}, trial_dir / f"trial-{trial.number}.pt")
         trial.set_user_attr("record", asdict(record))
         on_trial(record)
         return record.validation
@@ -229,9 +240,7 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
     if not done:
         reasons = "; ".join(f"lr {r.learning_rate:g}: {r.error or r.state}" for r in records)
         raise AdaptkitError(f"arm {arm.name!r} at {size or 'all'} rows, seed {seed}: no trial finished ({reasons})")
-    sign = 1.0 if greater else -1.0
-    best = max(done, key=lambda r: (sign * r.validation, -(r.validation_loss if math.isfinite(r.validation_loss)
-                                                            else math.inf)))
+    best = max(done, key=choice_key)
     outputs = torch.load(trial_dir / f"trial-{best.number}.pt", weights_only=True)
     return ArmResult(arm=arm.name, size=size, seed=seed, train_rows=len(train_data),
                      validation_rows=len(validation_data), learning_rate=best.learning_rate,
