@@ -113,6 +113,28 @@ def test_per_batch_token_loss_equals_the_models_own_loss(tokenizer):
     assert metrics["tokens"] == int((batch["labels"][:, 1:] != -100).sum())
 
 
+def test_prompt_tuning_token_loss_skips_the_virtual_tokens(tokenizer):
+    """peft prompt tuning prepends its virtual tokens to the logits (rows x (virtual + tokens) x vocab):
+    evaluation scores the real tokens only, and equals peft's own loss (it crashed on the shapes)."""
+    import datasets
+    import torch
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    task = _task(loss_on="response")
+    table = datasets.Dataset.from_list(pair_rows(6, 3))
+    batch = task.collate(tokenizer)([row for row in task.preprocess(table, tokenizer)])
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=30522, n_embd=32, n_layer=1, n_head=2))
+    model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)).eval()
+    with torch.no_grad():
+        outputs = model(**batch)
+    assert outputs.logits.shape[1] == batch["input_ids"].shape[1] + 5
+    metrics = task.compute_metrics(**task.batch_outputs(outputs, batch))
+    assert metrics["token_loss"] == pytest.approx(float(outputs.loss), rel=1e-5)
+    assert metrics["tokens"] == int((batch["labels"][:, 1:] != -100).sum())
+
+
 def test_full_run_learns_responses_and_reloads(full_run):
     import adaptkit
 

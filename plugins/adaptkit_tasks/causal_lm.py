@@ -148,8 +148,11 @@ class CausalLM(Task):
         """Per-row sums of next-token losses and token counts: O(rows), not O(rows x vocab)."""
         import torch
 
-        logits = outputs.logits[:, :-1, :].float()
-        targets = batch["labels"][:, 1:]
+        labels = batch["labels"]
+        # A strategy that prepends positions (prompt tuning's virtual tokens) returns logits for them
+        # too, in front: the row's own tokens are the last labels.shape[1] positions.
+        logits = outputs.logits[:, -labels.shape[1]:-1, :].float()
+        targets = labels[:, 1:]
         losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE,
                                                    reduction="none")
         return {"loss_sum": losses.sum(dim=1), "tokens": (targets != IGNORE).sum(dim=1)}
