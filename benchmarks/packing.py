@@ -17,11 +17,23 @@ tokens/s counts real tokens (not padding) over one epoch, after one warm-up step
 check: before training, every example's summed answer loss is computed alone (unpacked) and
 inside its pack; they must agree within float tolerance (nothing leaks across boundaries).
 
+``--attention segments`` runs the packed rows' attention per example (``segment_sdpa`` below:
+examples gathered into one right-padded, causal sdpa call per power-of-two length bucket)
+instead of sdpa over the whole row with the block-diagonal mask: the CPU candidate for skipping
+the masked attention (flex_attention has no CPU backward in torch 2.13, varlen_attn no CPU
+kernel, nested-tensor sdpa no causal mode). Measured no faster on the CPU, so the task keeps
+sdpa; see benchmarks/results/packing.md.
+
 Usage: OMP_NUM_THREADS=1 python benchmarks/packing.py [--rows 600] [--batch 8] [--max-length 256]
+       [--hidden 64 --layers 2 --heads 4] [--user-words 12 --answer-words 10 --max-words 90]
+       [--attention sdpa|segments]
+The realistic setting of the results file: --hidden 256 --layers 4 --user-words 26
+--answer-words 20 --max-words 400 (median ~75 tokens, long tail cut at max_length).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import random
 import time
@@ -34,21 +46,86 @@ WORDS = ("apple banana grape lime plum cherry lemon kiwi red yellow purple green
          "name of fruit answer with one word").split()
 
 
-def conversations(rows: int, seed: int) -> list[dict[str, Any]]:
-    """Mixed lengths: log-normal word counts (median ~12 user, ~10 answer words, long tail)."""
+def conversations(rows: int, seed: int, user: float = 12, answer: float = 10, cap: int = 90,
+                  sigma: float = 0.9) -> list[dict[str, Any]]:
+    """Mixed lengths: log-normal word counts (median ``user`` / ``answer`` words, long tail, at most
+    ``cap`` words a turn; the task cuts rows longer than max_length)."""
     rng = random.Random(seed)
 
     def words(median: float) -> str:
-        count = max(1, min(90, int(rng.lognormvariate(math.log(median), 0.9))))
+        count = max(1, min(cap, int(rng.lognormvariate(math.log(median), sigma))))
         return " ".join(rng.choice(WORDS) for _ in range(count))
 
     return [{"messages": [{"role": "system", "content": "answer with one word"},
-                          {"role": "user", "content": words(12)},
-                          {"role": "assistant", "content": words(10)}]} for _ in range(rows)]
+                          {"role": "user", "content": words(user)},
+                          {"role": "assistant", "content": words(answer)}]} for _ in range(rows)]
 
 
-def build(vocab: int, seed: int, hidden: int):
-    """The tiny decoder, LoRA-wrapped the way a run wraps it (the instruct task builds it)."""
+_PLAN: list = [None, None]  # (position_ids, plan) of the last forward: every layer reuses it
+
+
+def _segment_plan(position_ids):
+    """Gather/scatter indices that lay a packed batch's examples out as a padded batch per
+    power-of-two length bucket (right-padded, so a causal mask alone keeps real tokens exact)."""
+    import torch
+
+    if _PLAN[0] is position_ids:
+        return _PLAN[1]
+    flat = position_ids.reshape(-1)
+    starts = torch.nonzero(flat == 0).flatten().tolist() + [flat.numel()]
+    spans = [(a, b - a) for a, b in itertools.pairwise(starts)]
+    # a row's segment cannot cross into the next row: rows start at position 0 (collate pads the same way)
+    buckets: dict[int, list] = {}
+    for a, n in spans:
+        buckets.setdefault(1 << max(5, (n - 1).bit_length()), []).append((a, n))
+    plans, order = [], []
+    for _, items in sorted(buckets.items()):
+        longest = max(n for _, n in items)
+        ar = torch.arange(longest)
+        first = torch.tensor([a for a, _ in items])
+        count = torch.tensor([n for _, n in items])
+        valid = ar[None, :] < count[:, None]
+        plans.append((torch.where(valid, first[:, None] + ar[None, :], first[:, None]), valid))
+        order.append((first[:, None] + ar[None, :])[valid])
+    inverse = torch.empty(flat.numel(), dtype=torch.long)
+    inverse[torch.cat(order)] = torch.arange(flat.numel())
+    _PLAN[:] = [position_ids, (plans, inverse)]  # kept until the next batch's position ids arrive
+    return _PLAN[1]
+
+
+def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                 position_ids=None, **kwargs):
+    """Packed rows' attention per example (sdpa, causal) instead of one masked row-wide product:
+    the attention work of a packed row becomes that of its examples alone. Exact (the same
+    per-example losses), but on the CPU no faster than the masked row: at 256 tokens torch's CPU
+    sdpa kernel costs about the same masked or not, and the gathers and extra calls eat the
+    smaller products (benchmarks/results/packing.md)."""
+    import torch
+
+    if position_ids is None or (_PLAN[0] is not position_ids and not bool((position_ids[..., 1:] == 0).any())):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    batch, heads, width, dim = query.shape
+    if position_ids.shape[0] != batch:
+        position_ids = position_ids.expand(batch, -1)
+    plans, inverse = _segment_plan(position_ids)
+    q = query.transpose(1, 2).reshape(batch * width, heads, dim)
+    k = key.transpose(1, 2).reshape(batch * width, key.shape[1], dim)
+    v = value.transpose(1, 2).reshape(batch * width, key.shape[1], dim)
+    outs = []
+    for index, valid in plans:
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q[index].transpose(1, 2), k[index].transpose(1, 2), v[index].transpose(1, 2), is_causal=True,
+            scale=scaling, enable_gqa=True)
+        outs.append(o.transpose(1, 2)[valid])
+    return torch.cat(outs)[inverse].reshape(batch, width, heads, dim), None
+
+
+def build(vocab: int, seed: int, hidden: int, layers: int = 2, heads: int = 4, attention: str = "sdpa"):
+    """The decoder, LoRA-wrapped the way a run wraps it (the instruct task builds it); ``attention``
+    "segments" registers ``segment_sdpa`` (packed rows per example, unpacked rows plain sdpa)."""
     import torch
     from transformers import AutoConfig
 
@@ -56,10 +133,17 @@ def build(vocab: int, seed: int, hidden: int):
     from adaptkit_lora import Lora
     from adaptkit_tasks.instruct import Instruct
 
-    config = AutoConfig.for_model("llama", hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                  vocab_size=vocab, initializer_range=0.3, bos_token_id=2, eos_token_id=3,
+    config = AutoConfig.for_model("llama", hidden_size=hidden, intermediate_size=2 * hidden,
+                                  num_hidden_layers=layers, num_attention_heads=heads,
+                                  num_key_value_heads=max(1, heads // 2), max_position_embeddings=512, vocab_size=vocab, initializer_range=0.3, bos_token_id=2, eos_token_id=3,
                                   pad_token_id=0)
+    if attention == "segments":
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register("segment_sdpa", segment_sdpa)
+        AttentionMaskInterface.register("segment_sdpa", sdpa_mask)  # unpacked rows keep their padding mask
+    config._attn_implementation = "sdpa" if attention == "sdpa" else "segment_sdpa"
     torch.manual_seed(seed)
     base = Instruct({"packing": True}).build_model("", config, True)
     strategy = Lora(None)
@@ -119,8 +203,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--user-words", type=float, default=12, help="median words of a user turn")
+    parser.add_argument("--answer-words", type=float, default=10, help="median words of an answer")
+    parser.add_argument("--max-words", type=int, default=90, help="longest turn, in words")
+    parser.add_argument("--attention", choices=("sdpa", "segments"), default="sdpa",
+                        help="packed rows: sdpa with the block-diagonal mask, or sdpa per example")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    shape = {"layers": args.layers, "heads": args.heads}
 
     import datasets
     import torch
@@ -134,7 +226,8 @@ def main() -> None:
     quiet_hf_logging()
     tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER))
     tokenizer.chat_template = NAMED_TEMPLATES["chatml"]
-    table = datasets.Dataset.from_list(conversations(args.rows, args.seed))
+    table = datasets.Dataset.from_list(conversations(args.rows, args.seed, args.user_words, args.answer_words,
+                                                     args.max_words))
     plain_task = Instruct({"max_length": args.max_length})
     packing_task = Instruct({"max_length": args.max_length, "packing": True})
     packing_task.setup(table)
@@ -149,7 +242,7 @@ def main() -> None:
           f"of <= {args.max_length} tokens ({sum(lengths) / (len(packed_rows) * args.max_length):.0%} full)")
 
     # -- the check: per-example losses alone and packed (untrained LoRA model, eval mode)
-    model, _ = build(len(tokenizer), args.seed, args.hidden)
+    model, _ = build(len(tokenizer), args.seed, args.hidden, **shape, attention=args.attention)
     model.eval()
     from adaptkit_tasks.packing import plan_packs
 
@@ -182,7 +275,8 @@ def main() -> None:
     for name, rows, order in (("padding (length-grouped)", plain_rows, padding_order),
                               ("packing", packed_rows, packing_order),
                               (f"padding (length-grouped), {wide} examples per step", plain_rows, wide_order)):
-        model, strategy = build(len(tokenizer), args.seed, args.hidden)
+        model, strategy = build(len(tokenizer), args.seed, args.hidden, **shape,
+                                attention=args.attention if name == "packing" else "sdpa")
         torch.manual_seed(args.seed)
         results[name] = train_epoch(model, strategy, rows, collate, order, lr=2e-2)
     print(f"\n| run | optimizer steps | real tokens | padding share | tokens/s |\n|---|---:|---:|---:|---:|")
@@ -194,7 +288,8 @@ def main() -> None:
         "tokens_per_s"]
     print(f"\npacking / length-grouped padding: {ratio:.2f}x tokens/s (target >= 1.5x: "
           f"{'met' if ratio >= 1.5 else 'NOT met'}); batch {args.batch} rows x <= {args.max_length} tokens, "
-          f"torch threads {torch.get_num_threads()}; against padding at {wide} examples per step: {wide_ratio:.2f}x")
+          f"torch threads {torch.get_num_threads()}; decoder hidden {args.hidden} x {args.layers} layers, "
+          f"{args.heads} heads; packed attention {args.attention}; against padding at {wide} examples per step: {wide_ratio:.2f}x")
 
 
 if __name__ == "__main__":
