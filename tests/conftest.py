@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,17 @@ def tiny_recipe(tmp_path):
     def make(strategy: str = "full", **sections: Any) -> dict[str, Any]:
         return tiny_recipe_dict(tmp_path, strategy, **sections)
     return make
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test starts with torch's threads as a fresh process has them.
+
+    A run sets ``torch.set_num_threads`` for its recipe (``training.num_threads``) and the setting
+    outlives it; without this, every test after a ``num_threads: 1`` recipe trained single-threaded
+    (the slow MiniLM tests ran at half speed in the full suite).
+    """
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != (os.cpu_count() or 1):
+        torch.set_num_threads(os.cpu_count() or 1)
