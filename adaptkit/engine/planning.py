@@ -69,6 +69,8 @@ def distributed_setting(recipe: Any, num_processes: int = 1) -> Optional[str]:
     backend = section if isinstance(section, str) else str(getattr(section, "backend", None) or "distributed")
     if getattr(section, "fsdp", None) is not None and "fsdp" not in backend:
         backend += " fsdp"
+    if getattr(getattr(section, "fsdp", None), "version", 1) == 2:  # strategies differ by version (qlora)
+        backend = backend.replace("fsdp", "fsdp2", 1)
     if num_processes > 1:
         return f"{backend} x{num_processes} processes"
     return f"{backend} (launched on several processes)"

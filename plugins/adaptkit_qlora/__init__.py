@@ -86,14 +86,17 @@ def _embedding4bit_class():
         class Embedding4bit(bnb.nn.Embedding4bit):
             def _save_to_state_dict(self, destination, prefix, keep_vars):
                 nn.Module._save_to_state_dict(self, destination, prefix, keep_vars)
-                for key, value in self.weight.quant_state.as_dict(packed=True).items():
+                # Under FSDP the weight is a DTensor shard without its state; Linear4bit then
+                # writes the weight alone too (the module keeps the state: ``quant_state_of``).
+                state = getattr(self.weight, "quant_state", None)
+                for key, value in (state.as_dict(packed=True) if state is not None else {}).items():
                     destination[prefix + "weight." + key] = value if keep_vars else value.detach()
 
         _EMBEDDING_CLASS = Embedding4bit
     return _EMBEDDING_CLASS
 
 
-def quantize_model(model, options: QLoraOptions, keep: Iterable[str]):
+def quantize_model(model, options: QLoraOptions, keep: Iterable[str], float_storage: bool = False):
     """Replace linear layers (and embeddings) outside ``keep`` by 4-bit bitsandbytes modules, in place.
 
     A pretrained base is normally loaded 4-bit already (``QLora.load_kwargs``: transformers
@@ -101,6 +104,8 @@ def quantize_model(model, options: QLoraOptions, keep: Iterable[str]):
     tagged for ``dequantize_model``, and what transformers does not quantize (embeddings) is done
     here. A model built from a config (or loaded without the strategy's arguments) is quantized
     here from its own weights, to the same bytes: both use bitsandbytes' ``quantize_4bit``.
+    ``float_storage`` (under FSDP) stores the packed bytes as the model's own float dtype rather
+    than uint8 (the same bytes, viewed): FSDP then shards them like every other weight.
     """
     import bitsandbytes as bnb
     import torch
@@ -109,7 +114,10 @@ def quantize_model(model, options: QLoraOptions, keep: Iterable[str]):
     keep = list(keep)
     compute = _dtype(options.compute_dtype)
     # the dtype the full-precision parts were loaded in (model.dtype): 4-bit weights are uint8
-    loaded = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    # (or, with float storage, this dtype; a bias, a LoRA factor or the head is never 4-bit)
+    loaded = next((p.dtype for p in model.parameters() if p.is_floating_point() and
+                   not isinstance(p, bnb.nn.Params4bit)), torch.float32)
+    stored = loaded if float_storage else torch.uint8
     for name, module in list(model.named_modules()):
         if isinstance(module, bnb.nn.Linear4bit):  # quantized as it loaded (from_pretrained): keep its bytes
             module.support_avx512bf16_for_cpu = False
@@ -128,10 +136,11 @@ def quantize_model(model, options: QLoraOptions, keep: Iterable[str]):
             out_features, in_features = weight.shape
             new = bnb.nn.Linear4bit(in_features, out_features, bias=module.bias is not None, compute_dtype=compute,
                                     compress_statistics=options.double_quant, quant_type=options.quant_type,
-                                    device="meta")
+                                    quant_storage=stored, device="meta")
             new.weight = bnb.nn.Params4bit(weight.contiguous(), requires_grad=False,
                                            compress_statistics=options.double_quant,
-                                           quant_type=options.quant_type).to(weight.device)
+                                           quant_type=options.quant_type, quant_storage=stored,
+                                           module=new).to(weight.device)
             # bitsandbytes repacks CPU weights for its AVX512-bf16 kernel on the first no-grad forward:
             # that rewrites the frozen 4-bit bytes in place (breaking the frozen rule), switches the
             # scales to bf16 and fails on layers narrower than one block. Keep the portable format.
@@ -142,17 +151,26 @@ def quantize_model(model, options: QLoraOptions, keep: Iterable[str]):
         elif isinstance(module, torch.nn.Embedding) and options.quantize_embeddings:
             weight = module.weight.detach()
             new = _embedding4bit_class()(module.num_embeddings, module.embedding_dim, dtype=weight.dtype,
-                                       quant_type=options.quant_type, device="meta")
+                                       quant_type=options.quant_type, quant_storage=stored, device="meta")
+            new.quant_storage = stored
             # No double quantization here: Embedding4bit's row-wise lookup (bitsandbytes 0.50)
             # reads the block scales as plain floats and returns wrong rows when they are nested.
             new.weight = bnb.nn.Params4bit(weight.contiguous(), requires_grad=False, compress_statistics=False,
-                                           quant_type=options.quant_type).to(weight.device)
+                                           quant_type=options.quant_type, quant_storage=stored,
+                                           module=new).to(weight.device)
             setattr(new, _ORIGIN, {"cls": type(module), "dtype": weight.dtype,
                                    "padding_idx": module.padding_idx})
         else:
             continue
         setattr(parent, child, new)
     return model
+
+
+def quant_state_of(module):
+    """A 4-bit module's quantization state: on its weight, or, once FSDP has replaced the weight by
+    a plain tensor (sharded, gathered), the copy bitsandbytes keeps on the module itself."""
+    state = getattr(module.weight, "quant_state", None)
+    return state if state is not None else module.quant_state
 
 
 def dequantize_model(model):
@@ -165,7 +183,7 @@ def dequantize_model(model):
         origin = getattr(module, _ORIGIN, None)
         if origin is None:
             continue
-        weight = dequantize_4bit(module.weight.data, module.weight.quant_state).to(origin["dtype"])
+        weight = dequantize_4bit(module.weight.data, quant_state_of(module)).to(origin["dtype"])
         parent_name, _, child = name.rpartition(".")
         cls = origin["cls"]
         if issubclass(cls, torch.nn.Embedding):
@@ -221,6 +239,28 @@ def bitsandbytes_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
+def fsdp_version() -> int | None:
+    """The FSDP version this process trains under (1 or 2), or None when it does not shard.
+
+    Read from accelerate's shared state, which the accelerator (made before the model is built,
+    ``adaptkit.engine.runner``) fills, and which ``shard_on_cpus`` switches to FSDP on CPUs.
+    """
+    import sys
+
+    if "accelerate" not in sys.modules:
+        return None
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    shared = PartialState._shared_state
+    if shared.get("distributed_type") != DistributedType.FSDP:
+        return None
+    from accelerate.state import AcceleratorState
+
+    plugin = AcceleratorState._shared_state.get("fsdp_plugin")
+    return int(getattr(plugin, "fsdp_version", 1) or 1)
+
+
 def context_has_conv1d(model) -> bool:
     """Whether the model's projections are transformers' Conv1D (GPT-2 family)."""
     from transformers.pytorch_utils import Conv1D
@@ -268,7 +308,18 @@ class QLora(LowRankStrategy):
             load_in_4bit=True, bnb_4bit_quant_type=self.options.quant_type,
             bnb_4bit_use_double_quant=self.options.double_quant,
             bnb_4bit_compute_dtype=_dtype(self.options.compute_dtype),
-            bnb_4bit_quant_storage="uint8", llm_int8_skip_modules=keep or None)}
+            bnb_4bit_quant_storage=self.quant_storage(dtype), llm_int8_skip_modules=keep or None)}
+
+    def quant_storage(self, dtype) -> Any:
+        """The dtype the packed 4-bit bytes are stored as: uint8, or under FSDP the base's own float
+        dtype ``dtype`` (the same bytes, viewed), so that FSDP shards them like every other weight.
+        Not the compute dtype: with bf16 storage beside a float32 base, a 2-process FSDP2 run with
+        bf16 compute changed the bits of frozen float32 biases (the frozen contract stopped it,
+        measured on CPU); with the base's dtype every parameter of an FSDP unit has one dtype."""
+        import torch
+
+        return dtype if fsdp_version() and isinstance(dtype, torch.dtype) and dtype.is_floating_point \
+            else torch.uint8
 
     def peft_config(self, context):
         config = super().peft_config(context)
@@ -277,24 +328,40 @@ class QLora(LowRankStrategy):
         return config
 
     def preflight(self, context) -> None:
-        """Refuse what cannot run, before the model is loaded: no bitsandbytes, or FSDP."""
+        """Refuse what cannot run, before the model is loaded: no bitsandbytes, or FSDP version 1.
+
+        FSDP2 runs: under it the 4-bit bytes are stored as the base's float dtype (``quant_storage``),
+        which ``fully_shard`` shards and gathers like any float weight, and bitsandbytes restores
+        each layer's quantization state from the module (``fix_4bit_weight_quant_state_from_module``).
+        Proven on CPUs over gloo: 2 processes train the adapter 1 process trains (tests/test_fsdp_qlora.py).
+        """
         if not bitsandbytes_available():
             raise PreflightError("strategy 'qlora' needs bitsandbytes, which is not installed; install it with: "
                                  "pip install bitsandbytes (or use strategy 'lora' on the full-precision model)")
         distributed = context.extra.get("distributed")
-        if distributed and "fsdp" in distributed.lower():
+        if not distributed or "fsdp" not in distributed.lower():
+            return
+        version = fsdp_version() or (2 if "fsdp2" in distributed.lower() else 1)
+        if version != 2:
             raise PreflightError(
-                f"strategy 'qlora' cannot run with distributed setting {distributed!r}: FSDP shards flat "
-                "floating-point parameters, and qlora's frozen base is bitsandbytes 4-bit weights packed per "
-                "layer with their quantization state, which FSDP cannot shard or gather. Use DDP (the "
-                "base fits on each device in 4-bit), or strategy 'lora' with FSDP")
+                f"strategy 'qlora' cannot run with distributed setting {distributed!r}: FSDP version 1 is not "
+                "supported with a 4-bit base (unproven: on CPUs FSDP1 stops for every strategy with torch's "
+                "'Inconsistent compute device and `device_id`: cpu vs cpu:0', torch/distributed/fsdp/"
+                "_init_utils.py _get_compute_device). Use DDP, or set distributed.fsdp.version: 2 (qlora then "
+                "stores the 4-bit weights as the base's float dtype, which FSDP2 shards)")
+        if self.options.compute_dtype != "float32":
+            raise PreflightError(
+                f"strategy 'qlora' under FSDP needs compute_dtype: float32 (got {self.options.compute_dtype}): "
+                "bitsandbytes' Linear4bit.forward casts a frozen bias in place to the compute dtype "
+                "(`bias.data = bias.data.to(x.dtype)`, bitsandbytes/nn/modules.py), which under fully_shard "
+                "changed frozen float32 bias bits (measured on CPUs). Use compute_dtype: float32, or DDP")
 
     def wrap(self, model, context):
         from peft import get_peft_model
 
         self.check_targets(model, context)  # before quantizing: a misspelt name fails fast
         self._keep = self.kept_modules(context, model)
-        quantize_model(model, self.options, self._keep)
+        quantize_model(model, self.options, self._keep, float_storage=fsdp_version() is not None)
         return get_peft_model(model, self.peft_config(context))
 
     def unwrap(self, model):

@@ -1,0 +1,96 @@
+"""QLoRA under FSDP2 on CPUs: 2 processes over gloo train the adapter 1 process trains.
+
+Under FSDP qlora stores the packed 4-bit bytes as the base's float dtype (``bnb_4bit_quant_storage``;
+the bytes are the same), so ``fully_shard`` shards the frozen 4-bit base like any float weight,
+and bitsandbytes restores each layer's quantization state from the module in forward
+(``fix_4bit_weight_quant_state_from_module``). With uint8 storage accelerate 1.15 leaves the
+4-bit weights out of sharding (a warning in ``fsdp2_prepare_model``): every process would hold
+the whole base. The harness (forked processes wired as torchrun wires them) is test_fsdp's.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import adaptkit
+from adaptkit.engine.runner import run
+from adaptkit.errors import PreflightError
+from conftest import sentiment_rows
+from test_fsdp import FSDP2, QUIET, _all_ok, _exported, _recipe, _watch_sharding, _worst, in_processes
+
+pytest.importorskip("bitsandbytes")
+
+
+def _storage_seen(seen: dict) -> None:
+    """Record the dtype wrap stored the 4-bit word embeddings in (filled in the fork; the export
+    check reloads single-process, uint8)."""
+    import adaptkit_qlora
+
+    original = adaptkit_qlora.quantize_model
+
+    def quantize_model(model, *args, **kwargs):
+        model = original(model, *args, **kwargs)
+        seen.setdefault("storage", str(model.get_input_embeddings().weight.dtype))  # wrap; not the reload
+        return model
+
+    adaptkit_qlora.quantize_model = quantize_model
+
+
+def test_fsdp2_qlora_two_processes_train_what_one_process_trains(tmp_path):
+    """2 processes x 8 rows with the 4-bit base sharded by FSDP2 against 1 process x 16 rows:
+    float32 storage, each process holds half of the packed embedding, the adapter weights agree
+    to 1e-5, the contract (frozen 4-bit bytes, merge) holds, and the exported adapter reloads
+    and predicts what the one-process export predicts."""
+    recipe = _recipe(tmp_path, "qlora", "two", FSDP2)
+    recipe["output"]["verify_export"] = True
+
+    def target(rank: int):
+        seen = _watch_sharding()
+        _storage_seen(seen)
+        seen["metrics"] = run(recipe, **QUIET).metrics
+        return seen
+
+    found = in_processes(target)
+    _all_ok(found)
+    seen = found[0][1]
+    assert seen["storage"] == "torch.float32", "under FSDP the 4-bit bytes must be stored as a float dtype"
+    assert seen["fsdp2"] and seen["sharded_class"].startswith("FSDP"), "the run was not sharded"
+    assert seen["local_rows"] == seen["full_rows"] // 2, "each process should hold half of the 4-bit embedding"
+    contract = " ".join(seen["metrics"]["contract"])
+    assert "frozen" in contract and "equivalence" in contract and "export: adapter/ reloads" in contract
+    reference = run(_recipe(tmp_path, "qlora", "one", {}), **QUIET)
+    two, one = _exported(tmp_path / "two"), _exported(tmp_path / "one")
+    assert any("lora_A" in k for k in two) and {k: v.shape for k, v in two.items()} == {
+        k: v.shape for k, v in one.items()}, "export holds shards"
+    assert _worst(two, one) <= 1e-5
+    assert seen["metrics"]["steps"] == reference.metrics["steps"] == 8
+    assert seen["metrics"]["eval"]["loss"] == pytest.approx(reference.eval["loss"], abs=1e-5)
+    rows = [{"text": row["text"]} for row in sentiment_rows(8, seed=3)]
+    assert adaptkit.load(tmp_path / "two").predict(rows) == adaptkit.load(tmp_path / "one").predict(rows)
+
+
+def test_qlora_plans_under_fsdp2_is_refused_under_fsdp1_and_stores_float_bytes_only_under_fsdp(
+        tmp_path, capsys, monkeypatch):
+    """FSDP version 1 stays refused before any weight is read (plan and run), and so does a bf16
+    compute dtype under FSDP2 (bitsandbytes casts frozen biases in place); FSDP2 plans, and
+    the plan names it. The quant storage is the base's float dtype under FSDP, uint8 otherwise."""
+    import adaptkit_qlora
+    from test_preflight import _plan_cli
+
+    code, out, err = _plan_cli(tmp_path, _recipe(tmp_path, "qlora", "one", {"backend": "fsdp"}), capsys)
+    assert code == 2 and "FSDP version 1 is not supported with a 4-bit base" in err and "Use DDP" in err
+    with pytest.raises(PreflightError, match="FSDP version 1 is not supported with a 4-bit base"):
+        run(_recipe(tmp_path, "qlora", "one", {"backend": "fsdp"}), **QUIET)
+    bf16 = _recipe(tmp_path, "qlora", "one", FSDP2)
+    bf16["strategy"]["compute_dtype"] = "bfloat16"
+    code, out, err = _plan_cli(tmp_path, bf16, capsys)
+    assert code == 2 and "qlora' under FSDP needs compute_dtype: float32 (got bfloat16)" in err
+    code, out, err = _plan_cli(tmp_path, _recipe(tmp_path, "qlora", "one", FSDP2), capsys)
+    assert code == 0 and "float32 compute x" in out and "fsdp2 (launched on several processes)" in out, out + err
+
+    strategy = adaptkit_qlora.QLora({"compute_dtype": "bfloat16"})
+    assert strategy.quant_storage(torch.float32) == torch.uint8
+    assert strategy.load_kwargs([], torch.float32)["quantization_config"].bnb_4bit_quant_storage == torch.uint8
+    monkeypatch.setattr(adaptkit_qlora, "fsdp_version", lambda: 2)
+    assert strategy.quant_storage(torch.float32) == torch.float32  # the base's dtype, not the compute dtype
+    assert strategy.load_kwargs([], torch.float32)["quantization_config"].bnb_4bit_quant_storage == torch.float32
