@@ -94,3 +94,44 @@ def test_qlora_plans_under_fsdp2_is_refused_under_fsdp1_and_stores_float_bytes_o
     monkeypatch.setattr(adaptkit_qlora, "fsdp_version", lambda: 2)
     assert strategy.quant_storage(torch.float32) == torch.float32  # the base's dtype, not the compute dtype
     assert strategy.load_kwargs([], torch.float32)["quantization_config"].bnb_4bit_quant_storage == torch.float32
+
+
+def test_fsdp2_qlora_on_a_base_loaded_in_4bit_matches_one_process(tmp_path):
+    """The pretrained path: transformers loads the base 4-bit (``load_kwargs``), with float32
+    ``bnb_4bit_quant_storage`` under FSDP2; 2 processes hold half of it each and train the adapter
+    1 process trains (1e-5; 1.5e-8 measured), frozen 4-bit bytes and merge contract intact."""
+    import json
+
+    from test_strategy_qlora import _pretrained_qlora
+
+    base = _pretrained_qlora(tmp_path, batch_size=16, num_threads=1)
+    config = json.loads((tmp_path / "tiny" / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # the same function on every rank
+    (tmp_path / "tiny" / "config.json").write_text(json.dumps(config))
+    base["strategy"]["dropout"] = 0.0
+    two = {**base, "output": {**base["output"], "dir": str(tmp_path / "two")},
+           "distributed": {**FSDP2, "collective_timeout_seconds": 60}}
+
+    def target(rank: int):
+        import adaptkit_qlora
+
+        seen = _watch_sharding()
+        original = adaptkit_qlora.quantize_model
+
+        def quantize_model(model, *args, **kwargs):  # what from_pretrained stored, before qlora's own pass
+            seen.setdefault("loaded_storage", str(model.get_submodule(
+                "bert.encoder.layer.0.attention.self.query").weight.dtype))
+            return original(model, *args, **kwargs)
+
+        adaptkit_qlora.quantize_model = quantize_model
+        seen["contract"] = run(two, **QUIET).metrics.get("contract")
+        return seen
+
+    found = in_processes(target)
+    _all_ok(found)
+    seen = found[0][1]
+    assert seen["loaded_storage"] == "torch.float32"
+    assert seen["local_rows"] == seen["full_rows"] // 2, "each process should hold half of the 4-bit embedding"
+    assert any(line.startswith("frozen") for line in seen["contract"])
+    run({**base, "output": {**base["output"], "dir": str(tmp_path / "one")}}, **QUIET)
+    assert _worst(_exported(tmp_path / "two"), _exported(tmp_path / "one")) <= 1e-5
