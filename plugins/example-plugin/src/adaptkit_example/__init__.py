@@ -33,6 +33,8 @@ class BitFit(Strategy):
     export_kind = "model"
     # Biases are few and start near zero: they need a larger step than full fine-tuning.
     default_learning_rate = 1e-3
+    # train_head means nothing for a task without a head (a language model): the core refuses it there.
+    head_options = ("train_head",)
 
     def trainable(self, name: str, context: WrapContext) -> bool:
         """Whether parameter ``name`` trains under these options."""
