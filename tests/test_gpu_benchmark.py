@@ -17,16 +17,10 @@ import gpu  # noqa: E402
 def test_smoke_run_writes_every_row_and_target(tmp_path, monkeypatch, capsys):
     # gpu.main in this process (the script's __main__ is only ``sys.exit(main())``): a second
     # interpreter importing torch, transformers and adaptkit again cost seconds and proved nothing more.
-    import torch
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # main() sets it; kept to this test
-    threads = torch.get_num_threads()
-    try:
-        code = gpu.main(["--smoke", "--out", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)
+    code = gpu.main(["--smoke", "--out", str(tmp_path)])  # the threads it sets: conftest restores them
     assert code == 0, capsys.readouterr().err[-3000:]
     result = json.loads((tmp_path / "gpu.json").read_text())
     names = [r["row"] for r in result["rows"]]

@@ -139,6 +139,11 @@ def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def trial_records(study: Any) -> list[TrialRecord]:
+    """Every trial's record as the objective stored it (the study may be shared with other processes)."""
+    return [TrialRecord(**t.user_attrs["record"]) for t in study.get_trials(deepcopy=False) if "record" in t.user_attrs]
+
+
 def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], seed: int, train_data: Any,
              validation_data: Any, trials: int, study_name: str, storage: Optional[str], trial_dir: Path,
              on_trial: Callable[[TrialRecord], None] = lambda _: None, power_watts: Optional[float] = None
@@ -214,8 +219,7 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
         record.validation = float(result.best["value"])
         record.validation_loss = float(result.best["metrics"].get("loss", math.nan))
         record.best_epoch, record.steps = result.best["epoch"], result.steps
-        finished = [TrialRecord(**t.user_attrs["record"]) for t in study.get_trials(deepcopy=False)
-                    if t.user_attrs.get("record", {}).get("state") == "complete"]
+        finished = [r for r in trial_records(study) if r.state == "complete"]
         if not finished or choice_key(record) > max(choice_key(r) for r in finished):
             # only a trial that could be chosen scores the eval rows (the chosen one is always such a trial)
             model = accelerator.unwrap_model(workbench.model)
@@ -234,8 +238,7 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
                        callbacks=[optuna.study.MaxTrialsCallback(trials, states=states)])
     while any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
         time.sleep(2.0)  # another process sharing the study is still training one of its trials
-    records = [TrialRecord(**t.user_attrs["record"]) for t in study.get_trials(deepcopy=False)
-               if "record" in t.user_attrs]
+    records = trial_records(study)
     done = [r for r in records if r.state == "complete"]
     if not done:
         reasons = "; ".join(f"lr {r.learning_rate:g}: {r.error or r.state}" for r in records)
