@@ -441,3 +441,35 @@ def test_packaged_model_without_its_package_falls_back_to_a_hub_cache(tmp_path, 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     source = resolve_model_source(hub_id)
     assert source.origin == "hub-cache" and source.location == hub_id
+
+
+def test_a_distribution_named_like_adaptkit_neither_hides_nor_replaces_the_first_party_plugins(tmp_path, monkeypatch,
+                                                                                                capsys):
+    """``AdaptKit`` first on sys.path: importlib.metadata's de-duplication by normalised name would hide
+    every first-party entry point behind it. Its ``lora`` must conflict, never run as adaptkit's, and
+    neither ``distribution: adaptkit`` nor ``plugins: []`` may let it in."""
+    from adaptkit.cli import main
+    from adaptkit.plugin.registry import for_recipe, get_registry
+    from adaptkit.recipe.loading import load_recipe
+
+    site = fake_distribution(tmp_path / "site", "AdaptKit", "9.9.9", {"impostor_lora_plugin": IMPOSTOR_LORA},
+                             {"lora": "impostor_lora_plugin"})
+    monkeypatch.syspath_prepend(str(site))
+    reset_registry()
+    registry = build_registry()
+    assert {"full", "partial_freeze"} <= set(registry.strategies) and "sequence_classification" in registry.tasks
+    assert registry.strategies["full"].__module__ == "adaptkit_full"
+    claimants = registry.claimants("strategy", "lora")
+    assert [c.distribution for c in claimants][0] == "adaptkit" and len(claimants) == 2
+    impostor = claimants[1]
+    assert impostor.distribution.startswith("AdaptKit (not adaptkit's own: ") and str(site) in impostor.distribution
+    assert "strategy name 'lora' is also registered by distribution adaptkit " in impostor.error
+    assert "lora" not in registry.strategies  # refused, not the impostor's
+
+    path, _ = _lora_recipe(tmp_path, distribution="adaptkit")
+    path.write_text(path.read_text() + "plugins: []\n")
+    with for_recipe(load_recipe(path)):
+        assert get_registry().strategies["lora"].__module__ == "adaptkit_lora"
+        assert all("AdaptKit" not in p.distribution for p in get_registry().plugins)
+    assert main(["run", str(path), "--no-progress"]) == 0, capsys.readouterr().err
+    assert "the impostor ran" not in capsys.readouterr().err

@@ -28,10 +28,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import json
 import os
 import re
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pluggy
@@ -221,15 +225,97 @@ def for_recipe(recipe: Any) -> Iterator[None]:
         _recipe_choices.reset(token)
 
 
+# The package this code was imported from: adaptkit's own distribution is the one that installed it.
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def _where(dist: metadata.Distribution) -> str:
+    """The metadata folder of ``dist`` (``.../x.dist-info``), resolved: one installed copy, once."""
+    path = getattr(dist, "_path", None)  # PathDistribution, the only kind sys.path finders make
+    if path is None:
+        return f"<{type(dist).__name__} {id(dist)}>"
+    try:
+        return str(Path(path).resolve())
+    except OSError:
+        return str(path)
+
+
+def _installs_running_code(dist: metadata.Distribution) -> bool:
+    """Whether ``dist`` is the installed copy of the adaptkit this process imported.
+
+    The name proves nothing (any package can call itself ``AdaptKit``), so this asks where the
+    files are: a regular install (or a source tree's egg-info) lists ``adaptkit/__init__.py`` next to
+    its metadata folder, and that file is the one running; an editable install records in
+    ``direct_url.json`` (PEP 610) the source folder the running package lives in.
+    """
+    running = _PACKAGE_DIR / "__init__.py"
+    try:
+        for file in dist.files or []:
+            if file.as_posix() == f"{_PACKAGE_DIR.name}/__init__.py" and \
+                    Path(str(dist.locate_file(file))).resolve() == running:
+                return True
+        direct = json.loads(dist.read_text("direct_url.json") or "null")
+    except (OSError, ValueError):
+        return False
+    if not isinstance(direct, dict) or not (direct.get("dir_info") or {}).get("editable"):
+        return False
+    url = urllib.parse.urlparse(str(direct.get("url", "")))
+    if url.scheme != "file":
+        return False
+    root = Path(urllib.request.url2pathname(url.path)).resolve()
+    return _PACKAGE_DIR == root or root in _PACKAGE_DIR.parents
+
+
 def _entry_points() -> list[metadata.EntryPoint]:
-    return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+    """Every ``adaptkit`` entry point of every installed distribution, each bound to its own.
+
+    ``metadata.entry_points()`` keeps one distribution per normalised name, the first on
+    ``sys.path``: a package named ``AdaptKit`` placed earlier would hide every first-party plugin
+    and serve its own ``lora`` as adaptkit's. So the distributions are read one by one; a copy seen
+    twice through two ``sys.path`` entries counts once, and of several copies of adaptkit's own
+    metadata (a source tree's egg-info and the installed dist-info) only the first is read. Any
+    other distribution under adaptkit's name is a third party here (see ``_describe``), so its
+    names conflict with the first-party ones instead of replacing them.
+    """
+    found: list[tuple[metadata.EntryPoint, bool]] = []
+    seen: set[str] = set()
+    own_seen = False
+    for dist in metadata.distributions():
+        where = _where(dist)
+        if where in seen:
+            continue
+        seen.add(where)
+        try:
+            name = dist.metadata["Name"] or ""
+            points = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+        except Exception:  # unreadable metadata of some unrelated package must not stop discovery
+            continue
+        if not points:
+            continue
+        own = _normal(name) == CORE_DISTRIBUTION and _installs_running_code(dist)
+        if own and own_seen:
+            continue
+        own_seen = own_seen or own
+        found.extend((ep, own) for ep in points)
+    # By entry-point name, adaptkit's own first where a name is shared: never by sys.path order.
+    return [ep for ep, own in sorted(found, key=lambda pair: (pair[0].name, not pair[1]))]
 
 
 def _describe(ep: metadata.EntryPoint) -> PluginInfo:
+    """One entry point as ``adaptkit plugins`` lists it.
+
+    A distribution named like adaptkit (``AdaptKit``, or ``adaptkit`` itself in another folder)
+    that is not the installed copy of the running code gets a name that says so and where it is:
+    it then never counts as first-party, in conflicts, in a recipe's ``distribution: adaptkit`` or
+    in the always-allowed ``adaptkit`` of a ``plugins:`` list.
+    """
     dist = ep.dist
+    name = dist.metadata["Name"] if dist is not None else "unknown"
+    if dist is not None and _normal(name) == CORE_DISTRIBUTION and not _installs_running_code(dist):
+        name = f"{name} (not adaptkit's own: {_where(dist)})"
     return PluginInfo(
         name=ep.name,
-        distribution=dist.metadata["Name"] if dist is not None else "unknown",
+        distribution=name,
         version=dist.version if dist is not None else "unknown",
         module=ep.value,
     )
@@ -363,7 +449,9 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
 
     for info, module in candidates:
         try:
-            manager.register(module, name=info.name)
+            # Two distributions may use one entry-point name (an impostor's "lora"): the plugin
+            # manager's name must not let the first one registered lock the other out.
+            manager.register(module, name=f"{info.name} ({info.distribution})")
             manager.check_pending()
         except KeyboardInterrupt:
             raise
