@@ -128,8 +128,10 @@ def _cmd_advise(args) -> int:
     from adaptkit.judge.advise import advise, default_output, render
     from adaptkit.judge.compare import parse_list
     from adaptkit.engine.outputs import check_output_file, write_json
+    from adaptkit.judge.compare_checks import check_advise_arguments
     from adaptkit.recipe.loading import load_recipe
 
+    check_advise_arguments(max_feature_rows=args.max_rows, probe_steps=args.probe_steps)
     recipe = load_recipe(args.recipe)
     output = Path(args.output) if args.output else default_output(recipe)
     check_output_file(output, args.overwrite)  # a folder or a run's own file is refused even with --overwrite
@@ -148,6 +150,7 @@ def _cmd_advise(args) -> int:
 
 def _cmd_compare(args) -> int:
     from adaptkit.judge.compare import compare, parse_list
+    from adaptkit.judge.compare_checks import check_compare_arguments
     from adaptkit.recipe.loading import load_recipe
 
     rates = {}
@@ -157,9 +160,13 @@ def _cmd_compare(args) -> int:
             rates[name.strip()] = float(value)
         except ValueError:
             raise AdaptkitError(f"--lr expects NAME=RATE, got {item!r}") from None
+    strategies, seeds, sizes = parse_list(args.strategies), parse_list(args.seeds, int), parse_list(args.sizes, int)
+    check_compare_arguments(seeds=seeds, sizes=sizes, learning_rates=rates, trials=args.trials,  # before any work
+                            validation_fraction=args.validation_fraction, bootstrap_rounds=args.bootstrap,
+                            storage=args.storage, strategies=strategies)
     recipe = load_recipe(args.recipe)
-    report = compare(recipe, parse_list(args.strategies), seeds=parse_list(args.seeds, int),
-                     sizes=parse_list(args.sizes, int), output_dir=args.output, overwrite=args.overwrite,
+    report = compare(recipe, strategies, seeds=seeds,
+                     sizes=sizes, output_dir=args.output, overwrite=args.overwrite,
                      **({"scratch_strategy": args.scratch_strategy} if args.scratch_strategy else {}),
                      learning_rates=rates, power_watts=args.power_watts,
                      grid_g_per_kwh=args.grid_intensity, bootstrap_rounds=args.bootstrap,

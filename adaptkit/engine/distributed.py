@@ -296,7 +296,14 @@ def accelerator_options(distributed: Optional["DistributedSection"], num_process
 # ---------------------------------------------------------------------------- the launcher
 
 def launch_requested(num_processes: Optional[int], num_machines: Optional[int]) -> bool:
-    """Whether ``adaptkit run`` must go through accelerate's launcher (else: in-process, as ever)."""
+    """Whether ``adaptkit run`` must go through accelerate's launcher (else: in-process, as ever).
+
+    A count given below 1 is refused here, first: ``--num-processes 0`` (or ``-2``) used to be read
+    as "not given" and ran one process without a word.
+    """
+    for option, value in (("--num-processes", num_processes), ("--num-machines", num_machines)):
+        if value is not None and value < 1:
+            raise AdaptkitError(f"{option}: {value} is not a count of processes or machines; give 1 or more")
     return (num_processes or 1) > 1 or (num_machines or 1) > 1
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 
 from adaptkit.plugin.strategy import PeftStrategy, StrategyOptions, WrapContext
 
@@ -57,6 +57,16 @@ class LowRankOptions(StrategyOptions):
     target_modules: Optional[Union[list[str], str]] = Field(
         None, description="Module names (or a regex) to adapt; per-family defaults when absent.")
     use_dora: bool = Field(False, description="DoRA: weight-decomposed low-rank adaptation.")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _names_something(cls, value: Optional[Union[list[str], str]]) -> Optional[Union[list[str], str]]:
+        """``[]`` or ``""`` would adapt nothing, yet was taken as "absent": the family's four default
+        modules were adapted while the recipe and the run card recorded ``[]``."""
+        if value is not None and (len(value) == 0 if isinstance(value, list) else not value.strip()):
+            raise ValueError("an empty target_modules adapts nothing; leave the key out for this model "
+                             "family's default modules, or name the modules to adapt")
+        return value
     use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r), stabler at high rank.")
     loraplus_lr_ratio: Optional[float] = Field(
         None, gt=0, description="LoRA+: train the B matrices at this multiple of the learning rate.")

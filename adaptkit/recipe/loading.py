@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from adaptkit.errors import RecipeError
 from adaptkit.recipe.datafiles import DATA_FORMATS, _read_header, data_format, offline_cache_problem, scan_rows
 from adaptkit.recipe.schema import (DataSection, DataSource, Recipe, _where, local_dataset_dir,
-                                    looks_like_path, number_problem)
+                                    looks_like_path, number_problem, plugin_count_problem)
 
 # A recipe is a few sections a few levels deep. These bounds keep a hostile or broken file from
 # exhausting the stack (PyYAML composes recursively: 500 nested brackets raise RecursionError) or
@@ -311,7 +311,8 @@ def _validate_plugin_sections(recipe: Recipe, shown: Optional[Path], lines: _Lin
         settings = spec.settings()
         for name, value in settings.items():  # a plugin's options model may not guard these itself
             field = options_model.model_fields.get(name)
-            problem = number_problem(field.annotation, value, tuple(field.metadata)) if field is not None else None
+            problem = (number_problem(field.annotation, value, tuple(field.metadata))
+                       or plugin_count_problem(field.annotation, value, tuple(field.metadata))) if field is not None else None
             if problem:
                 got = f" (got {value!r})" if len(repr(value)) <= 80 else ""
                 raise RecipeError(f"{_where(shown, lines.line((section, name)))}: {section}.{name}: {problem}{got}")

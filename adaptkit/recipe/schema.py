@@ -82,6 +82,30 @@ def number_problem(annotation: Any, value: Any, metadata: tuple = ()) -> Optiona
     return None
 
 
+def _integer_field(annotation: Any) -> bool:
+    """Whether a field's type is an integer (inside Annotated/Optional), not a float that takes ints too."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _integer_field(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return any(_integer_field(arg) for arg in get_args(annotation) if arg is not type(None))
+    return annotation is int
+
+
+def plugin_count_problem(annotation: Any, value: Any, metadata: tuple = ()) -> Optional[str]:
+    """Why ``value`` must not reach a plugin's integer option that sets no upper bound of its own.
+
+    A plugin declares counts with pydantic's ``PositiveInt``, which has no upper bound, while the
+    README promises that counts above 2**31-1 are refused (``max_new_tokens: 2147483648`` reached
+    ``generate`` and crashed in torch). An option that means more sets its own ``le=``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not _integer_field(annotation):
+        return None
+    if value > MAX_COUNT and _upper_bound(annotation, metadata) >= MAX_INT:
+        return f"number is too large: at most {MAX_COUNT:,}"
+    return None
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 

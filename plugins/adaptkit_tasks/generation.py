@@ -23,6 +23,24 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Any, Any]:
     return ids, mask
 
 
+def tokens_that_fit(model: Any, prompt_width: int, max_new_tokens: int) -> int:
+    """``max_new_tokens``, capped where the model's position table ends (``adaptkit.position_limit``).
+
+    ``max_new_tokens`` is a most, and a model with a learned position table (GPT-2's 1024) cannot
+    generate past it: transformers failed with an index error mid-predict. A prompt that already
+    fills the table leaves nothing to generate: that is an error naming both numbers.
+    """
+    from adaptkit import DataError, position_limit
+
+    limit = position_limit(getattr(model, "config", None) or {})
+    if limit is None:
+        return max_new_tokens
+    if prompt_width >= limit:
+        raise DataError(f"a prompt of {prompt_width} tokens fills this model's {limit} positions, leaving none to "
+                        f"generate; set task.max_length below {limit}")
+    return min(max_new_tokens, limit - prompt_width)
+
+
 def generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
              stop: list[int], temperature: float = 0.0, top_p: float = 1.0,
              pad_id: Optional[int] = None) -> list[str]:
@@ -37,6 +55,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_token
     pad = pad_id if pad_id is not None else (getattr(tokenizer, "pad_token_id", None) or 0)
     prompts = [p if p else stop[:1] or [pad] for p in prompts]
     ids, mask = left_pad(prompts, pad)
+    max_new_tokens = tokens_that_fit(model, ids.shape[1], max_new_tokens)
     device = next(model.parameters()).device
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
         {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}

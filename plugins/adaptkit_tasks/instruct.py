@@ -18,6 +18,8 @@ from adaptkit import DataError, TaskOptions
 from adaptkit_tasks.causal_lm import CausalLM
 from adaptkit_tasks.shared import end_token, start_tokens
 
+# Below it, logits / temperature overflow float32 (a logit of 40 over 1e-37 is inf): sampling fails.
+MIN_TEMPERATURE = 1e-3
 FORMATS = ("messages", "prompt_completion", "alpaca", "text")
 
 
@@ -53,6 +55,16 @@ class InstructOptions(TaskOptions):
         problem = template_problem(value) if value is not None else None
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator("temperature")
+    @classmethod
+    def _usable_temperature(cls, value: float) -> float:
+        """0 (greedy) or at least MIN_TEMPERATURE: logits divided by 1e-300 are inf, their softmax NaN,
+        and sampling then crashed in torch.multinomial mid-predict."""
+        if 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"{value!r} is too small to sample with: use 0 for greedy decoding or at least "
+                             f"{MIN_TEMPERATURE:g}")
         return value
 
     @field_validator("role_map")
