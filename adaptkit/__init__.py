@@ -146,11 +146,15 @@ def plan(recipe: RecipeLike, strategies: Optional[list[str]] = None) -> Plan:
     return _plan(as_recipe(recipe), strategies)
 
 
-def load(run_dir: Union[str, "PathLike[str]"]) -> Predictor:
-    """Load a finished run folder as a ``Predictor`` with ``.predict(rows)``."""
+def load(run_dir: Union[str, "PathLike[str]"], trust_remote_code: bool = False) -> Predictor:
+    """Load a finished run folder as a ``Predictor`` with ``.predict(rows)``.
+
+    ``trust_remote_code=True`` lets code that comes with the run (a tokenizer's ``auto_map`` file,
+    the model repository's code) run; only the caller can say so, never the folder's own recipe.
+    """
     from adaptkit.engine.predict import load_run
 
-    return load_run(run_dir)
+    return load_run(run_dir, trust_remote_code=trust_remote_code)
 
 
 def check_strategy(strategy: type[Strategy], options: Union[StrategyOptions, dict[str, Any], None] = None,

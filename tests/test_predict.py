@@ -144,3 +144,49 @@ def test_pandas_index_columns_are_not_written_back(trained, tmp_path):
         written = list(csv.DictReader(handle))
     assert list(written[0]) == ["text", "prediction", "score"]
     assert [row["text"] for row in written] == ["a good film", "bad plot"]
+
+
+# ---------------------------------------------------------------------------- issue 22: a run folder is data
+
+def _run_with_code(result, tmp_path, recipe_trusts: bool):
+    """A copy of the run, as received from someone else: its tokenizer names a Python file of the
+    folder (``auto_map``) that leaves a marker when it is imported; its recipe trusts remote code or not."""
+    import shutil
+
+    folder = tmp_path / "received"
+    shutil.copytree(result.output_dir, folder)
+    marker = tmp_path / "code-ran"
+    (folder / "tokenizer" / "evil_tokenizer.py").write_text(
+        "import pathlib\n"
+        f"pathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from transformers import BertTokenizerFast\n\n"
+        "class EvilTokenizer(BertTokenizerFast):\n    pass\n")
+    config_path = folder / "tokenizer" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {"AutoTokenizer": [None, "evil_tokenizer.EvilTokenizer"]}
+    config_path.write_text(json.dumps(config))
+    summary = json.loads((folder / "metrics.json").read_text())
+    summary["recipe"]["model"]["trust_remote_code"] = recipe_trusts
+    (folder / "metrics.json").write_text(json.dumps(summary))
+    return folder, marker
+
+
+def test_a_run_folder_cannot_allow_its_own_code_only_the_caller_can(trained, tmp_path, capsys):
+    result, data_dir = trained
+    folder, marker = _run_with_code(result, tmp_path, recipe_trusts=True)
+    output = tmp_path / "out.csv"
+    assert main(["predict", str(folder), "--input", str(data_dir / "eval.csv"), "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.json: the run's recipe sets model.trust_remote_code: true" in err
+    assert "pass --trust-remote-code" in err and "Traceback" not in err
+    with pytest.raises(AdaptkitError, match="trust_remote_code=True"):
+        adaptkit.load(folder)
+    assert not marker.exists() and not output.exists()
+
+    folder_says_no, marker_no = _run_with_code(result, tmp_path / "no", recipe_trusts=False)
+    adaptkit.load(folder_says_no)  # the tokenizer's own class is used; its auto_map file is not run
+    assert not marker_no.exists()
+
+    assert main(["predict", str(folder), "--input", str(data_dir / "eval.csv"), "--output", str(output),
+                 "--trust-remote-code"]) == 0, capsys.readouterr().err
+    assert marker.exists(), "asked on the command line, the run's code may run"

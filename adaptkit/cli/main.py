@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, help="CSV/TSV/JSON/JSONL/Parquet rows")
     predict.add_argument("--output", help="where to write predictions (default: predictions.csv in run_dir)")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    predict.add_argument("--trust-remote-code", action="store_true",
+                         help="let the run's own code run (a tokenizer's auto_map, the model repository's code); "
+                              "never allowed by the run folder itself")
     push = commands.add_parser("push", help="upload a finished run to the Hugging Face Hub (adaptkit.engine.publish.push)")
     push.add_argument("run_dir")
     push.add_argument("repo_id", help="model repo, owner/name (created if absent)")
@@ -309,7 +312,8 @@ def _cmd_predict(args) -> int:
     from adaptkit.engine.predict import predict_file
 
     output = args.output or str(Path(args.run_dir) / "predictions.csv")
-    count = predict_file(args.run_dir, args.input, output, overwrite=args.overwrite)
+    count = predict_file(args.run_dir, args.input, output, overwrite=args.overwrite,
+                         trust_remote_code=args.trust_remote_code)
     print(f"wrote {count} predictions to {output}")
     return 0
 

@@ -79,10 +79,14 @@ class Predictor:
         return outputs
 
 
-def load_run(run_dir: Union[str, Path]) -> Predictor:
+def load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Predictor:
     """Rebuild the trained model of ``run_dir`` from its saved export and recipe.
 
     Only the plugins the run's recipe allowed (its ``plugins:`` key) are loaded to do it.
+    ``trust_remote_code`` is the caller's decision alone: a run folder is data, often someone
+    else's, so its recipe's ``model.trust_remote_code: true`` never lets the Python files it
+    carries (a tokenizer's ``auto_map``) or its model repository's run; such a folder is refused
+    until the caller passes ``trust_remote_code=True`` (``adaptkit predict --trust-remote-code``).
     """
     from adaptkit.plugin.registry import for_recipe
 
@@ -90,11 +94,18 @@ def load_run(run_dir: Union[str, Path]) -> Predictor:
     saved: dict = {}
     if summary_path.is_file():
         saved = json.loads(summary_path.read_text()).get("recipe", {})
+    model_section = saved.get("model") if isinstance(saved, dict) else None
+    if isinstance(model_section, dict) and model_section.get("trust_remote_code") is True and not trust_remote_code:
+        raise AdaptkitError(
+            f"{summary_path}: the run's recipe sets model.trust_remote_code: true, so loading it would run "
+            f"Python code shipped with the run folder or its model repository; a run folder cannot allow that "
+            f"by itself. If you trust where {Path(run_dir)} came from, pass --trust-remote-code to adaptkit "
+            f"predict (adaptkit.load(run, trust_remote_code=True) in Python)")
     with for_recipe(saved):  # the run's plugins: allow-list and the distributions it chose
-        return _load_run(run_dir)
+        return _load_run(run_dir, trust_remote_code)
 
 
-def _load_run(run_dir: Union[str, Path]) -> Predictor:
+def _load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Predictor:
     from adaptkit.engine.models import quiet_hf_logging, resolve_model_source, build_model
     from adaptkit.plugin.registry import get_registry
     from adaptkit.recipe.schema import Recipe
@@ -106,6 +117,7 @@ def _load_run(run_dir: Union[str, Path]) -> Predictor:
         raise AdaptkitError(f"{folder} is not an adaptkit run folder (no metrics.json)")
     summary = json.loads(summary_path.read_text())
     recipe = Recipe.from_dict(summary["recipe"], check_files=False)
+    recipe.model.trust_remote_code = bool(trust_remote_code)  # the caller's choice, never the folder's
     registry = get_registry()
     if recipe.strategy.name not in registry.strategies:
         raise AdaptkitError(f"{folder} was trained with strategy {recipe.strategy.name!r}, "
@@ -128,13 +140,14 @@ def _cell(value: Any) -> Any:
 
 
 def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output_path: Union[str, Path],
-                 overwrite: bool = False) -> int:
+                 overwrite: bool = False, trust_remote_code: bool = False) -> int:
     """Write ``input_path``'s rows plus a prediction column to ``output_path``; returns the row count.
 
     Refused before the model is loaded: an existing ``output_path`` without ``overwrite``, the
     input file itself, a folder, or a file of a run folder (its metrics.json...); then a CSV/TSV
     row with more or fewer fields than the header (an unquoted comma would shift the columns and
     predict on the wrong field) and a file lacking a column the task reads, each named.
+    ``trust_remote_code`` is passed to ``load_run``: only the caller can allow the run's code.
     """
     from adaptkit.engine.data import load_table
     from adaptkit.recipe.datafiles import scan_rows
@@ -145,7 +158,7 @@ def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output
     if output.exists() and source.exists() and os.path.samefile(output, source):
         raise AdaptkitError(f"--output {output} is the input file; give another path")
     check_output_file(output, overwrite)
-    predictor = load_run(run_dir)
+    predictor = load_run(run_dir, trust_remote_code=trust_remote_code)
     kind = data_format(source)
     if kind in ("csv", "tsv", "jsonl") and source.is_file():  # ragged rows, with their line
         scan_rows(source, kind, input_columns(predictor.task), {}, None, is_train=False)
