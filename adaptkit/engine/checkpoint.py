@@ -278,7 +278,8 @@ def write_failure(exc: BaseException) -> Optional[int]:
     Returns the errno when one is known (``errno.ENOSPC``: a full disk), 0 for a failed write
     whose errno was lost on the way (torch's C++ writer), None for anything else, which is a bug
     to re-raise, not a disk problem. Recognised: an OSError; safetensors' SafetensorError (its
-    errno is in the text, as Rust prints it); a RuntimeError from torch's writer; and a
+    errno is in the text, as Rust prints it); the bare Exception the tokenizers library raises
+    for a Rust io::Error (likewise); a RuntimeError from torch's writer; and a
     RuntimeError whose ``__cause__``/``__context__`` chain holds one of those (torch.save to a
     Python file re-raises the file's OSError that way).
     """
@@ -291,6 +292,10 @@ def write_failure(exc: BaseException) -> Optional[int]:
             return current.errno or 0
         if type(current).__name__ == "SafetensorError":
             return _safetensors_errno(current) or 0
+        if type(current) is Exception and _safetensors_errno(current) is not None:
+            # the tokenizers library (Rust, through pyo3) raises a bare Exception for an io::Error,
+            # "No space left on device (os error 28)", when tokenizer.json cannot be written
+            return _safetensors_errno(current)
         if not isinstance(current, RuntimeError):
             break  # only torch's wrappers are looked through: any other error is what it says
         if _raised_by_torch_writer(current):

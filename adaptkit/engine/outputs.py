@@ -160,16 +160,84 @@ def _refusal(directory: Path, foreign: list[str], what: str) -> AdaptkitError:
                          f"them elsewhere, or choose another {what} (an empty or new folder)")
 
 
-def check_output_dir(directory: Path, overwrite: bool, what: str = "output.dir") -> None:
-    """Refuse to touch a non-empty output folder unless ``overwrite`` was asked for, and refuse
-    even then unless everything in it is adaptkit's own earlier output (``foreign_entries``)."""
+def _manifest_kind(folder: Path) -> Optional[str]:
+    """The ``kind`` an adaptkit folder's manifest records (run, compare...), or None."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _only_a_manifest(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but a manifest listing no file that exists: what a compare
+    that failed before its first result leaves. It holds no results, so it blocks nothing."""
+    try:
+        names = [entry.name for entry in os.scandir(folder)]
+    except OSError:
+        return False
+    listed = _read_manifest(folder)
+    return names == [MANIFEST] and listed is not None and not any((folder / name).exists() for name in listed)
+
+
+def check_output_location(directory: Path, what: str = "output.dir") -> None:
+    """Refuse, before any work, an output folder that could not be put in place at the end.
+
+    The finished folder replaces ``directory`` by a rename, so a symlink there would be renamed
+    aside and a real folder made in its place (a dangling one failed after training, the output
+    left hidden in a ``.partial`` folder): a link is refused, naming its target. And the folders
+    above it must exist or be creatable: a missing sub-folder of a read-only folder failed only
+    after training too.
+    """
     directory = Path(directory)
+    if directory.is_symlink():
+        target = os.readlink(directory)
+        state = "" if directory.exists() else ", which does not exist"
+        raise AdaptkitError(f"{what} {directory} is a symbolic link (to {target}{state}); adaptkit puts a finished "
+                            f"output in place by renaming it, which would replace the link, not write into its "
+                            f"target. Give the real folder ({os.path.realpath(directory)}) as {what}, or remove "
+                            f"the link")
+    check_parent_writable(directory, what)
+
+
+def check_parent_writable(path: Path, what: str) -> None:
+    """The folders above ``path`` exist, or the nearest existing one is a folder that can be written."""
+    directory = Path(path)
+    ancestor = directory.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        if ancestor.is_symlink():  # a dangling link above the folder
+            raise AdaptkitError(f"{what} {directory}: {ancestor} is a symbolic link to {os.readlink(ancestor)}, "
+                                f"which does not exist")
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise AdaptkitError(f"{what} {directory}: {ancestor} is not a folder, so no folder can be made under it")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        missing = "" if ancestor == directory.parent else f" (to make {directory.parent})"
+        raise AdaptkitError(f"{what} {directory}: cannot write in {ancestor}{missing}: permission denied. "
+                            f"Choose a folder you can write to")
+
+
+def check_output_dir(directory: Path, overwrite: bool, what: str = "output.dir", kind: Optional[str] = None) -> None:
+    """Refuse to touch a non-empty output folder unless ``overwrite`` was asked for, and refuse
+    even then unless everything in it is adaptkit's own earlier output (``foreign_entries``).
+
+    With ``kind`` (run, compare), a folder whose manifest records another kind is refused too:
+    ``compare --output RUN --overwrite`` replaced a finished run with a comparison. A folder that
+    holds only a manifest (a compare that failed at once) counts as empty.
+    """
+    directory = Path(directory)
+    check_output_location(directory, what)
     if directory.exists() and not directory.is_dir():
         raise AdaptkitError(f"{what} {directory} exists and is not a folder")
-    if directory.exists() and any(directory.iterdir()):
+    if directory.exists() and any(directory.iterdir()) and not _only_a_manifest(directory):
         foreign = foreign_entries(directory)
         if foreign:
             raise _refusal(directory, foreign, what)
+        found = _manifest_kind(directory)
+        if kind is not None and found is not None and found != kind:
+            raise AdaptkitError(f"{what} {directory} holds an adaptkit {found} output, not a {kind} one; "
+                                f"--overwrite replaces only an output of the same kind. Choose another {what}")
         if not overwrite:
             raise AdaptkitError(f"{what} {directory} already holds results; pass --overwrite "
                                 f"(or overwrite=True) to replace them, or choose another {what}")
@@ -208,6 +276,7 @@ def check_output_file(path: Path, overwrite: bool, what: str = "--output") -> No
     path = Path(path)
     if path.is_dir():
         raise AdaptkitError(f"{what} {path} is a folder; give a file path")
+    check_parent_writable(path, what)  # its folder exists or can be made: not found out after predicting
     owner = _run_file(path)
     if owner is not None:
         raise AdaptkitError(f"{what} {path} is one of the files of the adaptkit output in {owner}; writing it "
@@ -265,13 +334,13 @@ def staged_output(directory: Path, overwrite: bool, kind: str = "run") -> Iterat
     ``AdaptkitError`` naming the free space left and ``--resume``, which finishes the run from
     its last checkpoint (kept until the folder is in place) once space is freed.
     """
-    check_output_dir(directory, overwrite)
+    check_output_dir(directory, overwrite, kind=kind)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
         yield staging
         write_manifest(staging, kind)
-        check_output_dir(directory, overwrite)
+        check_output_dir(directory, overwrite, kind=kind)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         failed = _write_failure(exc)
@@ -338,11 +407,17 @@ def atomic_file(path: Path, newline: Optional[str] = None) -> Iterator[IO[str]]:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # predict --output new/preds.csv: made, not failed at the end
         with tmp.open("w", encoding="utf-8", newline=newline) as handle:
             yield handle
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        failed = _write_failure(exc)
+        if failed is None:
+            raise
+        raise AdaptkitError(f"writing {path} failed ({_describe_write_error(exc, failed)}); "
+                            f"{_free_space(path.parent if path.parent.exists() else Path('.'))} free there. "
+                            f"{path} was not changed; free some space and run the same command again") from exc
     os.replace(tmp, path)
 
 
@@ -439,3 +514,33 @@ def run_lock(directory: Path) -> Iterator[Path]:
         except OSError:  # gone already; or Windows, where filelock removes it on release
             pass
         lock.release()
+
+
+# What a run's metrics.json must hold for the run to be loaded again (predict, push).
+RUN_SUMMARY_KEYS = ("recipe", "task_state", "export")
+
+
+def read_run_summary(folder: Path, keys: Iterable[str] = RUN_SUMMARY_KEYS) -> dict[str, Any]:
+    """A run folder's metrics.json, parsed and checked to hold ``keys``, else an ``AdaptkitError``
+    naming the file, and the line or the key: a truncated or hand-edited file gave a JSONDecodeError
+    or a KeyError traceback from ``predict``."""
+    path = Path(folder) / "metrics.json"
+    if not path.is_file():
+        raise AdaptkitError(f"{folder} is not an adaptkit run folder (no metrics.json)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdaptkitError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        summary = json.loads(text)
+    except ValueError as exc:
+        line = f":{exc.lineno}" if hasattr(exc, "lineno") else ""
+        raise AdaptkitError(f"{path}{line}: is not valid JSON ({getattr(exc, 'msg', exc)}); the file is damaged "
+                            f"or truncated. Run the recipe again to rewrite the folder") from None
+    if not isinstance(summary, dict):
+        raise AdaptkitError(f"{path}: holds a {type(summary).__name__}, not the run's summary")
+    missing = [key for key in keys if not isinstance(summary.get(key), dict)]
+    if missing:
+        raise AdaptkitError(f"{path}: lacks {', '.join(repr(key) for key in missing)}, which loading the run needs; "
+                            f"the file is damaged or was edited. Run the recipe again to rewrite the folder")
+    return summary

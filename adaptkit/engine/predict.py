@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+from adaptkit.engine.outputs import read_run_summary
 from adaptkit.errors import AdaptkitError, DataError
 
 # Columns pandas adds for a DataFrame index (a CSV row with one field too many, a Parquet file
@@ -93,7 +94,7 @@ def load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Pred
     summary_path = Path(run_dir) / "metrics.json"
     saved: dict = {}
     if summary_path.is_file():
-        saved = json.loads(summary_path.read_text()).get("recipe", {})
+        saved = read_run_summary(Path(run_dir))["recipe"]  # a damaged file: an error naming it, no traceback
     model_section = saved.get("model") if isinstance(saved, dict) else None
     if isinstance(model_section, dict) and model_section.get("trust_remote_code") is True and not trust_remote_code:
         raise AdaptkitError(
@@ -115,7 +116,7 @@ def _load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Pre
     summary_path = folder / "metrics.json"
     if not summary_path.is_file():
         raise AdaptkitError(f"{folder} is not an adaptkit run folder (no metrics.json)")
-    summary = json.loads(summary_path.read_text())
+    summary = read_run_summary(folder)
     recipe = Recipe.from_dict(summary["recipe"], check_files=False)
     recipe.model.trust_remote_code = bool(trust_remote_code)  # the caller's choice, never the folder's
     registry = get_registry()

@@ -57,10 +57,11 @@ def run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
     import os
 
     from adaptkit.errors import ContractViolation
-    from adaptkit.engine.outputs import run_lock
+    from adaptkit.engine.outputs import check_output_location, run_lock
     from adaptkit.plugin.registry import blame, for_recipe, get_registry, plugin_error
 
     recipe = as_recipe(recipe)
+    check_output_location(Path(recipe.output.dir))  # before the lock beside it is made, and any work
     main_process = int(os.environ.get("RANK", "0") or 0) == 0  # one lock per run, not per launched process
     with (run_lock(Path(recipe.output.dir)) if main_process else contextlib.nullcontext()), \
             for_recipe(recipe):
@@ -131,7 +132,7 @@ def _run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
 
     recipe = as_recipe(recipe)
     output_dir = Path(recipe.output.dir)
-    check_output_dir(output_dir, overwrite)
+    check_output_dir(output_dir, overwrite, kind="run")
     wall_started = time.perf_counter()
     checkpoints = plan_checkpoints(recipe, output_dir, overwrite, resume)
     session = Session(recipe, log)
@@ -142,7 +143,7 @@ def _run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
     trained = _train(session, prepared, accelerator, checkpoints, progress)
     if not accelerator.is_main_process:
         return RunResult(output_dir, {})
-    with staged_output(output_dir, overwrite) as staging:
+    with staged_output(output_dir, overwrite, kind="run") as staging:
         accelerator.free_memory()  # the optimizer and accelerate's model references: not needed to export
         contract, export_dir, described, base_model_id = _verify_and_export(session, prepared, trained, staging)
         if logs_dir.is_dir():  # copied, not moved: a failure from here on can still --resume

@@ -404,6 +404,12 @@ class OutputSection(_Section):
     @field_validator("dir", mode="before")
     @classmethod
     def _writable_place(cls, value: Any) -> Any:
+        if isinstance(value, (str, Path)) and str(value).startswith("~"):
+            # "~/x" is the home folder's x, as a shell reads it; kept as is it became ./~/x
+            expanded = os.path.expanduser(str(value))
+            if expanded.startswith("~"):
+                raise ValueError(f"{value!r}: cannot tell whose home folder {str(value).split('/')[0]!r} is")
+            value = expanded
         if isinstance(value, (str, Path)):
             problem = output_dir_problem(str(value))
             if problem:
