@@ -125,3 +125,36 @@ def test_output_push_to_hub_in_a_recipe_keeps_the_run_when_the_hub_is_unreachabl
                                             r"to the Hub: HF_HUB_OFFLINE is set.*adaptkit push .*run someone/tiny"):
         run(recipe, **QUIET)
     assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "adapter").is_dir()
+
+
+def test_a_link_leading_out_of_the_run_folder_is_refused_and_named_by_the_dry_run(lora_run, tmp_path, capsys):
+    """A listed file replaced by a symbolic link to a secret: the upload would read the secret."""
+    from adaptkit.cli import main
+    from adaptkit.engine.outputs import manifest_files
+    from adaptkit.engine.publish import push
+
+    copy = _copy(lora_run.output_dir, tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("hf_token_do_not_share\n")
+    victim = next(name for name in sorted(manifest_files(copy)) if name not in ("README.md", "metrics.json")
+                  and "/" not in name)
+    (copy / victim).unlink()
+    (copy / victim).symlink_to(secret)
+    assert main(["push", str(copy), "someone/x", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{victim} -> {secret}" in err and "out of the run folder" in err and "nothing is uploaded" in err
+    with pytest.raises(AdaptkitError, match="symbolic link leads out"):
+        push(copy, "someone/x", dry_run=True)
+
+    (copy / victim).unlink()  # a folder above a listed file, linked elsewhere, is the same leak
+    shutil.copy(lora_run.output_dir / victim, copy / victim)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(str(copy / "adapter"), elsewhere)
+    (copy / "adapter").symlink_to(elsewhere)
+    with pytest.raises(AdaptkitError, match="adapter/adapter_model.safetensors -> "):
+        push(copy, "someone/x", dry_run=True)
+
+    (copy / "adapter").unlink()  # a link that stays inside the folder uploads what the folder holds
+    shutil.move(str(elsewhere), copy / "adapter-real")
+    (copy / "adapter").symlink_to("adapter-real")
+    assert push(copy, "someone/x", dry_run=True).files == sorted(manifest_files(lora_run.output_dir))

@@ -132,15 +132,39 @@ def check_contract(run_dir: Path) -> list[str]:
     return [str(line) for line in lines]
 
 
+def links_leaving(run_dir: Path, names: list[str]) -> list[str]:
+    """``name -> target`` for each of ``names`` whose real file lies outside ``run_dir``.
+
+    A listed file (or a folder above it) may have become a symbolic link since the run wrote it:
+    ``recipe.yaml -> ~/.ssh/id_ed25519``. Uploading reads through the link, so the target's content,
+    which the run never wrote, would go to the Hub. A link that stays inside the folder is harmless.
+    A manifest entry with ``..`` is caught the same way.
+    """
+    root = Path(os.path.realpath(run_dir))
+    leaving = []
+    for name in names:
+        target = Path(os.path.realpath(run_dir / name))
+        if target != root and root not in target.parents:
+            leaving.append(f"{name} -> {target}")
+    return leaving
+
+
 def upload_files(run_dir: Path) -> list[str]:
     """Exactly the files the run wrote (its manifest), each present; predictions and other later
-    additions stay on this machine."""
+    additions stay on this machine. A listed file that is (or lies under) a link leading out of the
+    folder is refused, naming each link and its target: nothing is uploaded, the dry run included."""
     from adaptkit.engine.outputs import manifest_files
 
     listed = manifest_files(run_dir)
     if not listed:
         raise AdaptkitError(f"{run_dir} has no adaptkit manifest (.adaptkit-manifest.json): not a run folder "
                             f"adaptkit wrote, or written before manifests existed; run the recipe again")
+    leaving = links_leaving(run_dir, sorted(listed))
+    if leaving:
+        raise AdaptkitError(f"{run_dir}: {', '.join(leaving)}: "
+                            f"{'a symbolic link leads' if len(leaving) == 1 else 'symbolic links lead'} out of "
+                            f"the run folder, so its content is not the run's; nothing is uploaded. Replace "
+                            f"{'it' if len(leaving) == 1 else 'them'} with the run's own file, or run the recipe again")
     absent = sorted(name for name in listed if not (run_dir / name).is_file())
     if absent:
         raise AdaptkitError(f"{run_dir} is incomplete: {', '.join(absent[:5])} listed in its manifest "
