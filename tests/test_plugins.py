@@ -473,3 +473,19 @@ def test_a_distribution_named_like_adaptkit_neither_hides_nor_replaces_the_first
         assert all("AdaptKit" not in p.distribution for p in get_registry().plugins)
     assert main(["run", str(path), "--no-progress"]) == 0, capsys.readouterr().err
     assert "the impostor ran" not in capsys.readouterr().err
+
+
+def test_another_copy_of_adaptkits_metadata_naming_the_same_modules_leaves_the_first_party_hooks_in_place(
+        tmp_path, monkeypatch):
+    """A second ``adaptkit`` dist-info (an older install elsewhere) whose entry points name the same modules:
+    it is not the copy that runs, so it is marked and ignored, and the running copy's hooks stay registered."""
+    site = fake_distribution(tmp_path / "site", "adaptkit", "0.0.1", {},
+                             {"packaged_models": "adaptkit_packaged_models"})
+    monkeypatch.syspath_prepend(str(site))
+    reset_registry()
+    registry = build_registry()
+    assert registry.manager.hook.adaptkit_resolve_model.get_hookimpls(), "the first-party hook was unregistered"
+    mine, other = [p for p in registry.plugins if p.name == "packaged_models"]
+    assert mine.distribution == "adaptkit" and mine.error is None
+    assert other.distribution.startswith("adaptkit (not adaptkit's own: ")
+    assert "is already loaded as plugin" in other.error

@@ -448,6 +448,12 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
         candidates.append((info, module))
 
     for info, module in candidates:
+        if manager.is_registered(module):
+            # Another copy of adaptkit's metadata (an older install beside the running one) names the
+            # same modules: registering one twice is refused, and undoing that would unregister the first.
+            _add_error(info, f"{_describe_plugin(info)}: module {info.module!r} is already loaded as plugin "
+                             f"{manager.get_name(module)!r}; this entry point is ignored")
+            continue
         try:
             # Two distributions may use one entry-point name (an impostor's "lora"): the plugin
             # manager's name must not let the first one registered lock the other out.
