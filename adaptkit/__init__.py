@@ -19,6 +19,7 @@ from adaptkit.plugin.hookspecs import hookimpl
 from adaptkit.recipe import Recipe, load_recipe
 from adaptkit.plugin.strategy import PeftStrategy, Strategy, StrategyOptions, WrapContext
 from adaptkit.plugin.task import Task, TaskOptions
+from adaptkit.plugin.baseline import Baseline, BaselineRows
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,8 @@ __all__ = [
     # what the functions return (imported on first access) and the conformance kit's entry points
     "RunResult", "Plan", "StrategyPlan", "AdviceReport", "CompareReport", "Predictor", "ConformanceReport",
     "ModelFamily", "RecipeLike", "check_task", "register_family",
+    # baselines trained without pretraining, which compare and advise judge transfer against
+    "Baseline", "BaselineRows", "list_baselines",
 ]
 
 # What plugin authors build with. A plugin imports only from ``adaptkit`` itself, never from a
@@ -63,6 +66,12 @@ _LAZY = {
     "load_config": "adaptkit.plugin.sources",
     "resolve_model_source": "adaptkit.plugin.sources",
     "LabelRules": "adaptkit.plugin.task",  # lazy only while it is new; torch-free, may move to the imports above
+    # how a sequence head pools token states (torch imported inside the functions only)
+    "apply_pooling": "adaptkit.plugin.pooling",
+    "declared_pooling": "adaptkit.plugin.pooling",
+    "model_pooling": "adaptkit.plugin.pooling",
+    "pool_hidden": "adaptkit.plugin.pooling",
+    "POOLINGS": "adaptkit.plugin.pooling",
 }
 
 # Result types whose modules import torch, loaded like the helpers above (same ``__getattr__``).
@@ -103,6 +112,13 @@ def list_strategies() -> dict[str, type[Strategy]]:
     from adaptkit.plugin.registry import get_registry
 
     return dict(get_registry().strategies)
+
+
+def list_baselines() -> dict[str, type[Baseline]]:
+    """Every installed baseline (a model trained without pretraining), by name."""
+    from adaptkit.plugin.registry import get_registry
+
+    return dict(get_registry().baselines)
 
 
 def get_strategy(name: str) -> type[Strategy]:

@@ -8,16 +8,26 @@ import os
 import pytest
 
 from adaptkit.cli import main
-from adaptkit.judge.compare import SCRATCH, Row, compute_saved, judge, make_arm
+from adaptkit.judge.compare import SCRATCH, Row, make_arm
+from adaptkit.judge.verdicts import compute_saved, judge
 from adaptkit.recipe.schema import Recipe
 from conftest import REPO, tiny_recipe_dict, write_recipe, write_table
 from test_advise import negative_recipe, sentiment_blind_model
 
 
-def _row(name: str, metric: float, size: int = 100, energy: float = 1.0) -> Row:
+KINDS = {SCRATCH: "scratch", "ngram_linear": "baseline"}
+
+
+def _row(name: str, metric: float, size: int = 100, energy: float = 1.0, flags: tuple = ()) -> Row:
     return Row(strategy=name, size=size, train_examples=size, metric=metric, ci_low=metric - 0.05,
                ci_high=metric + 0.05, trainable=1, wall_seconds=1.0, peak_memory_bytes=1, energy_wh=energy,
-               g_co2e=0.5, seeds=1)
+               g_co2e=0.5, seeds=1, flags=list(flags), kind=KINDS.get(name, "transfer"))
+
+
+def _judge(rows, replicates, greater=True, metric="accuracy"):
+    kinds = {r.strategy: r.kind for r in rows}
+    found = judge(rows, replicates, greater, metric, kinds, {"ngram_linear": "a bag-of-words model"})
+    return found["verdict"], found["detail"], found["per_size"], found
 
 
 @pytest.mark.parametrize("shift, expected", [(0.10, "positive transfer"), (-0.10, "negative transfer"),
@@ -29,9 +39,9 @@ def test_verdict_follows_the_paired_interval(shift, expected):
     scratch = [0.70 + rng.gauss(0, 0.02) for _ in range(500)]
     transfer = [s + shift + rng.gauss(0, 0.01) for s in scratch]
     rows = [_row("lora", 0.70 + shift), _row(SCRATCH, 0.70)]
-    verdict, detail, per_size = judge(rows, {("lora", 100): transfer, (SCRATCH, 100): scratch}, True, "accuracy")
+    verdict, detail, per_size, _ = _judge(rows, {("lora", 100): transfer, (SCRATCH, 100): scratch})
     assert verdict == expected and per_size[0]["best_transfer"] == "lora"
-    assert f"{per_size[0]['ci_low']:+.4f}" in detail
+    assert f"{per_size[0]['versus_scratch']['ci_low']:+.3f}" in detail
 
 
 def test_pairing_matters_and_lower_is_better_flips_the_sign():
@@ -39,8 +49,8 @@ def test_pairing_matters_and_lower_is_better_flips_the_sign():
     base = [0.5 + 0.01 * i for i in range(100)]
     replicates = {("full", 10): [b + 0.02 for b in base], (SCRATCH, 10): base}
     rows = [_row("full", 1.01, 10), _row(SCRATCH, 0.99, 10)]
-    assert judge(rows, replicates, True, "accuracy")[0] == "positive transfer"
-    assert judge(rows, replicates, False, "loss")[0] == "negative transfer"
+    assert _judge(rows, replicates)[0] == "positive transfer"
+    assert _judge(rows, replicates, False, "loss")[0] == "negative transfer"
 
 
 def test_compute_saved_from_the_learning_curve():
@@ -85,12 +95,12 @@ def test_conflicting_pretraining_is_judged_negative_transfer(tmp_path_factory, t
     model_dir = sentiment_blind_model(tmp_path_factory)
     recipe = Recipe.from_dict(negative_recipe(tmp_path, model_dir))
     report = compare(recipe, ["frozen_head", SCRATCH], learning_rates={SCRATCH: 3e-3}, trials=2,
-                     bootstrap_rounds=300, log=lambda _: None)
+                     bootstrap_rounds=300, log=lambda _: None, baselines=[])
     by_name = {r.strategy: r for r in report.rows}
     assert by_name[SCRATCH].metric > 0.9  # the same architecture learns the task from random weights
     assert by_name["frozen_head"].metric < 0.7
     assert report.verdict == "negative transfer"
-    assert report.per_size[0]["ci_high"] < 0
+    assert report.per_size[0]["versus_scratch"]["ci_high"] < 0
     assert by_name[SCRATCH].trainable > 1000 * by_name["frozen_head"].trainable
     saved = json.loads((report.output_dir / "compare.json").read_text())
     assert saved["verdict"] == "negative transfer" and len(saved["runs"]) == 2
@@ -117,12 +127,14 @@ def test_an_arm_that_predicts_one_class_is_flagged_not_counted(tmp_path):
     write_table(tmp_path / "train.csv", rows(120))
     write_table(tmp_path / "eval.csv", rows(80))
     report = compare(Recipe.from_dict(recipe), ["frozen_head", SCRATCH], trials=1, bootstrap_rounds=200,
-                     log=lambda _: None)
-    majority = report.baselines["majority_class"]
-    assert majority > 0.75 and 0.4 < report.baselines["chance"] < 0.6
+                     log=lambda _: None, baselines=[])
+    majority = report.trivial_scores["majority_class"]
+    assert report.metric == "macro_f1" and "imbalanced" in report.metric_reason  # 85 % one class: macro-F1 decides
+    assert majority < 0.5 and 0.3 < report.trivial_scores["chance"] < 0.6  # a constant prediction scores ~0.46
     for row in report.rows:
-        assert "did not learn" in row.flags and row.metric == pytest.approx(majority)
-    assert "did not train" in report.verdict_detail  # the baseline is named as untrained, not counted
+        if row.kind != "baseline":
+            assert "did not learn" in row.flags and row.metric == pytest.approx(majority)
+    assert "did not train" in report.verdict_detail  # the untrained reference is named as such, not counted
     table = (report.output_dir / "table.md").read_text()
     assert "(did not learn" in table and f"majority class {majority:.4f}" in table
 
@@ -135,15 +147,16 @@ def test_cli_compare_writes_table_plot_json_and_html(tmp_path, capsys):
                  "--bootstrap", "200", "--power-watts", "36", "--trials", "2"])
     assert code == 0
     captured = capsys.readouterr()
-    assert "| frozen_head" in captured.out and "Verdict:" in captured.out
+    assert "| frozen_head" in captured.out and "Against the best model trained without pretraining" in captured.out
     assert "trial 2/2" in captured.err and "min left" in captured.err  # progress names arm, size, trial, time left
     report = json.loads((out / "compare.json").read_text())
     # 20 % of each size is held out for choosing: 48 -> 38 + 10, 96 -> 77 + 19
     assert [(r["strategy"], r["train_examples"]) for r in report["rows"]] == [
-        ("frozen_head", 38), (SCRATCH, 38), ("frozen_head", 77), (SCRATCH, 77)]
+        ("frozen_head", 38), (SCRATCH, 38), ("ngram_linear", 48), ("frozen_head", 77), (SCRATCH, 77),
+        ("ngram_linear", 96)]  # the baseline sees the same rows, training and validation together
     assert report["verdict"] in ("positive transfer", "no clear difference", "negative transfer")
     greater = True  # the task's primary metric, accuracy: higher is better
-    for run in report["runs"]:
+    for run in [r for r in report["runs"] if r["kind"] != "baseline"]:
         chosen = next(t for t in run["trials"] if t["learning_rate"] == run["learning_rate"])
         assert run["energy_wh"] == pytest.approx(chosen["train_seconds"] * 36 / 3600, rel=0.01, abs=1e-5)
         assert run["search_energy_wh"] >= run["energy_wh"]
@@ -161,11 +174,11 @@ def test_cli_compare_writes_table_plot_json_and_html(tmp_path, capsys):
         assert scored == expected and chosen["number"] in scored
     for row in report["rows"]:
         assert row["ci_low"] <= row["metric"] <= row["ci_high"] and len(row["learning_rates"]) == 1
-    assert set(report["curves"]) == {"frozen_head", SCRATCH}
+    assert set(report["curves"]) == {"frozen_head", SCRATCH, "ngram_linear"}
     png = (out / "compare.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     page = (out / "report.html").read_text()
-    assert base64.b64encode(png).decode() in page and "Verdict:" in page
+    assert base64.b64encode(png).decode() in page and report["headline"] in page.replace("&#x27;", "'")
     assert main(["compare", str(path), "--strategies", "frozen_head,scratch", "--output", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
@@ -178,12 +191,12 @@ def test_a_shared_optuna_storage_resumes_a_finished_search_without_training_agai
     recipe = Recipe.from_dict(tiny_recipe_dict(tmp_path, "frozen_head", training={"epochs": 1, "num_threads": 1}))
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
     first = compare(recipe, ["frozen_head"], trials=2, storage=storage, study_name="shared",
-                    output_dir=tmp_path / "cmp", bootstrap_rounds=50, log=lambda _: None)
+                    output_dir=tmp_path / "cmp", bootstrap_rounds=50, log=lambda _: None, baselines=[])
     studies = optuna.get_all_study_summaries(storage)
     assert [s.study_name for s in studies] == ["shared:frozen_head-nall-s0"] and studies[0].n_trials == 2
     lines: list[str] = []
     second = compare(recipe, ["frozen_head"], trials=2, storage=storage, study_name="shared",
-                     output_dir=tmp_path / "cmp", overwrite=True, bootstrap_rounds=50, log=lines.append)
+                     output_dir=tmp_path / "cmp", overwrite=True, bootstrap_rounds=50, log=lines.append, baselines=[])
     assert not any("trial" in line for line in lines)  # both trials came from the database
     assert optuna.get_all_study_summaries(storage)[0].n_trials == 2
     assert second.rows[0].metric == first.rows[0].metric and second.runs[0].learning_rate == first.runs[0].learning_rate

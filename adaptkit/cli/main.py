@@ -90,7 +90,10 @@ def _add_transfer_commands(commands) -> None:
                                                   "table, plot, HTML report and a transfer verdict")
     compare.add_argument("recipe")
     compare.add_argument("--strategies", required=True,
-                         help="comma-separated strategies; 'scratch' = same architecture from random weights")
+                         help="comma-separated strategies; 'scratch' = same architecture from random weights; "
+                              "a baseline's name (adaptkit plugins) chooses that baseline")
+    compare.add_argument("--baselines", help="comma-separated baselines trained without pretraining, or 'none' "
+                                             "(default: every installed one that serves the task)")
     compare.add_argument("--seeds", help="comma-separated seeds (default: the recipe's)")
     compare.add_argument("--sizes", help="comma-separated training-set sizes for a learning curve")
     compare.add_argument("--output", help="output folder (default: <output.dir>-compare)")
@@ -174,7 +177,8 @@ def _cmd_compare(args) -> int:
                      learning_rates=rates, power_watts=args.power_watts,
                      grid_g_per_kwh=args.grid_intensity, bootstrap_rounds=args.bootstrap,
                      log=lambda line: print(line, file=sys.stderr), trials=args.trials,
-                     validation_fraction=args.validation_fraction, storage=args.storage, study_name=args.study_name)
+                     validation_fraction=args.validation_fraction, storage=args.storage, study_name=args.study_name,
+                     baselines=[] if args.baselines == "none" else parse_list(args.baselines))
     print((report.output_dir / "table.md").read_text())
     print(f"outputs: {report.output_dir} (compare.json, table.md, compare.png, report.html)")
     return 0
@@ -275,8 +279,10 @@ def _cmd_plugins(args) -> int:
     table = Table("plugin", "distribution", "version", "provides", "status")
     for plugin in plugins:
         provides = ", ".join([*(f"strategy:{s}" for s in plugin.strategies), *(f"task:{t}" for t in plugin.tasks),
+                              *(f"baseline:{b}" for b in plugin.baselines),
                               *(h.replace("adaptkit_", "") for h in plugin.hooks
-                                if h not in ("adaptkit_register_strategies", "adaptkit_register_tasks"))])
+                                if h not in ("adaptkit_register_strategies", "adaptkit_register_tasks",
+                                             "adaptkit_register_baselines"))])
         table.add_row(plugin.name, plugin.distribution, plugin.version, provides,
                       f"[red]error: {plugin.error}[/red]" if plugin.error else "ok")
     _console().print(table)

@@ -40,13 +40,16 @@ from typing import Any, Callable, Optional, Union
 
 from adaptkit.errors import AdaptkitError
 from adaptkit.recipe.schema import Recipe
+from adaptkit.judge.compare_report import html_report, markdown_table, plot
 from adaptkit.judge.curves import percentile_interval
 from adaptkit.judge.tuning import DEFAULT_TRIALS, SCRATCH, VALIDATION_FRACTION
+from adaptkit.judge.verdicts import VERDICTS, compute_saved, judge, transfer_range
 
 SCRATCH_LEARNING_RATE = 1e-4
+SCRATCH_LABEL = "the same model from random weights"
 BOOTSTRAP = 1000
-VERDICTS = ("positive transfer", "no clear difference", "negative transfer")
 SECONDARY_METRIC = "macro_f1"
+ROW_INDEX = "__adaptkit_row__"  # a column added while subsets are drawn: which raw row each one is
 
 
 @dataclass
@@ -56,6 +59,7 @@ class RunRecord:
     strategy: str
     size: Optional[int]
     seed: int
+    kind: str  # transfer | scratch | baseline
     train_examples: int
     validation_examples: int
     metric: float
@@ -70,6 +74,7 @@ class RunRecord:
     g_co2e: float
     peak_memory_bytes: int
     predicted_classes: Optional[int]
+    details: dict[str, Any] = field(default_factory=dict)  # a baseline's choices (C, folds, features)
 
 
 @dataclass
@@ -93,6 +98,8 @@ class Row:
     search_energy_wh: float = 0.0
     seed_interval: Optional[list[float]] = None  # 95% t-interval of the mean across seeds (2+ seeds)
     flags: list[str] = field(default_factory=list)  # "did not learn", "not above the majority class"
+    kind: str = "transfer"  # transfer | scratch | baseline
+    secondary_metric: Optional[str] = None
 
 
 @dataclass
@@ -113,12 +120,18 @@ class CompareReport:
     compute_saved: list[dict[str, Any]] = field(default_factory=list)
     scratch_strategy: str = ""
     energy_method: str = ""
-    baselines: dict[str, float] = field(default_factory=dict)  # chance and majority-class scores
+    trivial_scores: dict[str, float] = field(default_factory=dict)  # chance and majority-class scores
     curves: dict[str, Any] = field(default_factory=dict)
     transfer_range: str = ""
     search: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    practical_verdict: str = ""  # against the best model trained without pretraining
+    headline: str = ""  # the answer in one sentence
+    metric_reason: str = ""  # why ``metric`` decides (the task's metric, or macro-F1 for imbalanced classes)
+    arm_kinds: dict[str, str] = field(default_factory=dict)  # arm -> transfer | scratch | baseline
+    arm_labels: dict[str, str] = field(default_factory=dict)  # arm -> how a sentence names it
+    baseline_notes: list[str] = field(default_factory=list)  # e.g. "no baseline for task ..."
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -162,6 +175,29 @@ def check_strategies(strategies: list[str], scratch_strategy: str) -> None:
         get_strategy(scratch_strategy)
     if len(set(strategies)) != len(strategies):
         raise AdaptkitError(f"a strategy is named twice in {','.join(strategies)}")
+
+
+def split_arms(names: list[str], baselines: Optional[list[str]]) -> tuple[list[str], Optional[list[str]]]:
+    """(strategies, baselines) from ``--strategies`` and ``--baselines``.
+
+    A baseline named among the strategies is a baseline, and naming any baseline there (or in
+    ``baselines``) chooses exactly those; ``baselines=[]`` drops them all; otherwise every installed
+    baseline that serves the task joins (a baseline costs seconds).
+    """
+    from adaptkit import list_baselines
+
+    installed = list_baselines()
+    named = [n for n in names if n in installed and n not in list_strategies_names()]
+    strategies = [n for n in names if n not in named]
+    if named:
+        baselines = list(dict.fromkeys([*(baselines or []), *named]))
+    return strategies, baselines
+
+
+def list_strategies_names() -> set[str]:
+    from adaptkit import list_strategies
+
+    return set(list_strategies())
 
 
 def make_arm(recipe: Recipe, name: str, scratch_strategy: str, learning_rates: dict[str, float]) -> Any:
@@ -293,107 +329,6 @@ def seed_interval(values: list[float]) -> Optional[list[float]]:
     return [round(mean - half, 5), round(mean + half, 5)]
 
 
-def judge(rows: list[Row], replicates: dict[tuple, list[float]], greater: bool, metric: str
-          ) -> tuple[str, str, list[dict[str, Any]]]:
-    """Per size: best transfer arm minus scratch, paired-bootstrap 95% CI; the verdict at the largest size.
-
-    An arm flagged "did not learn" is never the best transfer arm; when scratch did not learn the
-    size's entry says so, since beating an untrained baseline shows little.
-    """
-    per_size = []
-    sizes = sorted({r.size for r in rows}, key=lambda s: (s is None, s or 0))
-    for size in sizes:
-        cells = {r.strategy: r for r in rows if r.size == size}
-        transfer = [r for name, r in cells.items() if name != SCRATCH]
-        if SCRATCH not in cells or not transfer:
-            continue
-        learned = [r for r in transfer if "did not learn" not in r.flags] or transfer
-        best = max(learned, key=lambda r: r.metric if greater else -r.metric)
-        sign = 1.0 if greater else -1.0
-        diffs = [sign * (a - b) for a, b in zip(replicates[(best.strategy, size)], replicates[(SCRATCH, size)])]
-        low, high = percentile_interval(diffs)
-        point = sign * (best.metric - cells[SCRATCH].metric)
-        verdict = VERDICTS[0] if low > 0 else VERDICTS[2] if high < 0 else VERDICTS[1]
-        per_size.append({"size": size, "train_examples": best.train_examples, "best_transfer": best.strategy,
-                         "best_metric": best.metric, "scratch_metric": cells[SCRATCH].metric,
-                         "difference": round(point, 5), "ci_low": round(low, 5), "ci_high": round(high, 5),
-                         "verdict": verdict, "scratch_flags": list(cells[SCRATCH].flags),
-                         "best_flags": list(best.flags)})
-    if not per_size:
-        return "not judged", "compare needs 'scratch' and at least one transfer strategy for a verdict", per_size
-    last = per_size[-1]
-    better = "higher" if greater else "lower"
-    detail = (f"At {last['train_examples']} training examples the best transfer arm, {last['best_transfer']}, "
-              f"scores {metric} {last['best_metric']:.4f} against {last['scratch_metric']:.4f} from scratch: "
-              f"a difference of {last['difference']:+.4f} ({better} is better), paired-bootstrap 95% CI "
-              f"[{last['ci_low']:+.4f}, {last['ci_high']:+.4f}]. ")
-    detail += {"positive transfer": "The whole interval is above zero: the pretrained weights help.",
-               "negative transfer": "The whole interval is below zero: the pretrained weights hurt; training "
-                                    "from scratch is better on this data.",
-               "no clear difference": "The interval contains zero: on this evidence the pretrained weights neither "
-                                      "clearly help nor clearly hurt."}[last["verdict"]]
-    if last["scratch_flags"]:
-        detail += (f" Note: scratch {' and '.join(last['scratch_flags'])} at this size, so the comparison is "
-                   f"against a baseline that did not train.")
-    if last["best_flags"]:
-        detail += f" Note: {last['best_transfer']} {' and '.join(last['best_flags'])}."
-    return last["verdict"], detail, per_size
-
-
-def transfer_range(per_size: list[dict[str, Any]]) -> str:
-    """One sentence naming the sizes where transfer paid and where it stopped paying."""
-    if not per_size:
-        return ""
-    paying = [p["train_examples"] for p in per_size if p["verdict"] == VERDICTS[0]]
-    hurting = [p["train_examples"] for p in per_size if p["verdict"] == VERDICTS[2]]
-    sizes = [p["train_examples"] for p in per_size]
-    if len(paying) == len(sizes):
-        return f"Transfer pays at every size tried ({sizes[0]:,} to {sizes[-1]:,} training rows)."
-    parts = []
-    if paying:
-        parts.append("Transfer pays at " + ", ".join(f"{n:,}" for n in paying) + " training rows")
-        after = [n for n in sizes if n > max(paying)]
-        if after and not any(n > after[0] for n in paying):
-            parts.append(f"it stops paying from {after[0]:,} rows (no clear difference from scratch there)")
-    else:
-        parts.append("Transfer does not clearly pay at any size tried")
-    if hurting:
-        parts.append("it hurts at " + ", ".join(f"{n:,}" for n in hurting) + " rows")
-    return "; ".join(parts) + "."
-
-
-def compute_saved(rows: list[Row], greater: bool) -> list[dict[str, Any]]:
-    """Energy and rows saved against training from scratch to the same score, stated only when positive.
-
-    For each transfer arm: the smallest size at which it matches scratch's best score, and the
-    measured energy of that one training run against scratch's run that reached its best.
-    When the arm matches scratch already at the smallest size tried, the rows saved are a lower
-    bound. A "saving" that is not positive is reported as no saving, never as a negative one.
-    """
-    scratch = [r for r in rows if r.strategy == SCRATCH]
-    if not scratch:
-        return []
-    best_scratch = max(scratch, key=lambda r: r.metric if greater else -r.metric)
-    out = []
-    for name in sorted({r.strategy for r in rows} - {SCRATCH}):
-        curve = sorted((r for r in rows if r.strategy == name), key=lambda r: r.train_examples)
-        reaching = [r for r in curve if (r.metric >= best_scratch.metric if greater else r.metric <= best_scratch.metric)]
-        if not reaching:
-            out.append({"strategy": name, "matches_scratch": False,
-                        "note": f"never reached scratch's best {best_scratch.metric:.4f} at the sizes tried"})
-            continue
-        first = reaching[0]
-        saved = best_scratch.energy_wh - first.energy_wh
-        out.append({"strategy": name, "matches_scratch": True, "scratch_best_metric": best_scratch.metric,
-                    "scratch_examples": best_scratch.train_examples, "scratch_energy_wh": best_scratch.energy_wh,
-                    "examples_needed": first.train_examples, "energy_wh": first.energy_wh,
-                    "energy_saved_wh": round(saved, 5) if saved > 0 else None,
-                    "energy_ratio": round(first.energy_wh / best_scratch.energy_wh, 4) if best_scratch.energy_wh else None,
-                    "examples_saved": max(best_scratch.train_examples - first.train_examples, 0),
-                    "lower_bound": first.train_examples == curve[0].train_examples})
-    return out
-
-
 # ---------------------------------------------------------------------------- entry point
 
 # What compare writes (a folder: all below it), listed in .adaptkit-manifest.json so that --overwrite
@@ -427,7 +362,7 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
             grid_g_per_kwh: Optional[float] = None, bootstrap_rounds: int = BOOTSTRAP,
             log: Callable[[str], None] = print, trials: int = DEFAULT_TRIALS,
             validation_fraction: float = VALIDATION_FRACTION, storage: Optional[str] = None,
-            study_name: Optional[str] = None) -> CompareReport:
+            study_name: Optional[str] = None, baselines: Optional[list[str]] = None) -> CompareReport:
     """Tune and train every arm at every size and seed, then write the table, plot, HTML and verdict.
 
     ``output_dir`` defaults to ``<output.dir>-compare``; an existing non-empty folder is refused
@@ -435,6 +370,8 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
     recipe's training rows; none means all of them. ``trials`` learning rates are tried per arm
     (1: the suggestion alone, no search); ``learning_rates[name]`` centres an arm's search on
     another rate. ``storage``/``study_name`` share the search through an Optuna database.
+    ``baselines`` names the models trained without pretraining to judge against (None: every
+    installed one that serves the task; []: none); baseline names in ``strategies`` count too.
     """
     from adaptkit.engine.session import as_recipe
     from adaptkit.plugin.registry import for_recipe
@@ -445,14 +382,14 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
             scratch_strategy = default_scratch_strategy()
         return _compare(recipe, list(strategies), seeds, sizes, output_dir, overwrite, scratch_strategy,
                         dict(learning_rates or {}), power_watts, grid_g_per_kwh, bootstrap_rounds, log, trials,
-                        validation_fraction, storage, study_name)
+                        validation_fraction, storage, study_name, None if baselines is None else list(baselines))
 
 
 def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], sizes: Optional[list[int]],
              output_dir: Optional[Union[str, Path]], overwrite: bool, scratch_strategy: Optional[str],
              learning_rates: dict[str, float], power_watts: Optional[float], grid_g_per_kwh: Optional[float],
              bootstrap_rounds: int, log: Callable[[str], None], trials: int, validation_fraction: float,
-             storage: Optional[str], study_name: Optional[str]) -> CompareReport:
+             storage: Optional[str], study_name: Optional[str], baseline_names: Optional[list[str]]) -> CompareReport:
     import torch
 
     from adaptkit.engine.budget import budget_for
@@ -461,9 +398,12 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     from adaptkit.judge.energy import describe_power, grid_intensity
     from adaptkit.engine.outputs import check_output_dir, safe_join, write_json, write_manifest
     from adaptkit.engine.session import Session
+    from adaptkit.judge.baselines import aligned, installed_for
     from adaptkit.judge.tuning import ArmModel, tune_arm
+    from adaptkit.judge.verdicts import verdict_metric
 
     started = time.perf_counter()
+    strategies, baseline_names = split_arms(strategies, baseline_names)
     check_strategies(strategies, scratch_strategy)
     if trials < 1:
         raise AdaptkitError(f"trials must be at least 1, got {trials}")
@@ -480,7 +420,10 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     runs: list[RunRecord] = []
     outputs_by_run: dict[tuple, dict[str, Any]] = {}
     eval_sizes: dict[int, int] = {}
-    baselines: dict[str, float] = {}
+    trivial: dict[str, float] = {}
+    baseline_classes: dict[str, type] = {}
+    baseline_notes: list[str] = []
+    metric, metric_reason = "", ""
     task = None
     progress: Optional[_Progress] = None
     for seed in seeds:
@@ -488,15 +431,27 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
         spec.training.seed = seed
         session = Session(spec, log=lambda _: None)
         task = session.task
-        pool = session.train_data.shuffle(seed=seed)  # nested subsets: 100 of 300 of 1000 rows
+        if not metric:
+            targets = list(session.train_data["labels"]) if "labels" in session.train_data.column_names else []
+            metric, metric_reason = verdict_metric(task.primary_metric, task.metric_names, targets)
+            baseline_classes, baseline_notes = installed_for(task, baseline_names)
+            if baseline_classes and not (aligned(session.splits.train, session.train_data)
+                                         and aligned(session.splits.eval, session.eval_data)):
+                baseline_notes.append(f"no baseline: task {task.name!r} drops rows while preprocessing, so a "
+                                      f"baseline could not see the same rows")
+                baseline_classes = {}
+        # nested subsets (100 of 300 of 1000 rows); ROW_INDEX maps each preprocessed row to its raw row
+        pool = session.train_data.add_column(ROW_INDEX, list(range(len(session.train_data)))).shuffle(seed=seed)
         for size in size_list:
             if size is not None and size > len(pool):
                 raise AdaptkitError(f"size {size} is larger than the {len(pool)} training rows the recipe has")
-        parts = {}
+        parts, raw_rows = {}, {}
         for size in size_list:
             subset = pool.select(range(size)) if size is not None else pool
-            parts[size] = split_validation(subset, validation_fraction, seed,
-                                           "labels" if "labels" in subset.column_names else None)
+            train_part, validation_part = split_validation(subset, validation_fraction, seed,
+                                                           "labels" if "labels" in subset.column_names else None)
+            raw_rows[size] = list(train_part[ROW_INDEX]) + list(validation_part[ROW_INDEX])
+            parts[size] = (train_part.remove_columns(ROW_INDEX), validation_part.remove_columns(ROW_INDEX))
         if progress is None:
             progress = _Progress({(a, s, sd): budget_for(len(parts[s][0]), spec.training).total_steps
                                   for a in strategies for s in size_list for sd in seeds}, log)
@@ -514,58 +469,74 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
                                       on_trial=lambda record, n=name, s=size: progress.trial(n, s, seed, trials,
                                                                                              record),
                                       power_watts=power_watts)
-                    if not baselines and "labels" in train_part.column_names:
-                        baselines = class_baselines(task, result.eval_outputs,
-                                                    [int(v) for v in train_part["labels"]
-                                                     if isinstance(v, int)], task.primary_metric, seed)
+                    if not trivial and "labels" in train_part.column_names:
+                        trivial = class_baselines(task, result.eval_outputs,
+                                                  [int(v) for v in train_part["labels"] if isinstance(v, int)],
+                                                  metric, seed)
                     outputs_by_run[(name, size, seed)] = result.eval_outputs
-                    metrics = _metrics(task, result.eval_outputs)
-                    predicted = class_predictions(result.eval_outputs)
                     chosen = result.chosen
-                    runs.append(RunRecord(
-                        strategy=name, size=size, seed=seed, train_examples=result.train_rows,
-                        validation_examples=result.validation_rows, metric=metrics[task.primary_metric],
-                        metrics={k: round(v, 5) for k, v in metrics.items()}, learning_rate=result.learning_rate,
+                    runs.append(_record(
+                        task, metric, name, SCRATCH if name == SCRATCH else "transfer", size, seed,
+                        result.eval_outputs, train_examples=result.train_rows,
+                        validation_examples=result.validation_rows, learning_rate=result.learning_rate,
                         trials=[asdict(t) for t in result.trials], trainable=result.trainable,
                         train_seconds=chosen.train_seconds, cpu_seconds=chosen.cpu_seconds,
                         energy_wh=chosen.energy_wh, search_energy_wh=round(result.search_energy_wh, 6),
                         g_co2e=round(chosen.energy_wh / 1000 * grid_intensity(grid_g_per_kwh), 5),
-                        peak_memory_bytes=memory.bytes,
-                        predicted_classes=None if predicted is None else int(predicted.unique().numel())))
-                    log(f"compare: {tag}: {task.primary_metric} {runs[-1].metric:.4f} at lr "
+                        peak_memory_bytes=memory.bytes))
+                    log(f"compare: {tag}: {metric} {runs[-1].metric:.4f} at lr "
                         f"{result.learning_rate:.3g} (chosen on {result.validation_rows} validation rows)")
                     write_manifest(folder, "compare")  # the trial files written so far are adaptkit's
             del workbench
+        for name, cls in baseline_classes.items():
+            for size in size_list:
+                runs.append(_baseline_run(session, task, metric, name, cls, size, seed, raw_rows[size],
+                                          outputs_by_run, grid_g_per_kwh, power_watts, log))
 
-    metric, greater = task.primary_metric, task.greater_is_better
+    greater = task.greater_is_better if metric == task.primary_metric else True
+    names = strategies + list(baseline_classes)
+    kinds = {name: next(r.kind for r in runs if r.strategy == name) for name in names}
+    labels = {name: baseline_classes[name].label or name if name in baseline_classes else name for name in names}
+    labels[SCRATCH] = SCRATCH_LABEL
     replicates = bootstrap(task, metric, outputs_by_run, seeds, eval_sizes, bootstrap_rounds)
-    rows = [_row(name, size, [r for r in runs if r.strategy == name and r.size == size], replicates[(name, size)],
-                 baselines, metric, greater)
-            for size in size_list for name in strategies]
-    verdict, detail, per_size = judge(rows, replicates, greater, metric)
+    rows = [_row(name, kinds[name], size, [r for r in runs if r.strategy == name and r.size == size],
+                 replicates[(name, size)], trivial, metric, greater, task.primary_metric)
+            for size in size_list for name in names]
+    judged = judge(rows, replicates, greater, metric, kinds, labels)
+    per_size = judged["per_size"]
+    best_without = _best_reference(per_size)
+    transfer_names = [n for n in names if kinds[n] == "transfer"]
     curves = {}
     if len([s for s in size_list if s is not None]) >= 2:
         from adaptkit.judge.curves import curve_questions
 
         best = per_size[-1]["best_transfer"] if per_size else None
         numeric = [s for s in size_list if s is not None]
-        train_sizes = [next(r.train_examples for r in rows if r.size == s) for s in numeric]
-        curves = curve_questions(
-            train_sizes, {n: [next(r.metric for r in rows if r.strategy == n and r.size == s) for s in numeric]
-                          for n in strategies},
-            {n: [replicates[(n, s)] for s in numeric] for n in strategies}, greater,
-            SCRATCH if SCRATCH in strategies else None, best)
+        train_sizes = [max(r.train_examples for r in rows if r.size == s and r.kind != "baseline") for s in numeric]
+        points = {n: [next(r.metric for r in rows if r.strategy == n and r.size == s) for s in numeric] for n in names}
+        samples = {n: [replicates[(n, s)] for s in numeric] for n in names}
+        curves = curve_questions(train_sizes, points, samples, greater, SCRATCH if SCRATCH in strategies else None,
+                                 best)
+        if best_without and best_without != SCRATCH:
+            extra = curve_questions(train_sizes, points, samples, greater, best_without, best)
+            curves[best_without]["rows_to_match"] = extra[best_without].get("rows_to_match")
+    saved = compute_saved(rows, greater, SCRATCH, transfer_names) if SCRATCH in strategies else []
+    if best_without and best_without != SCRATCH:
+        saved += compute_saved(rows, greater, best_without, transfer_names)
     report = CompareReport(
-        output_dir=folder, metric=metric, greater_is_better=greater, strategies=strategies, sizes=size_list,
-        seeds=seeds, rows=rows, runs=runs, verdict=verdict, verdict_detail=detail, per_size=per_size,
-        compute_saved=compute_saved(rows, greater), scratch_strategy=scratch_strategy or "",
-        energy_method=describe_power(power_watts, device), baselines=baselines, curves=curves,
-        transfer_range=transfer_range(per_size),
+        output_dir=folder, metric=metric, greater_is_better=greater, strategies=names, sizes=size_list,
+        seeds=seeds, rows=rows, runs=runs, verdict=judged["verdict"], verdict_detail=judged["detail"],
+        per_size=per_size, compute_saved=saved, scratch_strategy=scratch_strategy or "",
+        energy_method=describe_power(power_watts, device), trivial_scores=trivial, curves=curves,
+        transfer_range=transfer_range(per_size), practical_verdict=judged["practical_verdict"],
+        headline=judged["headline"], metric_reason=metric_reason, arm_kinds=kinds, arm_labels=labels,
+        baseline_notes=baseline_notes,
         search={"trials": trials, "grid": "log-spaced from suggestion/3 to suggestion*3",
                 "validation_fraction": validation_fraction, "storage": storage, "study_prefix": prefix,
                 "pruner": "successive halving (reduction factor 3) on the validation metric after each epoch"},
         seconds=round(time.perf_counter() - started, 2),
-        notes=_notes(scratch_strategy, learning_rates, metric, bootstrap_rounds, seeds, trials, validation_fraction))
+        notes=_notes(scratch_strategy, learning_rates, metric, bootstrap_rounds, seeds, trials, validation_fraction,
+                     baseline_classes))
     write_json(folder / "compare.json", report.to_dict())
     (folder / "table.md").write_text(markdown_table(report))
     plot(report, folder / "compare.png")
@@ -574,12 +545,57 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     return report
 
 
-def _row(name: str, size: Optional[int], cell: list[RunRecord], replicates: list[float],
-         baselines: dict[str, float], metric: str, greater: bool) -> Row:
+def _best_reference(per_size: list[dict[str, Any]]) -> Optional[str]:
+    """The arm the largest judged size measured transfer against, among those without pretraining."""
+    sides = [p["versus_best_without_pretraining"] for p in per_size if "versus_best_without_pretraining" in p]
+    return sides[-1]["reference"] if sides else None
+
+
+def _record(task: Any, metric: str, name: str, kind: str, size: Optional[int], seed: int,
+            outputs: dict[str, Any], **measured: Any) -> RunRecord:
+    """A RunRecord from an arm's eval outputs: every metric the task computes, the verdict's as ``metric``."""
+    metrics = _metrics(task, outputs)
+    predicted = class_predictions(outputs)
+    return RunRecord(strategy=name, kind=kind, size=size, seed=seed, metric=metrics[metric],
+                     metrics={k: round(v, 5) for k, v in metrics.items()},
+                     predicted_classes=None if predicted is None else int(predicted.unique().numel()), **measured)
+
+
+def _baseline_run(session: Any, task: Any, metric: str, name: str, cls: type, size: Optional[int], seed: int,
+                  rows: list[int], outputs_by_run: dict[tuple, dict[str, Any]], grid_g_per_kwh: Optional[float],
+                  power_watts: Optional[float], log: Callable[[str], None]) -> RunRecord:
+    """Train baseline ``name`` on exactly the rows the transfer arms got at ``size`` (their training and
+    validation rows together: the baseline chooses its regularisation by cross-validation on them)."""
+    import torch
+
+    from adaptkit import BaselineRows
+    from adaptkit.judge.baselines import targets_of, train_baseline
+    from adaptkit.judge.energy import grid_intensity
+
+    encoded = session.train_data.select(rows)
+    train = BaselineRows(rows=session.splits.train.select(rows), encoded=encoded, targets=targets_of(encoded))
+    evaluate = BaselineRows(rows=session.splits.eval, encoded=session.eval_data)
+    labels = torch.tensor(session.eval_data["labels"])
+    result = train_baseline(cls, task, metric, seed, train, evaluate, labels, power_watts)
+    outputs_by_run[(name, size, seed)] = result.outputs
+    record = _record(task, metric, name, "baseline", size, seed, result.outputs, train_examples=len(rows),
+                     validation_examples=0, learning_rate=0.0, trials=[], trainable=0,
+                     train_seconds=result.seconds, cpu_seconds=result.cpu_seconds, energy_wh=result.energy_wh,
+                     search_energy_wh=result.energy_wh,
+                     g_co2e=round(result.energy_wh / 1000 * grid_intensity(grid_g_per_kwh), 5),
+                     peak_memory_bytes=0, details=result.summary)
+    log(f"compare: {name}-n{size if size is not None else 'all'}-s{seed}: {metric} {record.metric:.4f} "
+        f"({', '.join(f'{k} {v}' for k, v in result.summary.items())}; {result.seconds:.1f} s)")
+    return record
+
+
+def _row(name: str, kind: str, size: Optional[int], cell: list[RunRecord], replicates: list[float],
+         baselines: dict[str, float], metric: str, greater: bool, primary: str) -> Row:
     low, high = percentile_interval(replicates)
     values = [r.metric for r in cell]
     mean = sum(values) / len(values)
-    secondary = [r.metrics[SECONDARY_METRIC] for r in cell if SECONDARY_METRIC in r.metrics and SECONDARY_METRIC != metric]
+    second = SECONDARY_METRIC if metric != SECONDARY_METRIC else primary  # the other one beside the verdict's
+    secondary = [r.metrics[second] for r in cell if second in r.metrics and second != metric]
     flags = []
     if all(r.predicted_classes == 1 for r in cell):
         flags.append("did not learn")
@@ -595,181 +611,34 @@ def _row(name: str, size: Optional[int], cell: list[RunRecord], replicates: list
                secondary=round(sum(secondary) / len(secondary), 5) if secondary else None,
                learning_rates=[r.learning_rate for r in cell],
                search_energy_wh=round(sum(r.search_energy_wh for r in cell) / len(cell), 6),
-               seed_interval=seed_interval(values), flags=flags)
+               seed_interval=seed_interval(values), flags=flags, kind=kind,
+               secondary_metric=second if secondary else None)
 
 
 def _notes(scratch_strategy: Optional[str], learning_rates: dict[str, float], metric: str, rounds: int, seeds: list[int],
-           trials: int, validation_fraction: float) -> list[str]:
+           trials: int, validation_fraction: float, baselines: dict[str, type]) -> list[str]:
     return [
         *([f"{SCRATCH}: the same architecture from random weights (model.init: random), trained with strategy "
            f"{scratch_strategy!r}; its search is centred on {learning_rates.get(SCRATCH, SCRATCH_LEARNING_RATE):g}"]
           if scratch_strategy else []),
+        *[f"{name}: {cls.description or cls.label}; trained on the same rows as the transfer arms at each size "
+          f"(their training and validation rows together), never on a pretrained weight"
+          for name, cls in baselines.items()],
         f"every arm: {trials} learning rate(s) log-spaced around its suggestion (the recipe's rate for its own "
         f"strategy, else the strategy's default), chosen on {validation_fraction:.0%} of the arm's rows held out "
         f"as validation; train examples in the table exclude them; the best epoch's weights are kept",
         "budget: the recipe's epochs, raised to at least training.min_steps optimizer steps on small data",
-        f"metric: the task's {metric} on the eval rows (never used to choose); 95% CI from {rounds} bootstrap "
+        f"metric: {metric} on the eval rows (never used to choose); 95% CI from {rounds} bootstrap "
         f"resamples of the eval rows (averaged over seeds)",
-        "verdict: paired bootstrap of (best transfer arm - scratch) on the same resampled rows, per size",
+        "verdicts: paired bootstrap of (best transfer arm - scratch) and of (best transfer arm - the best arm "
+        "without pretraining: scratch or a baseline) on the same resampled rows, per size",
         *(["one seed: the intervals cover which eval rows were drawn, not training randomness; pass several "
            "seeds (--seeds 1,2,3) for an interval across seeds too"] if len(seeds) == 1 else []),
         "energy: the chosen trial's training, measured (see energy method); the whole search costs the "
-        "search_energy_wh figure",
+        "search_energy_wh figure; a baseline's is its whole fit, cross-validation included",
         "peak memory: the CUDA allocator peak on a GPU; on a CPU the process's resident memory sampled every "
         "20 ms while the arm trained (its baseline included)",
     ]
-
-
-# ---------------------------------------------------------------------------- outputs
-
-def _flags(row: Row) -> str:
-    return f" ({'; '.join(row.flags)})" if row.flags else ""
-
-
-def markdown_table(report: CompareReport) -> str:
-    """The results table as Markdown, ready to paste into a README."""
-    second = any(r.secondary is not None for r in report.rows)
-    seeds = any(r.seed_interval for r in report.rows)
-    lines = [f"| arm | train rows | {report.metric} (95% CI) |" + (" across seeds (95% CI) |" if seeds else "")
-             + (f" {SECONDARY_METRIC} |" if second else "")
-             + " chosen lr | trainable params | train s | peak MiB | energy Wh (run / search) |",
-             "|---|---:|---:|" + ("---:|" if seeds else "") + ("---:|" if second else "") + "---:|---:|---:|---:|---:|"]
-    for r in report.rows:
-        lines.append(f"| {r.strategy}{_flags(r)} | {r.train_examples:,} | {r.metric:.4f} [{r.ci_low:.3f}, "
-                     f"{r.ci_high:.3f}] |"
-                     + (f" [{r.seed_interval[0]:.3f}, {r.seed_interval[1]:.3f}] |" if seeds and r.seed_interval
-                        else " - |" if seeds else "")
-                     + (f" {r.secondary:.4f} |" if second and r.secondary is not None else
-                        " - |" if second else "")
-                     + f" {', '.join(f'{x:.2g}' for x in r.learning_rates)} | {r.trainable:,} | "
-                       f"{r.wall_seconds:.1f} | {r.peak_memory_bytes / 2**20:,.0f} | {r.energy_wh:.4f} / "
-                       f"{r.search_energy_wh:.4f} |")
-    lines += [""]
-    if report.baselines:
-        lines.append(f"Baselines on the eval rows: majority class {report.baselines['majority_class']:.4f}, "
-                     f"random guessing {report.baselines['chance']:.4f}.")
-    lines += ["", f"**Verdict: {report.verdict}.** {report.verdict_detail}", ""]
-    if report.transfer_range:
-        lines += [report.transfer_range, ""]
-    lines += [f"- {line}" for line in curve_sentences(report)] + [""]
-    return "\n".join(lines)
-
-
-def curve_sentences(report: CompareReport) -> list[str]:
-    """The learning-curve answers in words: rows scratch would need, gain from doubling the data."""
-    out = []
-    for name, curve in report.curves.items():
-        match = curve.get("rows_to_match")
-        if match:
-            if match["rows"] is None:
-                out.append(f"Scratch's learning curve does not fall toward {match['target_arm']}'s "
-                           f"{match['target_metric']:.4f} at {match['at_rows']:,} rows: no amount of data is "
-                           f"predicted to close the gap from these points.")
-            elif match["rows"] <= match["at_rows"]:
-                out.append(f"Scratch's fitted curve already reaches {match['target_arm']}'s "
-                           f"{match['target_metric']:.4f} within the sizes tried (about {match['rows']:,} rows): "
-                           f"transfer saves no data here.")
-            elif match["rows"] > 1000 * match["at_rows"]:
-                out.append(f"Scratch's learning curve barely falls: matching {match['target_arm']}'s "
-                           f"{match['target_metric']:.4f} at {match['at_rows']:,} rows would take more than 1,000 "
-                           f"times as many rows, far beyond anything measured here: in practice, never.")
-            else:
-                low, high = match["ci"]
-                span = (f"95% CI {f'{low:,}' if low is not None else 'unbounded'} to "
-                        f"{f'{high:,}' if high is not None else 'unbounded'}")
-                out.append(f"Scratch would need about {match['rows']:,} training rows ({span}) to match "
-                           f"{match['target_arm']}'s {match['target_metric']:.4f} at {match['at_rows']:,} rows"
-                           + (" (an extrapolation far beyond the sizes tried)." if match["extrapolated"] else "."))
-        if curve.get("doubling_gain") is not None:
-            low, high = curve["doubling_gain_ci"]
-            out.append(f"{name}: doubling the largest training set is expected to change {report.metric} by "
-                       f"{curve['doubling_gain']:+.3f} (95% CI {low:+.3f} to {high:+.3f}).")
-    return out
-
-
-def plot(report: CompareReport, path: Path) -> None:
-    """Metric with its 95% CI against training-set size (or trainable parameters when one size)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    one_size = len(report.sizes) == 1
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for name in report.strategies:
-        cells = sorted((r for r in report.rows if r.strategy == name), key=lambda r: r.train_examples)
-        xs = [r.trainable if one_size else r.train_examples for r in cells]
-        ys = [r.metric for r in cells]
-        errors = [[y - r.ci_low for y, r in zip(ys, cells)], [r.ci_high - y for y, r in zip(ys, cells)]]
-        axes.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=name,
-                      linestyle="--" if name == SCRATCH else "-")
-    for key, style, label in (("majority_class", ":", "majority class"), ("chance", "-.", "random guessing")):
-        if key in report.baselines:
-            axes.axhline(report.baselines[key], color="grey", linestyle=style, linewidth=1, label=label)
-    axes.set_xscale("log")
-    axes.set_xlabel("trainable parameters" if one_size else "training examples")
-    axes.set_ylabel(f"eval {report.metric} (95% CI)")
-    axes.set_title(f"{report.verdict}")
-    axes.grid(True, alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-# The page, as a jinja2 template. Text is escaped with html.escape (the ``h`` filter), not jinja2's
-# autoescape, so quotes come out as &quot;/&#x27; exactly as before the template existed.
-HTML_TEMPLATE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>adaptkit compare: {{ r.verdict|h }}</title>
-<style>body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-td:first-child{text-align:left}h1{color:{{ colour }}}</style></head><body>
-<h1>Verdict: {{ r.verdict|h }}</h1><p>{{ r.verdict_detail|h }}</p><p>{{ r.transfer_range|h }}</p>
-<table><tr>{% for h in head %}<th>{{ h }}</th>{% endfor %}</tr>
-{%- for row in r.rows %}<tr><td>{{ (row.strategy ~ flags(row))|h }}</td><td>{{ "{:,}".format(row.train_examples) }}</td>
-{%- if true %}<td>{{ "%.4f"|format(row.metric) }}</td><td>[{{ "%.3f"|format(row.ci_low) }}, {{ "%.3f"|format(row.ci_high) }}]</td>
-{%- endif %}<td>{{ row.learning_rates|map("g2")|join(", ") }}</td><td>{{ "{:,}".format(row.trainable) }}</td>
-{%- if true %}<td>{{ "%.1f"|format(row.wall_seconds) }}</td><td>{{ "{:,.0f}".format(row.peak_memory_bytes / 1048576) }}</td>
-{%- endif %}<td>{{ "%.4f"|format(row.energy_wh) }}</td></tr>{% endfor %}</table>
-<img alt="metric against {{ 'trainable parameters' if r.sizes|length == 1 else 'training examples' }}" src="data:image/png;base64,{{ image }}">
-<h2>By training-set size</h2><ul>
-{%- for p in r.per_size %}<li>{{ p.train_examples }} examples: {{ p.best_transfer|h }} - scratch = {{ "%+.4f"|format(p.difference) }} [{{ "%+.4f"|format(p.ci_low) }}, {{ "%+.4f"|format(p.ci_high) }}]: <b>{{ p.verdict|h }}</b></li>{% endfor %}</ul>
-<h2>Learning curves</h2><ul>{% for line in curves %}<li>{{ line|h }}</li>{% else %}<li>one size: no curve</li>{% endfor %}</ul>
-<h2>Compute saved against training from scratch</h2><ul>
-{%- for c in r.compute_saved %}<li>{{ c.strategy|h }}: {% if c.matches_scratch -%}
-matches scratch's best ({{ "%.4f"|format(c.scratch_best_metric) }} with {{ c.scratch_examples }} examples, {{ "%.4f"|format(c.scratch_energy_wh) }} Wh) with {{ c.examples_needed }} examples and {{ "%.4f"|format(c.energy_wh) }} Wh
-{%- if c.energy_saved_wh %}: {{ "%.4f"|format(c.energy_saved_wh) }} Wh saved{% else %}: no energy saved{% endif %}
-{%- else %}{{ c.note|h }}{% endif %}</li>{% else %}<li>no scratch baseline</li>{% endfor %}</ul>
-<h2>Method</h2><ul>{% for n in notes %}<li>{{ n|h }}</li>{% endfor %}</ul>
-<p>Seeds: {{ r.seeds|join(", ") }}. Raw figures: compare.json.</p>
-</body></html>
-"""
-
-
-@functools.lru_cache(maxsize=1)
-def _html_template():
-    """``HTML_TEMPLATE`` compiled once (compiling takes ~15 ms, rendering ~0.3 ms)."""
-    import jinja2
-
-    env = jinja2.Environment(autoescape=False, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    env.filters["h"] = lambda value: html.escape(str(value))
-    env.filters["g2"] = lambda value: f"{value:.2g}"
-    return env.from_string(HTML_TEMPLATE)
-
-
-def html_report(report: CompareReport, png: Path) -> str:
-    """One self-contained page: verdict, table, plot (base64), curves, compute saved, method notes.
-
-    Rendered with jinja2 (``HTML_TEMPLATE``): the page's layout is one readable template instead
-    of nested f-strings; a test holds it to the exact bytes the f-string version produced.
-    """
-    colour = {"positive transfer": "#1a7f37", "negative transfer": "#cf222e"}.get(report.verdict, "#9a6700")
-    return _html_template().render(
-        r=report, colour=colour, flags=_flags, curves=curve_sentences(report),
-        image=base64.b64encode(png.read_bytes()).decode("ascii"),
-        head=("arm", "train rows", f"{report.metric}", "95% CI", "chosen lr", "trainable params", "train s",
-              "peak MiB", "energy Wh"),
-        notes=report.notes + [f"energy: {report.energy_method}"])
 
 
 def parse_list(text: Optional[str], kind: type = str) -> Optional[list]:

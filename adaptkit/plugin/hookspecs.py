@@ -56,3 +56,15 @@ def adaptkit_on_event(event: str, payload: dict[str, Any]) -> None:
     (payload: metrics, output_dir). Use it for logging or notifications; raising stops
     the run with an error that names the plugin.
     """
+
+
+@hookspec
+def adaptkit_register_baselines(register: Callable[[type], None]) -> None:
+    """Register baselines trained without pretraining: call ``register(BaselineClass)`` once per baseline.
+
+    Called once when the plugin manager is built. Each class subclasses ``adaptkit.Baseline``,
+    carries a ``name`` and declares the task types it serves (``tasks``). ``compare`` trains every
+    installed baseline that serves the recipe's task on the same rows as the transfer arms and
+    judges transfer against the best of them; ``advise`` cross-validates them on the training
+    rows. A name two distributions register is refused as for strategies. Returns nothing.
+    """

@@ -50,6 +50,9 @@ CORE_DISTRIBUTION = "adaptkit"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}$")
 # Which recipe section and key name a strategy or task: for messages that show how to pick one.
 _SECTION_KEY = {"strategy": ("strategy", "name"), "task": ("task", "type")}
+# The kinds of class a plugin registers, each with its hook; a name is unique within its kind.
+KINDS = {"strategy": "adaptkit_register_strategies", "task": "adaptkit_register_tasks",
+         "baseline": "adaptkit_register_baselines"}
 _recipe_allow: contextvars.ContextVar = contextvars.ContextVar("adaptkit_recipe_plugins", default=None)
 # The active recipe's choices: frozenset of ("kind:name", normalised distribution).
 _recipe_choices: contextvars.ContextVar = contextvars.ContextVar("adaptkit_recipe_choices", default=frozenset())
@@ -70,6 +73,7 @@ class PluginInfo:
     module: str
     strategies: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
+    baselines: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
     conflicts: list[str] = field(default_factory=list)
@@ -104,6 +108,7 @@ class Registry:
     tasks: dict[str, type]
     owners: dict[str, PluginInfo]
     claims: dict[str, list[tuple[PluginInfo, type]]] = field(default_factory=dict)
+    baselines: dict[str, type] = field(default_factory=dict)
 
     def plugin_for(self, kind: str, name: str) -> PluginInfo | None:
         return self.owners.get(f"{kind}:{name}")
@@ -151,7 +156,7 @@ class Registry:
                 table.pop(name, None)
                 owners.pop(key, None)
                 table.refused[name] = self.choice_problem(kind, name, distribution) or ""
-        return Registry(self.manager, self.plugins, strategies, tasks, owners, self.claims)
+        return Registry(self.manager, self.plugins, strategies, tasks, owners, self.claims, self.baselines)
 
 
 def _normal(name: str) -> str:
@@ -337,10 +342,11 @@ def _collect(hook: Any, kind: str) -> list[type]:
     collected: list[type] = []
 
     def register(cls: type) -> None:
+        from adaptkit.plugin.baseline import Baseline
         from adaptkit.plugin.strategy import Strategy
         from adaptkit.plugin.task import Task
 
-        base = Strategy if kind == "strategy" else Task
+        base = {"strategy": Strategy, "task": Task, "baseline": Baseline}[kind]
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise AdaptkitError(f"register() was given {cls!r}, not a subclass of adaptkit.{base.__name__}")
         name = getattr(cls, "name", None)
@@ -373,14 +379,14 @@ def _list_claimants(found: list[tuple[PluginInfo, type]]) -> str:
 
 
 def _ambiguity(kind: str, name: str, found: list[tuple[PluginInfo, type]]) -> str:
-    section, key = _SECTION_KEY[kind]
+    section, key = _SECTION_KEY.get(kind, (kind, "name"))
     picks = " or ".join(f"`{section}: {{{key}: {name}, distribution: {info.distribution}}}`" for info, _ in found)
     return (f"{kind} name {name!r} is registered by more than one distribution: {_list_claimants(found)}; "
             f"adaptkit will not guess which code to run: say which in the recipe, {picks} "
             f"(or uninstall one, or leave it out with the recipe's plugins: list or {ALLOW_LIST_ENV})")
 
 
-def _settle(claims: dict[str, list[tuple[PluginInfo, type]]]) -> tuple[_Table, _Table, dict[str, PluginInfo]]:
+def _settle(claims: dict[str, list[tuple[PluginInfo, type]]]) -> tuple[dict[str, _Table], dict[str, PluginInfo]]:
     """Give each name with a single distribution behind it to that plugin; refuse shared names.
 
     Two entry points of one distribution that register the same name are that distribution's own
@@ -388,7 +394,7 @@ def _settle(claims: dict[str, list[tuple[PluginInfo, type]]]) -> tuple[_Table, _
     several distributions belongs to none of them until a recipe chooses; each plugin that is not
     first-party is marked with an error naming every distribution involved.
     """
-    tables = {"strategy": _Table(), "task": _Table()}
+    tables = {kind: _Table() for kind in KINDS}
     owners: dict[str, PluginInfo] = {}
     for key in sorted(claims):
         kind, _, name = key.partition(":")
@@ -398,7 +404,7 @@ def _settle(claims: dict[str, list[tuple[PluginInfo, type]]]) -> tuple[_Table, _
             if twin is not None:
                 _add_error(info, f"{kind} name {name!r} is already registered by plugin {twin.name!r} of the same "
                                  f"distribution {info.distribution}; this one is ignored")
-                (info.strategies if kind == "strategy" else info.tasks).remove(name)
+                _names(info, kind).remove(name)
                 continue
             found.append((info, cls))
         claims[key] = found
@@ -407,7 +413,7 @@ def _settle(claims: dict[str, list[tuple[PluginInfo, type]]]) -> tuple[_Table, _
             owners[key] = found[0][0]
             continue
         tables[kind].refused[name] = _ambiguity(kind, name, found)
-        section, field_name = _SECTION_KEY[kind]
+        section, field_name = _SECTION_KEY.get(kind, (kind, "name"))
         for info, _ in found:
             others = [other for other, _ in found if other is not info]
             info.conflicts.append(f"{kind}:{name}, also registered by "
@@ -417,7 +423,12 @@ def _settle(claims: dict[str, list[tuple[PluginInfo, type]]]) -> tuple[_Table, _
                                  f"{', '.join(_who(other) for other in others)}: refused unless a recipe names "
                                  f"the distribution, e.g. `{section}: {{{field_name}: {name}, "
                                  f"distribution: {info.distribution}}}`")
-    return tables["strategy"], tables["task"], owners
+    return tables, owners
+
+
+def _names(info: PluginInfo, kind: str) -> list[str]:
+    """The list of ``kind`` names a plugin registered, as ``adaptkit plugins`` shows them."""
+    return {"strategy": info.strategies, "task": info.tasks, "baseline": info.baselines}[kind]
 
 
 def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Registry:
@@ -470,7 +481,7 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
             impl_hook.name for impl_hook in manager.get_hookcallers(module) or []
         )
         _guard_hooks(manager, module, info)
-        for kind, hook_name in (("strategy", "adaptkit_register_strategies"), ("task", "adaptkit_register_tasks")):
+        for kind, hook_name in KINDS.items():
             impl = getattr(module, hook_name, None)
             if impl is None:
                 continue
@@ -483,9 +494,9 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
                 continue
             for cls in classes:
                 claims.setdefault(f"{kind}:{cls.name}", []).append((info, cls))
-                (info.strategies if kind == "strategy" else info.tasks).append(cls.name)
-    strategies, tasks, owners = _settle(claims)
-    return Registry(manager, plugins, strategies, tasks, owners, claims)
+                _names(info, kind).append(cls.name)
+    tables, owners = _settle(claims)
+    return Registry(manager, plugins, tables["strategy"], tables["task"], owners, claims, tables["baseline"])
 
 
 @functools.lru_cache(maxsize=8)
