@@ -60,12 +60,21 @@ def test_multi_turn_conversation_learns_only_assistant_turns(tokenizer):
     assert row["length"] == len(EXPECTED) and row["prompt_length"] == 22  # up to the last "assistant"
 
 
-@pytest.mark.parametrize("cut", [23, 13, 17, 2])
+@pytest.mark.parametrize("cut", [23, 13, 17])
 def test_truncation_inside_a_turn_keeps_the_mask_aligned(tokenizer, cut):
-    """23 and 13 end inside an answer, 17 inside a user turn, 2 inside the system turn."""
+    """23 and 13 end inside an answer, 17 inside a user turn."""
     row = _encode(tokenizer, [{"messages": CONVERSATION}], training=False, max_length=cut)[0]
     _check(tokenizer, row, EXPECTED[:cut])
     assert row["prompt_length"] == min(22, cut)
+
+
+def test_held_out_rows_whose_every_answer_is_cut_off_are_refused(tokenizer):
+    """A cut at 2 (inside the system turn) leaves the only answer nothing to score: an eval loss
+    over no tokens was NaN (issue 22, item 10), so the held-out table is refused."""
+    from adaptkit.errors import DataError
+
+    with pytest.raises(DataError, match=r"task.max_length \(2\) cuts off the answer of all 1 eval rows"):
+        _encode(tokenizer, [{"messages": CONVERSATION}], training=False, max_length=2)
 
 
 def test_train_on_inputs_learns_every_token_of_training_rows_only(tokenizer):

@@ -160,9 +160,14 @@ class CausalLM(Task):
     def compute_metrics(self, loss_sum, tokens) -> dict[str, float]:
         import math
 
+        from adaptkit import DataError
+
         count = int(tokens.sum())
-        mean = float(loss_sum.double().sum()) / count if count else math.nan
-        return {"token_loss": mean, "perplexity": math.exp(min(mean, 700.0)) if count else math.nan,
+        if not count:  # a mean over no tokens is NaN, which reached metrics.json and the card as a score
+            raise DataError("the evaluation data has no token to score (every target is cut off by "
+                            "task.max_length, or no row has one); raise task.max_length or check the eval data")
+        mean = float(loss_sum.double().sum()) / count
+        return {"token_loss": mean, "perplexity": math.exp(min(mean, 700.0)),
                 "tokens": float(count)}
 
     def predict_batch(self, model, batch) -> list[str]:

@@ -10,6 +10,7 @@ and generates answers for a whole batch at once.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Literal, Optional
 
 from pydantic import Field, PositiveInt, field_validator
@@ -173,13 +174,54 @@ class Instruct(CausalLM):
         training = dataset is getattr(self, "_train", None)
         encoded = dataset.map(lambda row, index: self._encode(row, index, tokenizer, training), with_indices=True,
                               remove_columns=dataset.column_names, desc="tokenizing")
+        learnt = [any(label != -100 for label in labels) for labels in encoded["labels"]]
         if training:
-            if not any(label != -100 for labels in encoded["labels"] for label in labels):
-                raise DataError("no training row has an answer token to learn (every row ends without an "
-                                "assistant turn, or max_length cuts every answer off)")
+            encoded = self._drop_rows_without_answers(dataset, encoded, learnt)
             if self.options.packing:
                 encoded = pack_table(encoded, self.options.max_length)
+        else:
+            self._check_scorable(dataset, learnt)
         return encoded
+
+    def _empty(self, dataset) -> list[bool]:
+        """Per row, whether it holds nothing to learn by its layout: an empty text (text format)."""
+        if self.options.format != "text":
+            return [False] * len(dataset)
+        return [not str(text or "").strip() for text in dataset[self.options.text_column]]
+
+    def _drop_rows_without_answers(self, dataset, encoded, learnt: list[bool]):
+        """Training rows with no answer token (no assistant turn, an answer max_length cuts off, an
+        empty text) trained nothing without a word: they are counted, named and left out, and a
+        table with none left is refused before any model is built."""
+        keep = [has and not empty for has, empty in zip(learnt, self._empty(dataset))]
+        dropped = [index + 1 for index, kept in enumerate(keep) if not kept]
+        if len(dropped) == len(keep):
+            raise DataError(f"no training row has an answer token to learn: all {len(keep)} rows end without an "
+                            f"assistant turn, have an empty text, or max_length ({self.options.max_length}) cuts "
+                            f"every answer off")
+        if dropped:
+            shown = ", ".join(map(str, dropped[:8])) + (", ..." if len(dropped) > 8 else "")
+            print(f"warning: {len(dropped)} of {len(keep)} training rows have no answer token to learn (rows "
+                  f"{shown}: no assistant turn, an empty text, or an answer cut off by task.max_length "
+                  f"{self.options.max_length}); they are left out of training", file=sys.stderr)
+            self.dropped_training_rows = len(dropped)
+            encoded = encoded.select([index for index, kept in enumerate(keep) if kept])
+        return encoded
+
+    def _check_scorable(self, dataset, learnt: list[bool]) -> None:
+        """Eval rows hold answers, but max_length may cut every one off: the eval loss was then a
+        mean over no tokens, ``token_loss nan`` with exit 0 and NaN in metrics.json and the card.
+        Refused here, before training. (Rows without answers are questions for ``predict``.)"""
+        from adaptkit_tasks.instruct_formats import row_messages
+
+        if self.options.format == "text":
+            answered = [not empty for empty in self._empty(dataset)]
+        else:
+            answered = [row_messages(row, self.options, f"row {index + 1}")[1] for index, row in enumerate(dataset)]
+        if any(answered) and not any(has for has, asks in zip(learnt, answered) if asks):
+            raise DataError(f"no evaluation row has an answer token left to score: task.max_length "
+                            f"({self.options.max_length}) cuts off the answer of all {sum(answered)} eval rows "
+                            f"that have one; raise task.max_length or shorten the prompts")
 
     def collate(self, tokenizer):
         from adaptkit_tasks.packing import collate_fn

@@ -1,0 +1,63 @@
+"""Instruct rows with nothing to learn or score (issue 22, item 10): counted, named and left out of
+training; refused when nothing is left to learn, or when max_length cuts every eval answer off
+(that reported ``token_loss nan`` with exit 0 and wrote NaN into metrics.json and the card)."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import write_recipe
+from test_instruct_kit import fruit_rows, write_jsonl
+from test_instruct_train import recipe, tokenizer_dir  # noqa: F401 (a fixture)
+
+
+def _unanswered(rows):
+    """The same conversations without any assistant turn."""
+    return [{"messages": [turn for turn in row["messages"][:2]]} for row in rows]
+
+
+def test_training_rows_without_an_answer_are_counted_and_left_out(tmp_path, tokenizer_dir, capsys):  # noqa: F811
+    import adaptkit
+
+    spec = recipe(tmp_path, tokenizer_dir, "messages")
+    rows = fruit_rows("messages", 64, 1)
+    rows[3:13] = _unanswered(rows[3:13])
+    spec["data"]["train"] = str(write_jsonl(tmp_path / "train.jsonl", rows))
+    result = adaptkit.run(spec, progress=False)
+    error = capsys.readouterr().err
+    assert "warning: 10 of 64 training rows have no answer token to learn (rows 4, 5, 6, 7, 8, 9, 10, 11, ..." in error
+    assert result.metrics["train_examples"] == 54
+
+
+def test_training_with_only_empty_texts_is_refused_before_any_model(tmp_path, tokenizer_dir, capsys):  # noqa: F811
+    from adaptkit.cli import main
+
+    spec = recipe(tmp_path, tokenizer_dir, "text")
+    spec["data"]["train"] = str(write_jsonl(tmp_path / "train.jsonl", [{"text": " "}] * 16))
+    path = write_recipe(tmp_path / "r.yaml", spec)
+    assert main(["run", str(path), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "error: no training row has an answer token to learn: all 16 rows" in error and "Traceback" not in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_eval_set_whose_answers_max_length_cuts_off_is_refused_not_nan(tmp_path, tokenizer_dir, capsys):  # noqa: F811
+    from adaptkit.cli import main
+
+    spec = recipe(tmp_path, tokenizer_dir, "messages", max_length=12, train_on_inputs=True)
+    path = write_recipe(tmp_path / "r.yaml", spec)
+    assert main(["run", str(path), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "error: no evaluation row has an answer token left to score: task.max_length (12) cuts off the " \
+           "answer of all 8 eval rows" in error and "Traceback" not in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_compute_metrics_over_no_tokens_is_an_error_not_nan():
+    import torch
+
+    from adaptkit.errors import DataError
+    from adaptkit_tasks.instruct import Instruct, InstructOptions
+
+    task = Instruct(InstructOptions())
+    with pytest.raises(DataError, match="no token to score"):
+        task.compute_metrics(loss_sum=torch.zeros(3), tokens=torch.zeros(3))
