@@ -61,3 +61,39 @@ def test_compute_metrics_over_no_tokens_is_an_error_not_nan():
     task = Instruct(InstructOptions())
     with pytest.raises(DataError, match="no token to score"):
         task.compute_metrics(loss_sum=torch.zeros(3), tokens=torch.zeros(3))
+
+
+NESTED_LOOPS = ("{% for m in messages %}{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                "{% endfor %}{{ m['content'] }}{% endfor %}")
+
+
+@pytest.mark.parametrize("template, fragment", [
+    (NESTED_LOOPS, "range() loops take more than 100,000 steps"),
+    ("{{ messages[0]['content'] * 100000000 }}", "builds a str of"),
+    ("{{ 9 ** 99999999 }}{{ messages }}", "it computes 9 ** 99999999"),
+])
+def test_a_chat_template_too_costly_to_render_fails_validate_at_once(tmp_path, tokenizer_dir, capsys,  # noqa: F811
+                                                                     template, fragment):
+    """Nested range(100000) loops compiled, passed validate and hung `run` with no output (item 6)."""
+    import time
+
+    from adaptkit.cli import main
+
+    spec = recipe(tmp_path, tokenizer_dir, "messages", chat_template=template)
+    path = write_recipe(tmp_path / "r.yaml", spec)
+    started = time.monotonic()
+    assert main(["validate", str(path)]) == 2
+    assert time.monotonic() - started < 30
+    error = capsys.readouterr().err
+    assert "task.chat_template: " in error and "chat template is too costly to render" in error and fragment in error
+
+
+def test_a_tokenizers_own_costly_template_is_refused_when_the_tokenizer_is_loaded():
+    from adaptkit.errors import AdaptkitError
+    from adaptkit_tasks.chat_templates import install_template
+
+    class Tokenizer:
+        chat_template = NESTED_LOOPS
+
+    with pytest.raises(AdaptkitError, match="the template of 'some/model': chat template is too costly"):
+        install_template(Tokenizer(), None, "'some/model'")

@@ -39,8 +39,97 @@ NAMED_TEMPLATES: dict[str, str] = {
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
+# Bounds on rendering the sample conversation (``render_cost_problem``). A real template renders
+# two turns in well under a millisecond, with a few dozen loop steps and a few hundred characters.
+MAX_RENDER_STEPS = 100_000  # items all range() calls may yield together
+MAX_RENDER_CHARS = 1_000_000  # characters of output (and of a string or list built with *)
+MAX_RENDER_SECONDS = 2.0
+SAMPLE_CONVERSATION = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                       {"role": "assistant", "content": "hello"}]
+
+
+class _TooCostly(Exception):
+    """A trial render ran past one of the bounds; the message says which."""
+
+
+def render_cost_problem(template: str) -> Optional[str]:
+    """Why rendering ``template`` would stall a run, found by rendering a sample conversation under
+    bounds; None when it renders within them (or fails in another way, which ``install_template``
+    reports with the real tokenizer).
+
+    A template is code: nested ``range(100000)`` loops passed ``validate`` (it only compiles) and
+    then hung ``run`` with no output, in the tokenizer's render of the first row. The trial render
+    uses a sandbox configured as transformers' own (trim_blocks, lstrip_blocks, loopcontrols, the
+    ``raise_exception``/``tojson`` helpers), with ``range`` counting its steps, ``*`` and ``**``
+    bounded, and the output streamed and measured, all against a clock. Pure jinja2: ``adaptkit
+    validate`` runs it, and ``adaptkit plan`` and the start of a run again with the tokenizer's own.
+    """
+    import json
+    import time
+
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    started = time.monotonic()
+    steps = [0]
+
+    def clock() -> None:
+        if time.monotonic() - started > MAX_RENDER_SECONDS:
+            raise _TooCostly(f"rendering a three-turn sample conversation took more than {MAX_RENDER_SECONDS:g} s")
+
+    def bounded_range(*args: int):
+        for value in range(*args):
+            steps[0] += 1
+            if steps[0] > MAX_RENDER_STEPS:
+                raise _TooCostly(f"its range() loops take more than {MAX_RENDER_STEPS:,} steps to render a "
+                                 f"three-turn sample conversation")
+            if steps[0] % 1024 == 0:
+                clock()
+            yield value
+
+    class Bounded(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            clock()
+            if operator == "**" and isinstance(right, int) and abs(right) > 1000 and \
+                    isinstance(left, (int, float)) and abs(left) > 1:
+                raise _TooCostly(f"it computes {left!r} ** {right!r}")
+            if operator == "*":
+                for seq, times in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and \
+                            len(seq) * times > MAX_RENDER_CHARS:
+                        raise _TooCostly(f"it builds a {type(seq).__name__} of {len(seq) * times:,} items with *")
+            return super().call_binop(context, operator, left, right)
+
+    def raise_exception(message):
+        raise jinja2.TemplateError(message)
+
+    env = Bounded(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals.update(range=bounded_range, raise_exception=raise_exception,
+                       strftime_now=lambda fmt: time.strftime(fmt))
+    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False)
+    try:
+        compiled = env.from_string(template)
+        for generation in (False, True):
+            size = 0
+            for chunk in compiled.generate(messages=SAMPLE_CONVERSATION, add_generation_prompt=generation,
+                                           bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"):
+                size += len(chunk)
+                if size > MAX_RENDER_CHARS:
+                    raise _TooCostly(f"it renders more than {MAX_RENDER_CHARS:,} characters for a three-turn "
+                                     f"sample conversation")
+                clock()
+    except _TooCostly as exc:
+        return f"chat template is too costly to render: {exc}; every training row would stall on it"
+    except Exception:  # noqa: BLE001 - a template error of another kind is install_template's to report
+        return None
+    return None
+
+
 def template_problem(value: str) -> Optional[str]:
-    """Why ``value`` is neither a named template nor Jinja that compiles; None when it is fine.
+    """Why ``value`` is neither a named template nor Jinja that compiles and renders a sample
+    conversation within bounds (``render_cost_problem``); None when it is fine.
 
     Pure jinja2 (no torch, no tokenizer), so ``adaptkit validate`` answers it.
     """
@@ -58,7 +147,7 @@ def template_problem(value: str) -> Optional[str]:
         return f"chat template is not valid Jinja: {exc.message} (template line {exc.lineno})"
     if "messages" not in value:
         return "chat template never reads `messages`, so it cannot render a conversation"
-    return None
+    return render_cost_problem(value)
 
 
 def install_template(tokenizer: Any, option: Optional[str], model: str) -> None:
@@ -66,7 +155,12 @@ def install_template(tokenizer: Any, option: Optional[str], model: str) -> None:
     a tokenizer that has none: every non-text format is rendered through it."""
     if option is not None:
         tokenizer.chat_template = NAMED_TEMPLATES.get(option, option)
-    if not getattr(tokenizer, "chat_template", None):
+    template = getattr(tokenizer, "chat_template", None)
+    problem = render_cost_problem(template) if isinstance(template, str) else None
+    if problem:  # the tokenizer's own template too: checked before the tokenizer renders a row with it
+        raise AdaptkitError(f"task.chat_template: the template of {model if option is None else 'the recipe'}: "
+                            f"{problem}")
+    if not template:
         raise AdaptkitError(
             f"task.chat_template: the tokenizer of {model} has no chat template, and the recipe gives none; "
             f"set task.chat_template to a name ({', '.join(sorted(NAMED_TEMPLATES))}) or to the Jinja text "
