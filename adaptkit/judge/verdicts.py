@@ -10,9 +10,10 @@ bootstrap of the metric difference (the same resampled eval rows for both arms):
   party's). That is what a practitioner would otherwise ship, so the headline answers with it,
   and with what transfer costs in energy and wall time against it.
 
-An arm flagged "did not learn" (it predicts one class) never counts as the best of its kind,
-unless every arm of the kind did not learn; a verdict against such an arm says so, and the
-headline leans on the other reference.
+An arm flagged "did not learn" (it predicts one class) never counts as the best transfer arm
+unless every one did not learn, and never as the best model without pretraining: when nothing
+without pretraining learned, there is no practical verdict, and the verdict against scratch says
+that its gap is to an untrained model.
 
 The metric fits the data: with imbalanced classes accuracy flatters a model that predicts the
 commonest class, so the verdict uses macro-F1 there (``verdict_metric``) and says which metric
@@ -105,7 +106,9 @@ def judge(rows: list[Any], replicates: dict[tuple, list[float]], greater: bool, 
             entry["versus_scratch"] = {**versus, "reference": scratch.strategy, "reference_metric": scratch.metric,
                                        "reference_flags": list(scratch.flags),
                                        "verdict": VERDICTS[{1: 0, 0: 1, -1: 2}[versus["sign"]]]}
-        without = _best([r for r in cells if kinds.get(r.strategy) in ("scratch", "baseline")], greater)
+        # a reference that predicts one class is no alternative a user would ship: only arms that learned
+        without = _best([r for r in cells if kinds.get(r.strategy) in ("scratch", "baseline")
+                         and "did not learn" not in r.flags], greater)
         if without is not None:
             versus = paired_difference(best, without, replicates, greater)
             entry["versus_best_without_pretraining"] = {

@@ -25,11 +25,12 @@ class DownsampledPixels(Baseline):
 
     @staticmethod
     def _features(data: BaselineRows) -> Any:
+        import numpy
         import torch
 
         if data.encoded is None or "pixel_values" not in data.encoded.column_names:
             raise ValueError("pixel_linear needs the task's preprocessed pixel_values")
-        pixels = torch.tensor(data.encoded.with_format("numpy")["pixel_values"], dtype=torch.float32)
+        pixels = torch.from_numpy(numpy.asarray(data.encoded.with_format("numpy")["pixel_values"], dtype=numpy.float32))
         pooled = torch.nn.functional.adaptive_avg_pool2d(pixels, SIDE)
         return pooled.flatten(1).numpy()
 
