@@ -97,3 +97,19 @@ def test_a_tokenizers_own_costly_template_is_refused_when_the_tokenizer_is_loade
 
     with pytest.raises(AdaptkitError, match="the template of 'some/model': chat template is too costly"):
         install_template(Tokenizer(), None, "'some/model'")
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_an_unknown_chat_role_fails_validate_naming_file_and_line(tmp_path, tokenizer_dir, capsys, split):  # noqa: F811
+    from adaptkit.cli import main
+
+    spec = recipe(tmp_path, tokenizer_dir, "messages")
+    rows = fruit_rows("messages", 8, 3)
+    rows[4]["messages"][2]["role"] = "robot"
+    data = write_jsonl(tmp_path / f"{split}-bad.jsonl", rows)
+    spec["data"][split] = str(data)
+    path = write_recipe(tmp_path / "r.yaml", spec)
+    assert main(["validate", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert f"data.{split}: {data}:5: row: messages, message 3: role 'robot' is not one of" in error
+    assert "Traceback" not in error

@@ -210,3 +210,17 @@ def _meta_bert(tiny_recipe):
     with init_empty_weights():
         return AutoModelForSequenceClassification.from_config(
             AutoConfig.for_model(settings.pop("model_type"), **settings, vocab_size=30522))
+
+
+def test_plan_refuses_gradient_checkpointing_that_the_wrapped_model_cannot_do(tiny_recipe, tmp_path, capsys):
+    """frozen_head trains a cached-feature model that cannot recompute activations: plan passed and
+    run failed (issue 22, item 15); now plan refuses what run would, and run stops at its start."""
+    spec = tiny_recipe("frozen_head", training={"epochs": 1, "batch_size": 16, "seed": 0, "min_steps": 0,
+                                                "gradient_checkpointing": True})
+    path = write_recipe(tmp_path / "r.yaml", spec)
+    assert main(["plan", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "r.yaml:" in error and "training.gradient_checkpointing: with strategy 'frozen_head', this " \
+                                  "CachedHeadModel does not support gradient checkpointing" in error
+    spec["strategy"] = {"name": "full"}
+    assert main(["plan", str(write_recipe(tmp_path / "full.yaml", spec))]) == 0

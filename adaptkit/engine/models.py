@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from typing import Optional
 
 from adaptkit.errors import ModelSourceError
 from adaptkit.plugin.sources import (HUB_HOST, ModelSource, check_weight_files, load_config,  # noqa: F401
@@ -158,6 +159,16 @@ def _meta_model(task, config, trust_remote_code: bool = False):
     return meta.eval()  # from_pretrained returns a model in eval mode
 
 
+def gradient_checkpointing_problem(model) -> Optional[str]:
+    """Why the wrapped ``model`` cannot recompute activations, or None. ``adaptkit plan`` asks it of
+    the wrapped meta model, so what stops ``run`` (frozen_head's cached-feature model) stops plan."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(inner, "supports_gradient_checkpointing", False):
+        return (f"this {type(inner).__name__} does not support gradient checkpointing in transformers; "
+                f"set training.gradient_checkpointing: false")
+    return None
+
+
 def enable_gradient_checkpointing(model) -> None:
     """Recompute activations in backward (``training.gradient_checkpointing``), PEFT included.
 
@@ -169,10 +180,10 @@ def enable_gradient_checkpointing(model) -> None:
     """
     from adaptkit.errors import RecipeError
 
+    problem = gradient_checkpointing_problem(model)
+    if problem:
+        raise RecipeError(f"training.gradient_checkpointing: {problem}")
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not getattr(inner, "supports_gradient_checkpointing", False):
-        raise RecipeError(f"training.gradient_checkpointing: this {type(inner).__name__} does not support gradient "
-                          f"checkpointing in transformers; set training.gradient_checkpointing: false")
     inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     embeddings = inner.get_input_embeddings() if hasattr(inner, "get_input_embeddings") else None
     weight = getattr(embeddings, "weight", None)

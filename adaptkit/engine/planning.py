@@ -91,7 +91,18 @@ def setup_line(strategy: Any, context: Any, precision: str) -> str:
 
 
 def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, setup: str = "") -> StrategyPlan:
-    """Sizes, touched modules and the memory estimate of a wrapped model (meta or real), ``length`` tokens a row."""
+    """Sizes, touched modules and the memory estimate of a wrapped model (meta or real), ``length`` tokens a row.
+
+    A ``training.gradient_checkpointing`` the wrapped model cannot do is refused here, as the run would.
+    """
+    if recipe.training.gradient_checkpointing:
+        from adaptkit.engine.models import gradient_checkpointing_problem
+        from adaptkit.errors import RecipeError
+
+        problem = gradient_checkpointing_problem(model)
+        if problem:
+            raise RecipeError(f"{recipe.where('training', 'gradient_checkpointing')}: with strategy {name!r}, "
+                              f"{problem}")
     return StrategyPlan(name, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                         total=sum(p.numel() for p in model.parameters()), touched=touched_modules(model),
                         memory=estimate_memory(model, config, recipe.training.batch_size, length,

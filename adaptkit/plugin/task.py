@@ -112,6 +112,13 @@ class Task:
         labels = self.declared_labels()
         return LabelRules(column, tuple(labels) if labels is not None else None)
 
+    def row_problem(self, row: dict[str, Any]) -> Optional[str]:
+        """Why one data row (its column -> value, as read from a CSV/TSV/JSONL file) cannot be
+        used, or None. ``adaptkit validate`` and the start of a run call it on every row of those
+        files, so a row the task would refuse mid-run (an unknown chat role) is reported with its
+        file and line before any model is built. Default: every row is fine."""
+        return None
+
     def target_columns(self) -> list[str]:
         """Columns the task learns to predict, which new rows given to ``predict`` lack."""
         column = self.label_column()

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from adaptkit.errors import DataError
 from adaptkit.plugin.task import LabelRules
@@ -169,13 +169,15 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def scan_rows(path: Path, kind: str, required: list[str], renames: dict[str, str],
-              label_rules: "Optional[LabelRules]", is_train: bool = True) -> None:
+              label_rules: "Optional[LabelRules]", is_train: bool = True,
+              row_problem: Optional[Callable[[dict[str, Any]], Optional[str]]] = None) -> None:
     """Read every row of a CSV, TSV or JSONL file and raise ``DataError`` at the first bad one.
 
     Checks: the file has rows (an empty split is an error), every row has every field of the
     header, required columns are present in each row, labels are not empty and belong to
     ``task.labels`` when it is given, and a training file holds at least two classes. Other
     formats (JSON, Parquet, image folders) are checked when loaded (``check_table``).
+    ``row_problem`` is the task's own check of one row (``Task.row_problem``).
     """
     if kind in ("csv", "tsv"):
         rows = _csv_rows(path, "\t" if kind == "tsv" else ",")
@@ -194,6 +196,9 @@ def scan_rows(path: Path, kind: str, required: list[str], renames: dict[str, str
                 raise DataError(f"{path}:{line}: row lacks column(s) {', '.join(map(repr, missing))}")
         if rules.column is not None and rules.column in row:
             rules.check(row[rules.column], f"{path}:{line}")
+        problem = row_problem(row) if row_problem is not None else None
+        if problem:
+            raise DataError(f"{path}:{line}: {problem}")
     if count == 0:
         raise DataError(f"{path}: no rows (an empty {'training' if is_train else 'evaluation'} split)")
     if is_train:

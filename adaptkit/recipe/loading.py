@@ -437,7 +437,8 @@ def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder)
 
         try:
             scan_rows(path, kind, required, renames, task.label_rules(),
-                      is_train=label == "train" and not isinstance(recipe.data.train, list))
+                      is_train=label == "train" and not isinstance(recipe.data.train, list),
+                      row_problem=task.row_problem)
         except DataError as exc:
             raise RecipeError(f"{where}: data.{key}: {exc}") from None
         except OSError as exc:

@@ -96,6 +96,20 @@ class Instruct(CausalLM):
         return {"text": [opts.text_column], "prompt_completion": [opts.prompt_column],
                 "alpaca": [opts.instruction_column], "messages": [opts.messages_column]}[opts.format]
 
+    def row_problem(self, row: dict[str, Any]) -> Optional[str]:
+        """A row whose messages cannot be read (an unknown role, a turn without content, a cell that
+        is no list of messages): ``validate`` names its file and line. It used to pass validate and
+        stop the run after the model was built, naming neither."""
+        from adaptkit_tasks.instruct_formats import row_messages
+
+        if self.options.format == "text":
+            return None
+        try:
+            row_messages(row, self.options, "row")
+        except DataError as exc:
+            return str(exc)
+        return None
+
     def answer_column(self) -> Optional[str]:
         opts = self.options
         return {"prompt_completion": opts.completion_column, "alpaca": opts.output_column}.get(opts.format)
