@@ -224,3 +224,24 @@ def test_plan_refuses_gradient_checkpointing_that_the_wrapped_model_cannot_do(ti
                                   "CachedHeadModel does not support gradient checkpointing" in error
     spec["strategy"] = {"name": "full"}
     assert main(["plan", str(write_recipe(tmp_path / "full.yaml", spec))]) == 0
+
+
+def test_fp16_training_on_a_cpu_is_refused_by_plan_and_its_divergence_names_the_dtype(tiny_recipe, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """model.dtype fp16 on a CPU diverged at step 3 whatever the rate, and the error blamed the rate
+    (issue 22, item 12): plan refuses it, and a divergence with float16 weights on a CPU names the dtype."""
+    import adaptkit.engine.models as models
+
+    spec = tiny_recipe("full", model={"dtype": "fp16"}, training={"epochs": 2, "batch_size": 16, "seed": 0,
+                                                                   "min_steps": 0, "device": "cpu"})
+    path = write_recipe(tmp_path / "r.yaml", spec)
+    assert main(["plan", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "model.dtype: with strategy 'full', float16 weights are trained on a CPU, which diverges" in error
+    spec["model"]["dtype"] = "bf16"
+    assert main(["plan", str(write_recipe(tmp_path / "bf16.yaml", spec))]) == 0
+
+    monkeypatch.setattr(models, "half_training_on_cpu_problem", lambda model, recipe: None)  # past the check
+    assert main(["run", str(path), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "training diverged" in error and "The likely cause is the dtype, not the learning rate" in error

@@ -169,6 +169,30 @@ def gradient_checkpointing_problem(model) -> Optional[str]:
     return None
 
 
+def runs_on_cpu(training) -> bool:
+    """Whether a run of this ``training`` section trains on the CPU (no CUDA, or ``device: cpu``)."""
+    import torch
+
+    return training.device == "cpu" or not torch.cuda.is_available()
+
+
+def half_training_on_cpu_problem(model, recipe) -> Optional[str]:
+    """Why training the wrapped ``model`` would diverge: float16 trainable weights on a CPU, or None.
+
+    The CPU has no float16 arithmetic of its own and no loss scaling is applied, so the updates of
+    float16 weights under- and overflow: ``model.dtype: fp16`` diverged at step 3 whatever the
+    learning rate, and the error blamed the rate. bfloat16 keeps float32's range and trains.
+    """
+    import torch
+
+    if not runs_on_cpu(recipe.training):
+        return None
+    if any(p.requires_grad and p.dtype == torch.float16 for p in model.parameters()):
+        return ("float16 weights are trained on a CPU, which diverges whatever the learning rate (no float16 "
+                "arithmetic or loss scaling there); use model.dtype: bf16 or fp32 on a CPU, or train on a GPU")
+    return None
+
+
 def enable_gradient_checkpointing(model) -> None:
     """Recompute activations in backward (``training.gradient_checkpointing``), PEFT included.
 

@@ -93,7 +93,8 @@ def setup_line(strategy: Any, context: Any, precision: str) -> str:
 def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, setup: str = "") -> StrategyPlan:
     """Sizes, touched modules and the memory estimate of a wrapped model (meta or real), ``length`` tokens a row.
 
-    A ``training.gradient_checkpointing`` the wrapped model cannot do is refused here, as the run would.
+    A ``training.gradient_checkpointing`` the wrapped model cannot do is refused here, as the run would,
+    and float16 weights to train on a CPU, which diverge (``half_training_on_cpu_problem``).
     """
     if recipe.training.gradient_checkpointing:
         from adaptkit.engine.models import gradient_checkpointing_problem
@@ -103,6 +104,13 @@ def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, se
         if problem:
             raise RecipeError(f"{recipe.where('training', 'gradient_checkpointing')}: with strategy {name!r}, "
                               f"{problem}")
+    from adaptkit.engine.models import half_training_on_cpu_problem
+
+    problem = half_training_on_cpu_problem(model, recipe)
+    if problem:
+        from adaptkit.errors import RecipeError
+
+        raise RecipeError(f"{recipe.where('model', 'dtype')}: with strategy {name!r}, {problem}")
     return StrategyPlan(name, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                         total=sum(p.numel() for p in model.parameters()), touched=touched_modules(model),
                         memory=estimate_memory(model, config, recipe.training.batch_size, length,

@@ -687,10 +687,15 @@ class _TrainingLoop:
         good = latest_checkpoint(self.checkpoints.root) if self.checkpoints is not None else None
         kept = (f"the last good checkpoint, {good.name}, is kept in {good.parent}" if good is not None
                 else "no checkpoint was written before it")
+        advice = "Lower training.learning_rate, set training.max_grad_norm, or check the data, then run again"
+        half = any(p.dtype == torch.float16 for p in getattr(self, "trainable", []))
+        if half and self.accelerator.device.type == "cpu":
+            # the learning rate is not the cause: float16 updates overflow on a CPU whatever it is
+            advice = ("The likely cause is the dtype, not the learning rate: the trained weights are float16 on a "
+                      "CPU (model.dtype: fp16), which diverges whatever the rate; use model.dtype: bf16 or fp32")
         return TrainingDiverged(
             f"training diverged: the loss became NaN or infinite at step {self.result.steps} {where} (it was finite "
-            f"up to step {self.last_finite_step}); {kept}. Nothing with NaN weights was saved. Lower "
-            f"training.learning_rate, set training.max_grad_norm, or check the data, then run again")
+            f"up to step {self.last_finite_step}); {kept}. Nothing with NaN weights was saved. {advice}")
 
     # -- checkpoint --------------------------------------------------------------------------
 
