@@ -101,3 +101,27 @@ def test_json_lines_with_a_broken_first_line_is_scanned_not_skipped(tmp_path, fi
     (tmp_path / "train.jsonl").write_text(first + '\n{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n')
     with pytest.raises(RecipeError, match=r"data\.train: .*train\.jsonl:1: "):
         load_recipe(_recipe(tmp_path, "train.jsonl"))
+
+
+def test_a_valid_csv_with_a_150_kb_cell_is_read(tmp_path, monkeypatch):
+    """Python's csv module stops at 131,072 characters a field by default: a valid file with one long
+    document was called "malformed CSV: field larger than field limit" (issue 22, item 14)."""
+    import csv
+
+    from adaptkit.recipe import datafiles
+
+    path = tmp_path / "train.csv"
+    long_text = "word " * 30_000  # 150,000 characters
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows([[long_text, 0], ["short and good", 1], ["bad", 0]])
+    scan_rows(path, "csv", ["text", "label"], {}, None)
+    assert load_table(path)["text"][0] == long_text
+    previous = csv.field_size_limit(1000)  # the bound that remains, made small to test its message
+    monkeypatch.setattr(datafiles, "MAX_CSV_FIELD", 1000)
+    try:
+        with pytest.raises(DataError, match=r"train.csv:\d+: a cell is longer than 1,000 characters, the most"):
+            scan_rows(path, "csv", ["text", "label"], {}, None)
+    finally:
+        csv.field_size_limit(previous)

@@ -119,11 +119,24 @@ def _undecodable_line(path: Path) -> int:
     return 1
 
 
+# The largest CSV cell read, in characters. Python's csv module stops at 131,072 by default, so a
+# valid file with a 150 KB text cell (a long document) was called "malformed CSV: field larger than
+# field limit". A bound remains: an unclosed quote would otherwise read the rest of a file into one cell.
+MAX_CSV_FIELD = 256 * 2**20
+
+
+def allow_large_csv_fields() -> None:
+    """Raise the csv module's field limit to ``MAX_CSV_FIELD`` (never lower it: the limit is process-wide)."""
+    if csv.field_size_limit() < MAX_CSV_FIELD:
+        csv.field_size_limit(MAX_CSV_FIELD)
+
+
 def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, row) of a CSV/TSV file; ragged rows and undecodable bytes are errors with the line.
 
     A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped, not read into the first column's name.
     """
+    allow_large_csv_fields()
     handle = path.open(newline="", encoding="utf-8-sig")
     reader = csv.reader(handle, delimiter=delimiter)
     try:
@@ -136,6 +149,10 @@ def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]
             except UnicodeDecodeError:
                 raise DataError(f"{path}:{_undecodable_line(path)}: not UTF-8 text (a binary file?)") from None
             except csv.Error as exc:
+                if "field larger than field limit" in str(exc):
+                    raise DataError(f"{path}:{reader.line_num}: a cell is longer than {MAX_CSV_FIELD:,} characters, "
+                                    f"the most adaptkit reads in one CSV cell (an unclosed quote makes the rest of "
+                                    f"the file one cell)") from None
                 raise DataError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
             if header is None:
                 header = fields
@@ -211,6 +228,7 @@ DATA_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl"
 def _read_header(path: Path, kind: str) -> Optional[list[str]]:
     """Column names of a data file, read cheaply (no pandas, no datasets)."""
     if kind in ("csv", "tsv"):  # utf-8-sig: Excel starts a UTF-8 CSV with a byte-order mark
+        allow_large_csv_fields()
         with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
             row = next(csv.reader(handle, delimiter="\t" if kind == "tsv" else ","), None)
         return row or []
