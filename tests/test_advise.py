@@ -64,6 +64,13 @@ def pretrain_sentiment_blind(folder: Path, steps: int = 80, seed: int = 0) -> Pa
             loss.backward()
             optimizer.step()
         model.save_pretrained(folder, safe_serialization=True)
+        # trained for mean-pooled features, and says so as sentence-transformers checkpoints do: the
+        # task's pooling (auto) and advise's probe then read the features it was trained for
+        (folder / "modules.json").write_text(json.dumps(
+            [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     finally:
         torch.set_num_threads(threads)
     return folder

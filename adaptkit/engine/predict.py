@@ -132,6 +132,7 @@ def _load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Pre
     tokenizer = task.load_processor(recipe, source)
     base = build_model(recipe, task, tokenizer, source, recipe.training.seed)
     model = strategy.load(base, folder / Path(summary["export"]["path"]).name)
+    model = task.prepare_loaded(model)  # what save_pretrained does not keep: the head's pooling
     return Predictor(model=model, tokenizer=tokenizer, task=task)
 
 

@@ -102,6 +102,8 @@ def _card_body(summary: dict[str, Any]) -> str:
             f"model = {summary['model_class']}.from_pretrained({folder!r})",
             f"tokenizer = AutoTokenizer.from_pretrained({folder!r})",
         ]
-    lines += ["```", "", "or `adaptkit predict <this folder> --input rows.csv`.", "",
-              "## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", ""]
+    lines += ["```", "", "or `adaptkit predict <this folder> --input rows.csv`.", ""]
+    if summary.get("task_notes"):  # what a plain from_pretrained does not reproduce (a head's pooling)
+        lines += [*summary["task_notes"], ""]
+    lines += ["## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)

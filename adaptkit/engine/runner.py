@@ -296,7 +296,7 @@ def _verify_and_export(session: Session, prepared: _Prepared, trained: _Trained,
     if recipe.output.verify_export:
         # reloaded as a user would, with plain transformers / peft, not the strategy's own load()
         reloaded, how = reload_export(strategy, export_dir, session.build_base, prepared.base_class,
-                                      trust_remote_code=recipe.model.trust_remote_code)
+                                      trust_remote_code=recipe.model.trust_remote_code, task=session.task)
         for index, batch in enumerate(probes):
             check_close(name, "export", wrapped_outs[index], model_outputs(reloaded, batch),
                         tolerance, f"the {strategy.export_kind} saved in {export_dir.name}/ "
@@ -322,6 +322,7 @@ def _summary(session: Session, prepared: _Prepared, trained: _Trained, accelerat
         "strategy": strategy.name,
         "task": session.task.name,
         "task_state": session.task.state(),
+        "task_notes": session.task.card_notes(),
         "base_model": session.source.location if session.source else None,
         "base_model_id": base_model_id,
         "model_class": described["model_class"],

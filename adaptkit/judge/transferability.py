@@ -1,6 +1,7 @@
 """Do the pretrained features help on this data? Measured before any training, with three honest answers.
 
-The pretrained model's features of the training rows (mean-pooled last hidden state) are set
+The pretrained model's features of the training rows (what the task's head reads: for sequence
+classification the pooling of ``task.pooling``; else the mean-pooled last hidden state) are set
 against the same architecture's features with random weights, by three measures:
 
 - a 5-fold cross-validated logistic-regression probe (scikit-learn), paired fold by fold;
@@ -37,8 +38,11 @@ STRONG_PROBE = 0.9  # both probes above this: an easy task for any features
 CURVE_GAIN = 0.02  # probe gain from half to all rows above which more data is likely to help
 
 
-def extract_features(model: Any, dataset: Any, collate: Callable, batch_size: int) -> tuple[Any, Any]:
-    """Mean-pooled last hidden states (attention mask respected) and integer labels, as numpy arrays.
+def extract_features(model: Any, dataset: Any, collate: Callable, batch_size: int,
+                     task: Any = None) -> tuple[Any, Any]:
+    """The features the task's head reads (``task.head_features``: a sequence head's pooling) and
+    integer labels, as numpy arrays; mean-pooled last hidden states (attention mask respected)
+    for a task that does not say.
 
     Rows are fed in length order (far less padding) and put back in dataset order.
     """
@@ -55,6 +59,10 @@ def extract_features(model: Any, dataset: Any, collate: Callable, batch_size: in
             columns = ordered[start:start + batch_size]  # one slice read, not one read per row
             batch = collate([dict(zip(columns, values)) for values in zip(*columns.values())])
             labels.append(batch.pop("labels").numpy())
+            own = task.head_features(model, batch) if task is not None else None
+            if own is not None:
+                features.append(own.float().cpu().numpy())
+                continue
             hidden = model(**batch, output_hidden_states=True).hidden_states[-1].float()
             mask = batch.get("attention_mask")
             if mask is None or hidden.ndim != 3:
@@ -126,12 +134,13 @@ def transferability(session: Any, max_rows: int, folds: int, log: Callable[[str]
     collate = session.task.collate(session.tokenizer)
     random_recipe = recipe.model_copy(deep=True)
     random_recipe.model.init = "random"
-    result: dict[str, Any] = {"rows": len(data), "features": "mean-pooled last hidden state", "folds": folds}
+    result: dict[str, Any] = {"rows": len(data), "folds": folds,
+                              "features": session.task.describe_features() or "mean-pooled last hidden state"}
     fold_scores = {}
     for kind, source_recipe in (("pretrained", recipe), ("random", random_recipe)):
         started = time.perf_counter()
         model = build_model(source_recipe, session.task, session.tokenizer, session.source, recipe.training.seed)
-        features, labels = extract_features(model, data, collate, recipe.training.eval_batch_size)
+        features, labels = extract_features(model, data, collate, recipe.training.eval_batch_size, session.task)
         del model
         scores = probe_accuracy(features, labels, folds, recipe.training.seed)
         fold_scores[kind] = scores

@@ -471,12 +471,14 @@ def export_loader(strategy: Any) -> str:
 
 
 def reload_export(strategy: Any, directory: Path, fresh_base: Callable[[], torch.nn.Module], model_class: type,
-                  trust_remote_code: bool = False) -> tuple[torch.nn.Module, str]:
+                  trust_remote_code: bool = False, task: Any = None) -> tuple[torch.nn.Module, str]:
     """Load what ``strategy.save`` wrote in ``directory`` as a user would; returns the model and how.
 
     ``fresh_base`` builds the base model anew (called only for a peft adapter or the strategy's
     own loader); ``model_class`` is the base's transformers class. A folder without safetensors,
-    or one the standard tool cannot load, is a violation of the export rule.
+    or one the standard tool cannot load, is a violation of the export rule. ``task``'s
+    ``prepare_loaded`` then re-applies what ``save_pretrained`` does not keep (a sequence head's
+    pooling), and ``how`` names that step (``task.reload_step()``), as the model card does.
     """
     directory = Path(directory)
     files = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
@@ -509,4 +511,9 @@ def reload_export(strategy: Any, directory: Path, fresh_base: Callable[[], torch
                                             f"{type(exc).__name__}: {message}") from exc
     if not isinstance(model, torch.nn.Module):
         raise violation(strategy, "export", f"{how} returned {type(model).__name__}, not a model")
+    if task is not None:
+        model = task.prepare_loaded(model)
+        step = task.reload_step()
+        if step:
+            how += f", then {step}"
     return model.eval(), how

@@ -148,6 +148,35 @@ class Task:
         """Qualified module names of the task head (their shape follows the task)."""
         return []
 
+    def prepare_loaded(self, model: "torch.nn.Module") -> "torch.nn.Module":
+        """Re-apply to a model loaded from an export what ``build_model`` installs and
+        ``save_pretrained`` does not keep (sequence classification: a pooling other than the
+        architecture's head, ``adaptkit.apply_pooling``). The export check and ``adaptkit predict``
+        call it on what they load; it must be idempotent. Default: the model unchanged."""
+        return model
+
+    def reload_step(self) -> Optional[str]:
+        """The one step ``prepare_loaded`` adds after a plain ``from_pretrained``, as code a user can
+        run (``adaptkit.apply_pooling(model, 'mean')``); None when it adds nothing. The contract's
+        export line and the model card name it."""
+        return None
+
+    def card_notes(self) -> list[str]:
+        """Markdown lines for the model card about how the exported model computes its output
+        (how the head pools, and what a plain ``from_pretrained`` then reads); recorded in
+        ``metrics.json`` as ``task_notes``."""
+        return []
+
+    def head_features(self, model: "torch.nn.Module", batch: dict[str, "torch.Tensor"]) -> Optional["torch.Tensor"]:
+        """One feature vector per row of ``batch`` (no labels in it): what the task's head reads from
+        the backbone, for ``advise``'s probe, so the probe judges the features the head trains on.
+        None: ``advise`` mean-pools the last hidden state over the attention mask."""
+        return None
+
+    def describe_features(self) -> Optional[str]:
+        """What ``head_features`` returns, in words, for the advise report; None with the default."""
+        return None
+
     def load_processor(self, recipe: Any, source: Any) -> Any:
         """What turns raw rows into model inputs, handed to ``preprocess`` and ``collate``.
 

@@ -1,11 +1,11 @@
 """Sequence classification: one label (or several) per text or text pair."""
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, PositiveInt
 
-from adaptkit import LabelRules, Task, TaskOptions
+from adaptkit import LabelRules, Task, TaskOptions, apply_pooling, declared_pooling
 from adaptkit_tasks.shared import macro_f1
 
 
@@ -18,6 +18,13 @@ class SequenceClassificationOptions(TaskOptions):
     multi_label: bool = Field(False, description="Each row has several labels, separated by label_separator.")
     label_separator: str = ","
     max_length: PositiveInt = Field(128, description="Tokens kept per example; longer texts are truncated.")
+    pooling: Literal["auto", "cls", "mean", "last", "pooler"] = Field(
+        "auto", description="The vector the head reads: mean (of the last hidden states over real tokens), cls "
+                            "(the first token's state), last (the last real token's), pooler (the architecture's "
+                            "own head: BERT's pooler, RoBERTa's head, a decoder's last token). auto: the pooling "
+                            "the checkpoint declares (sentence-transformers' 1_Pooling/config.json: "
+                            "all-MiniLM-L6-v2 is mean), else pooler. A plain from_pretrained of the export reads "
+                            "pooler; the model card says how to apply the rest.")
 
 
 class SequenceClassification(Task):
@@ -35,6 +42,11 @@ class SequenceClassification(Task):
     def __init__(self, options=None):
         super().__init__(options)
         self.labels: list[str] = [str(label) for label in self.options.labels] if self.options.labels else []
+        # the resolved pooling (never "auto") and why; set by the first build_model that can resolve it,
+        # or by load_state (a run saved before pooling existed read the architecture's head)
+        self.pooling: Optional[str] = None
+        self.pooling_reason: str = ""
+        self.head_reads_pooler = False  # the backbone has a pooler whose output the head reads (BERT)
         if self.options.multi_label:
             self.primary_metric = "macro_f1"
             self.metric_names = ("loss", "exact_match", "micro_f1", "macro_f1")
@@ -86,10 +98,13 @@ class SequenceClassification(Task):
         self.labels = sorted(seen, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
 
     def state(self) -> dict[str, Any]:
-        return {"labels": self.labels}
+        return {"labels": self.labels, "pooling": self.pooling or "pooler",
+                "pooling_reason": self.pooling_reason or "the architecture's own head"}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.labels = list(state["labels"])
+        self.pooling = state.get("pooling", "pooler")  # older runs: the architecture's head
+        self.pooling_reason = state.get("pooling_reason", "recorded with the run")
 
     def preprocess(self, dataset, tokenizer):
         from adaptkit import DataError
@@ -153,9 +168,123 @@ class SequenceClassification(Task):
         for key, value in settings.items():
             setattr(config, key, value)
         if from_config:
-            return AutoModelForSequenceClassification.from_config(config, **{k: v for k, v in kwargs.items()
-                                                                              if k == "trust_remote_code"})
-        return AutoModelForSequenceClassification.from_pretrained(source, config=config, **kwargs)
+            model = AutoModelForSequenceClassification.from_config(config, **{k: v for k, v in kwargs.items()
+                                                                               if k == "trust_remote_code"})
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(source, config=config, **kwargs)
+        self._resolve_pooling(source, kwargs)
+        backbone = getattr(model, "base_model", None)
+        self.head_reads_pooler = backbone is not model and getattr(backbone, "pooler", None) is not None
+        return apply_pooling(model, self.pooling or "pooler")
+
+    # ------------------------------------------------------------------ pooling
+    def _resolve_pooling(self, source: str, kwargs: dict[str, Any]) -> None:
+        """Fix ``self.pooling`` once: the recipe's choice, else what the checkpoint declares, else the
+        architecture's head. A build without a checkpoint folder (a weightless meta copy, a model
+        from ``model.config``) resolves ``auto`` only for itself, so a later build from the
+        checkpoint still reads its declaration."""
+        if self.pooling is not None:
+            return
+        choice = self.options.pooling
+        if choice != "auto":
+            self.pooling, self.pooling_reason = choice, "task.pooling in the recipe"
+            return
+        declared, reason = declared_pooling(source, kwargs.get("revision"), bool(kwargs.get("local_files_only", True)))
+        if declared is not None:
+            self.pooling, self.pooling_reason = declared, f"task.pooling auto: {reason}"
+        elif source:
+            self.pooling, self.pooling_reason = "pooler", f"task.pooling auto: {reason}; the architecture's own head"
+
+    def prepare_loaded(self, model):
+        return apply_pooling(model, self.pooling or "pooler")
+
+    def reload_step(self) -> Optional[str]:
+        if (self.pooling or "pooler") == "pooler":
+            return None
+        return f"adaptkit.apply_pooling(model, {self.pooling!r})"
+
+    def describe_features(self) -> Optional[str]:
+        pooling = self.pooling or "pooler"
+        what = {"mean": "mean of the last hidden states over real tokens", "cls": "first token's last hidden state",
+                "last": "last real token's last hidden state",
+                "pooler": "what the architecture's own head reads (BERT: its pooler output)"}[pooling]
+        return f"the head's input: {what} (pooling {pooling}: {self.pooling_reason or 'the architecture default'})"
+
+    def card_notes(self) -> list[str]:
+        pooling = self.pooling or "pooler"
+        if pooling == "pooler":
+            return ["The head reads what the architecture's own head reads (`task.pooling` resolved to `pooler`: "
+                    f"{self.pooling_reason or 'the architecture default'}); a plain `from_pretrained` reproduces it."]
+        words = {"mean": "the mean of the last hidden states over the real tokens (padding ignored)",
+                 "cls": "the first token's last hidden state", "last": "the last real token's last hidden state"}
+        lines = [
+            "## How the head pools",
+            "",
+            f"The classifier reads **{words[pooling]}** (`task.pooling: {self.options.pooling}` resolved to "
+            f"`{pooling}`: {self.pooling_reason}), not the vector the architecture's own head reads. transformers "
+            "cannot express this in the architecture's class and adaptkit keeps that class (no remote code), so "
+            "**a plain `from_pretrained` of this folder predicts differently**. Apply the pooling after loading:",
+            "",
+            "```python",
+            "import adaptkit",
+            f"adaptkit.apply_pooling(model, {pooling!r})  # hooks only: no weight or module changes",
+            "```",
+            "",
+        ]
+        if self.head_reads_pooler:
+            pool = {"mean": ["mask = inputs['attention_mask'].unsqueeze(-1).to(hidden.dtype)",
+                             "pooled = (hidden * mask).sum(1) / mask.sum(1)"],
+                    "cls": ["pooled = hidden[:, 0]"],
+                    "last": ["last = (torch.arange(hidden.shape[1]) * inputs['attention_mask']).argmax(-1)",
+                             "pooled = hidden[torch.arange(hidden.shape[0]), last]"]}[pooling]
+            lines += ["or, with transformers alone (`model.eval()` first):", "", "```python",
+                      "import torch", "with torch.no_grad():",
+                      "    hidden = model.base_model(**inputs).last_hidden_state",
+                      *[f"    {line}" for line in pool],
+                      "    logits = model.classifier(pooled)", "```", ""]
+        lines.append("`adaptkit predict` and `adaptkit.load` apply it from the run's recorded pooling "
+                     "(`task_state.pooling` in metrics.json).")
+        return lines
+
+    def head_features(self, model, batch):
+        """The head module's input, captured in one forward pass: with a pooling installed every
+        position holds the pooled vector; with the architecture's head, the position it reads."""
+        import torch
+
+        from adaptkit import pool_hidden
+
+        inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+        heads = [h for h in self.head_modules(inner) if h]
+        if len(heads) != 1:
+            return None
+        head = inner.get_submodule(heads[0])
+        seen: dict[str, Any] = {}
+
+        def before(module, args):
+            seen.setdefault("input", args[0])
+
+        def after(module, args, output):
+            seen.setdefault("output", output)
+
+        hooks = [head.register_forward_pre_hook(before), head.register_forward_hook(after)]
+        try:
+            with torch.no_grad():
+                model(**batch)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        x, y = seen.get("input"), seen.get("output")
+        if not isinstance(x, torch.Tensor):
+            return None
+        if x.ndim == 2:
+            return x
+        if x.ndim != 3:
+            return None
+        if (self.pooling or "pooler") != "pooler":
+            return x[:, 0]  # every position holds the pooled vector
+        if isinstance(y, torch.Tensor) and y.ndim == 3:  # a decoder's score: it reads the last real token
+            return pool_hidden(x, batch.get("attention_mask"), "last")
+        return x[:, 0]  # a head that reads the first token (RoBERTa's)
 
     def head_modules(self, model) -> list[str]:
         names = [name for name, _ in model.named_modules()]
