@@ -68,6 +68,8 @@ class AdviceReport:
     findings: list[str] = field(default_factory=list)  # plain-language conclusions, most important first
     # "features favour transfer" | "features cannot tell" | "features suggest harm" | "not assessed"
     transfer_verdict: str = "not assessed"
+    # per installed baseline serving the task: its k-fold score on the probe's rows (or why it was skipped)
+    baselines: dict[str, Any] = field(default_factory=dict)
     transfer_risk: Optional[bool] = None  # True only when the features suggest harm
     cost_method: dict[str, str] = field(default_factory=dict)  # how each cost figure was obtained
     seconds: float = 0.0
@@ -407,13 +409,15 @@ def _advise(recipe: Recipe, strategies: Optional[list[str]], probe_steps: int, m
     data = data_suitability(session)
     advice = strategy_advice(session, names, probe_steps, power_watts, grid_g_per_kwh, log)
     transfer = transferability(session, max_feature_rows, folds, log)
+    baselines = baseline_scores(session, max_feature_rows, folds, log)
     verdict, risk, sentence = transfer_verdict(transfer)
     curve = curve_finding(transfer)
-    findings = [sentence] + ([curve] if curve else []) + _data_findings(data)
+    findings = [sentence] + _baseline_findings(baselines, transfer) + ([curve] if curve else []) + _data_findings(data)
     device = "cuda" if recipe.training.device != "cpu" and _cuda() else "cpu"
     return AdviceReport(
         model=recipe.model.name or f"config:{recipe.model.config.get('model_type')}", task=session.task.name,
         data=data, strategies=advice, transferability=transfer, findings=findings, transfer_verdict=verdict,
+        baselines=baselines,
         transfer_risk=risk, seconds=round(time.perf_counter() - started, 2),
         cost_method={
             "flops": "per token: 2N forward + 2N_backprop activation gradients + 2N_trainable weight gradients "
@@ -427,6 +431,59 @@ def _advise(recipe: Recipe, strategies: Optional[list[str]], probe_steps: int, m
                       "peak only on a GPU",
             "energy": describe_power(power_watts, device) + " for the projected epoch",
         })
+
+
+def baseline_scores(session: Any, max_rows: int, folds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Every installed baseline that serves the task, cross-validated on the rows the probes use.
+
+    The same rows as ``transferability`` (the training rows, shuffled with the recipe's seed, at most
+    ``max_rows``), so the bag-of-words score and the pretrained features' probe sit side by side.
+    Seconds of work: a baseline is what fine-tuning must beat to pay.
+    """
+    from adaptkit import BaselineRows
+    from adaptkit.judge.baselines import aligned, cross_validated, installed_for, targets_of
+    from adaptkit.judge.verdicts import verdict_metric
+
+    task, encoded = session.task, session.train_data
+    if "labels" not in encoded.column_names or not aligned(session.splits.train, encoded):
+        return {}
+    serving, notes = installed_for(task)
+    if not serving:
+        return {"note": notes[0] if notes else "no baseline for this task"}
+    order = list(range(len(encoded)))
+    if len(order) > max_rows:  # the probe's rows: datasets' shuffle is numpy's permutation of the same seed
+        order = list(encoded.add_column("__row__", order).shuffle(seed=session.recipe.training.seed)
+                     .select(range(max_rows))["__row__"])
+    rows = encoded.select(order)
+    metric, _ = verdict_metric(task.primary_metric, task.metric_names, targets_of(rows))
+    data = BaselineRows(rows=session.splits.train.select(order), encoded=rows, targets=targets_of(rows))
+    found: dict[str, Any] = {"metric": metric}
+    for name, cls in serving.items():
+        found[name] = {"label": cls.label, **cross_validated(cls, task, data, metric, session.recipe.training.seed,
+                                                             folds)}
+        log(f"advise: baseline {name}: {found[name]}")
+    return found
+
+
+def _baseline_findings(baselines: dict[str, Any], transfer: dict[str, Any]) -> list[str]:
+    """What the cheapest alternative says: fine-tuning must beat it to pay."""
+    scored = {name: b for name, b in baselines.items() if isinstance(b, dict) and "accuracy" in b}
+    if not scored:
+        return [baselines["note"] + "."] if "note" in baselines else []
+    name, best = max(scored.items(), key=lambda item: item[1]["accuracy"])
+    probe = (transfer.get("pretrained") or {}).get("probe_accuracy")
+    figure = (f"{best['label'][0].upper() + best['label'][1:]} ({name}, trained without pretraining) scores "
+              f"accuracy {best['accuracy']:.3f} ({best['folds']}-fold on {best['rows']} training rows, "
+              f"{best['seconds']:.1f} s)")
+    if baselines.get("metric") == "macro_f1" and "macro_f1" in best:
+        figure += f", macro-F1 {best['macro_f1']:.3f}"
+    if probe is None:
+        return [f"{figure}: fine-tuning must beat that to pay."]
+    if best["accuracy"] >= probe - 0.01:
+        return [f"{figure}, as well as a probe on the pretrained features ({probe:.3f}): fine-tuning must beat "
+                f"{best['accuracy']:.3f} to pay; `adaptkit compare` measures whether it does."]
+    return [f"{figure}, below a probe on the pretrained features ({probe:.3f}): the pretrained features already "
+            f"carry more than word counts do."]
 
 
 def _cuda() -> bool:
@@ -457,6 +514,14 @@ def render(report: AdviceReport) -> list[Any]:
             row = transfer[kind]
             table.add_row(kind, f"{row['logme']:.4f}", "withheld" if row["h_score"] is None else f"{row['h_score']:.3f}",
                           "-" if row["probe_accuracy"] is None else f"{row['probe_accuracy']:.3f}")
+        parts.append(table)
+    scored = {name: b for name, b in report.baselines.items() if isinstance(b, dict) and "accuracy" in b}
+    if scored:
+        table = Table("baseline (no pretraining)", "accuracy", "macro-F1", "folds", "rows", "seconds",
+                      title="baselines, cross-validated on the same rows")
+        for name, b in scored.items():
+            table.add_row(name, f"{b['accuracy']:.3f}", f"{b['macro_f1']:.3f}" if "macro_f1" in b else "-",
+                          str(b["folds"]), str(b["rows"]), f"{b['seconds']:.1f}")
         parts.append(table)
     cost = Table("strategy", "trainable", "per example", "GFLOPs/epoch", "s/epoch", "CPU s/epoch", "Wh/epoch",
                  "est. memory", "note", title="strategies: size and cost per epoch")

@@ -90,3 +90,51 @@ def train_baseline(cls: type, task: Any, metric: str, seed: int, train: Any, eva
     return BaselineResult(name=cls.name, outputs={"logits": scores.float(), "labels": eval_labels},
                           summary=baseline.summary(), seconds=round(meter.seconds, 3),
                           cpu_seconds=round(meter.cpu_seconds, 3), energy_wh=round(meter.result.wh, 6))
+
+
+def cross_validated(cls: type, task: Any, data: Any, metric: str, seed: int, folds: int = 5) -> dict[str, Any]:
+    """``cls`` scored by k-fold cross-validation on ``data`` (``BaselineRows`` with targets): what
+    ``advise`` shows beside its probes, before anything is fine-tuned.
+
+    Each fold trains a fresh baseline on the other folds (which choose its own regularisation by
+    their own cross-validation) and scores the held-out fold with the task's ``compute_metrics``;
+    folds are stratified for one class per row. Returns the mean and each fold's ``metric`` and
+    ``accuracy`` where the task reports it, and the seconds it took.
+    """
+    import time
+
+    import numpy
+    import torch
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    from adaptkit import BaselineRows
+
+    targets = list(data.targets or [])
+    single = bool(targets) and not isinstance(targets[0], (list, tuple))
+    smallest = min(numpy.unique(numpy.asarray(targets), return_counts=True)[1]) if single else len(targets)
+    folds = min(folds, int(smallest))
+    if folds < 2:
+        return {"skipped": "too few rows of a class to cross-validate"}
+    splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if single
+                else KFold(folds, shuffle=True, random_state=seed))
+    started = time.perf_counter()
+    per_fold: dict[str, list[float]] = {}
+    for train_index, test_index in splitter.split(numpy.zeros(len(targets)), targets if single else None):
+
+        def part(index: Any) -> Any:
+            rows = [int(i) for i in index]
+            return BaselineRows(rows=data.rows.select(rows),
+                                encoded=data.encoded.select(rows) if data.encoded is not None else None,
+                                targets=[targets[i] for i in rows])
+
+        train, test = part(train_index), part(test_index)
+        baseline = cls()
+        baseline.fit(task, train, metric, seed)
+        labels = torch.tensor(test.targets)
+        scores = {k: float(v) for k, v in task.compute_metrics(logits=baseline.scores(task, test).float(),
+                                                                labels=labels).items()}
+        for key in {metric, "accuracy"} & set(scores):
+            per_fold.setdefault(key, []).append(scores[key])
+    return {"folds": folds, "rows": len(targets), "seconds": round(time.perf_counter() - started, 2),
+            **{key: round(sum(values) / len(values), 4) for key, values in per_fold.items()},
+            "fold_scores": {key: [round(v, 4) for v in values] for key, values in per_fold.items()}}
