@@ -68,3 +68,17 @@ def test_the_terminal_line_smooths_every_step():
     assert bar.smoothed == pytest.approx(0.81)  # 1 -> 0.9 -> 0.81
     bar.evaluated({"accuracy": 0.75})
     assert bar.info() == "loss 0.8100  lr 1.00e-03  epoch 1/1  eval accuracy 0.7500"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed")
+def test_mlflow_without_a_tracking_uri_keeps_its_store_in_the_run_folder(tmp_path, monkeypatch):
+    """MLflow's default store was mlflow.db (954 KB) and mlruns/ in the working directory (issue 22, item 11)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "x")  # restored to whatever it was when the test ends
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = run(tiny_recipe_dict(tmp_path, "full", training={**TRAINING, "epochs": 1, "report_to": ["mlflow"]}),
+                 progress=False, log=lambda _: None)
+    assert list(cwd.iterdir()) == []
+    assert (result.output_dir / "logs" / "mlflow.db").is_file()

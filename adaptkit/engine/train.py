@@ -8,6 +8,7 @@ epoch and early stopping, and checkpoints that resume bit for bit (``adaptkit.en
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -64,6 +65,25 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+_MLFLOW_URI_SET: list[str] = []  # the tracking URIs this process set itself (a later run may replace them)
+
+
+def keep_mlflow_store_in(folder: Path) -> None:
+    """Point MLflow's default store at ``folder`` (the run's logs, moved into its output at the end).
+
+    Without ``MLFLOW_TRACKING_URI`` MLflow 3 creates ``mlflow.db`` (about 1 MB) and ``mlruns/`` in
+    the working directory, wherever the user happens to run adaptkit. A URI the user set is kept;
+    one an earlier run in this process set is replaced by this run's own.
+    """
+    current = os.environ.get("MLFLOW_TRACKING_URI")
+    if current and current not in _MLFLOW_URI_SET:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    _MLFLOW_URI_SET.append(uri)
+
+
 def make_accelerator(training: TrainingSection, log: Callable[[str], None] = print,
                      logging_dir: Optional[Path] = None, distributed: Optional["DistributedSection"] = None,
                      base_dir: Optional[Path] = None):
@@ -96,6 +116,9 @@ def make_accelerator(training: TrainingSection, log: Callable[[str], None] = pri
     trackers = {}
     if training.report_to:
         from accelerate.utils import ProjectConfiguration
+
+        if "mlflow" in training.report_to:
+            keep_mlflow_store_in(Path(logging_dir or "."))
 
         trackers = {"log_with": list(training.report_to),
                     "project_config": ProjectConfiguration(project_dir=str(logging_dir or "."),
