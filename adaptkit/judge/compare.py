@@ -49,6 +49,7 @@ SCRATCH_LEARNING_RATE = 1e-4
 SCRATCH_LABEL = "the same model from random weights"
 BOOTSTRAP = 1000
 SECONDARY_METRIC = "macro_f1"
+BASELINE_OUTPUTS = "baseline.pt"  # a baseline's eval outputs, in trials/<name>-n<size>-s<seed>/
 ROW_INDEX = "__adaptkit_row__"  # a column added while subsets are drawn: which raw row each one is
 
 
@@ -490,8 +491,10 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
             del workbench
         for name, cls in baseline_classes.items():
             for size in size_list:
+                tag = f"{name}-n{size if size is not None else 'all'}-s{seed}"
                 runs.append(_baseline_run(session, task, metric, name, cls, size, seed, raw_rows[size],
-                                          outputs_by_run, grid_g_per_kwh, power_watts, log))
+                                          outputs_by_run, grid_g_per_kwh, power_watts, log,
+                                          safe_join(folder / "trials", tag)))
 
     greater = task.greater_is_better if metric == task.primary_metric else True
     names = strategies + list(baseline_classes)
@@ -563,7 +566,7 @@ def _record(task: Any, metric: str, name: str, kind: str, size: Optional[int], s
 
 def _baseline_run(session: Any, task: Any, metric: str, name: str, cls: type, size: Optional[int], seed: int,
                   rows: list[int], outputs_by_run: dict[tuple, dict[str, Any]], grid_g_per_kwh: Optional[float],
-                  power_watts: Optional[float], log: Callable[[str], None]) -> RunRecord:
+                  power_watts: Optional[float], log: Callable[[str], None], folder: Path) -> RunRecord:
     """Train baseline ``name`` on exactly the rows the transfer arms got at ``size`` (their training and
     validation rows together: the baseline chooses its regularisation by cross-validation on them)."""
     import torch
@@ -578,6 +581,8 @@ def _baseline_run(session: Any, task: Any, metric: str, name: str, cls: type, si
     labels = torch.tensor(session.eval_data["labels"])
     result = train_baseline(cls, task, metric, seed, train, evaluate, labels, power_watts)
     outputs_by_run[(name, size, seed)] = result.outputs
+    folder.mkdir(parents=True, exist_ok=True)  # its eval outputs beside the arms' chosen trials, for later reading
+    torch.save({k: v.cpu() for k, v in result.outputs.items()}, folder / BASELINE_OUTPUTS)
     record = _record(task, metric, name, "baseline", size, seed, result.outputs, train_examples=len(rows),
                      validation_examples=0, learning_rate=0.0, trials=[], trainable=0,
                      train_seconds=result.seconds, cpu_seconds=result.cpu_seconds, energy_wh=result.energy_wh,

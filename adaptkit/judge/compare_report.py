@@ -61,7 +61,21 @@ def markdown_table(report: "CompareReport") -> str:
     if report.transfer_range:
         lines += [report.transfer_range, ""]
     lines += [f"- {line}" for line in curve_sentences(report)] + [""]
+    ranges = search_ranges(report)
+    if ranges:
+        lines += ["Learning-rate search per arm (the range tried):", ""]
+        lines += [f"- {name}: {described}" for name, described in ranges.items()] + [""]
     return "\n".join(lines)
+
+
+def search_ranges(report: "CompareReport") -> dict[str, str]:
+    """Each trained arm's search range in words (``ArmResult.search``), as its first run recorded it."""
+    found: dict[str, str] = {}
+    for run in report.runs:
+        search = getattr(run, "search", None) or {}
+        if search.get("described"):
+            found.setdefault(run.strategy, search["described"])
+    return found
 
 
 def entry_sentence(entry: dict[str, Any], metric: str) -> str:
