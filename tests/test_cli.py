@@ -117,3 +117,34 @@ def test_sigterm_during_training_checkpoints_and_exits_143(tiny_recipe, tmp_path
     assert not lock_path(tmp_path / "run").exists(), "the lock file is removed"
     assert not (tmp_path / "run").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handlers are put back"
+
+
+def test_sigterm_during_compare_prints_no_optuna_traceback(tiny_recipe, tmp_path, capsys, monkeypatch):
+    """optuna logs the exception that ends a trial, traceback included, before re-raising it: SIGTERM
+    during compare showed that traceback above `terminated (SIGTERM)` (issue 22, item 16)."""
+    import logging
+    import os
+    import signal
+
+    import torch
+
+    real_step, calls = torch.optim.AdamW.step, []
+
+    def step_then_sigterm(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_sigterm)
+    level = logging.getLogger("optuna").level
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe("full", training={
+        "epochs": 1, "batch_size": 16, "seed": 0, "num_threads": 1, "min_steps": 0}))
+    try:
+        assert main(["compare", str(recipe), "--strategies", "full", "--trials", "2", "--bootstrap", "50",
+                     "--output", str(tmp_path / "cmp")]) == 143
+    finally:
+        logging.getLogger("optuna").setLevel(level)
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("terminated (SIGTERM)") and "Traceback" not in err and "failed" not in err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

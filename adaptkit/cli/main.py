@@ -352,7 +352,18 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, frame) -> None:
+    _quiet_on_the_way_out()
     raise Terminated()
+
+
+def _quiet_on_the_way_out() -> None:
+    """Keep libraries from printing the interruption as an error: optuna logs the exception that
+    ends a trial, with its whole traceback, at WARNING before re-raising it, so SIGTERM during
+    ``compare`` showed a traceback above ``terminated (SIGTERM)``. The process is ending anyway."""
+    import logging
+
+    if "optuna" in sys.modules:
+        logging.getLogger("optuna").setLevel(logging.CRITICAL)
 
 
 def _on_sigterm() -> Optional[object]:
