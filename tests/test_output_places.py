@@ -172,3 +172,25 @@ def test_a_folder_of_another_kind_is_not_replaced_and_a_manifest_only_folder_blo
     assert [p.name for p in failed.iterdir()] == [MANIFEST]
     check_output_dir(failed, False, "--output", kind="compare")  # no --overwrite needed
     json.loads((failed / MANIFEST).read_text())
+
+
+def test_the_run_card_shows_data_paths_relative_to_the_recipe(tiny_recipe, tmp_path):
+    """The card's front matter embedded absolute local paths: a pushed card showed the author's home
+    folder (issue 22, item 16). metrics.json keeps them absolute: the run must find its files again."""
+    import yaml
+
+    import adaptkit
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    spec = tiny_recipe("full", training=TRAINING, output={"dir": str(folder / "runs" / "x")})
+    path = write_recipe(folder / "recipe.yaml", spec)
+    result = adaptkit.run(str(path), progress=False)
+    card = (result.output_dir / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    shown = front["adaptkit"]["recipe"]
+    assert shown["data"]["train"] == "../train.csv" and shown["data"]["eval"] == "../eval.csv"
+    assert shown["output"]["dir"] == "runs/x"
+    assert str(tmp_path) not in card
+    assert json.loads((result.output_dir / "metrics.json").read_text())["recipe"]["data"]["train"] == \
+        str(tmp_path / "train.csv")

@@ -1,9 +1,43 @@
 """What a finished run tells a person: metrics.json and a model card."""
 from __future__ import annotations
 
-from typing import Any
+import copy
+import os
+from pathlib import Path
+from typing import Any, Optional
 
 import yaml
+
+
+def shareable_recipe(recipe: dict[str, Any], base: Optional[Path]) -> dict[str, Any]:
+    """The run's recipe with its local paths relative to ``base`` (the recipe's folder), for the card.
+
+    A run records absolute data paths (metrics.json, recipe.yaml: the run must find its files
+    again), but the card is what ``push`` publishes: its front matter showed the author's home
+    folder. Data files and dataset folders, ``output.dir``, a local ``model.name``/``model.tokenizer``
+    and a DeepSpeed file are rewritten; Hub ids and relative paths are left as they are.
+    """
+    data = copy.deepcopy(recipe)
+
+    def relative(value: Any) -> Any:
+        if isinstance(value, str) and os.path.isabs(value):
+            return Path(os.path.relpath(value, base)).as_posix() if base is not None else Path(value).name
+        return value
+
+    section = data.get("data") or {}
+    for key in ("train", "eval"):
+        value = section.get(key)
+        if isinstance(value, str):
+            section[key] = relative(value)
+        for source in value if isinstance(value, list) else [value]:
+            if isinstance(source, dict):
+                for field in ("path", "name"):
+                    if field in source:
+                        source[field] = relative(source[field])
+    for part, key in (("output", "dir"), ("model", "name"), ("model", "tokenizer"), ("distributed", "deepspeed_config")):
+        if isinstance(data.get(part), dict) and key in data[part]:
+            data[part][key] = relative(data[part][key])
+    return data
 
 
 def card_data(summary: dict[str, Any]):
@@ -37,10 +71,18 @@ def card_data(summary: dict[str, Any]):
     )
 
 
-def model_card(summary: dict[str, Any]) -> str:
+def model_card(summary: dict[str, Any], recipe_dir: Optional[Path] = None) -> str:
     """A README.md for the run folder: Hugging Face metadata (``card_data``), then what was trained,
-    how, how well, how to load it, and the recipe that made it; written by ``huggingface_hub.ModelCard``."""
+    how, how well, how to load it, and the recipe that made it; written by ``huggingface_hub.ModelCard``.
+
+    Local paths in the recipe and the eval source are shown relative to ``recipe_dir`` (``shareable_recipe``).
+    """
     from huggingface_hub import ModelCard
+
+    summary = {**summary, "recipe": shareable_recipe(summary["recipe"], recipe_dir)}
+    source = summary.get("eval_source")
+    if isinstance(source, str) and os.path.isabs(source):
+        summary["eval_source"] = shareable_recipe({"data": {"eval": source}}, recipe_dir)["data"]["eval"]
 
     body = _card_body(summary)
     return str(ModelCard(f"---\n{card_data(summary).to_yaml()}\n---\n\n{body}"))

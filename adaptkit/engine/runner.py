@@ -152,7 +152,7 @@ def _run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
                            described, base_model_id, time.perf_counter() - wall_started)
         write_json(staging / "metrics.json", summary)
         (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved_dict(), sort_keys=False))
-        (staging / "README.md").write_text(model_card(summary))
+        (staging / "README.md").write_text(model_card(summary, recipe.base_dir()))  # paths relative to the recipe
     shutil.rmtree(checkpoints.root, ignore_errors=True)  # the run is complete: nothing left to resume
     session.registry.manager.hook.adaptkit_on_event(event="run_end", payload={"metrics": summary,
                                                                              "output_dir": str(output_dir)})
