@@ -30,7 +30,7 @@ def test_a_full_disk_while_writing_the_output_folder_is_a_clear_error_and_resume
     err = capsys.readouterr().err
     assert "no space left on the device" in err and "MiB free" in err and "--resume" in err
     assert "Traceback" not in err and not (tmp_path / "run").exists()
-    assert not list(tmp_path.glob(".run.partial-*")), "the staging folder is cleaned away"
+    assert not list(tmp_path.glob(".adaptkit-partial-run-*")), "the staging folder is cleaned away"
     monkeypatch.setattr(Strategy, "save", real_save)
     assert main(["run", str(recipe), "--no-progress", "--resume"]) == 0
     assert (tmp_path / "run" / "metrics.json").is_file()

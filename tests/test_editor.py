@@ -41,9 +41,10 @@ def test_schema_has_dialect_and_a_title_and_description_on_every_key(capsys):
 
 
 def test_the_committed_schema_is_current_and_every_recipe_points_at_it():
-    """Regenerate with: adaptkit schema --builtin --output recipes/adaptkit.schema.json"""
+    """Regenerate with: adaptkit schema --builtin --output recipes/adaptkit.schema.json --overwrite"""
     assert SCHEMA_FILE.read_text() == schema_text(builtin_schema()), (
-        "recipes/adaptkit.schema.json is stale: run adaptkit schema --builtin --output recipes/adaptkit.schema.json")
+        "recipes/adaptkit.schema.json is stale: run adaptkit schema --builtin --output recipes/adaptkit.schema.json "
+        "--overwrite")
     recipes = sorted((REPO / "recipes").glob("*.yaml"))
     assert recipes
     for recipe in recipes:

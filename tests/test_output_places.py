@@ -79,7 +79,7 @@ def test_a_full_disk_while_predictions_are_written_says_so_with_the_path(finishe
     assert main(["predict", str(finished_run), "--input", str(rows), "--output", str(output)]) == 2
     error = capsys.readouterr().err
     assert f"writing {output} failed (no space left on the device)" in error and "MiB free" in error
-    assert "Traceback" not in error and not output.exists() and not list(tmp_path.glob("p.csv.tmp"))
+    assert "Traceback" not in error and not output.exists() and not list(tmp_path.glob(".adaptkit-tmp-*"))
 
 
 def test_a_full_disk_while_the_tokenizer_is_saved_is_a_clear_error(tiny_recipe, tmp_path, capsys, monkeypatch):
@@ -96,7 +96,7 @@ def test_a_full_disk_while_the_tokenizer_is_saved_is_a_clear_error(tiny_recipe, 
     assert main(["run", str(recipe), "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert "no space left on the device" in error and str(tmp_path / "run") in error and "Traceback" not in error
-    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.partial-*"))
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".adaptkit-partial-run-*"))
 
 
 def _fail_if_work_starts(monkeypatch):
@@ -124,7 +124,7 @@ def test_output_dir_that_is_a_symlink_is_refused_before_any_work(tiny_recipe, tm
     error = capsys.readouterr().err
     assert f"output.dir {link} is a symbolic link (to {target}" in error and "Traceback" not in error
     assert link.is_symlink() and os.readlink(link) == str(target)  # the link is left as it was
-    assert not list(tmp_path.glob(".old-*")) and not list(tmp_path.glob(".run.partial-*"))
+    assert not list(tmp_path.glob(".adaptkit-old-*")) and not list(tmp_path.glob(".adaptkit-partial-run-*"))
 
 
 def test_output_dir_under_a_read_only_folder_is_refused_before_any_work(tiny_recipe, tmp_path, capsys, monkeypatch):

@@ -100,7 +100,7 @@ def test_a_failing_run_leaves_no_output_folder(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="export broke"):
         run(recipe, **QUIET)
     assert not (tmp_path / "run").exists()
-    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
     # What was trained stays resumable: the end-of-run checkpoint is kept for --resume.
     assert (tmp_path / "run.checkpoints").is_dir()
 
@@ -118,3 +118,55 @@ def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path):
     with atomic_file(path) as handle:
         handle.write("new\n")
     assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]
+
+
+# ---------------------------------------------------------------------------- issue 22 item 5
+
+def test_schema_output_refuses_an_existing_file_without_overwrite(tmp_path, capsys):
+    from adaptkit.cli import main
+
+    target = tmp_path / "schema.json"
+    target.write_text("my own schema\n")
+    assert main(["schema", "--output", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {target} already exists; pass --overwrite" in err and "Traceback" not in err
+    assert target.read_text() == "my own schema\n"
+    assert main(["schema", "--output", str(target), "--overwrite"]) == 0
+    assert json.loads(target.read_text())["title"] == "adaptkit recipe"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["schema.json"]
+
+
+def test_atomic_file_never_uses_a_name_a_user_could_own(tmp_path):
+    """``preds.csv.tmp`` was the fixed temporary name: a user's file there was overwritten and renamed away."""
+    import os
+    import stat
+
+    from adaptkit.engine.outputs import atomic_file
+
+    mine = tmp_path / "preds.csv.tmp"
+    mine.write_text("my scratch file\n")
+    previous = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "preds.csv") as handle:
+            handle.write("new\n")
+    finally:
+        os.umask(previous)
+    assert mine.read_text() == "my scratch file\n"
+    assert (tmp_path / "preds.csv").read_text() == "new\n"
+    assert stat.S_IMODE((tmp_path / "preds.csv").stat().st_mode) == 0o644  # not mkstemp's 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv", "preds.csv.tmp"]
+
+
+def test_atomic_file_without_replace_keeps_a_file_that_appeared_while_it_wrote(tmp_path):
+    from adaptkit.engine.outputs import atomic_file
+
+    target = tmp_path / "report.json"
+    with pytest.raises(AdaptkitError, match="already exists"):
+        with atomic_file(target, replace=False) as handle:
+            handle.write("{}\n")
+            target.write_text("made meanwhile\n")
+    assert target.read_text() == "made meanwhile\n" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    target.unlink()
+    with atomic_file(target, replace=False) as handle:
+        handle.write("{}\n")
+    assert target.read_text() == "{}\n" and [p.name for p in tmp_path.iterdir()] == ["report.json"]

@@ -154,3 +154,58 @@ def test_output_and_checkpoint_folders_follow_the_umask(tmp_path, umask, folder_
     assert _mode(tmp_path / "run" / MANIFEST) == file_mode
     assert _mode(tmp_path / "step-1") == folder_mode
     assert _mode(tmp_path / "step-1" / "trainable-0.safetensors") == file_mode
+
+
+# ---------------------------------------------------------------------------- issue 22 item 4
+
+def test_user_files_named_like_adaptkit_leftovers_are_never_deleted_by_overwrite(tmp_path, capsys):
+    """``exam.lock`` holding digits, ``.thesis.partial-abcd1234/`` and ``.old-drafts-2023/`` matched the
+    leftover patterns of older versions and went with the old results; only names adaptkit gives its
+    own temporaries (``.adaptkit-<kind>-...-<random>``) or a lock beside an adaptkit output are passed."""
+    recipe = tiny_recipe_dict(tmp_path, "full", training={"epochs": 1, "batch_size": 32, "seed": 0, "num_threads": 1,
+                                                          "checkpoint_every_steps": 0, "min_steps": 0})
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    folder = run(recipe, **QUIET).output_dir
+    files = {"exam.lock": b"2023\n", ".thesis.partial-abcd1234/chapter1.tex": b"\\chapter{One}\n",
+             ".old-drafts-2023/draft.txt": b"first draft\n"}
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+    assert main(["run", str(path), "--no-progress", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert all(name in err for name in (".old-drafts-2023/draft.txt", ".thesis.partial-abcd1234/chapter1.tex",
+                                        "exam.lock")), err
+    _assert_intact(folder, files)
+
+    runs = tmp_path / "cmp" / "runs"  # what a killed nested run leaves is still adaptkit's
+    (runs / "a.checkpoints" / "step-00000004").mkdir(parents=True)
+    (runs / "a.lock").write_text("4242\n")
+    (runs / ".adaptkit-partial-a-x1y2z3_4").mkdir()
+    (runs / ".adaptkit-old-a-0a1b2c3d").mkdir()
+    (runs / ".adaptkit-tmp-table.md-abcdefgh").write_text("half")
+    (tmp_path / "cmp" / MANIFEST).write_text(json.dumps({"files": []}))
+    assert foreign_entries(tmp_path / "cmp") == []
+    (runs / "exam.lock").write_text("2023\n")  # a lock with no adaptkit output beside it
+    (runs / ".adaptkit-partial-a").mkdir()  # no random part: not a name adaptkit makes
+    assert foreign_entries(tmp_path / "cmp") == ["runs/.adaptkit-partial-a/", "runs/exam.lock"]
+
+
+def test_a_users_file_in_the_checkpoint_logs_is_refused_and_kept_while_the_trackers_files_go(tmp_path):
+    from adaptkit.engine.outputs import check_checkpoint_dir, record_checkpoint_logs, remove_checkpoint_dir
+
+    recipe = tiny_recipe_dict(tmp_path, "full")
+    root = tmp_path / "run.checkpoints"
+    (root / "step-00000003").mkdir(parents=True)
+    (root / "logs" / "train").mkdir(parents=True)
+    (root / "logs" / "train" / "events.out.tfevents.1").write_bytes(b"tracker")
+    record_checkpoint_logs(root)  # what a run does after its trackers start and at each checkpoint
+    check_checkpoint_dir(root)
+    (root / "logs" / "notes.txt").write_text("my notes")
+    with pytest.raises(AdaptkitError, match=r"did not write \(logs/notes\.txt\)"):
+        check_checkpoint_dir(root)
+    for kwargs in ({"overwrite": True}, {"resume": True}):
+        with pytest.raises(AdaptkitError, match=r"logs/notes\.txt"):
+            run(recipe, **kwargs, **QUIET)
+    assert (root / "logs" / "notes.txt").read_text() == "my notes"
+    remove_checkpoint_dir(root)  # deletes checkpoints and listed logs only
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [MANIFEST, "logs", "logs/notes.txt"]

@@ -190,3 +190,15 @@ def test_a_run_folder_cannot_allow_its_own_code_only_the_caller_can(trained, tmp
     assert main(["predict", str(folder), "--input", str(data_dir / "eval.csv"), "--output", str(output),
                  "--trust-remote-code"]) == 0, capsys.readouterr().err
     assert marker.exists(), "asked on the command line, the run's code may run"
+
+
+def test_predict_leaves_a_users_file_named_like_a_temporary_alone(trained, tmp_path):
+    """``preds.csv.tmp`` was predict's fixed temporary name: the user's file there was overwritten and
+    renamed to preds.csv."""
+    result, data_dir = trained
+    mine = tmp_path / "preds.csv.tmp"
+    mine.write_text("my scratch file\n")
+    assert _predict(result, "--input", str(data_dir / "eval.csv"), "--output", str(tmp_path / "preds.csv")) == 0
+    assert mine.read_text() == "my scratch file\n"
+    assert (tmp_path / "preds.csv").read_text().startswith("text,label,prediction")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv", "preds.csv.tmp"]

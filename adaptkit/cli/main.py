@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--builtin", action="store_true",
                         help="adaptkit's own strategies and tasks only (what recipes/adaptkit.schema.json holds)")
     schema.add_argument("--output", metavar="FILE", help="write it to FILE instead of printing it")
+    schema.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
     completion = commands.add_parser("completion", help="print a shell completion script "
                                                         "(eval \"$(adaptkit completion bash)\")")
@@ -133,7 +134,7 @@ def _cmd_advise(args) -> int:
 
     from adaptkit.judge.advise import advise, default_output, render
     from adaptkit.judge.compare import parse_list
-    from adaptkit.engine.outputs import check_output_file, write_json
+    from adaptkit.engine.outputs import check_output_file, write_output_file
     from adaptkit.judge.compare_checks import check_advise_arguments
     from adaptkit.recipe.loading import load_recipe
 
@@ -148,8 +149,7 @@ def _cmd_advise(args) -> int:
     for part in render(report):
         console.print(part)
     output.parent.mkdir(parents=True, exist_ok=True)
-    check_output_file(output, args.overwrite)  # again: the report took minutes, the path may be taken now
-    write_json(output, report.to_dict())
+    write_output_file(output, json.dumps(report.to_dict(), indent=2, default=str) + "\n", overwrite=args.overwrite)
     print(f"wrote {output}")
     return 0
 
@@ -248,10 +248,9 @@ def _cmd_schema(args) -> int:
 
     text = schema_text(builtin_schema() if args.builtin else editor_schema())
     if args.output:
-        from adaptkit.engine.outputs import atomic_file
+        from adaptkit.engine.outputs import write_output_file
 
-        with atomic_file(args.output) as handle:
-            handle.write(text)
+        write_output_file(args.output, text, overwrite=args.overwrite)
         print(f"wrote {args.output}")
     else:
         sys.stdout.write(text)

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from adaptkit.errors import AdaptkitError, CheckpointDamaged  # noqa: F401 (defined in errors, importable here too)
-from adaptkit.engine.outputs import check_checkpoint_dir, replace_folder
+from adaptkit.engine.outputs import (CHECKPOINT_LEFTOVER, check_checkpoint_dir, record_checkpoint_logs,
+                                     remove_checkpoint_dir, replace_folder)
 
 if TYPE_CHECKING:
     import torch
@@ -579,6 +580,7 @@ class Checkpointer:
         if accelerator.is_main_process:
             replace_folder(tmp, final)  # a resumed run re-saving the step it resumed from: the newer wins
             self.prune(keep_best=trainer_state.get("best", {}).get("path"))
+            record_checkpoint_logs(self.root)  # the trackers' files so far are this run's: replaceable later
         accelerator.wait_for_everyone()
         self.last_saved_step = step
         return final
@@ -690,7 +692,7 @@ class Checkpointer:
         for child in self.root.iterdir():
             if BEST_PATTERN.match(child.name) and child.name not in referenced:
                 shutil.rmtree(child, ignore_errors=True)
-            elif child.name.startswith((".tmp-", ".old-")):  # cut off by a kill: never resumed from
+            elif CHECKPOINT_LEFTOVER.match(child.name):  # cut off by a kill: never resumed from
                 shutil.rmtree(child, ignore_errors=True)
 
     # reading -------------------------------------------------------------------------
@@ -821,5 +823,5 @@ def plan_checkpoints(recipe: Any, output_dir: Path, overwrite: bool, resume: boo
                                 f"{f' (latest: {found.name})' if found else ''}; pass --resume to continue it, "
                                 f"or --overwrite to discard it and start over")
         if is_main_process:
-            shutil.rmtree(root, ignore_errors=True)
+            remove_checkpoint_dir(root)  # what check_checkpoint_dir found to be adaptkit's, nothing else
     return config

@@ -8,9 +8,12 @@ replacement deletes the old folder as a whole and a user's file must never go wi
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
@@ -21,12 +24,20 @@ from typing import IO, Any, Iterable, Iterator, Optional
 from adaptkit.errors import AdaptkitError
 
 MANIFEST = ".adaptkit-manifest.json"
-# What a run leaves beside its folder, and what a checkpoint folder holds (adaptkit.engine.checkpoint):
-# recognised by name so that a compare folder or checkpoint folder left by a killed run can be
-# replaced with --overwrite. Anything else is the user's.
-CHECKPOINT_ENTRY = re.compile(r"^((damaged-)?(step|best-epoch)-\d+|\.tmp-.+|\.old-.+|logs)$")
-# staged_output's mkdtemp and replace_folder's set-aside copy, when a kill cut them off
-_PARTIAL = re.compile(r"^\.(.+\.partial-[A-Za-z0-9_]{8}|old-.+-\d+)$")
+# What adaptkit writes beside a folder for a moment (staged_output's staging folder, replace_folder's
+# set-aside copy, atomic_file's temporary file) is named with this prefix, a kind and a random part:
+# a kill leaves it behind, and --overwrite may then delete it as adaptkit's. A name a person would
+# pick (`.thesis.partial-abcd1234`, `.old-drafts-2023`) never matches, so it is never deleted.
+TEMP_PREFIX = ".adaptkit-"
+_PARTIAL = re.compile(r"^\.adaptkit-(partial|old|tmp)-.+-[A-Za-z0-9_]{8}$")
+# A checkpoint folder (adaptkit.engine.checkpoint) holds checkpoints under the names it gives them,
+# its manifest and the trackers' logs/ (each file listed by that manifest: see record_checkpoint_logs).
+# The temporary names are also what a killed save leaves and pruning removes (CHECKPOINT_LEFTOVER);
+# `.old-step-<N>-<pid>` is the set-aside name older versions used. Anything else is the user's.
+_STEP = r"(step-\d{8,}|best-epoch-\d{4,})"
+CHECKPOINT_LEFTOVER = re.compile(rf"^(\.tmp-{_STEP}|\.old-{_STEP}-\d+|\.adaptkit-(old|tmp)-.+-[A-Za-z0-9_]{{8}})$")
+CHECKPOINT_ENTRY = re.compile(rf"^((damaged-)?{_STEP}|logs|{re.escape(MANIFEST)}|{CHECKPOINT_LEFTOVER.pattern[1:-1]})$")
+CHECKPOINT_LOGS = "logs"
 _NAMED_MAX = 5  # foreign files named in a refusal; the scan stops there (a home folder is not walked)
 
 
@@ -87,24 +98,109 @@ def manifest_files(folder: Path) -> set[str]:
 
 
 def _checkpoint_foreign(root: Path) -> list[str]:
-    """Entries of a checkpoint folder that checkpointing does not make (folders end in ``/``)."""
+    """Entries of a checkpoint folder that checkpointing does not make (folders end in ``/``), and
+    files under its ``logs/`` that its manifest does not list (``record_checkpoint_logs``): the
+    trackers' file names are not known in advance, so only a record tells them from a user's notes."""
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as exc:
         return [f"(unreadable: {exc.strerror})"]
-    return [entry.name + ("/" if entry.is_dir(follow_symlinks=False) else "")
-            for entry in entries if not CHECKPOINT_ENTRY.match(entry.name)]
+    found = [entry.name + ("/" if entry.is_dir(follow_symlinks=False) else "")
+             for entry in entries if not CHECKPOINT_ENTRY.match(entry.name)]
+    logs = Path(root) / CHECKPOINT_LOGS
+    if logs.is_symlink() or (logs.exists() and not logs.is_dir()):
+        found.append(CHECKPOINT_LOGS)
+    elif logs.is_dir():
+        listed = _read_manifest(Path(root)) or set()
+        found.extend(name for name in _tree_files(Path(root), logs) if name not in listed)
+    return found
+
+
+def _tree_files(base: Path, top: Path) -> list[str]:
+    """Every file, link and empty folder under ``top`` (relative to ``base``; folders end in ``/``),
+    links not followed."""
+    found: list[str] = []
+    for directory, folders, files in os.walk(top):
+        here = Path(directory)
+        found.extend((here / name).relative_to(base).as_posix() for name in files)
+        for name in list(folders):
+            if (here / name).is_symlink():
+                found.append((here / name).relative_to(base).as_posix())
+                folders.remove(name)
+        if not folders and not files and here != top:
+            found.append(here.relative_to(base).as_posix() + "/")
+    return sorted(found)
+
+
+def record_checkpoint_logs(root: Path) -> None:
+    """List in the checkpoint folder's manifest every file its ``logs/`` holds now.
+
+    Called while this process writes the folder (after the trackers start, at each checkpoint,
+    before the folder is removed): a run starts only when every file already there is listed
+    (``check_checkpoint_dir``), so what is unlisted now was written by this run's trackers, and a
+    later ``--overwrite`` or the end of a run may delete it. A user's file that was there before is
+    never listed.
+    """
+    root = Path(root)
+    logs = root / CHECKPOINT_LOGS
+    if not logs.is_dir() or logs.is_symlink():
+        return
+    listed = (_read_manifest(root) or set()) | set(_tree_files(root, logs))
+    from adaptkit import __version__
+
+    write_json(root / MANIFEST, {"written_by": f"adaptkit {__version__}", "kind": "checkpoints",
+                                 "files": sorted(listed)})
+
+
+def remove_checkpoint_dir(root: Path) -> None:
+    """Delete a checkpoint folder that ``check_checkpoint_dir`` passed: its checkpoints and the
+    ``logs/`` files its manifest lists. Anything else (a file put there since) is left, with the
+    folders above it."""
+    root = Path(root)
+    if not root.is_dir() or root.is_symlink():
+        return
+    listed = _read_manifest(root) or set()
+    for entry in os.scandir(root):
+        if entry.name in (CHECKPOINT_LOGS, MANIFEST) or not CHECKPOINT_ENTRY.match(entry.name):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+    logs = root / CHECKPOINT_LOGS
+    if logs.is_dir() and not logs.is_symlink():
+        for name in _tree_files(root, logs):
+            if name in listed and not name.endswith("/"):
+                (root / name).unlink(missing_ok=True)
+        for directory, _, _ in sorted(os.walk(logs), key=lambda item: -len(item[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)  # only once empty
+    if not (logs.exists() or logs.is_symlink()):
+        (root / MANIFEST).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 def _is_leftover(entry: os.DirEntry) -> bool:
-    """Beside a run folder (e.g. a compare's ``runs/``): a staging folder or a lock a kill left."""
-    if entry.is_dir(follow_symlinks=False):
-        return bool(_PARTIAL.match(entry.name))
+    """Beside a run folder (e.g. a compare's ``runs/``): what a kill left of adaptkit's own writing.
+
+    A staging or set-aside folder, or a temporary file, by its ``.adaptkit-`` name with a random
+    part. A lock ``X.lock`` (its name is documented, so not unusual) only when it holds a PID or
+    nothing and belongs to an adaptkit output beside it: ``X`` with a manifest, ``X.checkpoints``, or
+    a staging folder of ``X``. A user's ``exam.lock`` that happens to hold digits is none of these.
+    """
+    if _PARTIAL.match(entry.name):
+        return entry.is_dir(follow_symlinks=False) or (entry.is_file(follow_symlinks=False)
+                                                       and entry.name.startswith(f"{TEMP_PREFIX}tmp-"))
     if entry.name.endswith(".lock") and entry.is_file(follow_symlinks=False):
         try:
-            return entry.stat().st_size <= 32 and Path(entry.path).read_text().strip().isdigit()
+            if entry.stat().st_size > 32 or not re.fullmatch(r"\d*", Path(entry.path).read_text().strip()):
+                return False
         except (OSError, UnicodeDecodeError):
             return False
+        owner = Path(entry.path).with_name(entry.name[:-len(".lock")])
+        return ((owner / MANIFEST).is_file() or owner.with_name(owner.name + ".checkpoints").is_dir()
+                or any(owner.parent.glob(f"{glob.escape(TEMP_PREFIX)}partial-{glob.escape(owner.name)}-*")))
     return False
 
 
@@ -336,7 +432,7 @@ def staged_output(directory: Path, overwrite: bool, kind: str = "run") -> Iterat
     """
     check_output_dir(directory, overwrite, kind=kind)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}partial-{directory.name}-", dir=directory.parent))
     try:
         yield staging
         write_manifest(staging, kind)
@@ -392,8 +488,10 @@ def replace_folder(source: Path, target: Path) -> None:
     respect_umask(source)
     old = None
     if target.exists():
-        old = target.with_name(f".old-{target.name}-{os.getpid()}")  # checkpoint pruning removes .old-*
-        shutil.rmtree(old, ignore_errors=True)
+        # A name of adaptkit's own with a random part (see TEMP_PREFIX): one that already exists,
+        # whoever made it, is never deleted to make room; checkpoint pruning removes what a kill left.
+        while old is None or old.exists() or old.is_symlink():
+            old = target.with_name(f"{TEMP_PREFIX}old-{target.name}-{secrets.token_hex(4)}")
         os.replace(target, old)
     os.replace(source, target)
     if old is not None:
@@ -401,24 +499,61 @@ def replace_folder(source: Path, target: Path) -> None:
 
 
 @contextmanager
-def atomic_file(path: Path, newline: Optional[str] = None) -> Iterator[IO[str]]:
+def atomic_file(path: Path, newline: Optional[str] = None, replace: bool = True) -> Iterator[IO[str]]:
     """A text handle on a temporary sibling that becomes ``path`` in one rename when the block
-    ends; a failure removes it, so readers see the old file or the whole new one, never half."""
+    ends; a failure removes it, so readers see the old file or the whole new one, never half.
+
+    The sibling is made by ``tempfile.mkstemp`` (``.adaptkit-tmp-<name>-<random>``, created
+    exclusively): a fixed name such as ``preds.csv.tmp`` could be a user's file, which was
+    overwritten and renamed away. It gets the mode the umask gives (mkstemp makes 0600).
+    ``replace=False`` never replaces an existing ``path``, not even one made while the block ran
+    (the file is linked into place, which fails if the name is taken): an ``AdaptkitError``.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp: Optional[Path] = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)  # predict --output new/preds.csv: made, not failed at the end
-        with tmp.open("w", encoding="utf-8", newline=newline) as handle:
+        fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}tmp-{path.name[:100]}-", dir=path.parent)
+        tmp = Path(name)
+        with open(fd, "w", encoding="utf-8", newline=newline) as handle:
+            os.chmod(tmp, 0o666 & ~_umask())
             yield handle
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         failed = _write_failure(exc)
         if failed is None:
             raise
         raise AdaptkitError(f"writing {path} failed ({_describe_write_error(exc, failed)}); "
                             f"{_free_space(path.parent if path.parent.exists() else Path('.'))} free there. "
                             f"{path} was not changed; free some space and run the same command again") from exc
-    os.replace(tmp, path)
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if the name exists, unlike a rename
+    except FileExistsError:
+        tmp.unlink(missing_ok=True)
+        raise AdaptkitError(f"{path} already exists (it appeared while adaptkit wrote); it was not replaced. "
+                            f"Pass --overwrite to replace it, or give another path") from None
+    except OSError:  # a file system without hard links: the check just made is the best there is
+        if path.exists() or path.is_symlink():
+            tmp.unlink(missing_ok=True)
+            raise AdaptkitError(f"{path} already exists; it was not replaced. Pass --overwrite to replace it, "
+                                f"or give another path") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink(missing_ok=True)
+
+
+def write_output_file(path: Path, text: str, overwrite: bool = False, what: str = "--output") -> None:
+    """Write a file a command was asked for (``schema --output``, ``advise --output``): refused when
+    ``path`` exists and ``overwrite`` is off, when it is a folder or a file of an adaptkit output
+    (``check_output_file``), and written through a temporary file of a unique name beside it, so no
+    file of the user's is replaced except ``path`` itself, and that only with ``overwrite``."""
+    check_output_file(Path(path), overwrite, what)
+    with atomic_file(Path(path), replace=overwrite) as handle:
+        handle.write(text)
 
 
 def write_json(path: Path, data: Any) -> None:

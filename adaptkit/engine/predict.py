@@ -172,7 +172,7 @@ def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output
     columns = list(table.column_names)
     check_output_file(output, overwrite)  # again: predicting took a while, the path may be taken now
     if output.suffix.lower() in (".jsonl", ".json"):  # lists (tags, generated tokens) stay lists
-        with atomic_file(output) as handle:
+        with atomic_file(output, replace=overwrite) as handle:  # never one that appeared meanwhile
             for row, prediction in zip(table, predictions):
                 record = {c: row[c] for c in columns}
                 if isinstance(prediction, dict):
@@ -181,7 +181,7 @@ def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output
                     record["prediction"] = prediction
                 handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
     else:
-        with atomic_file(output, newline="") as handle:
+        with atomic_file(output, newline="", replace=overwrite) as handle:
             writer = csv.writer(handle, delimiter="\t" if output.suffix.lower() == ".tsv" else ",")
             extra = ["prediction", "score"] if predictions and isinstance(predictions[0], dict) else ["prediction"]
             writer.writerow(columns + extra)

@@ -126,7 +126,8 @@ def _run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
     record the base, wrap, plan), train, verify and export, summarise.
     """
     from adaptkit.engine.checkpoint import plan_checkpoints
-    from adaptkit.engine.outputs import check_output_dir, staged_output, write_json
+    from adaptkit.engine.outputs import (check_output_dir, record_checkpoint_logs, remove_checkpoint_dir,
+                                         staged_output, write_json)
     from adaptkit.engine.report import model_card
     from adaptkit.engine.train import make_accelerator
 
@@ -153,7 +154,10 @@ def _run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
         write_json(staging / "metrics.json", summary)
         (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved_dict(), sort_keys=False))
         (staging / "README.md").write_text(model_card(summary, recipe.base_dir()))  # paths relative to the recipe
-    shutil.rmtree(checkpoints.root, ignore_errors=True)  # the run is complete: nothing left to resume
+    # The run is complete: nothing left to resume. Its trackers' files are recorded first (the folder
+    # held none of the user's when the run started), and only recorded files and checkpoints are removed.
+    record_checkpoint_logs(checkpoints.root)
+    remove_checkpoint_dir(checkpoints.root)
     session.registry.manager.hook.adaptkit_on_event(event="run_end", payload={"metrics": summary,
                                                                              "output_dir": str(output_dir)})
     if recipe.output.push_to_hub:  # the folder is complete and stays so whether or not the upload works

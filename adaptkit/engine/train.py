@@ -613,6 +613,11 @@ class _TrainingLoop:
             self.result.train_seconds += time.perf_counter() - warm_started
         if training.report_to:
             accelerator.init_trackers("train", config=_flat_config(tracker_config or {}))
+            logs = Path(accelerator.logging_dir or ".")
+            if accelerator.is_main_process and logs.name == "logs" and logs.parent.name.endswith(".checkpoints"):
+                from adaptkit.engine.outputs import record_checkpoint_logs
+
+                record_checkpoint_logs(logs.parent)  # the files the trackers just made are this run's
         self.bar = _Progress(self.total_steps, progress and accelerator.is_main_process, epochs=self.epochs,
                              metric=self.metric)
         self.bar.update(self.result.steps)

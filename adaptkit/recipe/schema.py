@@ -417,8 +417,8 @@ class OutputSection(_Section):
         return value
 
 
-# Room left in a file name for what adaptkit puts beside output.dir (".<name>.partial-XXXXXXXX",
-# ".old-<name>-<pid>", "<name>.checkpoints", "<name>-advice.json") within NAME_MAX (255 bytes).
+# Room left in a file name for what adaptkit puts beside output.dir (".adaptkit-partial-<name>-XXXXXXXX",
+# ".adaptkit-old-<name>-xxxxxxxx", "<name>.checkpoints", "<name>-advice.json") within NAME_MAX (255 bytes).
 _SIBLING_ROOM = 32
 _VIRTUAL_FILESYSTEMS = ("/proc", "/sys", "/dev")
 
