@@ -31,10 +31,6 @@ DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'"
                    "pymysql": "PyMySQL", "cx_Oracle": "cx-Oracle", "pyodbc": "pyodbc"}
 
 
-class CompareArgumentError(AdaptkitError):
-    """A ``compare``/``advise`` argument outside what the command can use; raised before any work."""
-
-
 def check_compare_arguments(seeds: Optional[Iterable[int]] = None, sizes: Optional[Iterable[int]] = None,
                             learning_rates: Optional[Mapping[str, float]] = None, trials: Optional[int] = None,
                             validation_fraction: Optional[float] = None, bootstrap_rounds: Optional[int] = None,
@@ -59,7 +55,7 @@ def check_compare_arguments(seeds: Optional[Iterable[int]] = None, sizes: Option
     if validation_fraction is not None:
         if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)) \
                 or not math.isfinite(validation_fraction) or not 0 < validation_fraction < 1:
-            raise CompareArgumentError(
+            raise AdaptkitError(
                 f"--validation-fraction: {validation_fraction!r} is not a share strictly between 0 and 1; "
                 f"it is the part of each arm's rows held out to choose the learning rate (default 0.2)")
     if learning_rates:
@@ -77,13 +73,13 @@ def check_learning_rate(name: str, rate: float, strategies: Optional[set] = None
     negative and huge rates reached optuna's grid as nan/inf.
     """
     if not name:
-        raise CompareArgumentError(f"--lr: expected NAME=RATE, got '={rate}' (no arm name)")
+        raise AdaptkitError(f"--lr: expected NAME=RATE, got '={rate}' (no arm name)")
     if strategies is not None and name not in strategies:
-        raise CompareArgumentError(f"--lr {name}={rate}: {name!r} is not one of the compared arms "
+        raise AdaptkitError(f"--lr {name}={rate}: {name!r} is not one of the compared arms "
                                    f"({', '.join(sorted(strategies))})")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) \
             or not 0 < rate <= MAX_LEARNING_RATE:
-        raise CompareArgumentError(f"--lr {name}={rate}: a learning rate must be a number above 0 and at most "
+        raise AdaptkitError(f"--lr {name}={rate}: a learning rate must be a number above 0 and at most "
                                    f"{MAX_LEARNING_RATE:g}")
 
 
@@ -107,17 +103,17 @@ def check_storage(url: str) -> None:
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError, NoSuchModuleError
     except ImportError:
-        raise CompareArgumentError(f"--storage {url!r}: an Optuna database needs SQLAlchemy: "
+        raise AdaptkitError(f"--storage {url!r}: an Optuna database needs SQLAlchemy: "
                                    f"pip install sqlalchemy") from None
     example = "e.g. sqlite:///sweep.db or postgresql://user@host/db"
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
-        raise CompareArgumentError(f"--storage {url!r} is not a database URL ({example}): {exc}") from None
+        raise AdaptkitError(f"--storage {url!r} is not a database URL ({example}): {exc}") from None
     try:
         dialect = parsed.get_dialect()
     except NoSuchModuleError:
-        raise CompareArgumentError(f"--storage {url!r}: unknown database kind {parsed.drivername!r} "
+        raise AdaptkitError(f"--storage {url!r}: unknown database kind {parsed.drivername!r} "
                                    f"(sqlite, postgresql, mysql, ...; {example})") from None
     try:
         importer = getattr(dialect, "import_dbapi", None) or dialect.dbapi
@@ -125,7 +121,7 @@ def check_storage(url: str) -> None:
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc)
         package = DRIVER_PACKAGES.get(missing, missing)
-        raise CompareArgumentError(f"--storage {url!r}: the {parsed.drivername} driver is not installed "
+        raise AdaptkitError(f"--storage {url!r}: the {parsed.drivername} driver is not installed "
                                    f"(cannot import {missing}): pip install {package}") from None
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_file(url, parsed.database)
@@ -137,23 +133,23 @@ def _check_sqlite_file(url: str, database: Optional[str]) -> None:
     path = Path(database).expanduser()
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise CompareArgumentError(f"--storage {url!r}: the folder {folder} of the SQLite database does not exist")
+        raise AdaptkitError(f"--storage {url!r}: the folder {folder} of the SQLite database does not exist")
     if path.is_dir():
-        raise CompareArgumentError(f"--storage {url!r}: {path} is a folder, not an SQLite database file")
+        raise AdaptkitError(f"--storage {url!r}: {path} is a folder, not an SQLite database file")
     if path.exists():
         if not os.access(path, os.R_OK | os.W_OK):
-            raise CompareArgumentError(f"--storage {url!r}: the SQLite database {path} cannot be written")
+            raise AdaptkitError(f"--storage {url!r}: the SQLite database {path} cannot be written")
     # SQLite writes a journal next to the database, so the folder must take a new file even when the
     # database exists; a real probe, as os.access says yes to root on a read-only mount.
     try:
         with tempfile.TemporaryFile(dir=folder, prefix=".adaptkit-probe-"):
             pass
     except OSError as exc:
-        raise CompareArgumentError(f"--storage {url!r}: cannot write in {folder}, the folder of the SQLite "
+        raise AdaptkitError(f"--storage {url!r}: cannot write in {folder}, the folder of the SQLite "
                                    f"database ({exc.strerror or exc}; SQLite keeps its journal there)") from None
 
 
 def _integer(option: str, value: object, low: int, high: int, why: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise CompareArgumentError(f"{option}: {value!r} is out of range; expected a whole number from "
+        raise AdaptkitError(f"{option}: {value!r} is out of range; expected a whole number from "
                                    f"{low:,} to {high:,}" + (f" ({why})" if why else ""))
