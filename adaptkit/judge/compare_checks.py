@@ -76,11 +76,11 @@ def check_learning_rate(name: str, rate: float, strategies: Optional[set] = None
         raise AdaptkitError(f"--lr: expected NAME=RATE, got '={rate}' (no arm name)")
     if strategies is not None and name not in strategies:
         raise AdaptkitError(f"--lr {name}={rate}: {name!r} is not one of the compared arms "
-                                   f"({', '.join(sorted(strategies))})")
+                            f"({', '.join(sorted(strategies))})")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) \
             or not 0 < rate <= MAX_LEARNING_RATE:
         raise AdaptkitError(f"--lr {name}={rate}: a learning rate must be a number above 0 and at most "
-                                   f"{MAX_LEARNING_RATE:g}")
+                            f"{MAX_LEARNING_RATE:g}")
 
 
 def check_advise_arguments(max_feature_rows: Optional[int] = None, probe_steps: Optional[int] = None) -> None:
@@ -104,7 +104,7 @@ def check_storage(url: str) -> None:
         from sqlalchemy.exc import ArgumentError, NoSuchModuleError
     except ImportError:
         raise AdaptkitError(f"--storage {url!r}: an Optuna database needs SQLAlchemy: "
-                                   f"pip install sqlalchemy") from None
+                            f"pip install sqlalchemy") from None
     example = "e.g. sqlite:///sweep.db or postgresql://user@host/db"
     try:
         parsed = make_url(url)
@@ -114,7 +114,7 @@ def check_storage(url: str) -> None:
         dialect = parsed.get_dialect()
     except NoSuchModuleError:
         raise AdaptkitError(f"--storage {url!r}: unknown database kind {parsed.drivername!r} "
-                                   f"(sqlite, postgresql, mysql, ...; {example})") from None
+                            f"(sqlite, postgresql, mysql, ...; {example})") from None
     try:
         importer = getattr(dialect, "import_dbapi", None) or dialect.dbapi
         importer()
@@ -122,7 +122,7 @@ def check_storage(url: str) -> None:
         missing = getattr(exc, "name", None) or str(exc)
         package = DRIVER_PACKAGES.get(missing, missing)
         raise AdaptkitError(f"--storage {url!r}: the {parsed.drivername} driver is not installed "
-                                   f"(cannot import {missing}): pip install {package}") from None
+                            f"(cannot import {missing}): pip install {package}") from None
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_file(url, parsed.database)
 
@@ -146,10 +146,10 @@ def _check_sqlite_file(url: str, database: Optional[str]) -> None:
             pass
     except OSError as exc:
         raise AdaptkitError(f"--storage {url!r}: cannot write in {folder}, the folder of the SQLite "
-                                   f"database ({exc.strerror or exc}; SQLite keeps its journal there)") from None
+                            f"database ({exc.strerror or exc}; SQLite keeps its journal there)") from None
 
 
 def _integer(option: str, value: object, low: int, high: int, why: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise AdaptkitError(f"{option}: {value!r} is out of range; expected a whole number from "
-                                   f"{low:,} to {high:,}" + (f" ({why})" if why else ""))
+                            f"{low:,} to {high:,}" + (f" ({why})" if why else ""))
