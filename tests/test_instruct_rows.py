@@ -113,3 +113,21 @@ def test_an_unknown_chat_role_fails_validate_naming_file_and_line(tmp_path, toke
     error = capsys.readouterr().err
     assert f"data.{split}: {data}:5: row: messages, message 3: role 'robot' is not one of" in error
     assert "Traceback" not in error
+
+
+def test_a_template_costly_only_on_real_content_is_refused_before_tokenizing(tmp_path, tokenizer_dir,  # noqa: F811
+                                                                             capsys):
+    """A template whose loops grow with a row's content passes the sample render at validate; the
+    first training row, rendered under the same bounds, stops the run instead of a silent hang."""
+    from adaptkit.cli import main
+
+    template = ("{% for m in messages %}{% for i in range(m['content']|length * 10) %}{% for j in range(100) %}"
+                "{% endfor %}{% endfor %}{{ m['content'] }}{% endfor %}")  # 15,150 steps on the sample, 200,000+ here
+    spec = recipe(tmp_path, tokenizer_dir, "messages", chat_template=template)
+    rows = fruit_rows("messages", 8, 1)
+    rows[0]["messages"][1]["content"] = "a long question " * 10
+    spec["data"]["train"] = str(write_jsonl(tmp_path / "train.jsonl", rows))
+    path = write_recipe(tmp_path / "r.yaml", spec)
+    assert main(["run", str(path), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "training row 1: chat template is too costly to render" in error and "Traceback" not in error

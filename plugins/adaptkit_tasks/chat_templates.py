@@ -52,10 +52,10 @@ class _TooCostly(Exception):
     """A trial render ran past one of the bounds; the message says which."""
 
 
-def render_cost_problem(template: str) -> Optional[str]:
-    """Why rendering ``template`` would stall a run, found by rendering a sample conversation under
-    bounds; None when it renders within them (or fails in another way, which ``install_template``
-    reports with the real tokenizer).
+def render_cost_problem(template: str, messages: Optional[list[dict[str, str]]] = None) -> Optional[str]:
+    """Why rendering ``template`` would stall a run, found by rendering a sample conversation (or
+    ``messages``, a real row's) under bounds; None when it renders within them (or fails in another
+    way, which ``install_template`` reports with the real tokenizer).
 
     A template is code: nested ``range(100000)`` loops passed ``validate`` (it only compiles) and
     then hung ``run`` with no output, in the tokenizer's render of the first row. The trial render
@@ -75,14 +75,14 @@ def render_cost_problem(template: str) -> Optional[str]:
 
     def clock() -> None:
         if time.monotonic() - started > MAX_RENDER_SECONDS:
-            raise _TooCostly(f"rendering a three-turn sample conversation took more than {MAX_RENDER_SECONDS:g} s")
+            raise _TooCostly(f"rendering a sample conversation took more than {MAX_RENDER_SECONDS:g} s")
 
     def bounded_range(*args: int):
         for value in range(*args):
             steps[0] += 1
             if steps[0] > MAX_RENDER_STEPS:
                 raise _TooCostly(f"its range() loops take more than {MAX_RENDER_STEPS:,} steps to render a "
-                                 f"three-turn sample conversation")
+                                 f"sample conversation")
             if steps[0] % 1024 == 0:
                 clock()
             yield value
@@ -113,12 +113,12 @@ def render_cost_problem(template: str) -> Optional[str]:
         compiled = env.from_string(template)
         for generation in (False, True):
             size = 0
-            for chunk in compiled.generate(messages=SAMPLE_CONVERSATION, add_generation_prompt=generation,
+            for chunk in compiled.generate(messages=messages or SAMPLE_CONVERSATION, add_generation_prompt=generation,
                                            bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"):
                 size += len(chunk)
                 if size > MAX_RENDER_CHARS:
-                    raise _TooCostly(f"it renders more than {MAX_RENDER_CHARS:,} characters for a three-turn "
-                                     f"sample conversation")
+                    raise _TooCostly(f"it renders more than {MAX_RENDER_CHARS:,} characters for a sample "
+                                     f"conversation")
                 clock()
     except _TooCostly as exc:
         return f"chat template is too costly to render: {exc}; every training row would stall on it"

@@ -186,6 +186,8 @@ class Instruct(CausalLM):
         from adaptkit_tasks.packing import pack_table
 
         training = dataset is getattr(self, "_train", None)
+        if training and self.options.format != "text" and len(dataset):
+            self._check_render_cost(dataset[0], tokenizer)
         encoded = dataset.map(lambda row, index: self._encode(row, index, tokenizer, training), with_indices=True,
                               remove_columns=dataset.column_names, desc="tokenizing")
         learnt = [any(label != -100 for label in labels) for labels in encoded["labels"]]
@@ -196,6 +198,19 @@ class Instruct(CausalLM):
         else:
             self._check_scorable(dataset, learnt)
         return encoded
+
+    def _check_render_cost(self, row: dict[str, Any], tokenizer: Any) -> None:
+        """The template rendered on the first training row under bounds (``render_cost_problem``):
+        ``validate`` tried it on a sample conversation, but a template may loop over a real row's
+        content; one bounded render here turns a silent hang of tokenizing into an error."""
+        from adaptkit_tasks.chat_templates import render_cost_problem
+        from adaptkit_tasks.instruct_formats import row_messages
+
+        template = getattr(tokenizer, "chat_template", None)
+        if isinstance(template, str):
+            problem = render_cost_problem(template, row_messages(row, self.options, "row 1")[0])
+            if problem:
+                raise DataError(f"training row 1: {problem}")
 
     def _empty(self, dataset) -> list[bool]:
         """Per row, whether it holds nothing to learn by its layout: an empty text (text format)."""
