@@ -35,13 +35,16 @@ class ContractViolation(AdaptkitError):
     """A strategy broke the architecture-preserving contract.
 
     ``rule`` is one of ``signature``, ``frozen``, ``equivalence``, ``removal``, ``export``;
-    ``parameter`` names the first offending parameter or module where there is one.
+    ``parameter`` names the first offending parameter or module where there is one. From the
+    conformance kit, ``failures`` holds every failed check's violation (this one's ``rule`` and
+    ``parameter`` are the first's); elsewhere it is just this one.
     """
 
     def __init__(self, strategy: str, rule: str, detail: str, parameter: str | None = None):
         self.strategy = strategy
         self.rule = rule
         self.parameter = parameter
+        self.failures: list[ContractViolation] = [self]
         where = f" on {parameter!r}" if parameter else ""
         super().__init__(f"strategy {strategy!r} broke the contract rule '{rule}'{where}: {detail}")
 
@@ -87,11 +90,13 @@ class TaskContractViolation(AdaptkitError):
 
     ``rule`` is one of ``head``, ``batch``, ``metrics``, ``predict``, ``state``; the message names
     the task, the family of the tiny model it ran on, and what was expected against what came back.
+    ``failures`` holds every failed check's violation (this one's ``rule`` and ``family`` are the first's).
     """
 
     def __init__(self, task: str, rule: str, detail: str, family: str | None = None):
         self.task = task
         self.rule = rule
         self.family = family
+        self.failures: list[TaskContractViolation] = [self]
         on = f" on the tiny {family} model" if family else ""
         super().__init__(f"task {task!r} broke the rule '{rule}'{on}: {detail}")

@@ -13,15 +13,20 @@ checks the core runs on every ``adaptkit run``:
 - equivalence: a mergeable strategy's merged model computes what the wrapped model did;
 - removal:     a non-mergeable strategy's removal restores the base outputs exactly.
 
-It raises ``ContractViolation`` (rule, parameter and the strategy's plugin or class named) on
-the first failure and returns a report of what passed otherwise. Use it in a plugin's tests in one line.
+Every check runs, so a plugin author sees every problem at once: it raises ``ContractViolation``
+(rule, parameter and the strategy's plugin or class named) listing every failed check, and returns
+a report of what passed otherwise. Use it in a plugin's tests in one line, or, in the shape of
+scikit-learn's ``sklearn.utils.estimator_checks``, parametrize over ``strategy_checks(MyStrategy)``:
+each rule on each family is a named check (``"bert/frozen"``), and ``expected_failures={name or
+rule: reason}`` declares the ones known to fail.
 
 ``check_task(MyTask, rows=[...])`` is its twin for task plugins (scikit-learn's ``check_estimator``
 is the model): on a tiny config-built model of each family the task runs on, ``preprocess`` and
 ``collate`` must give a batch the model accepts, ``batch_outputs`` + ``compute_metrics`` must report
 the declared ``metric_names``, ``predict_batch`` one prediction per row, ``state()``/``load_state()``
 must round-trip through JSON (a restored task predicts the same), and ``head_modules`` must name
-modules the model has. It raises ``TaskContractViolation`` naming the rule and the family.
+modules the model has. It raises ``TaskContractViolation`` naming every failed rule and family;
+``task_checks`` yields its checks one by one.
 
 Families are registered with ``register_family(name, build, head_modules=[...], peft_task_type=...,
 config={...})``: a family declares its own head and peft task type, so this module names no task
@@ -34,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +48,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
-from adaptkit.errors import AdaptkitError, TaskContractViolation
+from adaptkit.errors import AdaptkitError, ContractViolation, TaskContractViolation
 from adaptkit.plugin.contract import (FrozenWeights, architecture_signature, check_close, check_signature, check_wrapped,
                                       head_shapes, model_outputs, reload_export, violation)
 from adaptkit.plugin.strategy import Strategy, WrapContext
@@ -260,75 +266,295 @@ def perturb_trainable(model: torch.nn.Module, head: Sequence[str], scale: float 
 @dataclass
 class ConformanceReport:
     """What passed, one line per check and family. ``strategy`` names the checked class (a
-    strategy, or with ``kind="task"`` a task)."""
+    strategy, or with ``kind="task"`` a task). ``expected_failures`` lists the checks the caller
+    declared as known failures that did fail (name and reason), ``unexpected_passes`` those that
+    were declared but passed (the declaration can go)."""
 
     strategy: str
     passed: list[str] = field(default_factory=list)
     kind: str = "strategy"
+    expected_failures: list[str] = field(default_factory=list)
+    unexpected_passes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return "\n".join([f"{self.kind} {self.strategy!r} keeps the contract:", *[f"  ok  {p}" for p in self.passed]])
+        lines = [f"{self.kind} {self.strategy!r} keeps the contract:", *[f"  ok  {p}" for p in self.passed]]
+        lines += [f"  xfail  {x}" for x in self.expected_failures]
+        lines += [f"  xpass  {x} (declared as an expected failure, but it passed)" for x in self.unexpected_passes]
+        return "\n".join(lines)
 
 
-def check_strategy(strategy_cls: type[Strategy], options: Any = None,
-                   families: Optional[list[str]] = None) -> ConformanceReport:
-    """Run every contract rule on tiny models of each family; raise ``ContractViolation`` on failure.
+@dataclass(frozen=True)
+class ConformanceCheck:
+    """One named check of the kit, on one family: call it to run it.
 
-    ``families`` defaults to every registered text family with a ``build`` (bert and gpt2, plus
-    any family a plugin's tests registered).
+    ``name`` is ``"<family>/<rule>"`` (``"bert/frozen"``). Called, it returns the line the report
+    keeps (None for a check that adds no line) or raises ``ContractViolation`` (a task's check:
+    ``TaskContractViolation``). A check declared an expected failure (``expected`` is the reason)
+    swallows its violation, so a plugin's parametrized test of it passes either way; ``check_strategy``
+    and ``check_task`` still report it.
+    """
+
+    name: str
+    family: str
+    rule: str
+    run: Callable[[], Optional[str]] = field(repr=False, compare=False)
+    expected: Optional[str] = None
+
+    def __call__(self) -> Optional[str]:
+        if self.expected is None:
+            return self.run()
+        try:
+            return self.run()
+        except (ContractViolation, TaskContractViolation):
+            return None
+
+
+class _Stage:
+    """A step several checks share (build, wrap, train), computed once on first use; a failure is
+    kept and raised again, the same exception object, to every check that needs the step."""
+
+    def __init__(self, compute: Callable[[], Any]):
+        self._compute = compute
+        self._done = False
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+
+    def __call__(self) -> Any:
+        if not self._done:
+            try:
+                self._value = self._compute()
+            except Exception as exc:  # kept for every check that needs this step
+                self._error = exc
+            self._done = True
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def reset(self) -> None:
+        self._done, self._value, self._error = False, None, None
+
+
+class _StrategyTrial:
+    """The shared steps of ``strategy_checks`` on one family: the base and its outputs, the wrapped
+    model, the trained one, and the unwrapped one (which consumes the trained model, so a check
+    run after it that needs the trained model gets a freshly trained one)."""
+
+    def __init__(self, strategy_cls: type[Strategy], options: Any, family: str):
+        self.cls, self.options, self.family = strategy_cls, options, family
+        self.base = _Stage(self._base)
+        self.wrapped = _Stage(self._wrapped)
+        self.trained = _Stage(self._trained)
+        self.unwrapped = _Stage(self._unwrapped)
+
+    def _base(self) -> SimpleNamespace:
+        probe = sample_batch(7)
+        base = build_family(self.family, seed=0)
+        context = wrap_context(base, self.family)
+        return SimpleNamespace(probe=probe, model_class=type(base), context=context,
+                               signature=architecture_signature(base), outputs=model_outputs(base, probe),
+                               heads=head_shapes(base, context.head_modules))
+
+    def _wrapped(self) -> SimpleNamespace:
+        base = self.base()
+        model = build_family(self.family, seed=0)
+        strategy = self.cls(self.options)
+        return SimpleNamespace(strategy=strategy, model=strategy.wrap(model, wrap_context(model, self.family)))
+
+    def _trained(self) -> SimpleNamespace:
+        wrapped = self.wrapped()
+        self.wrapped.reset()  # training changes the model: a later wrap check gets a fresh one
+        strategy, model = wrapped.strategy, wrapped.model
+        frozen = FrozenWeights.snapshot(model)
+        train_steps(strategy, model)
+        return SimpleNamespace(strategy=strategy, model=model, frozen=frozen,
+                               outputs=model_outputs(model, self.base().probe))
+
+    def _unwrapped(self) -> torch.nn.Module:
+        trained = self.trained()
+        self.trained.reset()  # unwrap merges or removes in place: a later check trains anew
+        return SimpleNamespace(strategy=trained.strategy, outputs=trained.outputs,
+                               model=trained.strategy.unwrap(trained.model))
+
+    # ------------------------------------------------------------------ the checks, in run order
+
+    def check_wrap(self) -> None:
+        model = self.wrapped().model
+        check_wrapped(self.cls, model, self.base().heads)
+        if not [n for n, p in model.named_parameters() if p.requires_grad]:
+            raise violation(self.cls, "trainable", f"wrap left nothing trainable on the {self.family} model")
+
+    def check_frozen(self) -> str:
+        trained = self.trained()
+        trained.frozen.verify(self.cls, trained.model)
+        return f"{self.family}: frozen - {len(trained.frozen)} frozen tensors bit-identical after 3 steps"
+
+    def check_trainable(self) -> None:
+        if torch.equal(self.trained().outputs, self.base().outputs):
+            raise violation(self.cls, "trainable", f"training changed nothing the {self.family} model computes")
+
+    def check_export(self) -> str:
+        trained, base = self.trained(), self.base()
+        with tempfile.TemporaryDirectory() as tmp:
+            export = trained.strategy.save(trained.model, Path(tmp) / "export") or Path(tmp) / "export"
+            reloaded, how = reload_export(trained.strategy, Path(export), lambda: build_family(self.family, seed=0),
+                                          base.model_class)
+            check_close(self.cls, "export", trained.outputs, model_outputs(reloaded, base.probe),
+                        trained.strategy.merge_tolerance, f"{self.family}: export reloaded with {how}")
+        return f"{self.family}: export - reloads from safetensors with {how}, same outputs"
+
+    def check_signature(self) -> str:
+        base = self.base()
+        check_signature(self.cls, base.signature, architecture_signature(self.unwrapped().model),
+                        base.context.head_modules)
+        return f"{self.family}: signature - unwrap(wrap(base)) has the base architecture"
+
+    def check_equivalence(self) -> str:
+        unwrapped = self.unwrapped()
+        check_close(self.cls, "equivalence", unwrapped.outputs, model_outputs(unwrapped.model, self.base().probe),
+                    unwrapped.strategy.merge_tolerance, f"{self.family}: merged against wrapped")
+        return f"{self.family}: equivalence - merged outputs match within {unwrapped.strategy.merge_tolerance:g}"
+
+    def check_removal(self) -> str:
+        base = self.base()
+        fresh = build_family(self.family, seed=0)
+        again = self.cls(self.options)
+        wrapped = again.wrap(fresh, wrap_context(fresh, self.family))
+        check_wrapped(self.cls, wrapped, base.heads)
+        perturb_trainable(wrapped, base.context.head_modules)
+        removed = again.unwrap(wrapped)
+        check_signature(self.cls, base.signature, architecture_signature(removed), base.context.head_modules)
+        check_close(self.cls, "removal", base.outputs, model_outputs(removed, base.probe), 0.0,
+                    f"{self.family}: base outputs after removing the strategy")
+        return f"{self.family}: removal - base outputs restored exactly"
+
+
+STRATEGY_RULES = ("wrap", "frozen", "trainable", "export", "signature", "equivalence", "removal")
+
+
+def _expected(expected_failures: Optional[Mapping[str, str]], names: list[tuple[str, str]], what: str) -> dict[str, str]:
+    """``expected_failures`` checked against the checks there are: a key is a check's name
+    (``"bert/export"``) or a rule (``"export"``, every family); an unknown key is an error."""
+    declared = dict(expected_failures or {})
+    known = {n for n, _ in names} | {r for _, r in names}
+    unknown = sorted(set(declared) - known)
+    if unknown:
+        raise AdaptkitError(f"{what}: expected_failures names no check: {', '.join(map(repr, unknown))} "
+                            f"(checks: {', '.join(n for n, _ in names)})")
+    return declared
+
+
+def strategy_checks(strategy_cls: type[Strategy], options: Any = None, families: Optional[list[str]] = None,
+                    expected_failures: Optional[Mapping[str, str]] = None) -> Iterator[tuple[str, ConformanceCheck]]:
+    """Every contract check of ``strategy_cls``, one per rule and family, as ``(name, check)``.
+
+    The shape of scikit-learn's ``sklearn.utils.estimator_checks``: a plugin's tests parametrize
+    over it, so each rule is its own test and every failure shows::
+
+        @pytest.mark.parametrize("name, check", strategy_checks(MyStrategy), ids=lambda x: x if isinstance(x, str) else "")
+        def test_contract(name, check):
+            check()
+
+    Per family the checks are ``wrap`` (a model came back, head kept, something trainable),
+    ``frozen``, ``trainable`` (training changed the outputs), ``export``, ``signature``, then
+    ``equivalence`` for a mergeable strategy or ``removal`` for one that is not. Checks of one
+    family share the built, wrapped and trained models (each built once, on first use; a check run
+    out of order rebuilds what it needs). ``expected_failures`` maps a check's name
+    (``"bert/export"``) or a rule (``"export"``: on every family) to the reason it is known to fail;
+    such a check swallows its violation. ``families`` defaults to every registered text family
+    with a ``build``. Nothing is built until a check runs.
+    """
+    chosen = list(families or _strategy_families())
+    for family in chosen:
+        if get_family(family).modality != "text":
+            raise AdaptkitError(f"check_strategy runs on text families; {family!r} is an "
+                                f"{get_family(family).modality} family")
+    last = "equivalence" if strategy_cls.mergeable else "removal"
+    rules = [r for r in STRATEGY_RULES if r not in ("equivalence", "removal")] + [last]
+    names = [(f"{family}/{rule}", rule) for family in chosen for rule in rules]
+    declared = _expected(expected_failures, names, f"strategy_checks({strategy_cls.__name__})")
+    for family in chosen:
+        trial = _StrategyTrial(strategy_cls, options, family)
+        for rule in rules:
+            name = f"{family}/{rule}"
+            yield name, ConformanceCheck(name, family, rule, getattr(trial, f"check_{rule}"),
+                                         declared.get(name, declared.get(rule)))
+
+
+def _run_checks(checks: Iterator[tuple[str, ConformanceCheck]], report: ConformanceReport,
+                violation_types: tuple[type[BaseException], ...]) -> list[tuple[ConformanceCheck, BaseException]]:
+    """Run every check; fill ``report``; return the failures not declared as expected."""
+    failures: list[tuple[ConformanceCheck, BaseException]] = []
+    for name, check in checks:
+        try:
+            line = check.run()
+        except violation_types as exc:
+            if check.expected is not None:
+                report.expected_failures.append(f"{name}: {check.expected}")
+            else:
+                failures.append((check, exc))
+            continue
+        if check.expected is not None:
+            report.unexpected_passes.append(name)
+        if line:
+            report.passed.append(line)
+    return failures
+
+
+def _as_violations(failures: list[tuple[ConformanceCheck, BaseException]], crashed: Callable[[ConformanceCheck, BaseException], Any],
+                   kind: type[BaseException]) -> list[tuple[ConformanceCheck, Any]]:
+    """Each failure as a violation of ``kind``: a crash (any other exception) becomes one naming the
+    check that met it (``crashed``), chained to it, once per distinct exception."""
+    converted: dict[int, Any] = {}
+    pairs = []
+    for check, exc in failures:
+        if id(exc) not in converted:
+            found = exc if isinstance(exc, kind) else crashed(check, exc)
+            if found is not exc:
+                found.__cause__ = exc
+            converted[id(exc)] = found
+        pairs.append((check, converted[id(exc)]))
+    return pairs
+
+
+def _all_failures(failures: list[tuple[ConformanceCheck, BaseException]], what: str) -> str:
+    """One line per distinct failure, with every check it failed (a failed shared step, such as a
+    crashing ``wrap``, fails every check that needs it: it is listed once)."""
+    grouped: dict[int, tuple[list[str], BaseException]] = {}
+    for check, exc in failures:
+        grouped.setdefault(id(exc), ([], exc))[0].append(check.name)
+    lines = [f"  - {', '.join(names)}: {exc}" for names, exc in grouped.values()]
+    return f"{what} failed {len(failures)} conformance check{'s' if len(failures) != 1 else ''}:\n" + "\n".join(lines)
+
+
+def check_strategy(strategy_cls: type[Strategy], options: Any = None, families: Optional[list[str]] = None,
+                   expected_failures: Optional[Mapping[str, str]] = None) -> ConformanceReport:
+    """Run every check of ``strategy_checks`` and raise ``ContractViolation`` if any failed.
+
+    Every check runs, so the error lists every failed check at once (with the rule and parameter
+    of the first on the exception, and all of them in ``failures``); a check that crashes (not a
+    violation) is reported as a failure of its rule too. ``expected_failures`` (check name or rule
+    -> reason) are reported, not raised. ``families`` defaults to every registered text family
+    with a ``build`` (bert and gpt2, plus any family a plugin's tests registered).
     """
     from adaptkit.plugin.sources import quiet_hf_logging
 
     quiet_hf_logging()
     report = ConformanceReport(strategy_cls.name or strategy_cls.__name__)
-    for family in families or _strategy_families():
-        if get_family(family).modality != "text":
-            raise AdaptkitError(f"check_strategy runs on text families; {family!r} is an "
-                                f"{get_family(family).modality} family")
-        probe = sample_batch(7)
-        base = build_family(family, seed=0)
-        context = wrap_context(base, family)
-        base_sig = architecture_signature(base)
-        base_out = model_outputs(base, probe)
-        strategy = strategy_cls(options)
-        heads = head_shapes(base, context.head_modules)
-        model = strategy.wrap(base, context)
-        check_wrapped(strategy_cls, model, heads)
-        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-        if not trainable:
-            raise violation(strategy_cls, "trainable", f"wrap left nothing trainable on the {family} model")
-        frozen = FrozenWeights.snapshot(model)
-        train_steps(strategy, model)
-        frozen.verify(strategy_cls, model)
-        report.passed.append(f"{family}: frozen - {len(frozen)} frozen tensors bit-identical after 3 steps")
-        wrapped_out = model_outputs(model, probe)
-        if torch.equal(wrapped_out, base_out):
-            raise violation(strategy_cls, "trainable", f"training changed nothing the {family} model computes")
-        with tempfile.TemporaryDirectory() as tmp:
-            export = strategy.save(model, Path(tmp) / "export") or Path(tmp) / "export"
-            reloaded, how = reload_export(strategy, Path(export), lambda: build_family(family, seed=0), type(base))
-            check_close(strategy_cls, "export", wrapped_out, model_outputs(reloaded, probe),
-                        strategy.merge_tolerance, f"{family}: export reloaded with {how}")
-        report.passed.append(f"{family}: export - reloads from safetensors with {how}, same outputs")
-        unwrapped = strategy.unwrap(model)
-        check_signature(strategy_cls, base_sig, architecture_signature(unwrapped), context.head_modules)
-        report.passed.append(f"{family}: signature - unwrap(wrap(base)) has the base architecture")
-        if strategy.mergeable:
-            check_close(strategy_cls, "equivalence", wrapped_out, model_outputs(unwrapped, probe),
-                        strategy.merge_tolerance, f"{family}: merged against wrapped")
-            report.passed.append(f"{family}: equivalence - merged outputs match within {strategy.merge_tolerance:g}")
-        else:
-            fresh = build_family(family, seed=0)
-            again = strategy_cls(options)
-            wrapped = again.wrap(fresh, wrap_context(fresh, family))
-            check_wrapped(strategy_cls, wrapped, heads)
-            perturb_trainable(wrapped, context.head_modules)
-            removed = again.unwrap(wrapped)
-            check_signature(strategy_cls, base_sig, architecture_signature(removed), context.head_modules)
-            check_close(strategy_cls, "removal", base_out, model_outputs(removed, probe), 0.0,
-                        f"{family}: base outputs after removing the strategy")
-            report.passed.append(f"{family}: removal - base outputs restored exactly")
-    return report
+    failures = _run_checks(strategy_checks(strategy_cls, options, families, expected_failures), report,
+                           (Exception,))
+    if not failures:
+        return report
+    pairs = _as_violations(failures, lambda check, exc: violation(
+        strategy_cls, check.rule, f"check {check.name} raised {type(exc).__name__}: {exc}"), ContractViolation)
+    distinct = list({id(found): found for _, found in pairs}.values())
+    first = distinct[0]
+    if len(pairs) > 1:
+        first = ContractViolation(first.strategy, first.rule, getattr(first, "detail", str(first)),
+                                  parameter=first.parameter)
+        first.args = (_all_failures(pairs, f"strategy {report.strategy!r}"),)
+        first.__cause__ = distinct[0]
+    first.failures = distinct
+    raise first
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -388,9 +614,169 @@ def _task_families(task_cls: type[Task], families: Optional[Sequence[str]]) -> l
     return [name for name, family in _FAMILIES.items() if family.config is not None and family.modality == modality]
 
 
+class _TaskTrial:
+    """The shared steps of ``task_checks`` on one family: the task set up with its processor and
+    model (in a temporary folder kept while the trial lives), the collated batch, the model's
+    outputs on it, and the predictions."""
+
+    def __init__(self, task_cls: type[Task], options: Any, rows: Sequence[Mapping[str, Any]], family: str):
+        self.cls, self.options, self.rows, self.family = task_cls, options, rows, family
+        self.name = task_cls.name or task_cls.__name__
+        self.prepared = _Stage(self._prepared)
+        self.collated = _Stage(self._collated)
+        self.ran = _Stage(self._ran)
+        self.predicted = _Stage(self._predicted)
+
+    def _prepared(self) -> SimpleNamespace:
+        import datasets
+        import weakref
+
+        from transformers import AutoConfig
+
+        family = get_family(self.family)
+        tmp = tempfile.mkdtemp(prefix="adaptkit-check-task-")
+        weakref.finalize(self, shutil.rmtree, tmp, True)
+        settings = dict(family.config or {})
+        tokenizer_dir = (word_tokenizer(self.rows, Path(tmp) / "tokenizer", int(settings.get("vocab_size", VOCAB)))
+                         if family.modality == "text" else None)
+        recipe = SimpleNamespace(
+            model=SimpleNamespace(name=None, tokenizer=str(tokenizer_dir) if tokenizer_dir else None,
+                                  config=dict(settings), revision=None, trust_remote_code=False,
+                                  allow_pickle=False, dtype="fp32"),
+            task=SimpleNamespace(type=self.name))
+        task = self.cls(self.options)
+        processor = task.load_processor(recipe, None)
+        dataset = datasets.Dataset.from_list([dict(row) for row in self.rows])
+        task.setup(dataset)
+        model_type = settings.pop("model_type")
+        torch.manual_seed(0)
+        model = task.build_model("", AutoConfig.for_model(model_type, **settings), True).eval()
+        return SimpleNamespace(task=task, processor=processor, dataset=dataset, model=model, recipe=recipe)
+
+    def _collated(self) -> SimpleNamespace:
+        prepared = self.prepared()
+        encoded = prepared.task.preprocess(prepared.dataset, prepared.processor)
+        batch = prepared.task.collate(prepared.processor)([encoded[i] for i in range(len(encoded))])
+        return SimpleNamespace(batch=batch, count=_rows_of(batch))
+
+    def _ran(self) -> Any:
+        batch = self.collated().batch
+        try:
+            with torch.no_grad():
+                return self.prepared().model(**batch)
+        except Exception as exc:  # what the model says about the batch is the finding
+            raise _fail(self.name, "batch", f"the model refused the collated batch (keys {sorted(batch)}): "
+                                            f"{type(exc).__name__}: {exc}", self.family) from exc
+
+    def _predicted(self) -> list[Any]:
+        with torch.no_grad():
+            return self.prepared().task.predict_batch(self.prepared().model, self.collated().batch)
+
+    # ------------------------------------------------------------------ the checks, in run order
+
+    def check_head(self) -> str:
+        model = self.prepared().model
+        heads = self.prepared().task.head_modules(model)
+        modules = dict(model.named_modules())
+        missing = [h for h in heads if h not in modules]
+        if missing:
+            raise _fail(self.name, "head", f"head_modules names {missing} that the {type(model).__name__} built by "
+                                           f"build_model does not have", self.family)
+        return f"{self.family}: head - {heads or 'no head'} found in {type(model).__name__}"
+
+    def check_batch(self) -> str:
+        collated, outputs = self.collated(), self.ran()
+        loss = getattr(outputs, "loss", None)
+        if "labels" in collated.batch and (loss is None or not torch.isfinite(loss).all()):
+            raise _fail(self.name, "batch", f"a labelled batch gave the loss {loss!r}, not a finite number", self.family)
+        return f"{self.family}: batch - {collated.count} rows, keys {sorted(collated.batch)}, the model runs on it"
+
+    def check_metrics(self) -> str:
+        task, collated = self.prepared().task, self.collated()
+        count = collated.count
+        kept = task.batch_outputs(self.ran(), collated.batch)
+        for key, value in kept.items():
+            if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != count:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise _fail(self.name, "metrics", f"batch_outputs[{key!r}] is {shape}, not one entry per row of "
+                                                  f"the {count}-row batch", self.family)
+        metrics = task.compute_metrics(**kept)
+        declared = set(task.metric_names)
+        reported = set(metrics)
+        if declared and (declared - {"loss"} - reported or reported - declared):
+            raise _fail(self.name, "metrics", f"compute_metrics reported {sorted(reported)}; metric_names declares "
+                                              f"{sorted(declared)}", self.family)
+        bad = [k for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if bad:
+            raise _fail(self.name, "metrics", f"compute_metrics gave non-numbers for {bad}", self.family)
+        shown = ", ".join(f"{k}={v:.3g}" for k, v in sorted(metrics.items()) if not math.isnan(v))
+        return f"{self.family}: metrics - {shown}" + ("" if declared else " (metric_names not declared)")
+
+    def check_predict(self) -> str:
+        predictions, count = self.predicted(), self.collated().count
+        if not isinstance(predictions, list) or len(predictions) != count:
+            got = len(predictions) if isinstance(predictions, list) else type(predictions).__name__
+            raise _fail(self.name, "predict", f"predict_batch returned {got} predictions for a batch of {count} rows "
+                                              f"(it must return a list with one prediction per row)", self.family)
+        return f"{self.family}: predict - one prediction per row ({count})"
+
+    def check_state(self) -> str:
+        prepared = self.prepared()
+        state = prepared.task.state()
+        try:
+            saved = json.loads(json.dumps(state))
+        except (TypeError, ValueError) as exc:
+            raise _fail(self.name, "state", f"state() is not JSON ({exc}); the run saves it as JSON",
+                        self.family) from None
+        restored = self.cls(self.options)
+        restored.load_processor(prepared.recipe, None)
+        restored.load_state(saved)
+        if restored.state() != saved:
+            raise _fail(self.name, "state", f"after load_state(state), state() is {restored.state()!r}, not {saved!r}",
+                        self.family)
+        with torch.no_grad():
+            again = restored.predict_batch(prepared.model, self.collated().batch)
+        if again != self.predicted():
+            raise _fail(self.name, "state", "a task restored with load_state predicts differently from the one "
+                                            "that learnt the state (setup)", self.family)
+        return f"{self.family}: state - round-trips through JSON, same predictions after load_state"
+
+
+TASK_RULES = ("head", "batch", "metrics", "predict", "state")
+
+
+def task_checks(task_cls: type[Task], options: Any = None, rows: Optional[Sequence[Mapping[str, Any]]] = None,
+                families: Optional[Sequence[str]] = None,
+                expected_failures: Optional[Mapping[str, str]] = None) -> Iterator[tuple[str, ConformanceCheck]]:
+    """Every check of ``check_task``, one per rule and family, as ``(name, check)`` (``"bert/predict"``).
+
+    ``strategy_checks``' twin: parametrize a task plugin's tests over it; the checks of one family
+    share the set-up task, its model, batch and predictions (built on first use).
+    ``expected_failures`` maps a check's name or a rule to the reason it is known to fail.
+    """
+    name = task_cls.name or task_cls.__name__
+    if not rows:
+        raise AdaptkitError(f"check_task({name}): give rows=[...], a few labelled raw rows with the task's columns")
+    chosen = _task_families(task_cls, families)
+    for family_name in chosen:
+        if get_family(family_name).config is None:
+            raise AdaptkitError(f"check_task: model family {family_name!r} has no config to build a task's model from")
+    names = [(f"{family}/{rule}", rule) for family in chosen for rule in TASK_RULES]
+    declared = _expected(expected_failures, names, f"task_checks({task_cls.__name__})")
+    for family_name in chosen:
+        trial = _TaskTrial(task_cls, options, list(rows), family_name)
+        for rule in TASK_RULES:
+            check = f"{family_name}/{rule}"
+            yield check, ConformanceCheck(check, family_name, rule, getattr(trial, f"check_{rule}"),
+                                          declared.get(check, declared.get(rule)))
+
+
 def check_task(task_cls: type[Task], options: Any = None, rows: Optional[Sequence[Mapping[str, Any]]] = None,
-               families: Optional[Sequence[str]] = None) -> ConformanceReport:
-    """Check a task plugin against what the engine relies on; raise ``TaskContractViolation`` on failure.
+               families: Optional[Sequence[str]] = None,
+               expected_failures: Optional[Mapping[str, str]] = None) -> ConformanceReport:
+    """Check a task plugin against what the engine relies on; raise ``TaskContractViolation`` if
+    any check failed, listing every failed check (the first's rule and family on the exception,
+    all of them in ``failures``).
 
     ``rows`` are a few raw rows with the task's columns (labelled, so metrics can be computed);
     ``families`` defaults to the task's ``families`` attribute if it declares one, else every
@@ -406,102 +792,24 @@ def check_task(task_cls: type[Task], options: Any = None, rows: Optional[Sequenc
     - predict: ``predict_batch`` returns one prediction per row of the batch;
     - state:   ``state()`` survives JSON, and a new task given it by ``load_state`` reports the same
                state and predicts the same.
-    """
-    import datasets
 
+    ``expected_failures`` (check name or rule -> reason) are reported, not raised.
+    """
     from adaptkit.plugin.sources import quiet_hf_logging
-    from transformers import AutoConfig
 
     quiet_hf_logging()
-    name = task_cls.name or task_cls.__name__
-    if not rows:
-        raise AdaptkitError(f"check_task({name}): give rows=[...], a few labelled raw rows with the task's columns")
-    report = ConformanceReport(name, kind="task")
-    for family_name in _task_families(task_cls, families):
-        family = get_family(family_name)
-        if family.config is None:
-            raise AdaptkitError(f"check_task: model family {family_name!r} has no config to build a task's model from")
-        with tempfile.TemporaryDirectory() as tmp:
-            settings = dict(family.config)
-            tokenizer_dir = (word_tokenizer(rows, Path(tmp) / "tokenizer", int(settings.get("vocab_size", VOCAB)))
-                             if family.modality == "text" else None)
-            recipe = SimpleNamespace(
-                model=SimpleNamespace(name=None, tokenizer=str(tokenizer_dir) if tokenizer_dir else None,
-                                      config=dict(settings), revision=None, trust_remote_code=False,
-                                      allow_pickle=False, dtype="fp32"),
-                task=SimpleNamespace(type=name))
-            task = task_cls(options)
-            processor = task.load_processor(recipe, None)
-            dataset = datasets.Dataset.from_list([dict(row) for row in rows])
-            task.setup(dataset)
-            model_type = settings.pop("model_type")
-            torch.manual_seed(0)
-            model = task.build_model("", AutoConfig.for_model(model_type, **settings), True).eval()
-
-            heads = task.head_modules(model)
-            modules = dict(model.named_modules())
-            missing = [h for h in heads if h not in modules]
-            if missing:
-                raise _fail(name, "head", f"head_modules names {missing} that the {type(model).__name__} built by "
-                                          f"build_model does not have", family_name)
-            report.passed.append(f"{family_name}: head - {heads or 'no head'} found in {type(model).__name__}")
-
-            encoded = task.preprocess(dataset, processor)
-            batch = task.collate(processor)([encoded[i] for i in range(len(encoded))])
-            count = _rows_of(batch)
-            try:
-                with torch.no_grad():
-                    outputs = model(**batch)
-            except Exception as exc:  # what the model says about the batch is the finding
-                raise _fail(name, "batch", f"the model refused the collated batch (keys {sorted(batch)}): "
-                                           f"{type(exc).__name__}: {exc}", family_name) from exc
-            loss = getattr(outputs, "loss", None)
-            if "labels" in batch and (loss is None or not torch.isfinite(loss).all()):
-                raise _fail(name, "batch", f"a labelled batch gave the loss {loss!r}, not a finite number", family_name)
-            report.passed.append(f"{family_name}: batch - {count} rows, keys {sorted(batch)}, the model runs on it")
-
-            kept = task.batch_outputs(outputs, batch)
-            for key, value in kept.items():
-                if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != count:
-                    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                    raise _fail(name, "metrics", f"batch_outputs[{key!r}] is {shape}, not one entry per row of "
-                                                 f"the {count}-row batch", family_name)
-            metrics = task.compute_metrics(**kept)
-            declared = set(task.metric_names)
-            reported = set(metrics)
-            if declared and (declared - {"loss"} - reported or reported - declared):
-                raise _fail(name, "metrics", f"compute_metrics reported {sorted(reported)}; metric_names declares "
-                                             f"{sorted(declared)}", family_name)
-            bad = [k for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
-            if bad:
-                raise _fail(name, "metrics", f"compute_metrics gave non-numbers for {bad}", family_name)
-            shown = ", ".join(f"{k}={v:.3g}" for k, v in sorted(metrics.items()) if not math.isnan(v))
-            report.passed.append(f"{family_name}: metrics - {shown}"
-                                 + ("" if declared else " (metric_names not declared)"))
-
-            with torch.no_grad():
-                predictions = task.predict_batch(model, batch)
-            if not isinstance(predictions, list) or len(predictions) != count:
-                got = len(predictions) if isinstance(predictions, list) else type(predictions).__name__
-                raise _fail(name, "predict", f"predict_batch returned {got} predictions for a batch of {count} rows "
-                                             f"(it must return a list with one prediction per row)", family_name)
-            report.passed.append(f"{family_name}: predict - one prediction per row ({count})")
-
-            state = task.state()
-            try:
-                saved = json.loads(json.dumps(state))
-            except (TypeError, ValueError) as exc:
-                raise _fail(name, "state", f"state() is not JSON ({exc}); the run saves it as JSON", family_name) from None
-            restored = task_cls(options)
-            restored.load_processor(recipe, None)
-            restored.load_state(saved)
-            if restored.state() != saved:
-                raise _fail(name, "state", f"after load_state(state), state() is {restored.state()!r}, not {saved!r}",
-                            family_name)
-            with torch.no_grad():
-                again = restored.predict_batch(model, batch)
-            if again != predictions:
-                raise _fail(name, "state", "a task restored with load_state predicts differently from the one "
-                                           "that learnt the state (setup)", family_name)
-            report.passed.append(f"{family_name}: state - round-trips through JSON, same predictions after load_state")
-    return report
+    report = ConformanceReport(task_cls.name or task_cls.__name__, kind="task")
+    failures = _run_checks(task_checks(task_cls, options, rows, families, expected_failures), report, (Exception,))
+    if not failures:
+        return report
+    pairs = _as_violations(failures, lambda check, exc: _fail(
+        report.strategy, check.rule, f"check {check.name} raised {type(exc).__name__}: {exc}", check.family),
+        TaskContractViolation)
+    distinct = list({id(found): found for _, found in pairs}.values())
+    first = distinct[0]
+    if len(pairs) > 1:
+        first = TaskContractViolation(first.task, first.rule, str(first), family=first.family)
+        first.args = (_all_failures(pairs, f"task {report.strategy!r}"),)
+        first.__cause__ = distinct[0]
+    first.failures = distinct
+    raise first

@@ -1,15 +1,22 @@
 """The example plugin's own tests: the same conformance kit every adaptkit strategy runs."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from adaptkit.testing import build_family, check_strategy, train_steps, wrap_context
+from adaptkit.testing import build_family, check_strategy, strategy_checks, train_steps, wrap_context
 from adaptkit_example import BitFit
 
 
 def test_check_strategy_passes():
     report = check_strategy(BitFit)
     assert sum("equivalence" in line for line in report.passed) == 2
+
+
+@pytest.mark.parametrize("name, check", strategy_checks(BitFit), ids=[name for name, _ in strategy_checks(BitFit)])
+def test_contract(name, check):
+    """Each rule on each family as its own test, so every failure shows (scikit-learn's shape)."""
+    check()
 
 
 def test_only_biases_and_head_train():
