@@ -67,6 +67,11 @@ def test_push_refuses_an_incomplete_contract_a_damaged_card_and_a_bad_repo_id(lo
     (copy / "README.md").write_text(card.replace("model-index:", "model-index: [[[", 1))
     with pytest.raises(AdaptkitError, match="metadata does not parse"):
         push(copy, "someone/x", dry_run=True)
+    import re
+
+    (copy / "README.md").write_text(re.sub(r"(\n\s+value: )[0-9.e-]+", r"\1.nan", card, count=1))
+    with pytest.raises(AdaptkitError, match="is nan; a card must report finite scores"):
+        push(copy, "someone/x", dry_run=True)
     (copy / "README.md").write_text(card)
     (copy / "adapter" / "adapter_model.safetensors").unlink()
     with pytest.raises(AdaptkitError, match="adapter/adapter_model.safetensors listed in its manifest is missing"):

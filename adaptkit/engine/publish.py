@@ -175,8 +175,9 @@ def upload_files(run_dir: Path) -> list[str]:
 def check_card(run_dir: Path) -> dict[str, Any]:
     """The card's metadata, checked the way the Hub reads it (offline: no API call).
 
-    Refused: no card, unreadable YAML, a ``model-index`` huggingface_hub cannot parse, a
-    ``base_model`` that is not a Hub id (a local path would break loading elsewhere).
+    Refused: no card, unreadable YAML, a ``model-index`` huggingface_hub cannot parse or that holds
+    a NaN or infinite score, a ``base_model`` that is not a Hub id (a local path would break
+    loading elsewhere).
     """
     from huggingface_hub import ModelCard
     from huggingface_hub.repocard_data import model_index_to_eval_results
@@ -187,13 +188,19 @@ def check_card(run_dir: Path) -> dict[str, Any]:
     try:
         card = ModelCard(path.read_text(encoding="utf-8"), ignore_metadata_errors=False)
         data = card.data.to_dict()
-        if data.get("model-index"):
-            model_index_to_eval_results(data["model-index"])
+        _, results = model_index_to_eval_results(data["model-index"]) if data.get("model-index") else (None, [])
     except Exception as exc:  # huggingface_hub raises ValueError/KeyError/yaml errors for broken metadata
         raise AdaptkitError(f"{path}: its Hugging Face metadata does not parse ({type(exc).__name__}: {exc})") from None
     if not data:
         raise AdaptkitError(f"{path} has no metadata block (--- ... --- at the top); the Hub would show no "
                             f"model details. Run the recipe again with a current adaptkit")
+    import math
+
+    for result in results:  # a NaN or infinite score would be published as a number the Hub cannot show
+        value = result.metric_value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise AdaptkitError(f"{path}: model-index metric {result.metric_type!r} on {result.dataset_name!r} is "
+                                f"{value}; a card must report finite scores (evaluate the run again)")
     base = data.get("base_model")
     if base is not None and not (isinstance(base, str) and _HUB_ID.match(base)):
         raise AdaptkitError(f"{path}: base_model {base!r} is not a Hub id (owner/name); the model would not "
