@@ -200,6 +200,38 @@ def test_memory_estimate_follows_dtype_4bit_checkpointing_and_sharding(tiny_reci
     assert sharded["weights"] == (64 * 64 + 64) * 4 // 4 and sharded["optimizer"] == (64 * 64 + 64) * 8 // 4
 
 
+def test_the_memory_estimate_reads_the_declared_quantization_bits_not_the_text(tiny_recipe):
+    """Issue 23 item 2: rewording a strategy's ``quantization`` text changes no estimate."""
+    import adaptkit
+
+    Lora, QLora = adaptkit.get_strategy("lora"), adaptkit.get_strategy("qlora")
+
+    class Reworded(QLora):  # type: ignore[misc, valid-type]
+        quantization = "NF4, four bits per weight"
+
+    class Says4BitButIsNot(Lora):  # type: ignore[misc, valid-type]
+        quantization = "4-bit? no: full precision"
+
+    recipe = Recipe.from_dict(tiny_recipe("lora"))
+    from adaptkit.engine.session import Session
+
+    session = Session(recipe, log=lambda _: None)
+    memory = {}
+    for cls in (Lora, QLora, Reworded, Says4BitButIsNot):
+        strategy = cls()
+        strategy.quantization = cls.quantization  # the instance's own text, reworded too
+        with session.on_meta_device():
+            base = session.build_meta()
+            context = session.context(base)
+            model = session.wrap(strategy, base, context)
+        from adaptkit.engine.planning import describe
+
+        memory[cls] = describe(cls.__name__, model, session.config, recipe, session.sequence_length,
+                               "4-bit x single process", quantization_bits=cls.quantization_bits).memory
+    assert memory[Reworded]["weights"] == memory[QLora]["weights"] < memory[Lora]["weights"]
+    assert memory[Says4BitButIsNot]["weights"] == memory[Lora]["weights"]
+
+
 def _meta_bert(tiny_recipe):
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForSequenceClassification

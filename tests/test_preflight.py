@@ -114,6 +114,35 @@ def test_qlora_with_fsdp_is_refused(tiny_recipe, tmp_path, capsys):
     assert code == 0 and "no quantization, fp32 x fsdp" in out
 
 
+def test_the_distributed_setting_is_typed_and_its_text_only_shown(tiny_recipe):
+    """Issue 23 item 2: qlora decides on ``WrapContext.distributed``'s fields, not on the words people
+    read; ``extra["distributed"]`` keeps the text for plugins that read it there."""
+    from adaptkit.engine.distributed import distributed_setting
+    from adaptkit.engine.session import Session
+    from adaptkit.plugin.strategy import DistributedSetting
+    from adaptkit.recipe.schema import Recipe
+
+    two = Recipe.from_dict(tiny_recipe("qlora", distributed={"backend": "fsdp", "fsdp": {"version": 2}}))
+    setting = distributed_setting(two, 3)
+    assert setting == DistributedSetting("fsdp", fsdp_version=2, num_processes=3) and setting.fsdp
+    assert str(setting) == "fsdp2 x3 processes"
+    assert str(distributed_setting(Recipe.from_dict(tiny_recipe("lora", distributed={"backend": "ddp"})))) == \
+        "ddp (launched on several processes)"
+    assert distributed_setting(Recipe.from_dict(tiny_recipe("lora"))) is None
+    session = Session(two, log=lambda _: None)
+    context = session.context(tiny_bert(), setting)
+    assert context.distributed is setting and context.extra["distributed"] == "fsdp2 x3 processes"
+    qlora = adaptkit.get_strategy("qlora")
+    # a reworded text changes nothing: FSDP1 is refused, FSDP2 passes, whatever extra says
+    fsdp1 = WrapContext("bert", "sequence_classification", ["classifier"], "SEQ_CLS",
+                        extra={"distributed": "single process"}, distributed=DistributedSetting("fsdp", 1, 2))
+    with pytest.raises(PreflightError, match="FSDP version 1"):
+        qlora().preflight(fsdp1)
+    fsdp2 = WrapContext("bert", "sequence_classification", ["classifier"], "SEQ_CLS",
+                        extra={"distributed": "fsdp x2 processes"}, distributed=DistributedSetting("fsdp", 2, 2))
+    qlora().preflight(fsdp2)
+
+
 def test_prompt_tuning_on_a_model_peft_cannot_prompt_is_refused(tmp_path, capsys):
     from test_task_image_classification import image_folder, image_recipe
 

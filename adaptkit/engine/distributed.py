@@ -32,12 +32,35 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 from adaptkit.errors import AdaptkitError, DistributedRunError  # noqa: F401 (defined in errors, importable here too)
 
 if TYPE_CHECKING:
+    from adaptkit.plugin.strategy import DistributedSetting
     from adaptkit.recipe.schema import DistributedSection, TrainingSection
 
 DEFAULT_PORT = 29500
 
 
 # ---------------------------------------------------------------------------- inside a process
+
+def distributed_setting(recipe: Any, num_processes: int = 1) -> Optional["DistributedSetting"]:
+    """The recipe's distributed setting as values (backend, FSDP version, processes); None for one
+    process and no ``distributed`` section. Strategies test its fields (``WrapContext.distributed``);
+    its ``str()`` is the text the plan shows.
+
+    A recipe that names a backend (``distributed: {backend: fsdp}``) is planned for it even on
+    one process: that is where it will run, and where an unsupported combination must be caught.
+    """
+    from adaptkit.plugin.strategy import DistributedSetting
+
+    section = getattr(recipe, "distributed", None)
+    explicit = "distributed" in getattr(recipe, "model_fields_set", ())
+    if section is None or (not explicit and num_processes <= 1):
+        return None
+    backend = section if isinstance(section, str) else str(getattr(section, "backend", None) or "distributed")
+    fsdp = getattr(section, "fsdp", None)
+    if fsdp is not None and "fsdp" not in backend:
+        backend += " fsdp"
+    version = (2 if getattr(fsdp, "version", 1) == 2 else 1) if "fsdp" in backend.lower() else None
+    return DistributedSetting(backend=backend, fsdp_version=version, num_processes=max(int(num_processes), 1))
+
 
 def world_size() -> int:
     """Processes in this run, as the launcher set them (1 when not launched)."""

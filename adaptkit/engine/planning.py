@@ -15,6 +15,7 @@ from typing import Any, Optional
 from adaptkit.errors import AdaptkitError
 from adaptkit.recipe.schema import Recipe
 from adaptkit.errors import PreflightError
+from adaptkit.engine.distributed import distributed_setting  # noqa: F401 (decided there; the runner asks here)
 
 BYTES = {"torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.uint8": 1, "torch.int8": 1}
 
@@ -56,26 +57,6 @@ class Plan:
 
 # ---------------------------------------------------------------------------- combination checks
 
-def distributed_setting(recipe: Any, num_processes: int = 1) -> Optional[str]:
-    """The recipe's distributed setting in a few words; None for one process and no ``distributed`` section.
-
-    A recipe that names a backend (``distributed: {backend: fsdp}``) is planned for it even on
-    one process: that is where it will run, and where an unsupported combination must be caught.
-    """
-    section = getattr(recipe, "distributed", None)
-    explicit = "distributed" in getattr(recipe, "model_fields_set", ())
-    if section is None or (not explicit and num_processes <= 1):
-        return None
-    backend = section if isinstance(section, str) else str(getattr(section, "backend", None) or "distributed")
-    if getattr(section, "fsdp", None) is not None and "fsdp" not in backend:
-        backend += " fsdp"
-    if getattr(getattr(section, "fsdp", None), "version", 1) == 2:  # strategies differ by version (qlora)
-        backend = backend.replace("fsdp", "fsdp2", 1)
-    if num_processes > 1:
-        return f"{backend} x{num_processes} processes"
-    return f"{backend} (launched on several processes)"
-
-
 def setup_line(strategy: Any, context: Any, precision: str) -> str:
     """The quantization x distributed setting a strategy runs under, as the plan table shows it.
 
@@ -83,15 +64,20 @@ def setup_line(strategy: Any, context: Any, precision: str) -> str:
     """
     quantization = strategy.quantization or (
         "no quantization, fp32" if precision in (None, "no") else f"no quantization, {precision} autocast")
-    return f"{quantization} x {context.extra.get('distributed') or 'single process'}"
+    return f"{quantization} x {context.distributed or 'single process'}"
 
 
 
 
 
 
-def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, setup: str = "") -> StrategyPlan:
+def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, setup: str = "",
+             quantization_bits: Optional[int] = None) -> StrategyPlan:
     """Sizes, touched modules and the memory estimate of a wrapped model (meta or real), ``length`` tokens a row.
+
+    ``setup`` is the text the plan shows; ``quantization_bits`` (the strategy's declared
+    ``Strategy.quantization_bits``) is what the estimate reads: 4 counts the frozen linear
+    weights at bitsandbytes' 4-bit size.
 
     A ``training.gradient_checkpointing`` the wrapped model cannot do is refused here, as the run would,
     and float16 weights to train on a CPU, which diverge (``half_training_on_cpu_problem``).
@@ -114,7 +100,7 @@ def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, se
     return StrategyPlan(name, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                         total=sum(p.numel() for p in model.parameters()), touched=touched_modules(model),
                         memory=estimate_memory(model, config, recipe.training.batch_size, length,
-                                               recipe.training.mixed_precision, quantized="4-bit" in setup,
+                                               recipe.training.mixed_precision, quantized=quantization_bits == 4,
                                                gradient_checkpointing=recipe.training.gradient_checkpointing,
                                                optimizer=recipe.training.optimizer), setup=setup)
 
@@ -237,13 +223,15 @@ def check_sequence_length(session: Any, strategy: Any, config: Any) -> None:
 
 
 def plan_of_model(session: Any, strategy: Any, model: Any, config: Any, setup: str = "") -> Plan:
-    """The plan of a model a run has already built and wrapped: no second load, no meta copy."""
+    """The plan of a model a run has already built and wrapped: no second load, no meta copy.
+    ``setup`` is ``setup_line``'s text, shown as is."""
     recipe = session.recipe
     check_sequence_length(session, strategy, config)
     model_type = getattr(config, "model_type", "unknown")
     return Plan(model=recipe.model.name or f"config:{model_type}", model_type=model_type,
                 batch_size=recipe.training.batch_size, sequence_length=session.sequence_length,
-                strategies=[describe(strategy.name, model, config, recipe, session.sequence_length, setup)],
+                strategies=[describe(strategy.name, model, config, recipe, session.sequence_length, setup,
+                                     quantization_bits=strategy.quantization_bits)],
                 recipe_strategy=strategy.name)
 
 
@@ -289,7 +277,8 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
                 setup = setup_line(strategy, context, recipe.training.mixed_precision)
                 entry.setup = setup
                 model = session.wrap(strategy, base, context)
-            entry = describe(name, model, config, recipe, session.sequence_length, setup)
+            entry = describe(name, model, config, recipe, session.sequence_length, setup,
+                             quantization_bits=strategy.quantization_bits)
         except Exception as exc:  # one strategy that cannot be planned must not hide the others
             entry.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             entry.failure = exc

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from adaptkit.engine.data import Splits
     from adaptkit.engine.models import ModelSource
     from adaptkit.plugin.registry import Registry
-    from adaptkit.plugin.strategy import Strategy, WrapContext
+    from adaptkit.plugin.strategy import DistributedSetting, Strategy, WrapContext
     from adaptkit.plugin.task import Task
 
 RecipeLike = Union[Recipe, str, Path, dict]
@@ -149,13 +149,15 @@ class Session:
         return self.task.build_model("", copy.deepcopy(self.config), True,
                                      trust_remote_code=self.recipe.model.trust_remote_code)
 
-    def context(self, model: "torch.nn.Module", distributed: Optional[str] = None) -> "WrapContext":
-        """What a strategy is told about the model it wraps: type, task, head modules, setting."""
+    def context(self, model: "torch.nn.Module", distributed: "Optional[DistributedSetting]" = None) -> "WrapContext":
+        """What a strategy is told about the model it wraps: type, task, head modules, distributed setting
+        (typed; ``extra["distributed"]`` keeps its text for plugins that read it there)."""
         from adaptkit.plugin.strategy import WrapContext
 
         return WrapContext(model_type=getattr(model.config, "model_type", "unknown"), task=self.task.name,
                            head_modules=self.task.head_modules(model), peft_task_type=self.task.peft_task_type,
-                           extra={"distributed": distributed})
+                           extra={"distributed": str(distributed) if distributed is not None else None},
+                           distributed=distributed)
 
     def learning_rate(self, strategy: "Strategy", context: "WrapContext") -> float:
         """The recipe's ``training.learning_rate`` for the recipe's strategy when given; else the strategy's
@@ -177,7 +179,7 @@ def preflight(strategy: Any, context: Any) -> None:
     The core refuses options the strategy declares meaningful only with a task head
     (``Strategy.head_options``) when they are set and the task model has none; the strategy's own
     ``preflight(context)`` may refuse more (bitsandbytes missing, FSDP).
-    ``context.extra["distributed"]`` is ``distributed_setting``.
+    ``context.distributed`` is ``distributed.distributed_setting``.
     """
     options = getattr(strategy, "options", None)
     for option in getattr(strategy, "head_options", ()):

@@ -25,13 +25,40 @@ class StrategyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+@dataclass(frozen=True)
+class DistributedSetting:
+    """Where a run trains, as values a strategy can test; ``str()`` is the text people read (the
+    plan's "quantization x distributed" column), never something to parse.
+
+    ``backend`` is the recipe's ``distributed.backend`` (``ddp``, ``fsdp``, ``deepspeed``);
+    ``fsdp_version`` is 1 or 2 when it shards with FSDP, else None; ``num_processes`` is the run's
+    process count (1 for a recipe planned on one process and launched on several later).
+    """
+
+    backend: str
+    fsdp_version: int | None = None
+    num_processes: int = 1
+
+    @property
+    def fsdp(self) -> bool:
+        """Whether the run shards the model with FSDP (either version)."""
+        return self.fsdp_version is not None
+
+    def __str__(self) -> str:
+        backend = self.backend.replace("fsdp", "fsdp2", 1) if self.fsdp_version == 2 else self.backend
+        if self.num_processes > 1:
+            return f"{backend} x{self.num_processes} processes"
+        return f"{backend} (launched on several processes)"
+
+
 @dataclass
 class WrapContext:
     """What a strategy may need to know about the model it wraps.
 
     ``head_modules`` are the qualified names of the task head (the classifier a new label
     set needs): the one part of the model whose shape follows the task. Strategies keep it
-    trainable unless they have reason not to.
+    trainable unless they have reason not to. ``distributed`` is the run's distributed setting
+    (None: one process); ``extra["distributed"]`` keeps its text for plugins that read it there.
     """
 
     model_type: str
@@ -39,6 +66,7 @@ class WrapContext:
     head_modules: list[str] = field(default_factory=list)
     peft_task_type: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    distributed: DistributedSetting | None = None
 
 
 class Strategy:
@@ -68,6 +96,9 @@ class Strategy:
     # How the strategy stores the frozen base when it quantizes it ("nf4 4-bit"), else None: the
     # plan shows it, and the contract re-quantizes a fresh base before comparing with the export.
     quantization: ClassVar[str | None] = None
+    # Bits per stored value of the frozen base when the strategy quantizes it (qlora: 4), else None:
+    # what the plan's memory estimate reads (``quantization`` is text for people, never parsed).
+    quantization_bits: ClassVar[int | None] = None
     # Options that only mean something when the task has a head (e.g. train the head whole):
     # the pre-flight refuses them, naming the option, for a task without one (a language model).
     head_options: ClassVar[tuple[str, ...]] = ()
@@ -105,7 +136,8 @@ class Strategy:
 
         Called by ``adaptkit plan`` and at the start of every run, before ``wrap``; raise
         ``adaptkit.plugin.targets.PreflightError`` with the reason (qlora refuses FSDP, for example).
-        ``context.extra["distributed"]`` holds the recipe's distributed setting.
+        ``context.distributed`` holds the recipe's distributed setting (a ``DistributedSetting``:
+        backend, FSDP version, processes; None for one process).
         """
 
     def wrap(self, model: "torch.nn.Module", context: WrapContext) -> "torch.nn.Module":

@@ -280,6 +280,7 @@ class QLora(LowRankStrategy):
     merge_tolerance = MERGE_TOLERANCE["float32"]
     # The class-level answer (listings, compare); instances name their own type and compute dtype.
     quantization = "4-bit (bitsandbytes)"
+    quantization_bits = 4  # what the plan's memory estimate reads (the text above is for people)
 
     def __init__(self, options: QLoraOptions | dict[str, Any] | None = None):
         super().__init__(options)
@@ -338,13 +339,13 @@ class QLora(LowRankStrategy):
         if not bitsandbytes_available():
             raise PreflightError("strategy 'qlora' needs bitsandbytes, which is not installed; install it with: "
                                  "pip install bitsandbytes (or use strategy 'lora' on the full-precision model)")
-        distributed = context.extra.get("distributed")
-        if not distributed or "fsdp" not in distributed.lower():
+        distributed = context.distributed  # typed: its text is for people, never parsed
+        if distributed is None or not distributed.fsdp:
             return
-        version = fsdp_version() or (2 if "fsdp2" in distributed.lower() else 1)
+        version = fsdp_version() or distributed.fsdp_version
         if version != 2:
             raise PreflightError(
-                f"strategy 'qlora' cannot run with distributed setting {distributed!r}: FSDP version 1 is not "
+                f"strategy 'qlora' cannot run with distributed setting {str(distributed)!r}: FSDP version 1 is not "
                 "supported with a 4-bit base (unproven: on CPUs FSDP1 stops for every strategy with torch's "
                 "'Inconsistent compute device and `device_id`: cpu vs cpu:0', torch/distributed/fsdp/"
                 "_init_utils.py _get_compute_device). Use DDP, or set distributed.fsdp.version: 2 (qlora then "
