@@ -24,7 +24,7 @@ pytest.importorskip("bitsandbytes")
 def _storage_seen(seen: dict) -> None:
     """Record the dtype wrap stored the 4-bit word embeddings in (filled in the fork; the export
     check reloads single-process, uint8)."""
-    import adaptkit_qlora
+    import adaptkit_qlora.strategy as adaptkit_qlora  # where QLora looks it up
 
     original = adaptkit_qlora.quantize_model
 
@@ -91,7 +91,7 @@ def test_qlora_plans_under_fsdp2_is_refused_under_fsdp1_and_stores_float_bytes_o
     strategy = adaptkit_qlora.QLora({"compute_dtype": "bfloat16"})
     assert strategy.quant_storage(torch.float32) == torch.uint8
     assert strategy.load_kwargs([], torch.float32)["quantization_config"].bnb_4bit_quant_storage == torch.uint8
-    monkeypatch.setattr(adaptkit_qlora, "fsdp_version", lambda: 2)
+    monkeypatch.setattr(adaptkit_qlora.strategy, "fsdp_version", lambda: 2)  # where QLora looks it up
     assert strategy.quant_storage(torch.float32) == torch.float32  # the base's dtype, not the compute dtype
     assert strategy.load_kwargs([], torch.float32)["quantization_config"].bnb_4bit_quant_storage == torch.float32
 
@@ -113,7 +113,7 @@ def test_fsdp2_qlora_on_a_base_loaded_in_4bit_matches_one_process(tmp_path):
            "distributed": {**FSDP2, "collective_timeout_seconds": 60}}
 
     def target(rank: int):
-        import adaptkit_qlora
+        import adaptkit_qlora.strategy as adaptkit_qlora  # where QLora looks it up
 
         seen = _watch_sharding()
         original = adaptkit_qlora.quantize_model

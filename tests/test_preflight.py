@@ -91,7 +91,7 @@ def test_a_misspelt_target_stops_plan_and_run_before_training(tiny_recipe, tmp_p
 
 def test_qlora_without_bitsandbytes_is_refused_with_the_install_command(tiny_recipe, tmp_path, capsys,
                                                                         monkeypatch):
-    import adaptkit_qlora
+    import adaptkit_qlora.strategy as adaptkit_qlora  # where QLora looks it up
 
     monkeypatch.setattr(adaptkit_qlora, "bitsandbytes_available", lambda: False)
     code, out, err = _plan_cli(tmp_path, tiny_recipe("qlora"), capsys)
