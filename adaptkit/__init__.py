@@ -56,6 +56,7 @@ __all__ = [
 # (tests/test_core_names_no_plugin.py checks the first-party ones).
 from adaptkit.errors import DataError, ModelSourceError, PreflightError, TargetModuleError  # noqa: E402
 from adaptkit.plugin.low_rank import LowRankOptions, LowRankStrategy  # noqa: E402
+from adaptkit.plugin import families  # noqa: E402  (the per-family tables, one per concern)
 from adaptkit.plugin.targets import adaptable_modules, resolve_targets  # noqa: E402
 from adaptkit.plugin.task import position_limit  # noqa: E402
 
@@ -88,7 +89,7 @@ _LAZY.update({
 
 __all__ += [name for name in (
     "DataError", "ModelSourceError", "PreflightError", "TargetModuleError", "LowRankOptions", "LowRankStrategy",
-    "adaptable_modules", "resolve_targets", "position_limit", *_LAZY) if name not in __all__]
+    "adaptable_modules", "resolve_targets", "position_limit", "families", *_LAZY) if name not in __all__]
 
 
 if not TYPE_CHECKING:  # hidden from type checkers, which would otherwise take any misspelt name as Any

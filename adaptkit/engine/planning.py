@@ -15,6 +15,7 @@ from typing import Any, Optional
 from adaptkit.errors import AdaptkitError
 from adaptkit.recipe.schema import Recipe
 from adaptkit.errors import PreflightError
+from adaptkit.plugin.families import OUTPUT_LAYERS
 from adaptkit.engine.distributed import distributed_setting  # noqa: F401 (decided there; the runner asks here)
 
 BYTES = {"torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.uint8": 1, "torch.int8": 1}
@@ -119,8 +120,8 @@ def touched_modules(model) -> list[str]:
 # bitsandbytes 4-bit: half a byte per value, plus one 8-bit block scale per 64 values and, with
 # double quantization, one fp32 scale per 256 of those (0.5 + 1/64 + 4/16384 bytes).
 FOUR_BIT_BYTES = 0.5 + 1 / 64 + 4 / 16384
-# Layers qlora leaves in full precision (the task head and the output layer).
-_KEPT_IN_FULL = ("lm_head", "classifier", "score", "head", "embed_out")
+# Layers a 4-bit base leaves in full precision (the task head and the output layer): families.OUTPUT_LAYERS.
+_KEPT_IN_FULL = OUTPUT_LAYERS
 
 
 def estimate_memory(model, config, batch_size: int, sequence_length: int, precision: str, *,

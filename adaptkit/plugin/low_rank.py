@@ -3,7 +3,7 @@
 Why this lives in the core: two first-party strategies train peft low-rank adapters, one on
 the full-precision base and one on a 4-bit base, and they share every option (rank, alpha,
 dropout, target modules, DoRA, rsLoRA, LoRA+, training the head), the per-family default
-targets, the target check and the optimizer groups. The 4-bit strategy used to import the
+targets (``adaptkit.plugin.families.PROJECTIONS``), the target check and the optimizer groups. The 4-bit strategy used to import the
 full-precision one's plugin package to reuse them, which made one plugin depend on another
 (installing, versioning or replacing one changed the other). A plugin should depend only on
 ``adaptkit``'s public API, so the shared part is that API: ``LowRankStrategy`` and
@@ -18,29 +18,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
 
 from pydantic import Field, PositiveInt, field_validator
 
+from adaptkit.plugin.families import CONV1D_FAMILIES, PROJECTIONS
 from adaptkit.plugin.strategy import PeftStrategy, StrategyOptions, WrapContext
 
 if TYPE_CHECKING:
     import torch
 
-# Attention and feed-forward projections per model family (config.model_type).
-DEFAULT_TARGETS: dict[str, list[str]] = {
-    "bert": ["query", "key", "value", "dense"],
-    "roberta": ["query", "key", "value", "dense"],
-    "xlm-roberta": ["query", "key", "value", "dense"],
-    "electra": ["query", "key", "value", "dense"],
-    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
-    "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    # transformers 5 names ViT's projections q_proj/k_proj/v_proj/o_proj, fc1/fc2; 4.x query/key/value/dense.
-    "vit": ["query", "key", "value", "dense", "q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"],
-}
-
-# Families whose projections are transformers' Conv1D (weights stored input-major).
-CONV1D_FAMILIES = {"gpt2"}
+# Each family's projections (adapted when the recipe names none) and which families store them
+# as Conv1D: the per-family tables live in adaptkit.plugin.families; these names stay for importers.
+DEFAULT_TARGETS: dict[str, list[str]] = PROJECTIONS
 
 # Layer kinds peft's low-rank tuners can adapt, by class name (bitsandbytes' Linear4bit subclasses nn.Linear).
 LOW_RANK_LAYERS = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")

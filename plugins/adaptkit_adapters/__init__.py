@@ -20,25 +20,15 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from pydantic import Field, PositiveInt
 
-from adaptkit import Strategy, StrategyOptions, hookimpl
+from adaptkit import Strategy, StrategyOptions, families, hookimpl
 
 if TYPE_CHECKING:
     import torch
 
-# Within one block: (attention output projection, feed-forward output projection), per family.
-# Families absent here are found by the heuristic in ``adaptkit_adapters.model.find_sites``.
-DEFAULT_SITES: dict[str, tuple[str, str]] = {
-    "bert": ("attention.output.dense", "output.dense"),
-    "roberta": ("attention.output.dense", "output.dense"),
-    "xlm-roberta": ("attention.output.dense", "output.dense"),
-    "electra": ("attention.output.dense", "output.dense"),
-    "vit": ("attention.output.dense", "output.dense"),
-    "distilbert": ("attention.out_lin", "ffn.lin2"),
-    "gpt2": ("attn.c_proj", "mlp.c_proj"),
-    "llama": ("self_attn.o_proj", "mlp.down_proj"),
-    "mistral": ("self_attn.o_proj", "mlp.down_proj"),
-    "qwen2": ("self_attn.o_proj", "mlp.down_proj"),
-}
+# Within one block: (attention output projection, feed-forward output projection), per family:
+# the table is adaptkit.families.BLOCK_OUTPUTS. Families absent there are found by the heuristic
+# in ``adaptkit_adapters.model.find_sites``.
+DEFAULT_SITES: dict[str, tuple[str, str]] = families.BLOCK_OUTPUTS
 
 CONFIG_FILE = "adapter_config.json"
 ADAPTER_FILE = "adapters.safetensors"

@@ -15,25 +15,16 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from adaptkit import Strategy, StrategyOptions, WrapContext, hookimpl
+from adaptkit import Strategy, StrategyOptions, WrapContext, families, hookimpl
 
 if TYPE_CHECKING:
     import torch
 
-# A linear probe moves few weights from a poor start: it wants a much larger step than
-# fine-tuning, scaled to its features. Encoder heads now read the pooling the checkpoint was
-# trained for (task.pooling auto): all-MiniLM-L6-v2's mean-pooled last hidden states have a
-# per-dimension std of ~0.25 across rows (its untrained tanh pooler's: ~0.03). Measured on the
-# shipped SST-2 (benchmarks/pooling.py: 800 train rows, 200 validation, 3 epochs at batch 16):
-# validation 0.810 / 0.815 / 0.820 at 2e-3 / 5e-3 / 1e-2 (dev 0.771 / 0.781 / 0.795); the old
-# 2e-2 was tuned for the pooler's tiny features (dev 0.635 there). Decoder hidden states are
-# large in norm (no final tanh): smaller steps. Families absent here use DEFAULT_LEARNING_RATE.
-DEFAULT_LEARNING_RATE = 1e-2
-LEARNING_RATES: dict[str, float] = {
-    "bert": 1e-2, "roberta": 1e-2, "xlm-roberta": 1e-2, "distilbert": 1e-2, "electra": 1e-2,
-    "vit": 5e-3,
-    "gpt2": 1e-3, "llama": 5e-4, "mistral": 5e-4, "qwen2": 5e-4,
-}
+# A linear probe wants a much larger step than fine-tuning, scaled to its features: the rates
+# measured per family, and the one for other families, are kept in adaptkit.families (with the
+# measurements behind them).
+DEFAULT_LEARNING_RATE = families.PROBE_LEARNING_RATE
+LEARNING_RATES: dict[str, float] = families.PROBE_LEARNING_RATES
 
 
 class FrozenHeadOptions(StrategyOptions):

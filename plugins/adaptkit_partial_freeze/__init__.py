@@ -16,20 +16,15 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pydantic import Field, StrictInt, confloat, field_validator
 
-from adaptkit import Strategy, StrategyOptions, hookimpl
+from adaptkit import Strategy, StrategyOptions, families, hookimpl
 
 if TYPE_CHECKING:
     import torch
 
-# Share of the blocks frozen when the recipe says nothing, per family (config.model_type).
-# Encoders of 6-12 blocks: half is the usual sweet spot. Deep decoders keep most of their
-# lower stack generic, and freezing more saves the most memory where models are largest.
-DEFAULT_FRACTIONS: dict[str, float] = {
-    "bert": 0.5, "roberta": 0.5, "xlm-roberta": 0.5, "distilbert": 0.5, "electra": 0.5,
-    "deberta-v2": 0.5, "vit": 0.5,
-    "gpt2": 0.5, "llama": 0.75, "mistral": 0.75, "qwen2": 0.75,
-}
-DEFAULT_FRACTION = 0.5
+# Share of the blocks frozen when the recipe says nothing, per family (config.model_type), and
+# the share for other families: measured defaults kept in adaptkit.families.
+DEFAULT_FRACTIONS: dict[str, float] = families.FREEZE_FRACTIONS
+DEFAULT_FRACTION = families.FREEZE_FRACTION
 
 
 class PartialFreezeOptions(StrategyOptions):
