@@ -66,6 +66,10 @@ _LAZY = {
     "find_block_list": "adaptkit.plugin.layers",
     "load_config": "adaptkit.plugin.sources",
     "resolve_model_source": "adaptkit.plugin.sources",
+    # whether the Hub is offline or reachable: decided in one place, asked by plugins too
+    "hub_offline": "adaptkit.plugin.sources",
+    "hub_endpoint": "adaptkit.plugin.sources",
+    "hub_unreachable": "adaptkit.plugin.sources",
     "LabelRules": "adaptkit.plugin.task",  # lazy only while it is new; torch-free, may move to the imports above
     # how a sequence head pools token states (torch imported inside the functions only)
     "apply_pooling": "adaptkit.plugin.pooling",

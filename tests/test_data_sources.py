@@ -182,12 +182,12 @@ def test_hub_id_loads_from_a_cli_download_when_the_hub_is_unreachable(tmp_path, 
     """No HF_HUB_OFFLINE, but no answer from the Hub: offline mode for that one load, then restored."""
     import datasets.config
 
-    import adaptkit.engine.publish
+    import adaptkit.plugin.sources
 
     hub, _ = caches
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(adaptkit.engine.publish, "_endpoint_reachable", lambda timeout=3.0: "huggingface.co:443 refused")
+    monkeypatch.setattr(adaptkit.plugin.sources, "hub_unreachable", lambda timeout=3.0: "huggingface.co:443 refused")
     _download_snapshot(hub, HUB_ID, {"data/train.jsonl": "".join(json.dumps(r) + "\n" for r in _rows("snap", 10)),
                                      "data/test.jsonl": "".join(json.dumps(r) + "\n" for r in _rows("st", 4))})
     recipe = _recipe(tmp_path, {"train": {"name": HUB_ID}, "eval": {"name": HUB_ID, "split": "test"}})

@@ -104,7 +104,7 @@ def test_push_uploads_exactly_the_listed_files_through_huggingface_hub(lora_run,
 
     from adaptkit.engine import publish
     calls = {}
-    monkeypatch.setattr(publish, "_endpoint_reachable", lambda timeout=3.0: None)
+    monkeypatch.setattr(publish.sources, "hub_unreachable", lambda timeout=3.0: None)
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
                         lambda self, repo_id, **k: calls.setdefault("create", (repo_id, k["private"])))
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",

@@ -139,9 +139,9 @@ def load_named(source: DataSource, base: Path, key: str, split: str) -> "dataset
         return _load_dataset(str(folder), source, split, key, "dataset folder")
     if looks_like_path(source.name):
         raise DataError(f"{key}: dataset folder not found: {base / Path(source.name).expanduser()}")
-    from adaptkit.engine.publish import _endpoint_reachable
+    from adaptkit.plugin import sources
 
-    unreachable = _endpoint_reachable()
+    unreachable = sources.hub_unreachable()
     if unreachable is None:
         return _load_dataset(source.name, source, split, key, "Hub dataset")
     with _hub_offline():

@@ -12,13 +12,12 @@ import glob
 import json
 import os
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import urlparse
 
 from adaptkit.errors import AdaptkitError
+from adaptkit.plugin import sources
 
 # "owner/name": what the Hub accepts as a model id (huggingface_hub's validate_repo_id rules, roughly)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
@@ -224,21 +223,6 @@ def plan_push(run_dir: Path, repo_id: str, private: bool = False) -> PushPlan:
     return PushPlan(run_dir, repo_id, private, files, card, notes)
 
 
-def _endpoint_reachable(timeout: float = 3.0) -> Optional[str]:
-    """None when the Hub endpoint answers a TCP connect, else why not (offline mode, DNS, refusal)."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
-        return "HF_HUB_OFFLINE is set"
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as exc:
-        return f"{host}:{port} cannot be reached ({exc.strerror or exc})"
-
-
 def push(run_dir: Path, repo_id: str, private: bool = False, dry_run: bool = False,
          token: Optional[str] = None) -> PushPlan:
     """Upload the finished run in ``run_dir`` to the Hub model repo ``repo_id`` (created if absent).
@@ -254,7 +238,7 @@ def push(run_dir: Path, repo_id: str, private: bool = False, dry_run: bool = Fal
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
-    problem = _endpoint_reachable()
+    problem = sources.hub_unreachable()  # asked of the one owner of "can the Hub be reached"
     if problem:
         raise AdaptkitError(f"cannot push to the Hub: {problem}. Nothing was uploaded; connect, or check "
                             f"what would go with --dry-run")
@@ -271,5 +255,5 @@ def push(run_dir: Path, repo_id: str, private: bool = False, dry_run: bool = Fal
         raise AdaptkitError(f"the Hub refused the push to {repo_id}: {exc}") from None
     except OSError as exc:  # connection dropped mid-way
         raise AdaptkitError(f"the push to {repo_id} failed: {exc}") from None
-    plan.url = str(getattr(commit, "repo_url", None) or f"https://huggingface.co/{repo_id}")
+    plan.url = str(getattr(commit, "repo_url", None) or f"{sources.hub_endpoint()}/{repo_id}")
     return plan

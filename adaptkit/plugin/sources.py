@@ -12,10 +12,43 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from adaptkit.errors import ModelSourceError
 
-HUB_HOST = "huggingface.co"
+HUB_HOST = "huggingface.co"  # the default endpoint's host; where adaptkit connects is hub_endpoint()
+_TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's own reading of a boolean variable
+
+
+def hub_offline() -> bool:
+    """Whether the Hub is to be left alone: ``HF_HUB_OFFLINE`` set true, read as huggingface_hub
+    reads it (1/on/yes/true, any case), at the time of asking. The one place adaptkit decides it."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE
+
+
+def hub_endpoint() -> str:
+    """The Hub's base URL, as the Hub client uses it: ``HF_ENDPOINT`` (a mirror, a private Hub), else
+    https://huggingface.co."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        return os.environ.get("HF_ENDPOINT", f"https://{HUB_HOST}").rstrip("/")
+    return str(constants.ENDPOINT).rstrip("/")
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """None when the Hub endpoint answers a TCP connect within ``timeout`` seconds, else why not
+    (offline mode, DNS, refusal): one short probe instead of the Hub client's half minute of retries.
+    Every question "can adaptkit reach the Hub?" is asked here (models, datasets, push, plugins)."""
+    if hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(hub_endpoint())
+    host, port = url.hostname or HUB_HOST, url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{host}:{port} cannot be reached ({exc.strerror or exc})"
 
 
 @dataclass(frozen=True)
@@ -26,16 +59,6 @@ class ModelSource:
     location: str
     origin: str  # "plugin", "local", "hub-cache", "hub"
     local_files_only: bool
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
-        return False
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _cached_on_hub(name: str, revision: str | None) -> bool:
@@ -78,10 +101,10 @@ def resolve_model_source(name: str, revision: str | None = None, allow_pickle: b
         raise ModelSourceError(f"model folder {name!r} does not exist")
     if _cached_on_hub(name, revision):
         return ModelSource(name, name, "hub-cache", True)
-    if not _hub_reachable():
+    if hub_unreachable() is not None:
         raise ModelSourceError(
             f"model {name!r} is not a local folder, not in the Hugging Face cache, and the Hub "
-            f"({HUB_HOST}) cannot be reached from this machine. Download it where there is a "
+            f"({urlparse(hub_endpoint()).hostname or HUB_HOST}) cannot be reached from this machine. Download it where there is a "
             f"network (`huggingface-cli download {name} --local-dir DIR`) and set model.name to DIR"
         )
     return ModelSource(name, name, "hub", False)

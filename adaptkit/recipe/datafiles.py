@@ -19,7 +19,9 @@ from adaptkit.recipe.schema import DataSource
 
 
 def _offline_env() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    from adaptkit.plugin.sources import hub_offline
+
+    return hub_offline()
 
 
 def datasets_cache_dir() -> Path:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
-import socket
 from pathlib import Path
 
 from adaptkit import ModelSourceError, hookimpl
@@ -73,13 +71,9 @@ def _hub_can_serve(hub_id: str) -> bool:
             return True
     except Exception:  # an unusable cache is the same as no cache here
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=3.0):
-            return True
-    except OSError:
-        return False
+    from adaptkit import hub_unreachable  # offline mode and the endpoint, as the core decides them
+
+    return hub_unreachable() is None
 
 
 @hookimpl
