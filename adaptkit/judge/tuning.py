@@ -41,6 +41,7 @@ import functools
 import math
 import os
 import socket
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,10 +151,19 @@ class SearchRange:
     min_steps: int
     random_init: bool
     reason: str
+    limit: Optional[int] = None  # fewer rates than trials (compare --max-minutes): the grid's extremes go first
+
+    @property
+    def full_grid(self) -> list[float]:
+        return learning_rate_grid(self.centre, self.trials, self.span)
 
     @property
     def grid(self) -> list[float]:
-        return learning_rate_grid(self.centre, self.trials, self.span)
+        """The rates tried: the full grid, or its ``limit`` rates nearest the centre."""
+        full = self.full_grid
+        if self.limit is None or self.limit >= len(full):
+            return full
+        return sorted(middle_out(full)[:max(1, self.limit)])
 
     def training(self, training: Any) -> Any:
         """The recipe's training section as every trial of this range runs it."""
@@ -169,10 +179,10 @@ class SearchRange:
     def to_dict(self) -> dict[str, Any]:
         return {"grid": self.grid, "centre": self.centre, "span": self.span, "warmup_ratio": self.warmup_ratio,
                 "min_steps": self.min_steps, "random_init": self.random_init, "reason": self.reason,
-                "described": self.describe()}
+                "described": self.describe(), **({"full_grid": self.full_grid} if self.grid != self.full_grid else {})}
 
 
-def search_range(arm: Arm, suggestion: float, trials: int, training: Any) -> SearchRange:
+def search_range(arm: Arm, suggestion: float, trials: int, training: Any, limit: Optional[int] = None) -> SearchRange:
     """The range an arm is searched over: one rule for pretrained weights, one for random weights.
 
     Pretrained: ``trials`` rates a factor of ``GRID_SPAN`` either side of the suggestion, with the
@@ -187,11 +197,11 @@ def search_range(arm: Arm, suggestion: float, trials: int, training: Any) -> Sea
 
     if not arm.random_init:
         return SearchRange(centre=suggestion, span=GRID_SPAN, trials=trials, warmup_ratio=training.warmup_ratio,
-                           min_steps=training.min_steps, random_init=False,
+                           min_steps=training.min_steps, random_init=False, limit=limit,
                            reason=f"pretrained weights: the suggestion, a factor of {GRID_SPAN:g} either side")
     return SearchRange(centre=suggestion, span=RANDOM_INIT_SPAN, trials=trials,
                        warmup_ratio=max(training.warmup_ratio, RANDOM_INIT_WARMUP),
-                       min_steps=max(training.min_steps, DEFAULT_MIN_STEPS), random_init=True,
+                       min_steps=max(training.min_steps, DEFAULT_MIN_STEPS), random_init=True, limit=limit,
                        reason=f"random weights: larger steps, a factor of {RANDOM_INIT_SPAN:g} either side, "
                               f"a warm-up and the small-data step floor")
 
@@ -332,12 +342,13 @@ def requeue_missing(study: Any, grid: list[float]) -> list[float]:
 def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], seed: int, train_data: Any,
              validation_data: Any, trials: int, study_name: str, storage: Optional[str], trial_dir: Path,
              on_trial: Callable[[TrialRecord], None] = lambda _: None, power_watts: Optional[float] = None,
-             log: Callable[[str], None] = lambda _: None) -> ArmResult:
+             log: Callable[[str], None] = lambda _: None, limit: Optional[int] = None) -> ArmResult:
     """Search the learning rate of one arm at one size and seed; the best trial's eval predictions.
 
     Resumable: with ``storage`` the study's finished trials are reused, a dead process's running
     trial is failed and its rate trained again, and the chosen trial's predictions are read from
-    ``trial_dir`` or, when missing there, recomputed by training that rate once more.
+    ``trial_dir`` or, when missing there, recomputed by training that rate once more. ``limit``
+    tries only that many of the ``trials`` rates, those nearest the centre.
     """
     import optuna
     import torch
@@ -350,7 +361,7 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
     _quiet_optuna()
     task, recipe = session.task, session.recipe
     metric, greater = best_metric(recipe.training, task)
-    searched = search_range(arm, workbench.suggestion, trials, recipe.training)
+    searched = search_range(arm, workbench.suggestion, trials, recipe.training, limit)
     grid = searched.grid
     on_grid = {_key(rate) for rate in grid}
     training = searched.training(recipe.training).model_copy(update={
@@ -364,7 +375,7 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=len(grid)),
         pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, math.ceil(epochs / 3)),
                                                       reduction_factor=PRUNER_REDUCTION))
-    low, high = min(grid) / searched.span, max(grid) * searched.span
+    low, high = min(searched.full_grid) / searched.span, max(searched.full_grid) * searched.span
     sign = 1.0 if greater else -1.0
     state = optuna.trial.TrialState
 
@@ -395,9 +406,15 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
         outputs, _, _ = gather_outputs(model, loader, None, task.batch_outputs)
         outputs = {k: v.cpu() for k, v in outputs.items()}
         trial_dir.mkdir(parents=True, exist_ok=True)
-        partial = trial_dir / f".trial-{number}.pt.{os.getpid()}.partial"
-        torch.save(outputs, partial)  # a kill mid-write leaves no half file under the real name
-        os.replace(partial, trial_dir / f"trial-{number}.pt")
+        # a kill mid-write leaves no half file under the real name, only a temporary file named as
+        # adaptkit names those (adaptkit.engine.outputs: ".adaptkit-tmp-<name>-<8 random>")
+        handle, partial = tempfile.mkstemp(prefix=f".adaptkit-tmp-trial-{number}.pt-", dir=trial_dir)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                torch.save(outputs, stream)
+            os.replace(partial, trial_dir / f"trial-{number}.pt")
+        finally:
+            Path(partial).unlink(missing_ok=True)
         return outputs
 
     def objective(trial: "optuna.Trial") -> float:
