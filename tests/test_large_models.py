@@ -120,6 +120,20 @@ def test_device_map_is_refused_by_plan_under_a_distributed_section(tiny_recipe, 
         plan(recipe)
 
 
+def test_device_map_beside_a_distributed_section_is_one_rule_for_plan_and_run(tiny_recipe, tiny_folder, monkeypatch):
+    """Issue 23 item 1: models.check_device_map owns the rule; plan used to refuse a distributed section
+    beside device_map while a run launched on one process built the model anyway."""
+    from adaptkit.engine.models import check_device_map
+
+    sections = {**_pretrained(tiny_recipe, tiny_folder, device_map="auto"), "distributed": {"backend": "ddp"}}
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(RecipeError, match=r"model.device_map.*cannot be combined with the distributed section \(ddp"):
+        _session(tiny_recipe, **sections).build_base()
+    with pytest.raises(RecipeError, match="cannot be combined with the distributed section"):
+        check_device_map(Recipe.from_dict(tiny_recipe(**sections)))
+    check_device_map(Recipe.from_dict(tiny_recipe(**_pretrained(tiny_recipe, tiny_folder, device_map="auto"))))
+
+
 def test_device_map_is_refused_for_a_config_model(tiny_recipe):
     with pytest.raises(RecipeError, match="device_map places pretrained weights"):
         Recipe.from_dict(tiny_recipe(model={"device_map": "auto"}))

@@ -48,15 +48,26 @@ def load_dtype(recipe, config=None):
     return getattr(torch, DTYPES[name])
 
 
-def check_device_map(recipe, num_processes: int) -> None:
-    """Refuse ``model.device_map`` with several processes: each would place the whole model over
-    the same devices, and DDP/FSDP expect one whole model copy (or shard) per process."""
+def check_device_map(recipe, num_processes: int = 1) -> None:
+    """Refuse ``model.device_map`` with several processes or a ``distributed`` section: each process
+    would place the whole model over the same devices, and DDP/FSDP expect one whole model copy (or
+    shard) per process. The one place this rule lives; ``plan`` (one process, the recipe's section)
+    and every run (``build_model``, with the processes launched) ask it."""
+    from adaptkit.engine.distributed import distributed_setting
     from adaptkit.errors import RecipeError
 
-    if recipe.model.device_map is not None and num_processes > 1:
-        raise RecipeError(f"{recipe.where('model', 'device_map')}: device_map spreads one model over the devices of "
+    if recipe.model.device_map is None:
+        return
+    where = recipe.where('model', 'device_map')
+    if num_processes > 1:
+        raise RecipeError(f"{where}: device_map spreads one model over the devices of "
                           f"a single process, and this run has {num_processes} processes; remove model.device_map "
                           f"(use distributed: fsdp to shard a large model across processes), or launch one process")
+    distributed = distributed_setting(recipe, num_processes)
+    if distributed is not None:
+        raise RecipeError(f"{where}: device_map spreads one model over the devices of a "
+                          f"single process and cannot be combined with the distributed section ({distributed}); "
+                          f"remove one of them (distributed: fsdp shards a large model across processes)")
 
 
 @contextmanager

@@ -258,12 +258,9 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
     notes = session.task.preflight(recipe, session.source)
     names = strategies or [recipe.strategy.name]
     distributed = distributed_setting(recipe)
-    if distributed is not None and section.device_map is not None:
-        from adaptkit.errors import RecipeError
+    from adaptkit.engine.models import check_device_map
 
-        raise RecipeError(f"{recipe.where('model', 'device_map')}: device_map spreads one model over the devices of a "
-                          f"single process and cannot be combined with the distributed section ({distributed}); "
-                          f"remove one of them (distributed: fsdp shards a large model across processes)")
+    check_device_map(recipe)  # the run asks the same rule, with its processes
     results: list[StrategyPlan] = []
     config = session.config
     check_sequence_length(session, session.strategy(), config)
