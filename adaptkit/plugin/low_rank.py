@@ -134,7 +134,7 @@ class LowRankStrategy(PeftStrategy):
                          weight_decay: float) -> list[dict[str, Any]]:
         """LoRA+ (Hayou et al. 2024): the B matrices train ``loraplus_lr_ratio`` times faster than A.
 
-        Biases and norms keep the base rule of no weight decay; empty groups are dropped.
+        Which parameters get no weight decay is ``no_weight_decay``'s answer; empty groups are dropped.
         """
         ratio = self.options.loraplus_lr_ratio
         if not ratio:
@@ -144,7 +144,7 @@ class LowRankStrategy(PeftStrategy):
             if not param.requires_grad:
                 continue
             fast = "lora_B" in name or "lora_embedding_B" in name
-            no_decay = param.ndim < 2 or "norm" in name.lower()
+            no_decay = self.no_weight_decay(name, param)
             groups.setdefault((fast, no_decay), []).append(param)
         return [{"params": params, "lr": learning_rate * (ratio if fast else 1.0),
                  "weight_decay": 0.0 if no_decay else weight_decay}

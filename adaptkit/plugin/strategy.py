@@ -156,14 +156,21 @@ class Strategy:
         """Merge or remove what ``wrap`` added; return a model with the base architecture."""
         raise NotImplementedError
 
+    def no_weight_decay(self, name: str, param: "torch.nn.Parameter") -> bool:
+        """Whether parameter ``name`` trains without weight decay: biases and every other vector, and
+        normalisation weights (a name containing "norm"). The one rule every ``parameter_groups``
+        asks (this default, LoRA+'s, layer-wise decay's); override it to change which parameters."""
+        return param.ndim < 2 or "norm" in name.lower()
+
     def parameter_groups(self, model: "torch.nn.Module", learning_rate: float,
                          weight_decay: float) -> list[dict[str, Any]]:
-        """Optimizer parameter groups; override for per-layer or per-matrix learning rates."""
+        """Optimizer parameter groups; override for per-layer or per-matrix learning rates (and ask
+        ``no_weight_decay`` which parameters get no weight decay)."""
         decay, no_decay = [], []
         for name, param in model.named_parameters():
             if not param.requires_grad:
                 continue
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+            (no_decay if self.no_weight_decay(name, param) else decay).append(param)
         groups = [{"params": decay, "weight_decay": weight_decay, "lr": learning_rate}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0, "lr": learning_rate})

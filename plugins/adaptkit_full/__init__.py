@@ -46,7 +46,7 @@ class FullFineTune(Strategy):
                 continue
             depth = _depth(name, blocks_path, count)
             scale = decay ** (count + 1 - depth)
-            no_decay = param.ndim < 2 or "norm" in name.lower()
+            no_decay = self.no_weight_decay(name, param)  # the base class's one rule
             groups.setdefault((scale, no_decay), []).append(param)
         return [
             {"params": params, "lr": learning_rate * scale, "weight_decay": 0.0 if no_decay else weight_decay}
