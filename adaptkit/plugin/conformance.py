@@ -444,13 +444,15 @@ def _expected(expected_failures: Optional[Mapping[str, str]], names: list[tuple[
 
 
 def strategy_checks(strategy_cls: type[Strategy], options: Any = None, families: Optional[list[str]] = None,
-                    expected_failures: Optional[Mapping[str, str]] = None) -> Iterator[tuple[str, ConformanceCheck]]:
-    """Every contract check of ``strategy_cls``, one per rule and family, as ``(name, check)``.
+                    expected_failures: Optional[Mapping[str, str]] = None) -> list[tuple[str, ConformanceCheck]]:
+    """Every contract check of ``strategy_cls``, one per rule and family, as a list of ``(name, check)``.
 
     The shape of scikit-learn's ``sklearn.utils.estimator_checks``: a plugin's tests parametrize
     over it, so each rule is its own test and every failure shows::
 
-        @pytest.mark.parametrize("name, check", strategy_checks(MyStrategy), ids=lambda x: x if isinstance(x, str) else "")
+        CHECKS = strategy_checks(MyStrategy)
+
+        @pytest.mark.parametrize("name, check", CHECKS, ids=[name for name, _ in CHECKS])
         def test_contract(name, check):
             check()
 
@@ -461,7 +463,8 @@ def strategy_checks(strategy_cls: type[Strategy], options: Any = None, families:
     out of order rebuilds what it needs). ``expected_failures`` maps a check's name
     (``"bert/export"``) or a rule (``"export"``: on every family) to the reason it is known to fail;
     such a check swallows its violation. ``families`` defaults to every registered text family
-    with a ``build``. Nothing is built until a check runs.
+    with a ``build``. Nothing is built until a check runs (a list, not a generator: pytest's
+    parametrize takes it as is; a misspelt ``expected_failures`` key fails at once).
     """
     chosen = list(families or _strategy_families())
     for family in chosen:
@@ -472,15 +475,17 @@ def strategy_checks(strategy_cls: type[Strategy], options: Any = None, families:
     rules = [r for r in STRATEGY_RULES if r not in ("equivalence", "removal")] + [last]
     names = [(f"{family}/{rule}", rule) for family in chosen for rule in rules]
     declared = _expected(expected_failures, names, f"strategy_checks({strategy_cls.__name__})")
+    checks = []
     for family in chosen:
         trial = _StrategyTrial(strategy_cls, options, family)
         for rule in rules:
             name = f"{family}/{rule}"
-            yield name, ConformanceCheck(name, family, rule, getattr(trial, f"check_{rule}"),
-                                         declared.get(name, declared.get(rule)))
+            checks.append((name, ConformanceCheck(name, family, rule, getattr(trial, f"check_{rule}"),
+                                                  declared.get(name, declared.get(rule)))))
+    return checks
 
 
-def _run_checks(checks: Iterator[tuple[str, ConformanceCheck]], report: ConformanceReport,
+def _run_checks(checks: Sequence[tuple[str, ConformanceCheck]], report: ConformanceReport,
                 violation_types: tuple[type[BaseException], ...]) -> list[tuple[ConformanceCheck, BaseException]]:
     """Run every check; fill ``report``; return the failures not declared as expected."""
     failures: list[tuple[ConformanceCheck, BaseException]] = []
@@ -747,8 +752,8 @@ TASK_RULES = ("head", "batch", "metrics", "predict", "state")
 
 def task_checks(task_cls: type[Task], options: Any = None, rows: Optional[Sequence[Mapping[str, Any]]] = None,
                 families: Optional[Sequence[str]] = None,
-                expected_failures: Optional[Mapping[str, str]] = None) -> Iterator[tuple[str, ConformanceCheck]]:
-    """Every check of ``check_task``, one per rule and family, as ``(name, check)`` (``"bert/predict"``).
+                expected_failures: Optional[Mapping[str, str]] = None) -> list[tuple[str, ConformanceCheck]]:
+    """Every check of ``check_task``, one per rule and family, as a list of ``(name, check)`` (``"bert/predict"``).
 
     ``strategy_checks``' twin: parametrize a task plugin's tests over it; the checks of one family
     share the set-up task, its model, batch and predictions (built on first use).
@@ -763,12 +768,14 @@ def task_checks(task_cls: type[Task], options: Any = None, rows: Optional[Sequen
             raise AdaptkitError(f"check_task: model family {family_name!r} has no config to build a task's model from")
     names = [(f"{family}/{rule}", rule) for family in chosen for rule in TASK_RULES]
     declared = _expected(expected_failures, names, f"task_checks({task_cls.__name__})")
+    checks = []
     for family_name in chosen:
         trial = _TaskTrial(task_cls, options, list(rows), family_name)
         for rule in TASK_RULES:
             check = f"{family_name}/{rule}"
-            yield check, ConformanceCheck(check, family_name, rule, getattr(trial, f"check_{rule}"),
-                                          declared.get(check, declared.get(rule)))
+            checks.append((check, ConformanceCheck(check, family_name, rule, getattr(trial, f"check_{rule}"),
+                                                   declared.get(check, declared.get(rule)))))
+    return checks
 
 
 def check_task(task_cls: type[Task], options: Any = None, rows: Optional[Sequence[Mapping[str, Any]]] = None,

@@ -13,7 +13,10 @@ def test_check_strategy_passes():
     assert sum("equivalence" in line for line in report.passed) == 2
 
 
-@pytest.mark.parametrize("name, check", strategy_checks(BitFit), ids=[name for name, _ in strategy_checks(BitFit)])
+CHECKS = strategy_checks(BitFit)
+
+
+@pytest.mark.parametrize("name, check", CHECKS, ids=[name for name, _ in CHECKS])
 def test_contract(name, check):
     """Each rule on each family as its own test, so every failure shows (scikit-learn's shape)."""
     check()
