@@ -38,9 +38,10 @@ def test_a_strategy_with_two_defects_gets_both_reported():
     with pytest.raises(ContractViolation) as caught:
         check_strategy(TwoDefects, families=["bert"])
     message = str(caught.value)
-    assert "failed 2 conformance checks" in message
-    assert "bert/frozen: " in message and "rule 'frozen'" in message
-    assert "bert/signature: " in message and "rule 'signature'" in message and "extra_projection" in message
+    # the first failure's message first, as when the kit stopped there, then every failed check
+    assert message.startswith("strategy 'two_defects' broke the contract rule 'frozen'")
+    assert "strategy 'two_defects' failed 2 conformance checks: bert/frozen as above, and:" in message
+    assert "  - bert/signature: " in message and "rule 'signature'" in message and "extra_projection" in message
     # the first failure, in run order, is the exception's own rule, as when the kit stopped there
     assert caught.value.rule == "frozen"
     assert [f.rule for f in caught.value.failures] == ["frozen", "signature"]
@@ -94,7 +95,9 @@ def test_a_crash_in_a_shared_step_is_listed_once_with_every_check_it_failed():
     with pytest.raises(ContractViolation) as caught:
         check_strategy(CrashesOnWrap, families=["bert"])
     message = str(caught.value)
-    assert "bert/wrap, bert/frozen, bert/trainable, bert/export, bert/signature, bert/equivalence:" in message
+    assert message.startswith("strategy 'crashes_on_wrap' broke the contract rule 'wrap': check bert/wrap raised")
+    assert message.endswith("failed 6 conformance checks: bert/wrap, bert/frozen, bert/trainable, bert/export, "
+                            "bert/signature, bert/equivalence as above")
     assert message.count("TypeError: boom") == 1
     assert isinstance(caught.value.failures[0].__cause__, TypeError)
 
@@ -122,7 +125,8 @@ def test_check_task_reports_every_failed_rule_and_honours_expected_failures():
         check_task(TwoDefectsTask, options, rows=ROWS, families=["bert"])
     assert caught.value.rule == "head" and caught.value.family == "bert"
     assert [f.rule for f in caught.value.failures] == ["head", "predict"]
-    assert "bert/head: " in str(caught.value) and "bert/predict: " in str(caught.value)
+    assert str(caught.value).startswith("task 'sequence_classification' broke the rule 'head' on the tiny bert model")
+    assert "failed 2 conformance checks: bert/head as above, and:\n  - bert/predict: " in str(caught.value)
     report = check_task(TwoDefectsTask, options, rows=ROWS, families=["bert"],
                         expected_failures={"head": "a", "predict": "b"})
     assert [x.split(":")[0] for x in report.expected_failures] == ["bert/head", "bert/predict"]

@@ -522,13 +522,19 @@ def _as_violations(failures: list[tuple[ConformanceCheck, BaseException]], crash
 
 
 def _all_failures(failures: list[tuple[ConformanceCheck, BaseException]], what: str) -> str:
-    """One line per distinct failure, with every check it failed (a failed shared step, such as a
-    crashing ``wrap``, fails every check that needs it: it is listed once)."""
+    """The first failure's own message first (what a single failure said, so its first line still
+    reads "... broke the contract rule '<rule>' ..."), then every failed check: one line per distinct
+    failure with every check it failed (a failed shared step, such as a crashing ``wrap``, fails
+    every check that needs it: it is listed once)."""
     grouped: dict[int, tuple[list[str], BaseException]] = {}
     for check, exc in failures:
         grouped.setdefault(id(exc), ([], exc))[0].append(check.name)
-    lines = [f"  - {', '.join(names)}: {exc}" for names, exc in grouped.values()]
-    return f"{what} failed {len(failures)} conformance check{'s' if len(failures) != 1 else ''}:\n" + "\n".join(lines)
+    (first_names, first), *rest = grouped.values()
+    plural = "s" if len(failures) != 1 else ""
+    text = f"{first}\n{what} failed {len(failures)} conformance check{plural}: {', '.join(first_names)} as above"
+    if rest:
+        text += ", and:\n" + "\n".join(f"  - {', '.join(names)}: {exc}" for names, exc in rest)
+    return text
 
 
 def check_strategy(strategy_cls: type[Strategy], options: Any = None, families: Optional[list[str]] = None,
