@@ -369,7 +369,7 @@ class _StrategyTrial:
         return SimpleNamespace(strategy=strategy, model=model, frozen=frozen,
                                outputs=model_outputs(model, self.base().probe))
 
-    def _unwrapped(self) -> torch.nn.Module:
+    def _unwrapped(self) -> SimpleNamespace:
         trained = self.trained()
         self.trained.reset()  # unwrap merges or removes in place: a later check trains anew
         return SimpleNamespace(strategy=trained.strategy, outputs=trained.outputs,
