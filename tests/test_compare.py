@@ -161,7 +161,8 @@ def test_cli_compare_writes_table_plot_json_and_html(tmp_path, capsys):
         assert run["energy_wh"] == pytest.approx(chosen["train_seconds"] * 36 / 3600, rel=0.01, abs=1e-5)
         assert run["search_energy_wh"] >= run["energy_wh"]
         # only a trial that beat every earlier one scored the eval rows; the chosen trial always did
-        tag = f"{run['strategy']}-n{run['size']}-s{run['seed']}"
+        tag = run["trial_dir"]  # <arm>-n<size>-s<seed>-v<validation fraction>-<hash of what a trial means>
+        assert tag.startswith(f"{run['strategy']}-n{run['size']}-s{run['seed']}-v0.2-")
         scored = sorted(int(f.stem.split("-")[1]) for f in (out / "trials" / tag).glob("trial-*.pt"))
         expected, best = [], None
         for trial in sorted(run["trials"], key=lambda t: t["number"]):
@@ -193,11 +194,12 @@ def test_a_shared_optuna_storage_resumes_a_finished_search_without_training_agai
     first = compare(recipe, ["frozen_head"], trials=2, storage=storage, study_name="shared",
                     output_dir=tmp_path / "cmp", bootstrap_rounds=50, log=lambda _: None, baselines=[])
     studies = optuna.get_all_study_summaries(storage)
-    assert [s.study_name for s in studies] == ["shared:frozen_head-nall-s0"] and studies[0].n_trials == 2
+    assert [s.study_name for s in studies] == [f"shared:{first.runs[0].trial_dir}"] and studies[0].n_trials == 2
+    assert first.runs[0].trial_dir.startswith("frozen_head-nall-s0-v0.2-")
     lines: list[str] = []
     second = compare(recipe, ["frozen_head"], trials=2, storage=storage, study_name="shared",
                      output_dir=tmp_path / "cmp", overwrite=True, bootstrap_rounds=50, log=lines.append, baselines=[])
-    assert not any("trial" in line for line in lines)  # both trials came from the database
+    assert not any(", trial " in line for line in lines)  # both trials came from the database
     assert optuna.get_all_study_summaries(storage)[0].n_trials == 2
     assert second.rows[0].metric == first.rows[0].metric and second.runs[0].learning_rate == first.runs[0].learning_rate
 

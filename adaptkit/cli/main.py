@@ -110,6 +110,8 @@ def _add_transfer_commands(commands) -> None:
     compare.add_argument("--storage", help="Optuna storage URL (e.g. sqlite:///sweep.db, postgresql://...) shared "
                                            "by several compare processes; the output folder must be shared too")
     compare.add_argument("--study-name", help="prefix of the Optuna study names (default: from the recipe)")
+    compare.add_argument("--max-minutes", type=float, help="fit the estimate printed before training into this many "
+                                                            "minutes by trying fewer learning rates per arm")
     compare.add_argument("--power-watts", type=float, help="power draw for energy figures (default: RAPL or 15 W/core)")
     compare.add_argument("--grid-intensity", type=float, help="gCO2e per kWh (default 475, world average)")
     compare.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
@@ -178,7 +180,8 @@ def _cmd_compare(args) -> int:
                      grid_g_per_kwh=args.grid_intensity, bootstrap_rounds=args.bootstrap,
                      log=lambda line: print(line, file=sys.stderr), trials=args.trials,
                      validation_fraction=args.validation_fraction, storage=args.storage, study_name=args.study_name,
-                     baselines=[] if args.baselines == "none" else parse_list(args.baselines))
+                     baselines=[] if args.baselines == "none" else parse_list(args.baselines),
+                     max_minutes=args.max_minutes)
     print((report.output_dir / "table.md").read_text())
     print(f"outputs: {report.output_dir} (compare.json, table.md, compare.png, report.html)")
     return 0

@@ -24,7 +24,10 @@ doubling the data is expected to gain. Energy saved is stated only when it is po
 
 Outputs in one folder: ``compare.json``, ``table.md``, ``compare.png`` (metric against size
 with chance and majority-class lines), ``report.html`` and ``trials/`` (each completed trial's
-eval predictions, which processes sharing an Optuna storage read from each other).
+eval predictions, which processes sharing an Optuna storage read from each other, and the
+folder's own Optuna study when no storage is given). compare.json is written after every
+finished cell and a rerun of the same command resumes from it; the plan and its estimated
+time are printed before the first trial (``adaptkit.judge.compare_state``).
 """
 from __future__ import annotations
 
@@ -42,10 +45,10 @@ from adaptkit.errors import AdaptkitError
 from adaptkit.recipe.schema import Recipe
 from adaptkit.judge.compare_report import html_report, markdown_table, plot
 from adaptkit.judge.curves import percentile_interval
-from adaptkit.judge.tuning import DEFAULT_TRIALS, SCRATCH, VALIDATION_FRACTION
+from adaptkit.judge.tuning import DEFAULT_TRIALS, RANDOM_INIT_LEARNING_RATE, SCRATCH, VALIDATION_FRACTION
 from adaptkit.judge.verdicts import VERDICTS, compute_saved, judge, transfer_range
 
-SCRATCH_LEARNING_RATE = 1e-4
+SCRATCH_LEARNING_RATE = RANDOM_INIT_LEARNING_RATE  # the centre of scratch's search (tuning.search_range)
 SCRATCH_LABEL = "the same model from random weights"
 BOOTSTRAP = 1000
 SECONDARY_METRIC = "macro_f1"
@@ -76,6 +79,9 @@ class RunRecord:
     peak_memory_bytes: int
     predicted_classes: Optional[int]
     details: dict[str, Any] = field(default_factory=dict)  # a baseline's choices (C, folds, features)
+    chosen_trial: Optional[int] = None  # its eval predictions: trials/<trial_dir>/trial-<chosen_trial>.pt
+    trial_dir: str = ""
+    search: dict[str, Any] = field(default_factory=dict)  # the range tried (tuning.SearchRange.to_dict())
 
 
 @dataclass
@@ -101,6 +107,7 @@ class Row:
     flags: list[str] = field(default_factory=list)  # "did not learn", "not above the majority class"
     kind: str = "transfer"  # transfer | scratch | baseline
     secondary_metric: Optional[str] = None
+    search_range: str = ""  # the range tried, in words: "lr 8.3e-05..0.003 (3 rates), warm-up 10%, ..."
 
 
 @dataclass
@@ -363,7 +370,8 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
             grid_g_per_kwh: Optional[float] = None, bootstrap_rounds: int = BOOTSTRAP,
             log: Callable[[str], None] = print, trials: int = DEFAULT_TRIALS,
             validation_fraction: float = VALIDATION_FRACTION, storage: Optional[str] = None,
-            study_name: Optional[str] = None, baselines: Optional[list[str]] = None) -> CompareReport:
+            study_name: Optional[str] = None, baselines: Optional[list[str]] = None,
+            max_minutes: Optional[float] = None) -> CompareReport:
     """Tune and train every arm at every size and seed, then write the table, plot, HTML and verdict.
 
     ``output_dir`` defaults to ``<output.dir>-compare``; an existing non-empty folder is refused
@@ -373,6 +381,9 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
     another rate. ``storage``/``study_name`` share the search through an Optuna database.
     ``baselines`` names the models trained without pretraining to judge against (None: every
     installed one that serves the task; []: none); baseline names in ``strategies`` count too.
+    A rerun with the same arguments resumes the folder (finished cells reloaded, trials kept in
+    the storage, the folder's own ``trials/optuna.db`` without one); ``max_minutes`` trims the
+    rates each arm tries to fit the estimate printed before the first trial.
     """
     from adaptkit.engine.session import as_recipe
     from adaptkit.plugin.registry import for_recipe
@@ -383,24 +394,27 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
             scratch_strategy = default_scratch_strategy()
         return _compare(recipe, list(strategies), seeds, sizes, output_dir, overwrite, scratch_strategy,
                         dict(learning_rates or {}), power_watts, grid_g_per_kwh, bootstrap_rounds, log, trials,
-                        validation_fraction, storage, study_name, None if baselines is None else list(baselines))
+                        validation_fraction, storage, study_name, None if baselines is None else list(baselines),
+                        max_minutes)
 
 
 def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], sizes: Optional[list[int]],
              output_dir: Optional[Union[str, Path]], overwrite: bool, scratch_strategy: Optional[str],
              learning_rates: dict[str, float], power_watts: Optional[float], grid_g_per_kwh: Optional[float],
              bootstrap_rounds: int, log: Callable[[str], None], trials: int, validation_fraction: float,
-             storage: Optional[str], study_name: Optional[str], baseline_names: Optional[list[str]]) -> CompareReport:
+             storage: Optional[str], study_name: Optional[str], baseline_names: Optional[list[str]],
+             max_minutes: Optional[float] = None) -> CompareReport:
     import torch
 
     from adaptkit.engine.budget import budget_for
     from adaptkit.engine.checkpoint import identity_hash, recipe_identity
     from adaptkit.engine.data import split_validation
     from adaptkit.judge.energy import describe_power, grid_intensity
-    from adaptkit.engine.outputs import check_output_dir, safe_join, write_json, write_manifest
+    from adaptkit.engine.outputs import safe_join, write_json, write_manifest
+    from adaptkit.judge import compare_state as state
     from adaptkit.engine.session import Session
     from adaptkit.judge.baselines import aligned, installed_for
-    from adaptkit.judge.tuning import ArmModel, tune_arm
+    from adaptkit.judge.tuning import ArmModel, search_range, tune_arm
     from adaptkit.judge.verdicts import verdict_metric
 
     started = time.perf_counter()
@@ -408,12 +422,16 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     check_strategies(strategies, scratch_strategy)
     if trials < 1:
         raise AdaptkitError(f"trials must be at least 1, got {trials}")
+    state.check_max_minutes(max_minutes)
     seeds = list(seeds) if seeds else [recipe.training.seed]
     size_list: list[Optional[int]] = sorted(set(sizes)) if sizes else [None]
     folder = Path(output_dir) if output_dir else Path(str(recipe.output.dir) + "-compare")
-    check_output_dir(folder, overwrite)
-    folder.mkdir(parents=True, exist_ok=True)
+    identity = state.compare_identity(recipe, strategies, size_list, seeds, trials, validation_fraction,
+                                      scratch_strategy, learning_rates, baseline_names)
+    finished = state.open_folder(folder, overwrite, identity, COMPARE_FILES, log)  # a rerun resumes
+    (folder / "trials").mkdir(parents=True, exist_ok=True)
     write_manifest(folder, "compare", COMPARE_FILES)  # --overwrite replaces only what adaptkit wrote
+    study_storage = storage or state.local_storage(folder)  # trials outlive the process either way
     device = "cuda" if torch.cuda.is_available() and recipe.training.device != "cpu" else "cpu"
     prefix = study_name or f"adaptkit-{identity_hash(recipe_identity(recipe))[:12]}"
     arms = {name: make_arm(recipe, name, scratch_strategy, learning_rates) for name in strategies}
@@ -427,6 +445,9 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     metric, metric_reason = "", ""
     task = None
     progress: Optional[_Progress] = None
+    plan: Optional[Any] = None
+    ranges: dict[str, str] = {}
+    cells = len(strategies) * len(size_list) * len(seeds)
     for seed in seeds:
         spec = recipe.model_copy(deep=True)
         spec.training.seed = seed
@@ -453,41 +474,61 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
                                                            "labels" if "labels" in subset.column_names else None)
             raw_rows[size] = list(train_part[ROW_INDEX]) + list(validation_part[ROW_INDEX])
             parts[size] = (train_part.remove_columns(ROW_INDEX), validation_part.remove_columns(ROW_INDEX))
-        if progress is None:
+        if plan is None:  # before the first trial: what will be trained, and what it will cost here
+            plan = _plan(session, spec, arms, strategies, size_list, seeds, parts, trials, finished, max_minutes,
+                         log)
             progress = _Progress({(a, s, sd): budget_for(len(parts[s][0]), spec.training).total_steps
                                   for a in strategies for s in size_list for sd in seeds}, log)
         eval_sizes[seed] = len(session.eval_data)
         for name in strategies:
             arm = arms[name]
-            log(f"compare: building {name} (seed {seed})")
+            searched = search_range(arm, 1.0, trials, spec.training, plan.tried)  # steps and warm-up; no rates
+            ranges.setdefault(name, "")
+            tags = {size: state.cell_tag(name, size, seed, validation_fraction,
+                                         state.trial_meaning(recipe, arm, searched, validation_fraction))
+                    for size in size_list}
+            reloaded = {size: _reload(finished.get((name, size, seed)), folder, plan.tried) for size in size_list}
+            workbench = None
             with PeakMemory(device) as memory:
-                workbench = ArmModel(session, arm, seed, SCRATCH_LEARNING_RATE)
                 for size in size_list:
                     train_part, validation_part = parts[size]
-                    tag = f"{name}-n{size if size is not None else 'all'}-s{seed}"
-                    result = tune_arm(session, arm, workbench, size, seed, train_part, validation_part, trials,
-                                      f"{prefix}:{tag}", storage, safe_join(folder / "trials", tag),
-                                      on_trial=lambda record, n=name, s=size: progress.trial(n, s, seed, trials,
-                                                                                             record),
-                                      power_watts=power_watts)
+                    tag = tags[size]
+                    if reloaded[size] is not None:  # finished by an earlier process: its record and predictions
+                        record, outputs = reloaded[size]
+                        runs.append(record)
+                        outputs_by_run[(name, size, seed)] = outputs
+                        log(f"compare: {tag}: {metric} {record.metric:.4f} at lr {record.learning_rate:.3g} "
+                            f"(reloaded from compare.json, not trained again)")
+                    else:
+                        if workbench is None:
+                            log(f"compare: building {name} (seed {seed})")
+                            workbench = ArmModel(session, arm, seed)
+                        result = tune_arm(session, arm, workbench, size, seed, train_part, validation_part, trials,
+                                          f"{prefix}:{tag}", study_storage, safe_join(folder / "trials", tag),
+                                          on_trial=lambda record, n=name, s=size: progress.trial(
+                                              n, s, seed, plan.tried, record),
+                                          power_watts=power_watts, log=log, limit=plan.tried)
+                        outputs_by_run[(name, size, seed)] = outputs = result.eval_outputs
+                        chosen = result.chosen
+                        runs.append(_record(
+                            task, metric, name, SCRATCH if name == SCRATCH else "transfer", size, seed,
+                            result.eval_outputs, train_examples=result.train_rows,
+                            validation_examples=result.validation_rows, learning_rate=result.learning_rate,
+                            trials=[asdict(t) for t in result.trials], trainable=result.trainable,
+                            train_seconds=chosen.train_seconds, cpu_seconds=chosen.cpu_seconds,
+                            energy_wh=chosen.energy_wh, search_energy_wh=round(result.search_energy_wh, 6),
+                            g_co2e=round(chosen.energy_wh / 1000 * grid_intensity(grid_g_per_kwh), 5),
+                            peak_memory_bytes=memory.bytes, chosen_trial=result.chosen_trial, trial_dir=tag,
+                            search=result.search))
+                        log(f"compare: {tag}: {metric} {runs[-1].metric:.4f} at lr "
+                            f"{result.learning_rate:.3g} (chosen on {result.validation_rows} validation rows)")
+                    ranges[name] = runs[-1].search.get("described", ranges[name])
                     if not trivial and "labels" in train_part.column_names:
-                        trivial = class_baselines(task, result.eval_outputs,
+                        trivial = class_baselines(task, outputs,
                                                   [int(v) for v in train_part["labels"] if isinstance(v, int)],
                                                   metric, seed)
-                    outputs_by_run[(name, size, seed)] = result.eval_outputs
-                    chosen = result.chosen
-                    runs.append(_record(
-                        task, metric, name, SCRATCH if name == SCRATCH else "transfer", size, seed,
-                        result.eval_outputs, train_examples=result.train_rows,
-                        validation_examples=result.validation_rows, learning_rate=result.learning_rate,
-                        trials=[asdict(t) for t in result.trials], trainable=result.trainable,
-                        train_seconds=chosen.train_seconds, cpu_seconds=chosen.cpu_seconds,
-                        energy_wh=chosen.energy_wh, search_energy_wh=round(result.search_energy_wh, 6),
-                        g_co2e=round(chosen.energy_wh / 1000 * grid_intensity(grid_g_per_kwh), 5),
-                        peak_memory_bytes=memory.bytes))
-                    log(f"compare: {tag}: {metric} {runs[-1].metric:.4f} at lr "
-                        f"{result.learning_rate:.3g} (chosen on {result.validation_rows} validation rows)")
                     write_manifest(folder, "compare")  # the trial files written so far are adaptkit's
+                    state.save_progress(folder, identity, [asdict(r) for r in runs if r.kind != "baseline"], cells)
             del workbench
         for name, cls in baseline_classes.items():
             for size in size_list:
@@ -505,6 +546,9 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     rows = [_row(name, kinds[name], size, [r for r in runs if r.strategy == name and r.size == size],
                  replicates[(name, size)], trivial, metric, greater, task.primary_metric)
             for size in size_list for name in names]
+    for row in rows:
+        row.search_range = next((r.search.get("described", "") for r in runs
+                                 if r.strategy == row.strategy and r.size == row.size and r.search), "")
     judged = judge(rows, replicates, greater, metric, kinds, labels)
     per_size = judged["per_size"]
     best_without = _best_reference(per_size)
@@ -534,18 +578,82 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
         transfer_range=transfer_range(per_size), practical_verdict=judged["practical_verdict"],
         headline=judged["headline"], metric_reason=metric_reason, arm_kinds=kinds, arm_labels=labels,
         baseline_notes=baseline_notes,
-        search={"trials": trials, "grid": "log-spaced from suggestion/3 to suggestion*3",
-                "validation_fraction": validation_fraction, "storage": storage, "study_prefix": prefix,
-                "pruner": "successive halving (reduction factor 3) on the validation metric after each epoch"},
+        search={"trials": trials, "tried": plan.tried if plan else trials,
+                "grid": "log-spaced around each arm's suggestion: a factor of 3 either side from pretrained "
+                        "weights, of 6 from random weights (tuning.search_range)",
+                "ranges": ranges, "validation_fraction": validation_fraction,
+                "storage": storage or "trials/optuna.db (this folder's own)", "study_prefix": prefix,
+                "pruner": "successive halving (reduction factor 3) on the validation metric after each epoch",
+                "plan": plan.to_dict() if plan else None},
         seconds=round(time.perf_counter() - started, 2),
         notes=_notes(scratch_strategy, learning_rates, metric, bootstrap_rounds, seeds, trials, validation_fraction,
-                     baseline_classes))
-    write_json(folder / "compare.json", report.to_dict())
+                     baseline_classes, ranges, plan.tried if plan else trials))
+    write_json(folder / "compare.json", report.to_dict() | {"identity": identity, "complete": True})
     (folder / "table.md").write_text(markdown_table(report))
     plot(report, folder / "compare.png")
     (folder / "report.html").write_text(html_report(report, folder / "compare.png"))
     write_manifest(folder, "compare", COMPARE_FILES)
     return report
+
+
+def _plan(session: Any, spec: Recipe, arms: dict[str, Any], strategies: list[str], size_list: list[Optional[int]],
+          seeds: list[int], parts: dict[Any, tuple], trials: int, finished: dict[tuple, dict[str, Any]],
+          max_minutes: Optional[float], log: Callable[[str], None]) -> Any:
+    """The cells to train, their optimizer steps and estimated time (one timed step per strategy), trimmed
+    to ``max_minutes``; printed before the first trial."""
+    from adaptkit.engine.budget import budget_for
+    from adaptkit.judge import compare_state as state
+    from adaptkit.judge.tuning import search_range
+
+    todo, reused = [], 0
+    for name in strategies:
+        searched = search_range(arms[name], 1.0, trials, spec.training)
+        for size in size_list:
+            train_part, validation_part = parts[size]
+            budget = budget_for(len(train_part), searched.training(spec.training))
+            forward = budget.epochs * len(validation_part) + len(session.eval_data)
+            for seed in seeds:
+                if (name, size, seed) in finished:
+                    reused += 1
+                else:
+                    todo.append([arms[name], size, seed, None, budget.total_steps, forward])
+    base = session.build_base() if todo else None
+    for cell in todo:  # the grid each arm will try: its suggestion as ArmModel asks for it
+        arm = cell[0]
+        centre = arm.learning_rate or (RANDOM_INIT_LEARNING_RATE if arm.random_init else
+                                       session.strategy(arm.strategy, arm.options).suggest_learning_rate(
+                                           session.context(base)))
+        cell[3] = search_range(arm, centre, trials, spec.training)
+    timed = state.time_steps(session, base, {cell[0].strategy for cell in todo}, log)
+    del base
+    plan = state.make_plan(todo, trials, timed, spec.training.batch_size, reused)
+    plan.lines = state.describe(plan, [n for n in strategies if any(a.name == n for a, *_ in todo)], size_list,
+                                seeds, {n: arms[n].strategy for n in strategies})
+    for line in plan.lines:
+        log(line)
+    said = state.trim(plan, max_minutes)  # may refuse: the plan was said first
+    for line in said:
+        log(line)
+    plan.lines += said
+    return plan
+
+
+def _reload(run: Optional[dict[str, Any]], folder: Path, tried: int) -> Optional[tuple[RunRecord, dict[str, Any]]]:
+    """A finished cell's record and eval predictions from an earlier process, or None to train it
+    (not finished, tried fewer rates than this run would, or its predictions are not in this folder)."""
+    import dataclasses
+
+    import torch
+
+    if not run or len(run.get("search", {}).get("grid", [])) < tried:
+        return None
+    try:
+        outputs = torch.load(folder / "trials" / run["trial_dir"] / f"trial-{run['chosen_trial']}.pt",
+                             weights_only=True)
+        known = {f.name for f in dataclasses.fields(RunRecord)}
+        return RunRecord(**{k: v for k, v in run.items() if k in known}), outputs
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _best_reference(per_size: list[dict[str, Any]]) -> Optional[str]:
@@ -621,11 +729,17 @@ def _row(name: str, kind: str, size: Optional[int], cell: list[RunRecord], repli
 
 
 def _notes(scratch_strategy: Optional[str], learning_rates: dict[str, float], metric: str, rounds: int, seeds: list[int],
-           trials: int, validation_fraction: float, baselines: dict[str, type]) -> list[str]:
+           trials: int, validation_fraction: float, baselines: dict[str, type], ranges: Optional[dict[str, str]] = None,
+           tried: Optional[int] = None) -> list[str]:
+    ranges = ranges or {}
     return [
         *([f"{SCRATCH}: the same architecture from random weights (model.init: random), trained with strategy "
-           f"{scratch_strategy!r}; its search is centred on {learning_rates.get(SCRATCH, SCRATCH_LEARNING_RATE):g}"]
-          if scratch_strategy else []),
+           f"{scratch_strategy!r}; random weights get a search range of their own, centred on "
+           f"{learning_rates.get(SCRATCH, SCRATCH_LEARNING_RATE):g} (larger steps, a wider grid, warm-up and the "
+           f"small-data step floor)"] if scratch_strategy else []),
+        *[f"{name}: range tried: {described}" for name, described in ranges.items() if described],
+        *([f"--max-minutes: {tried} of {trials} learning rates per arm (the grid's extremes dropped first)"]
+          if tried is not None and tried < trials else []),
         *[f"{name}: {cls.description or cls.label}; trained on the same rows as the transfer arms at each size "
           f"(their training and validation rows together), never on a pretrained weight"
           for name, cls in baselines.items()],
