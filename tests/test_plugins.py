@@ -182,22 +182,6 @@ def test_adaptkit_resolve_model_first_answer_wins(tmp_path, monkeypatch):
     assert resolve_model_source("sentence-transformers/all-MiniLM-L6-v2").origin == "plugin"
 
 
-def test_every_hookspec_has_a_test_and_a_readme_entry():
-    """Keep the plugin API honest: a new hook without a test or documentation fails here."""
-    from pathlib import Path
-
-    from adaptkit.plugin import hookspecs
-    names = [n for n in dir(hookspecs) if n.startswith("adaptkit_")]
-    assert names, "no hookspecs found"
-    root = Path(__file__).resolve().parent.parent
-    tests = "".join(p.read_text() for p in (root / "tests").glob("test_*.py"))
-    readme = (root / "README.md").read_text()
-    for name in names:
-        assert getattr(hookspecs, name).__doc__, f"{name} has no docstring"
-        assert f"def test_{name}" in tests or f"{name}:" in tests, f"{name} has no test"
-        assert f"`{name}" in readme, f"{name} is not documented in README.md"
-
-
 # ---------------------------------------------------------------------------- impersonation
 
 @pytest.fixture
