@@ -29,6 +29,8 @@ def chosen_outputs(folder: Path, run: dict) -> Path:
     tag = f"{run['strategy']}-n{run['size'] if run['size'] is not None else 'all'}-s{run['seed']}"
     if run.get("kind") == "baseline":
         return folder / "trials" / tag / "baseline.pt"
+    if run.get("trial_dir"):  # since issue 28 item 6: the cell's folder and chosen trial are recorded
+        return folder / "trials" / run["trial_dir"] / f"trial-{run['chosen_trial']}.pt"
     number = next(t["number"] for t in run["trials"]
                   if t["state"] == "complete" and t["learning_rate"] == run["learning_rate"])
     return folder / "trials" / tag / f"trial-{number}.pt"
