@@ -200,7 +200,7 @@ def time_steps(session: Any, base: Any, strategies: set[str], log: Callable[[str
     return out
 
 
-def make_plan(cells: list[tuple[Any, Optional[int], int, Any, int, int]], trials: int,
+def make_plan(cells: list[Any], trials: int,
               step_seconds: dict[str, Optional[float]], batch_size: int, reused: int) -> Plan:
     """``cells``: (arm, size, seed, search range, steps a trial, forward rows a trial) for every cell to train."""
     costs = []
