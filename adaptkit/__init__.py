@@ -20,8 +20,8 @@ from adaptkit.recipe import Recipe, load_recipe
 from adaptkit.plugin.strategy import PeftStrategy, Strategy, StrategyOptions, WrapContext
 from adaptkit.plugin.task import Task, TaskOptions
 from adaptkit.plugin.baseline import Baseline, BaselineRows
-
-__version__ = "0.1.0"
+from adaptkit.plugin.registry import get_strategy, list_baselines, list_plugins, list_strategies
+from adaptkit._version import __version__
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers (nothing is imported at run time)
     from adaptkit.plugin.sources import load_config, resolve_model_source
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers (nothing i
     from adaptkit.judge.compare import CompareReport
     from adaptkit.plugin.conformance import ConformanceReport, ModelFamily
     from adaptkit.plugin.layers import find_block_list
-    from adaptkit.plugin.registry import PluginInfo
+    from adaptkit.plugin.task import LabelRules
 
 #: What the public functions accept as a recipe: a ``Recipe``, a YAML file's path, or its dict.
 RecipeLike = Union[Recipe, str, "PathLike[str]", dict[str, Any]]
@@ -110,39 +110,6 @@ if not TYPE_CHECKING:  # hidden from type checkers, which would otherwise take a
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
-
-
-def list_strategies() -> dict[str, type[Strategy]]:
-    """Every installed strategy, by name, as registered through entry points."""
-    from adaptkit.plugin.registry import get_registry
-
-    return dict(get_registry().strategies)
-
-
-def list_baselines() -> dict[str, type[Baseline]]:
-    """Every installed baseline (a model trained without pretraining), by name."""
-    from adaptkit.plugin.registry import get_registry
-
-    return dict(get_registry().baselines)
-
-
-def get_strategy(name: str) -> type[Strategy]:
-    """The strategy class registered as ``name``; the error suggests the closest name."""
-    import difflib
-
-    strategies = list_strategies()
-    if name not in strategies:
-        close = difflib.get_close_matches(name, list(strategies), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise AdaptkitError(f"unknown strategy {name!r}{hint} (installed: {', '.join(sorted(strategies))})")
-    return strategies[name]
-
-
-def list_plugins() -> list[PluginInfo]:
-    """Every plugin entry point found, with version, what it registered, and any error."""
-    from adaptkit.plugin.registry import get_registry
-
-    return list(get_registry().plugins)
 
 
 def run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True, resume: bool = False) -> RunResult:

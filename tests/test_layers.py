@@ -1,8 +1,10 @@
 """The package's folders are layers, and each imports only itself and the layers below it.
 
-errors < plugin (what a plugin author sees) < recipe < engine < judge < cli. A module that
-reaches upward (even lazily, inside a function) re-creates the import circles the folders were
-made to break, and makes a lower layer impossible to use or test without the ones above it.
+errors, _version < plugin (what a plugin author sees) < recipe < engine < judge < cli < adaptkit
+itself. A module that reaches upward (even lazily, inside a function) re-creates the import
+circles the folders were made to break, and makes a lower layer impossible to use or test without
+the ones above it. The bare package ``adaptkit`` (its ``__init__``, the public API) is the top:
+it imports every layer, so ``from adaptkit import X`` inside a layer is an upward import too.
 """
 from __future__ import annotations
 
@@ -10,10 +12,26 @@ import ast
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parent.parent / "adaptkit"
-ORDER = {"errors": 0, "plugin": 1, "recipe": 2, "engine": 3, "judge": 4, "cli": 5}
+TOP = "adaptkit"  # the bare package: adaptkit/__init__.py, which imports every layer
+ORDER = {"errors": 0, "_version": 0, "plugin": 1, "recipe": 2, "engine": 3, "judge": 4, "cli": 5, TOP: 6}
+
+# Imports of the bare package still to move to their layer, as (module path, imported module).
+# Handover (issue 23 item 3): judge/compare.py is being edited by another engineer; its
+# `from adaptkit import list_strategies / get_strategy / list_baselines / BaselineRows` become
+# `from adaptkit.plugin.registry import ...` and `from adaptkit.plugin.baseline import BaselineRows`,
+# after which this list must be empty.
+ALLOWED = {("judge/compare.py", TOP)}
 
 
-def upward_imports(root: Path = CORE) -> list[str]:
+def _layer_of(module: str) -> str | None:
+    """The layer an ``adaptkit...`` module belongs to (``adaptkit`` alone is the top), else None."""
+    parts = module.split(".")
+    if parts[0] != TOP:
+        return None
+    return parts[1] if len(parts) > 1 and parts[1] in ORDER else TOP if len(parts) == 1 else None
+
+
+def upward_imports(root: Path = CORE, allowed: frozenset = frozenset(ALLOWED)) -> list[str]:
     found = []
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root)
@@ -28,8 +46,8 @@ def upward_imports(root: Path = CORE) -> list[str]:
             else:
                 continue
             for module in modules:
-                parts = module.split(".")
-                if parts[0] == "adaptkit" and len(parts) > 1 and ORDER.get(parts[1], -1) > ORDER[layer]:
+                target = _layer_of(module)
+                if target is not None and ORDER[target] > ORDER[layer] and (relative.as_posix(), target) not in allowed:
                     found.append(f"{relative}:{node.lineno}: {layer} imports {module}")
     return found
 
@@ -44,3 +62,19 @@ def test_the_layer_check_finds_an_upward_import(tmp_path):
     (tmp_path / "plugin").mkdir()
     (tmp_path / "plugin" / "bad.py").write_text("def f():\n    from adaptkit.engine.models import build_model\n")
     assert upward_imports(tmp_path) == ["plugin/bad.py:2: plugin imports adaptkit.engine.models"]
+
+
+def test_importing_the_bare_package_is_an_upward_import(tmp_path):
+    """``from adaptkit import X`` in a layer reaches the top (adaptkit/__init__.py imports every layer)."""
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "engine" / "bad.py").write_text("from adaptkit import __version__\nimport adaptkit\n")
+    (tmp_path / "_version.py").write_text("from adaptkit.errors import AdaptkitError\n")
+    assert upward_imports(tmp_path) == ["engine/bad.py:1: engine imports adaptkit", "engine/bad.py:2: engine imports adaptkit"]
+
+
+def test_the_allow_list_names_only_imports_still_there():
+    """Each allowed upward import is still made (a fixed one must leave the list)."""
+    everything = upward_imports(allowed=frozenset())
+    stale = [(path, module) for path, module in ALLOWED
+             if not any(line.startswith(f"{path}:") and line.endswith(f"imports {module}") for line in everything)]
+    assert not stale, f"no longer imported, remove from ALLOWED: {stale}"

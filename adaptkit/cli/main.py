@@ -6,7 +6,9 @@ import json
 import sys
 from typing import Optional, Sequence
 
+from adaptkit._version import __version__
 from adaptkit.errors import AdaptkitError
+from adaptkit.plugin.registry import get_strategy, list_plugins, list_strategies
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -229,15 +231,12 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_plan(args) -> int:
-    from adaptkit import list_strategies
     from adaptkit.engine.planning import plan, render
     from adaptkit.recipe.loading import load_recipe
 
     recipe = load_recipe(args.recipe)
     names = sorted(list_strategies()) if args.all else (args.strategies.split(",") if args.strategies else None)
     if names:
-        from adaptkit import get_strategy
-
         for name in names:
             get_strategy(name)  # an unknown name is an error that suggests the closest one
     result = plan(recipe, names, strict=False)  # the table first, then the error
@@ -268,8 +267,6 @@ def _cmd_completion(args) -> int:
 
 
 def _cmd_plugins(args) -> int:
-    from adaptkit import list_plugins
-
     if args.check is not None:
         return _check_plugins(args)
     plugins = list_plugins()
@@ -293,7 +290,6 @@ def _cmd_plugins(args) -> int:
 
 def _check_plugins(args) -> int:
     """``adaptkit plugins --check``: pass/fail per strategy; broken plugins fail too; exit 1 on any failure."""
-    from adaptkit import list_plugins
     from adaptkit.plugin.registry import check_installed
 
     names = [n.strip() for n in args.check.split(",") if n.strip()] or None
@@ -385,8 +381,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (message on stderr), 130 Ctrl-C, 143 SIGTERM (both after a checkpoint when training)."""
     args = _parser().parse_args(argv)
     if args.version:
-        from adaptkit import __version__
-
         print(__version__)
         return 0
     if args.command is None:

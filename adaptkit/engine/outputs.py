@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Optional
 
+from adaptkit._version import __version__
 from adaptkit.errors import AdaptkitError
 
 MANIFEST = ".adaptkit-manifest.json"
@@ -58,8 +59,6 @@ def write_manifest(folder: Path, kind: str, names: Optional[Iterable[str]] = Non
     The manifest is what lets ``--overwrite`` tell an earlier adaptkit output from a folder
     of the user's (see ``foreign_entries``).
     """
-    from adaptkit import __version__
-
     folder = Path(folder)
     roots = [folder / name for name in names] if names is not None else [folder]
     files: set[str] = set()
@@ -146,8 +145,6 @@ def record_checkpoint_logs(root: Path) -> None:
     if not logs.is_dir() or logs.is_symlink():
         return
     listed = (_read_manifest(root) or set()) | set(_tree_files(root, logs))
-    from adaptkit import __version__
-
     write_json(root / MANIFEST, {"written_by": f"adaptkit {__version__}", "kind": "checkpoints",
                                  "files": sorted(listed)})
 

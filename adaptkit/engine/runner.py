@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import yaml
 
+from adaptkit._version import __version__
 from adaptkit.engine.session import RecipeLike, Session, as_recipe
 from adaptkit.errors import AdaptkitError
 
@@ -318,8 +319,6 @@ def _verify_and_export(session: Session, prepared: _Prepared, trained: _Trained,
 def _summary(session: Session, prepared: _Prepared, trained: _Trained, accelerator: Any, contract: list[str],
              export_path: Path, described: dict[str, Any], base_model_id: Any, wall_seconds: float) -> dict[str, Any]:
     """metrics.json: every figure of the run, the contract lines and the resolved recipe."""
-    from adaptkit import __version__
-
     recipe, strategy, result, budget = session.recipe, prepared.strategy, trained.result, trained.budget
     return {
         "adaptkit_version": __version__,

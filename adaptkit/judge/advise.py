@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from adaptkit.plugin.baseline import BaselineRows
+from adaptkit.plugin.registry import get_strategy, list_strategies
 from adaptkit.recipe.schema import Recipe
 
 FEW_EXAMPLES = 300  # below this, say plainly that results swing with the seed
@@ -398,7 +400,6 @@ def advise(recipe: Union[Recipe, str, Path, dict], strategies: Optional[list[str
 def _advise(recipe: Recipe, strategies: Optional[list[str]], probe_steps: int, max_feature_rows: int, folds: int,
             power_watts: Optional[float], grid_g_per_kwh: Optional[float], log: Callable[[str], None]
             ) -> AdviceReport:
-    from adaptkit import get_strategy, list_strategies
     from adaptkit.judge.energy import describe_power
     from adaptkit.engine.session import Session
     from adaptkit.judge.transferability import curve_finding, transfer_verdict, transferability
@@ -442,7 +443,6 @@ def baseline_scores(session: Any, max_rows: int, folds: int, log: Callable[[str]
     ``max_rows``), so the bag-of-words score and the pretrained features' probe sit side by side.
     Seconds of work: a baseline is what fine-tuning must beat to pay.
     """
-    from adaptkit import BaselineRows
     from adaptkit.judge.baselines import aligned, cross_validated, installed_for, targets_of
     from adaptkit.judge.verdicts import verdict_metric
 

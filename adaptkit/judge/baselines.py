@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from adaptkit.errors import AdaptkitError
+from adaptkit.plugin.baseline import BaselineRows
 
 
 @dataclass
@@ -106,8 +107,6 @@ def cross_validated(cls: type, task: Any, data: Any, metric: str, seed: int, fol
     import numpy
     import torch
     from sklearn.model_selection import KFold, StratifiedKFold
-
-    from adaptkit import BaselineRows
 
     targets = list(data.targets or [])
     single = bool(targets) and not isinstance(targets[0], (list, tuple))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import functools
 import json
 import os
@@ -36,12 +37,16 @@ import urllib.request
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import pluggy
 
 from adaptkit.plugin import hookspecs
 from adaptkit.errors import AdaptkitError, PluginError
+
+if TYPE_CHECKING:
+    from adaptkit.plugin.baseline import Baseline
+    from adaptkit.plugin.strategy import Strategy
 
 ENTRY_POINT_GROUP = "adaptkit"
 ALLOW_LIST_ENV = "ADAPTKIT_PLUGINS"
@@ -524,6 +529,34 @@ def reset_registry() -> None:
 
 
 get_registry.cache_clear = reset_registry  # the name older callers used
+
+
+# ---------------------------------------------------------------------------- what is installed, by name
+# ``adaptkit`` exports these four; the core imports them from here, its own layer.
+
+def list_strategies() -> dict[str, type[Strategy]]:
+    """Every installed strategy, by name, as registered through entry points."""
+    return dict(get_registry().strategies)
+
+
+def list_baselines() -> dict[str, type[Baseline]]:
+    """Every installed baseline (a model trained without pretraining), by name."""
+    return dict(get_registry().baselines)
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    """The strategy class registered as ``name``; the error suggests the closest name."""
+    strategies = list_strategies()
+    if name not in strategies:
+        close = difflib.get_close_matches(name, list(strategies), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise AdaptkitError(f"unknown strategy {name!r}{hint} (installed: {', '.join(sorted(strategies))})")
+    return strategies[name]
+
+
+def list_plugins() -> list[PluginInfo]:
+    """Every plugin entry point found, with version, what it registered, and any error."""
+    return list(get_registry().plugins)
 
 
 # ---------------------------------------------------------------------------- guarded hooks
