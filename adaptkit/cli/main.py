@@ -290,7 +290,7 @@ def _cmd_plugins(args) -> int:
 
 def _check_plugins(args) -> int:
     """``adaptkit plugins --check``: pass/fail per strategy; broken plugins fail too; exit 1 on any failure."""
-    from adaptkit.plugin.registry import check_installed
+    from adaptkit.plugin.conformance import check_installed  # the conformance kit imports torch
 
     names = [n.strip() for n in args.check.split(",") if n.strip()] or None
     broken = [p for p in list_plugins() if p.error] if names is None else []  # listed names: just those

@@ -41,6 +41,7 @@ import math
 import re
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
@@ -51,6 +52,8 @@ import torch
 from adaptkit.errors import AdaptkitError, ContractViolation, TaskContractViolation
 from adaptkit.plugin.contract import (FrozenWeights, architecture_signature, check_close, check_signature, check_wrapped,
                                       head_shapes, model_outputs, reload_export, violation)
+from adaptkit.plugin import registry as plugins  # plugins.get_registry() at call time (tests replace it)
+from adaptkit.plugin.sources import quiet_hf_logging
 from adaptkit.plugin.strategy import Strategy, WrapContext
 from adaptkit.plugin.task import Task
 
@@ -547,8 +550,6 @@ def check_strategy(strategy_cls: type[Strategy], options: Any = None, families: 
     -> reason) are reported, not raised. ``families`` defaults to every registered text family
     with a ``build`` (bert and gpt2, plus any family a plugin's tests registered).
     """
-    from adaptkit.plugin.sources import quiet_hf_logging
-
     quiet_hf_logging()
     report = ConformanceReport(strategy_cls.name or strategy_cls.__name__)
     failures = _run_checks(strategy_checks(strategy_cls, options, families, expected_failures), report,
@@ -566,6 +567,44 @@ def check_strategy(strategy_cls: type[Strategy], options: Any = None, families: 
         first.__cause__ = distinct[0]
     first.failures = distinct
     raise first
+
+
+# ---------------------------------------------------------------------------- installed strategies
+
+@dataclass
+class StrategyCheck:
+    """One strategy's result in ``adaptkit plugins --check``."""
+
+    strategy: str
+    plugin: str
+    distribution: str
+    passed: bool
+    detail: str
+
+
+def check_installed(names: Optional[list[str]] = None, families: Optional[list[str]] = None) -> list[StrategyCheck]:
+    """Run ``check_strategy`` on installed strategies (``adaptkit plugins --check``).
+
+    ``names`` limits it to some strategies (an unknown name is an error). A failure of one
+    strategy, contract or crash, is recorded and the others are still checked.
+    """
+    registry = plugins.get_registry()
+    chosen = sorted(registry.strategies) if not names else list(names)
+    unknown = [n for n in chosen if n not in registry.strategies]
+    if unknown:
+        raise AdaptkitError(f"--check: unknown strateg{'y' if len(unknown) == 1 else 'ies'} "
+                            f"{', '.join(map(repr, unknown))} (installed: {', '.join(sorted(registry.strategies))})")
+    results = []
+    for name in chosen:
+        owner = registry.plugin_for("strategy", name)
+        plugin, dist = (owner.name, f"{owner.distribution} {owner.version}") if owner else ("?", "?")
+        try:
+            report = check_strategy(registry.strategies[name], None, families)
+        except Exception as exc:  # a contract violation or a crash: this strategy fails, the rest go on
+            results.append(StrategyCheck(name, plugin, dist, False, f"{type(exc).__name__}: {exc}"))
+        else:
+            results.append(StrategyCheck(name, plugin, dist, True, f"{len(report.passed)} checks passed"))
+    return results
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -639,9 +678,7 @@ class _TaskTrial:
         self.predicted = _Stage(self._predicted)
 
     def _prepared(self) -> SimpleNamespace:
-        import datasets
-        import weakref
-
+        import datasets  # datasets is imported by check_task only, not by check_strategy
         from transformers import AutoConfig
 
         family = get_family(self.family)
@@ -808,8 +845,6 @@ def check_task(task_cls: type[Task], options: Any = None, rows: Optional[Sequenc
 
     ``expected_failures`` (check name or rule -> reason) are reported, not raised.
     """
-    from adaptkit.plugin.sources import quiet_hf_logging
-
     quiet_hf_logging()
     report = ConformanceReport(task_cls.name or task_cls.__name__, kind="task")
     failures = _run_checks(task_checks(task_cls, options, rows, families, expected_failures), report, (Exception,))

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Union
 import torch
 
 from adaptkit.errors import ContractViolation
+from adaptkit.plugin import registry as plugins  # plugins.get_registry() at call time (tests replace it)
 
 # A strategy as the checks accept it: its registered name, its class, or an instance.
 StrategyRef = Union[str, type, Any]
@@ -54,7 +55,6 @@ def strategy_origin(strategy: StrategyRef) -> str:
     name = _strategy_name(strategy)
     cls = None if isinstance(strategy, str) else (strategy if isinstance(strategy, type) else type(strategy))
     try:
-        from adaptkit.plugin import registry as plugins
         registry = plugins.get_registry()
         owner = registry.plugin_for("strategy", name)
         registered = registry.strategies.get(name)
