@@ -140,7 +140,7 @@ def test_write_failures_are_told_by_their_type_and_errno_not_by_words():
     """torch and safetensors wrap a failed write in their own errors; words in a message are no guide."""
     from safetensors import SafetensorError
 
-    from adaptkit.engine.checkpoint import write_failure
+    from adaptkit.engine.write_errors import failed_write_errno
 
     def chained(outer: BaseException, inner: BaseException) -> BaseException:
         try:
@@ -151,21 +151,21 @@ def test_write_failures_are_told_by_their_type_and_errno_not_by_words():
         except BaseException as exc:
             return exc
 
-    assert write_failure(OSError(errno.ENOSPC, "No space left on device")) == errno.ENOSPC
-    assert write_failure(OSError(errno.EIO, "Input/output error")) == errno.EIO
-    assert write_failure(SafetensorError("Error while serializing: I/O error: No space left on device "
+    assert failed_write_errno(OSError(errno.ENOSPC, "No space left on device")) == errno.ENOSPC
+    assert failed_write_errno(OSError(errno.EIO, "Input/output error")) == errno.EIO
+    assert failed_write_errno(SafetensorError("Error while serializing: I/O error: No space left on device "
                                          "(os error 28)")) == errno.ENOSPC
     # torch.save to a Python file: the file's OSError is the context of torch's RuntimeError
-    assert write_failure(chained(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+    assert failed_write_errno(chained(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
                                  OSError(errno.ENOSPC, "No space left on device"))) == errno.ENOSPC
     # torch.save to a path: C++ streams, no errno anywhere
-    assert write_failure(chained(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+    assert failed_write_errno(chained(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
                                  RuntimeError("basic_ios::clear: iostream error"))) == 0
-    assert write_failure(RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")) == 0
+    assert failed_write_errno(RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")) == 0
     # not write failures, whatever they say: bugs are re-raised as they are
-    assert write_failure(ValueError("could not write the value")) is None
-    assert write_failure(RuntimeError("CUDA error: device-side assert triggered")) is None
-    assert write_failure(chained(KeyError("write"), OSError(errno.ENOSPC, "x"))) is None
+    assert failed_write_errno(ValueError("could not write the value")) is None
+    assert failed_write_errno(RuntimeError("CUDA error: device-side assert triggered")) is None
+    assert failed_write_errno(chained(KeyError("write"), OSError(errno.ENOSPC, "x"))) is None
 
 
 def test_torchs_own_write_error_is_a_checkpoint_write_error_and_other_errors_leave_no_partial_folder(

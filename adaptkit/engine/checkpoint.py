@@ -24,6 +24,7 @@ every epoch, so a checkpoint only needs the epoch and the batches consumed in it
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import json
 import os
@@ -31,13 +32,15 @@ import random
 import re
 import shutil
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from adaptkit.errors import AdaptkitError, CheckpointDamaged  # noqa: F401 (defined in errors, importable here too)
+from adaptkit.errors import AdaptkitError, CheckpointDamaged, CheckpointWriteError  # noqa: F401 (defined in errors, importable here too)
 from adaptkit.engine.outputs import (CHECKPOINT_LEFTOVER, check_checkpoint_dir, record_checkpoint_logs,
-                                     remove_checkpoint_dir, replace_folder)
+                                     remove_checkpoint_dir, replace_folder, safe_join)
+from adaptkit.engine.write_errors import DISK_FULL, failed_write_errno, free_bytes, safetensors_errno
 
 if TYPE_CHECKING:
     import torch
@@ -248,74 +251,15 @@ def save_tensors(state: dict[str, "torch.Tensor"], path: Path) -> None:
     try:
         save_file(state, str(path))
     except SafetensorError as exc:  # a full disk reaches us as "I/O error: ... (os error 28)"
-        code = _safetensors_errno(exc)
+        code = safetensors_errno(exc)
         error = OSError(code, f"cannot write {path.name}: {exc}") if code else OSError(f"cannot write {path.name}: {exc}")
         raise error from exc
-
-
-def _safetensors_errno(exc: BaseException) -> Optional[int]:
-    """The errno inside a SafetensorError: Rust's io::Error prints it as ``(os error N)``."""
-    match = re.search(r"\(os error (\d+)\)", str(exc))
-    return int(match.group(1)) if match else None
-
-
-def _raised_by_torch_writer(exc: BaseException) -> bool:
-    """torch.save to a path writes through C++ streams: a failed write surfaces as a RuntimeError
-    ("[enforce fail at inline_container.cc] unexpected pos", "PytorchStreamWriter failed writing
-    file ...: file write failed") with no errno, raised from torch/serialization.py."""
-    import traceback
-
-    if not isinstance(exc, RuntimeError):
-        return False
-    frames = traceback.extract_tb(exc.__traceback__)
-    innermost = frames[-1].filename.replace(os.sep, "/") if frames else ""
-    return innermost.endswith("torch/serialization.py") or any(
-        marker in str(exc) for marker in ("PytorchStreamWriter", "inline_container.cc"))
-
-
-def write_failure(exc: BaseException) -> Optional[int]:
-    """Whether ``exc`` is a failed write, told by what it is rather than by words in its message.
-
-    Returns the errno when one is known (``errno.ENOSPC``: a full disk), 0 for a failed write
-    whose errno was lost on the way (torch's C++ writer), None for anything else, which is a bug
-    to re-raise, not a disk problem. Recognised: an OSError; safetensors' SafetensorError (its
-    errno is in the text, as Rust prints it); the bare Exception the tokenizers library raises
-    for a Rust io::Error (likewise); a RuntimeError from torch's writer; and a
-    RuntimeError whose ``__cause__``/``__context__`` chain holds one of those (torch.save to a
-    Python file re-raises the file's OSError that way).
-    """
-    seen: set[int] = set()
-    current: Optional[BaseException] = exc
-    found: Optional[int] = None
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError):
-            return current.errno or 0
-        if type(current).__name__ == "SafetensorError":
-            return _safetensors_errno(current) or 0
-        if type(current) is Exception and _safetensors_errno(current) is not None:
-            # the tokenizers library (Rust, through pyo3) raises a bare Exception for an io::Error,
-            # "No space left on device (os error 28)", when tokenizer.json cannot be written
-            return _safetensors_errno(current)
-        if not isinstance(current, RuntimeError):
-            break  # only torch's wrappers are looked through: any other error is what it says
-        if _raised_by_torch_writer(current):
-            found = 0
-        current = current.__cause__ or current.__context__
-    return found
 
 
 def _tree_size(folder: Optional[Path]) -> int:
     if folder is None or not folder.is_dir():
         return 0
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def _free_bytes(folder: Path) -> Optional[int]:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return None
 
 
 def _mib(size: int) -> str:
@@ -410,8 +354,6 @@ def verify_checkpoint(checkpoint: Path, deep: bool = True) -> list[str]:
 
     Each problem names the file: ``optimizer.bin is truncated (2048 of 9556 bytes)``.
     """
-    from adaptkit.engine.outputs import safe_join
-
     try:
         manifest = read_manifest(checkpoint)
     except CheckpointDamaged as exc:
@@ -633,18 +575,16 @@ class Checkpointer:
         message says how much a checkpoint needs and how much is free once the partial write
         is gone, so the user knows what to clear.
         """
-        from adaptkit.errors import CheckpointWriteError
-
-        code = write_failure(exc)
+        code = failed_write_errno(exc)
         written = _tree_size(tmp)
-        free_at_failure = _free_bytes(self.root)
+        free_at_failure = free_bytes(self.root)
         _release_files(exc)
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             size = needed()
         except Exception:  # an estimate must never hide the real error
             size = written
-        full = code in (errno.ENOSPC, errno.EDQUOT) or (
+        full = code in DISK_FULL or (
             free_at_failure is not None and free_at_failure < max(size - written, 1))
         if code is None and not full:
             return None
@@ -655,8 +595,8 @@ class Checkpointer:
             return CheckpointWriteError(f"cannot write checkpoint {name} in {self.root}: "
                                         f"{getattr(exc, 'strerror', None) or exc}; {kept}; fix the cause and "
                                         f"{'continue with --resume' if previous is not None else 'run again'}")
-        free = _free_bytes(self.root) or 0
-        reason = os.strerror(code) if code in (errno.ENOSPC, errno.EDQUOT) else os.strerror(errno.ENOSPC)
+        free = free_bytes(self.root) or 0
+        reason = os.strerror(code) if code in DISK_FULL else os.strerror(errno.ENOSPC)
         others = [c for c in complete_checkpoints(self.root)]
         fewer = (f", or lower training.keep_checkpoints (the {len(others)} kept now take "
                  f"{_mib(sum(_tree_size(c) for c in others))})" if len(others) > 1 else "")
@@ -667,8 +607,6 @@ class Checkpointer:
             f"{fewer} and {'continue with --resume' if previous is not None else 'run again'}")
 
     def load_best(self, name: str) -> dict[str, "torch.Tensor"]:
-        from adaptkit.engine.outputs import safe_join
-
         path = safe_join(self.root, name)  # the name is read from trainer_state.json
         if not (path / COMPLETE).is_file():
             raise AdaptkitError(f"the best epoch's weights {path} are missing or incomplete")
@@ -771,9 +709,6 @@ def _release_files(exc: BaseException) -> None:
     """Let go of the files a failed writer still holds open (torch's zip writer lives on in the
     traceback's frames): a removed file's space comes back only when its last handle closes, so
     without this the partial write would keep the disk full and the free space reported short."""
-    import gc
-    import traceback
-
     seen: set[int] = set()
     current: Optional[BaseException] = exc
     while current is not None and id(current) not in seen:

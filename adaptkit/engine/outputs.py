@@ -23,6 +23,7 @@ from typing import IO, Any, Iterable, Iterator, Optional
 
 from adaptkit._version import __version__
 from adaptkit.errors import AdaptkitError
+from adaptkit.engine.write_errors import describe_write_error, disk_write_errno, free_space
 
 MANIFEST = ".adaptkit-manifest.json"
 # What adaptkit writes beside a folder for a moment (staged_output's staging folder, replace_folder's
@@ -436,46 +437,14 @@ def staged_output(directory: Path, overwrite: bool, kind: str = "run") -> Iterat
         check_output_dir(directory, overwrite, kind=kind)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        failed = _write_failure(exc)
+        failed = disk_write_errno(exc)
         if failed is None:
             raise
-        raise AdaptkitError(f"writing the output folder {directory} failed ({_describe_write_error(exc, failed)}); "
-                            f"{_free_space(directory.parent)} free there. Nothing was replaced. Free some space, "
+        raise AdaptkitError(f"writing the output folder {directory} failed ({describe_write_error(exc, failed)}); "
+                            f"{free_space(directory.parent)} free there. Nothing was replaced. Free some space, "
                             + ("then finish the run with the same command and --resume (its checkpoints are kept)"
                                if kind == "run" else "then run the same command again")) from exc
     replace_folder(staging, directory)
-
-
-def _write_failure(exc: BaseException) -> Optional[int]:
-    """The errno of a failed write of the disk's making (``adaptkit.engine.checkpoint.write_failure``: full,
-    over quota, read-only, I/O error; 0 when a writer lost the errno), or None: any other error,
-    a missing file say, or an AdaptkitError or Ctrl-C, is what it says and is re-raised as it is."""
-    import errno
-
-    if not isinstance(exc, Exception) or isinstance(exc, AdaptkitError):
-        return None
-    from adaptkit.engine.checkpoint import write_failure
-
-    code = write_failure(exc)
-    disk = {errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
-    if code is None or (code not in disk and (code or isinstance(exc, OSError))):
-        return None
-    return code
-
-
-def _describe_write_error(exc: BaseException, code: int) -> str:
-    import errno
-
-    if code == errno.ENOSPC:
-        return "no space left on the device"
-    return os.strerror(code) if code else f"{type(exc).__name__}: {str(exc)[:200]}"
-
-
-def _free_space(folder: Path) -> str:
-    try:
-        return f"{shutil.disk_usage(folder).free / 2**20:,.0f} MiB"
-    except OSError:
-        return "unknown space"
 
 
 def replace_folder(source: Path, target: Path) -> None:
@@ -518,11 +487,11 @@ def atomic_file(path: Path, newline: Optional[str] = None, replace: bool = True)
     except BaseException as exc:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
-        failed = _write_failure(exc)
+        failed = disk_write_errno(exc)
         if failed is None:
             raise
-        raise AdaptkitError(f"writing {path} failed ({_describe_write_error(exc, failed)}); "
-                            f"{_free_space(path.parent if path.parent.exists() else Path('.'))} free there. "
+        raise AdaptkitError(f"writing {path} failed ({describe_write_error(exc, failed)}); "
+                            f"{free_space(path.parent if path.parent.exists() else Path('.'))} free there. "
                             f"{path} was not changed; free some space and run the same command again") from exc
     if replace:
         os.replace(tmp, path)
