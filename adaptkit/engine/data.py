@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 from adaptkit.errors import DataError
-from adaptkit.recipe.datafiles import _cached_in_datasets, _fetch_hint, _hub_snapshot, _LabelRules, data_format, datasets_cache_dir
+from adaptkit.recipe.datafiles import (LabelChecker, cached_in_datasets, data_format, datasets_cache_dir, fetch_hint,
+                                       hub_snapshot)
 from adaptkit.plugin.task import LabelRules
 from adaptkit.recipe.schema import DataSource, Recipe, local_dataset_dir, looks_like_path
 
@@ -145,13 +146,13 @@ def load_named(source: DataSource, base: Path, key: str, split: str) -> "dataset
     if unreachable is None:
         return _load_dataset(source.name, source, split, key, "Hub dataset")
     with _hub_offline():
-        if _cached_in_datasets(source.name):
+        if cached_in_datasets(source.name):
             return _load_dataset(source.name, source, split, key, "cached Hub dataset")
-        snapshot = _hub_snapshot(source.name, source.revision)
+        snapshot = hub_snapshot(source.name, source.revision)
         if snapshot is not None:
             return _load_dataset(str(snapshot), source, split, key, "downloaded Hub dataset")
     raise DataError(f"{key}: dataset {source.name!r} is not in the local cache ({datasets_cache_dir()} nor the Hub "
-                    f"cache) and the Hub cannot be reached ({unreachable}); {_fetch_hint(source)}")
+                    f"cache) and the Hub cannot be reached ({unreachable}); {fetch_hint(source)}")
 
 
 def load_source(source: DataSource, base: Path, key: str) -> tuple["datasets.Dataset", Union[Path, str], str]:  # noqa: F821
@@ -188,7 +189,7 @@ def check_table(table, path: Path, label_rules: Optional[LabelRules], is_train: 
     ``known``: the labels seen in training, which an eval table's labels must be among when the
     recipe gives no ``task.labels``. Returns the labels seen.
     """
-    rules = _LabelRules(label_rules)
+    rules = LabelChecker(label_rules)
     if rules.column is None or rules.column not in table.column_names:
         return set()
     if rules.labels is None and known:

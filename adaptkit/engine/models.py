@@ -71,7 +71,7 @@ def check_device_map(recipe, num_processes: int = 1) -> None:
 
 
 @contextmanager
-def _default_dtype(dtype):
+def default_dtype(dtype):
     """Build a config model directly in ``dtype`` (from_config's own dtype argument does this)."""
     import torch
 
@@ -120,7 +120,7 @@ def build_model(recipe, task, tokenizer, source: ModelSource | None, seed: int, 
         if section.device_map is not None:
             kwargs["device_map"] = section.device_map
         if strategy is not None and type(strategy).load_kwargs is not Strategy.load_kwargs:
-            with _default_dtype(dtype):
+            with default_dtype(dtype):
                 meta = _meta_model(task, config, section.trust_remote_code)
             extra = strategy.load_kwargs(list(task.head_modules(meta)), dtype, meta)
             if extra:
@@ -129,7 +129,7 @@ def build_model(recipe, task, tokenizer, source: ModelSource | None, seed: int, 
                     kwargs["device_map"] = {"": _training_device(recipe)}
                 kwargs.update(extra)
     try:
-        with _default_dtype(dtype if from_config else None):
+        with default_dtype(dtype if from_config else None):
             model = task.build_model(source.location if source else "", config, from_config, **kwargs)
     except OSError as exc:
         raise ModelSourceError(f"cannot load model {section.name!r}: {str(exc).splitlines()[0]}") from None

@@ -247,14 +247,15 @@ def foreign_entries(folder: Path, limit: int = _NAMED_MAX) -> list[str]:
     return found[:limit]
 
 
-def _refusal(directory: Path, foreign: list[str], what: str) -> AdaptkitError:
+def foreign_entries_error(directory: Path, foreign: list[str], what: str) -> AdaptkitError:
+    """The refusal to replace ``directory`` (``what`` names it: output.dir, --output, ...) holding ``foreign`` entries."""
     named = ", ".join(foreign) + (" and perhaps more" if len(foreign) >= _NAMED_MAX else "")
     return AdaptkitError(f"{what} {directory} holds files adaptkit did not write ({named}); adaptkit never "
                          f"replaces or deletes a folder with files of yours in it, --overwrite included. Move "
                          f"them elsewhere, or choose another {what} (an empty or new folder)")
 
 
-def _manifest_kind(folder: Path) -> Optional[str]:
+def manifest_kind(folder: Path) -> Optional[str]:
     """The ``kind`` an adaptkit folder's manifest records (run, compare...), or None."""
     try:
         data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -263,6 +264,10 @@ def _manifest_kind(folder: Path) -> Optional[str]:
     kind = data.get("kind") if isinstance(data, dict) else None
     return kind if isinstance(kind, str) else None
 
+
+
+# The old private names, until judge/compare_state.py imports the public ones (issue 23 handover).
+_refusal, _manifest_kind = foreign_entries_error, manifest_kind
 
 def _only_a_manifest(folder: Path) -> bool:
     """Whether ``folder`` holds nothing but a manifest listing no file that exists: what a compare
@@ -327,8 +332,8 @@ def check_output_dir(directory: Path, overwrite: bool, what: str = "output.dir",
     if directory.exists() and any(directory.iterdir()) and not _only_a_manifest(directory):
         foreign = foreign_entries(directory)
         if foreign:
-            raise _refusal(directory, foreign, what)
-        found = _manifest_kind(directory)
+            raise foreign_entries_error(directory, foreign, what)
+        found = manifest_kind(directory)
         if kind is not None and found is not None and found != kind:
             raise AdaptkitError(f"{what} {directory} holds an adaptkit {found} output, not a {kind} one; "
                                 f"--overwrite replaces only an output of the same kind. Choose another {what}")
@@ -347,7 +352,7 @@ def check_checkpoint_dir(root: Path) -> None:
     if root.is_dir():
         foreign = _checkpoint_foreign(root)
         if foreign:
-            raise _refusal(root, foreign[:_NAMED_MAX], "checkpoint folder")
+            raise foreign_entries_error(root, foreign[:_NAMED_MAX], "checkpoint folder")
 
 
 def _run_file(path: Path) -> Optional[Path]:

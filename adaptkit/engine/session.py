@@ -139,9 +139,9 @@ class Session:
         sizes and what a strategy adds, without reading or allocating a weight."""
         from accelerate import init_empty_weights
 
-        from adaptkit.engine.models import _default_dtype, load_dtype
+        from adaptkit.engine.models import default_dtype, load_dtype
 
-        with init_empty_weights(), _default_dtype(load_dtype(self.recipe, self.config)):
+        with init_empty_weights(), default_dtype(load_dtype(self.recipe, self.config)):
             yield
 
     def build_meta(self) -> "torch.nn.Module":

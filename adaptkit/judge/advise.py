@@ -258,7 +258,7 @@ def _epoch_padded_tokens(lengths: list[int], batch_size: int, group_by_length: b
         random.Random(seed).shuffle(order)
     return sum(max(order[i:i + batch_size]) * len(order[i:i + batch_size]) for i in range(0, len(order), batch_size))
 
-def _time_one_step(session: Any, base: Any, name: str) -> tuple[float, float, int, Optional[int], float]:
+def time_one_step(session: Any, base: Any, name: str) -> tuple[float, float, int, Optional[int], float]:
     """One real optimizer step on a copy of ``base``: wall and CPU seconds, padded tokens, CUDA peak, FLOPs/token.
 
     One step, not many: its FLOPs are traced exactly (the same for every step of a strategy),
@@ -305,6 +305,9 @@ def _time_one_step(session: Any, base: Any, name: str) -> tuple[float, float, in
     tokens = int(batch["input_ids"].numel()) if "input_ids" in batch else size
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     return wall, cpu, tokens, peak, flops
+
+
+_time_one_step = time_one_step  # the old private name, until judge/compare_state.py imports this one (handover)
 
 
 def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watts: Optional[float],
@@ -354,7 +357,7 @@ def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watt
         if base is None:
             continue
         try:
-            wall, cpu, tokens, peak, traced = _time_one_step(session, base, name)
+            wall, cpu, tokens, peak, traced = time_one_step(session, base, name)
             scale = epoch_tokens / max(tokens, 1)
             entry.flops_per_epoch = traced * epoch_tokens  # traced beats the parameter-order estimate
             entry.seconds_per_step = round(wall, 4)

@@ -35,7 +35,7 @@ def datasets_cache_dir() -> Path:
     return Path(home).expanduser() / "datasets"
 
 
-def _cached_in_datasets(name: str) -> Optional[Path]:
+def cached_in_datasets(name: str) -> Optional[Path]:
     """Where datasets keeps ``name`` once loaded (``owner___name/config/version/hash``), if it is there."""
     parts = name.split("/")  # datasets.naming.camelcase_to_snakecase, without importing datasets
     parts[-1] = re.sub(r"([a-z\d])([A-Z])", r"\1_\2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", parts[-1])).lower()
@@ -43,7 +43,7 @@ def _cached_in_datasets(name: str) -> Optional[Path]:
     return root if root.is_dir() and any(p.is_dir() for p in root.glob("*/*/*")) else None
 
 
-def _hub_snapshot(name: str, revision: Optional[str]) -> Optional[Path]:
+def hub_snapshot(name: str, revision: Optional[str]) -> Optional[Path]:
     """The folder ``huggingface-cli download --repo-type dataset NAME`` left in the Hub cache, if any."""
     from huggingface_hub import snapshot_download
 
@@ -53,7 +53,7 @@ def _hub_snapshot(name: str, revision: Optional[str]) -> Optional[Path]:
         return None
 
 
-def _fetch_hint(source: DataSource) -> str:
+def fetch_hint(source: DataSource) -> str:
     args = ", ".join(repr(a) for a in (source.name, source.config) if a is not None)
     return (f"on a machine that reaches the Hub, with the same HF_HOME, run `huggingface-cli download --repo-type "
             f"dataset {source.name}`{f' --revision {source.revision}' if source.revision else ''} or `python -c "
@@ -66,13 +66,13 @@ def offline_cache_problem(source: DataSource, key: str) -> Optional[str]:
 
     Pure file checks, no import of datasets: ``adaptkit validate`` says it at once, not the run.
     """
-    if not _offline_env() or _cached_in_datasets(source.name) or _hub_snapshot(source.name, source.revision):
+    if not _offline_env() or cached_in_datasets(source.name) or hub_snapshot(source.name, source.revision):
         return None
     return (f"{key}: dataset {source.name!r} is not in the local cache ({datasets_cache_dir()} nor the Hub cache) "
-            f"and HF_HUB_OFFLINE is set; {_fetch_hint(source)}")
+            f"and HF_HUB_OFFLINE is set; {fetch_hint(source)}")
 
 
-class _LabelRules:
+class LabelChecker:
     """Checks rows against a task's ``LabelRules`` (``Task.label_rules``; None: nothing to check)."""
 
     def __init__(self, rules: "Optional[LabelRules]"):
@@ -204,7 +204,7 @@ def scan_rows(path: Path, kind: str, required: list[str], renames: dict[str, str
         rows = _jsonl_rows(path)
     else:
         return
-    rules = _LabelRules(label_rules)
+    rules = LabelChecker(label_rules)
     count = 0
     for line, row in rows:
         count += 1
@@ -227,7 +227,7 @@ def scan_rows(path: Path, kind: str, required: list[str], renames: dict[str, str
 DATA_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
 
 
-def _read_header(path: Path, kind: str) -> Optional[list[str]]:
+def read_header(path: Path, kind: str) -> Optional[list[str]]:
     """Column names of a data file, read cheaply (no pandas, no datasets)."""
     if kind in ("csv", "tsv"):  # utf-8-sig: Excel starts a UTF-8 CSV with a byte-order mark
         allow_large_csv_fields()

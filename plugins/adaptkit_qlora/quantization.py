@@ -23,13 +23,13 @@ def _named(name: str, patterns: Iterable[str]) -> bool:
     return any(p in prefixes or any(q.endswith("." + p) for q in prefixes) for p in patterns)
 
 
-def _as_list(value: Any) -> list[str]:
+def as_list(value: Any) -> list[str]:
     if not value:
         return []
     return [value] if isinstance(value, str) else list(value)
 
 
-def _dtype(name: str):
+def torch_dtype(name: str):
     import torch
 
     return getattr(torch, name)
@@ -76,7 +76,7 @@ def quantize_model(model, options: QLoraOptions, keep: Iterable[str], float_stor
     from transformers.pytorch_utils import Conv1D
 
     keep = list(keep)
-    compute = _dtype(options.compute_dtype)
+    compute = torch_dtype(options.compute_dtype)
     # the dtype the full-precision parts were loaded in (model.dtype): 4-bit weights are uint8
     # (or, with float storage, this dtype; a bias, a LoRA factor or the head is never 4-bit)
     loaded = next((p.dtype for p in model.parameters() if p.is_floating_point() and

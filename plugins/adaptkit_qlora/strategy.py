@@ -9,7 +9,7 @@ from typing import Any
 
 from adaptkit import LowRankStrategy, PreflightError
 from adaptkit_qlora.config import QLoraOptions
-from adaptkit_qlora.quantization import (_as_list, _dtype, bitsandbytes_available, context_has_conv1d,
+from adaptkit_qlora.quantization import (as_list, bitsandbytes_available, context_has_conv1d, torch_dtype,
                                          dequantize_model, forget_quantization, fsdp_version, quantize_model,
                                          tied_output)
 
@@ -62,7 +62,7 @@ class QLora(LowRankStrategy):
         return {"quantization_config": BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=self.options.quant_type,
             bnb_4bit_use_double_quant=self.options.double_quant,
-            bnb_4bit_compute_dtype=_dtype(self.options.compute_dtype),
+            bnb_4bit_compute_dtype=torch_dtype(self.options.compute_dtype),
             bnb_4bit_quant_storage=self.quant_storage(dtype), llm_int8_skip_modules=keep or None)}
 
     def quant_storage(self, dtype) -> Any:
@@ -138,7 +138,7 @@ class QLora(LowRankStrategy):
 
         config = PeftConfig.from_pretrained(directory)
         # lora's config excludes the task head from adaptation and lists it in modules_to_save.
-        heads = {*(config.modules_to_save or []), *_as_list(config.exclude_modules)}
+        heads = {*(config.modules_to_save or []), *as_list(config.exclude_modules)}
         keep = sorted(heads) + list(self.options.skip_modules) + tied_output(base_model)
         quantize_model(base_model, self.options, keep)
         return PeftModel.from_pretrained(base_model, directory)
