@@ -11,9 +11,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from adaptkit.errors import RecipeError
-from adaptkit.recipe.datafiles import DATA_FORMATS, _read_header, data_format, offline_cache_problem, scan_rows
-from adaptkit.recipe.schema import (DataSection, DataSource, Recipe, _where, local_dataset_dir,
-                                    looks_like_path, number_problem, plugin_count_problem)
+from adaptkit.recipe.datafiles import DATA_FORMATS, read_header, data_format, offline_cache_problem, scan_rows
+from adaptkit.recipe.schema import (DataSection, DataSource, Recipe, local_dataset_dir, looks_like_path, number_problem,
+                                    plugin_count_problem, where_in_file)
 
 # A recipe is a few sections a few levels deep. These bounds keep a hostile or broken file from
 # exhausting the stack (PyYAML composes recursively: 500 nested brackets raise RecursionError) or
@@ -105,7 +105,7 @@ def _format_errors(exc: ValidationError, model: type[BaseModel], source: Optiona
             if "input" in error and not isinstance(error["input"], (dict, list)):
                 shown = repr(error["input"])
                 text += f" (got {shown if len(shown) <= 80 else shown[:60] + f'... ({len(shown)} characters)'})"
-        messages.append(f"{_where(source, line)}: {dotted}: {text}")
+        messages.append(f"{where_in_file(source, line)}: {dotted}: {text}")
     return "\n".join(messages)
 
 
@@ -116,7 +116,7 @@ def _check_shape(text: str, source: Optional[Path]) -> None:
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             depth += 1
             if depth > MAX_DEPTH:
-                raise RecipeError(f"{_where(source, event.start_mark.line + 1)}: values nested more than "
+                raise RecipeError(f"{where_in_file(source, event.start_mark.line + 1)}: values nested more than "
                                   f"{MAX_DEPTH} levels deep; a recipe needs a handful")
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
@@ -190,13 +190,13 @@ def parse_yaml(text: str, source: Optional[Path]) -> tuple[Any, _LineFinder]:
         if root is not None:
             size, depth, cyclic = _expanded_shape(root)
             if cyclic:
-                raise RecipeError(f"{_where(source, 1)}: an alias (*name) refers to the value that holds it; "
+                raise RecipeError(f"{where_in_file(source, 1)}: an alias (*name) refers to the value that holds it; "
                                   f"a recipe's values cannot contain themselves")
             if size > MAX_VALUES:
-                raise RecipeError(f"{_where(source, 1)}: the recipe's aliases (*name) expand to {size:,} values, "
+                raise RecipeError(f"{where_in_file(source, 1)}: the recipe's aliases (*name) expand to {size:,} values, "
                                   f"more than the {MAX_VALUES:,} allowed (an alias bomb?); write the values out")
             if depth > MAX_DEPTH:
-                raise RecipeError(f"{_where(source, 1)}: the recipe's aliases (*name) nest values {depth} levels "
+                raise RecipeError(f"{where_in_file(source, 1)}: the recipe's aliases (*name) nest values {depth} levels "
                                   f"deep, more than the {MAX_DEPTH} allowed")
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -208,12 +208,12 @@ def parse_yaml(text: str, source: Optional[Path]) -> tuple[Any, _LineFinder]:
         if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
             problem += ("; recipes are read with YAML safe loading, which refuses tags that build Python "
                         "objects or run code: write plain values instead")
-        raise RecipeError(f"{_where(source, line)}: invalid YAML: {problem}") from None
+        raise RecipeError(f"{where_in_file(source, line)}: invalid YAML: {problem}") from None
     if root is not None:
         duplicate = _find_duplicate_keys(root)
         if duplicate:
             keys, line = duplicate
-            raise RecipeError(f"{_where(source, line)}: {'.'.join(keys)}: key appears twice in one section")
+            raise RecipeError(f"{where_in_file(source, line)}: {'.'.join(keys)}: key appears twice in one section")
     return data, _LineFinder(root)
 
 
@@ -230,33 +230,40 @@ def load_recipe(path: Union[str, Path], check_files: bool = True) -> Recipe:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise RecipeError(f"{_where(source, line)}: recipe is not UTF-8 text") from None
+        raise RecipeError(f"{where_in_file(source, line)}: recipe is not UTF-8 text") from None
     if "\x00" in text:
-        raise RecipeError(f"{_where(source, text[: text.index(chr(0))].count(chr(10)) + 1)}: "
+        raise RecipeError(f"{where_in_file(source, text[: text.index(chr(0))].count(chr(10)) + 1)}: "
                           f"recipe contains NUL bytes (a binary file?)")
     data, lines = parse_yaml(text, source)
     return _validate(data, source.resolve(), lines, check_files, display=source)
 
 
+
+def recipe_from_dict(data: Any, source: Optional[Path] = None, check_files: bool = True) -> Recipe:
+    """Validate a recipe given as a dict (``Recipe.from_dict``): the same checks as a file, without lines."""
+    return _validate(data, source, _LineFinder(None), check_files)
+
+
+Recipe.dict_validator = staticmethod(recipe_from_dict)  # Recipe.from_dict validates here (the schema cannot import loading)
+
 def _validate(data: Any, source: Optional[Path], lines: _LineFinder, check_files: bool,
               display: Optional[Path] = None) -> Recipe:
     shown = display or source
     if data is None:
-        raise RecipeError(f"{_where(shown, 1)}: recipe is empty")
+        raise RecipeError(f"{where_in_file(shown, 1)}: recipe is empty")
     if not isinstance(data, dict):
-        raise RecipeError(f"{_where(shown, 1)}: a recipe is a mapping of sections "
+        raise RecipeError(f"{where_in_file(shown, 1)}: a recipe is a mapping of sections "
                           f"(model, task, data, strategy, training, output), not a {type(data).__name__}")
     unknown = [k for k in data if k not in Recipe.model_fields]
     if unknown:
         key = str(unknown[0])
-        raise RecipeError(f"{_where(shown, lines.line((key,)))}: {_shown_key(key)}: unknown section"
+        raise RecipeError(f"{where_in_file(shown, lines.line((key,)))}: {_shown_key(key)}: unknown section"
                           f"{_suggest(key, list(Recipe.model_fields))}")
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(_format_errors(exc, Recipe, shown, lines)) from None
-    recipe._source = source
-    recipe._lines = lines
+    recipe.read_from(source, lines)
     _check_requirements(recipe, shown, lines)
     from adaptkit.plugin.registry import for_recipe
 
@@ -274,7 +281,7 @@ def _check_requirements(recipe: Recipe, shown: Optional[Path], lines: _LineFinde
     from packaging.requirements import InvalidRequirement, Requirement
 
     for index, text in enumerate(recipe.requires):
-        where = _where(shown, lines.line(("requires", index)))
+        where = where_in_file(shown, lines.line(("requires", index)))
         try:
             requirement = Requirement(text)
         except InvalidRequirement as exc:
@@ -300,11 +307,11 @@ def _validate_plugin_sections(recipe: Recipe, shown: Optional[Path], lines: _Lin
         problem = registry.choice_problem(kind, chosen, spec.distribution)  # a name two distributions share
         if problem:
             at = (section, "distribution") if spec.distribution is not None else (section, key)
-            raise RecipeError(f"{_where(shown, lines.line(at))}: {section}.{at[1]}: {problem}")
+            raise RecipeError(f"{where_in_file(shown, lines.line(at))}: {section}.{at[1]}: {problem}")
         if chosen not in table:
             available = sorted(table)
             raise RecipeError(
-                f"{_where(shown, lines.line((section, key)))}: {section}.{key}: unknown {kind} "
+                f"{where_in_file(shown, lines.line((section, key)))}: {section}.{key}: unknown {kind} "
                 f"{chosen!r}{_suggest(chosen, available)} (installed: {', '.join(available) or 'none'})"
             )
         options_model = table[chosen].Options
@@ -315,17 +322,17 @@ def _validate_plugin_sections(recipe: Recipe, shown: Optional[Path], lines: _Lin
                        or plugin_count_problem(field.annotation, value, tuple(field.metadata))) if field is not None else None
             if problem:
                 got = f" (got {value!r})" if len(repr(value)) <= 80 else ""
-                raise RecipeError(f"{_where(shown, lines.line((section, name)))}: {section}.{name}: {problem}{got}")
+                raise RecipeError(f"{where_in_file(shown, lines.line((section, name)))}: {section}.{name}: {problem}{got}")
         try:
             options = options_model.model_validate(settings)
         except ValidationError as exc:
             raise RecipeError(_format_errors(exc, options_model, shown, lines, prefix=(section,))) from None
-        setattr(recipe, f"_{section}_options", options)
+        recipe.set_options(section, options)
     _check_labels(recipe, shown, lines)
     _check_metric_for_best(recipe, registry.tasks[recipe.task.type], shown, lines)
     text_task = getattr(registry.tasks[recipe.task.type], "needs_tokenizer", True)
     if recipe.model.name is None and recipe.model.tokenizer is None and text_task:
-        raise RecipeError(f"{_where(shown, lines.line(('model',)))}: model: a model built from model.config "
+        raise RecipeError(f"{where_in_file(shown, lines.line(('model',)))}: model: a model built from model.config "
                           f"needs model.tokenizer (task {recipe.task.type!r} reads text)")
 
 
@@ -343,7 +350,7 @@ def _check_labels(recipe: Recipe, shown: Optional[Path], lines: _LineFinder) -> 
     for index, label in enumerate(labels):
         name = str(label)
         if name in first:
-            raise RecipeError(f"{_where(shown, lines.line(('task', 'labels', index)))}: task.labels[{index}]: "
+            raise RecipeError(f"{where_in_file(shown, lines.line(('task', 'labels', index)))}: task.labels[{index}]: "
                               f"label {name!r} is listed twice (also task.labels[{first[name]}]); each class "
                               f"is named once")
         first[name] = index
@@ -364,7 +371,7 @@ def _check_metric_for_best(recipe: Recipe, task_cls: type, shown: Optional[Path]
     names = sorted(set(names) | {"loss"})  # the loop always reports the eval loss
     metric = wanted[len("eval_"):] if wanted.startswith("eval_") else wanted
     if metric not in names:
-        raise RecipeError(f"{_where(shown, lines.line(('training', 'metric_for_best')))}: training.metric_for_best: "
+        raise RecipeError(f"{where_in_file(shown, lines.line(('training', 'metric_for_best')))}: training.metric_for_best: "
                           f"{wanted!r} is not a metric of task {recipe.task.type!r}{_suggest(metric, names)} "
                           f"(its metrics: {', '.join(names)})")
 
@@ -400,7 +407,7 @@ def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder)
     task = get_registry().tasks[recipe.task.type](recipe.task_options)
     required = task.required_columns()
     for key, loc, source in _data_sources(recipe.data):
-        where = _where(shown, lines.line(loc))
+        where = where_in_file(shown, lines.line(loc))
         renames = {**recipe.data.columns,
                    **{old: recipe.data.columns.get(new, new) for old, new in source.columns.items()}}
         label = key  # data.train for a plain path, as before; data.train.0.path in a mixture (its classes
@@ -417,7 +424,7 @@ def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder)
             raise RecipeError(f"{where}: data.{key}: unsupported file type {path.suffix!r} "
                               f"(use one of {', '.join(sorted(DATA_FORMATS))})")
         try:
-            header = _read_header(path, kind) if kind else None
+            header = read_header(path, kind) if kind else None
         except OSError as exc:  # a folder named *.csv, no permission, an I/O error
             raise RecipeError(f"{where}: data.{key}: cannot read {path}: {exc.strerror or exc}") from None
         if header is None and kind != "jsonl":

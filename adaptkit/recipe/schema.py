@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Callable, ClassVar, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PositiveFloat, PrivateAttr, Tag, ValidationError,
                       create_model, field_validator, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from adaptkit.plugin.strategy import StrategyOptions
+from adaptkit.plugin.task import TaskOptions
 
 
 # The default step floor, chosen by measurement (README "Training budgets"): at 100 SST-2 rows
@@ -575,27 +578,48 @@ class Recipe(_Section):
         None, description="Allow-list: load only these plugin distributions (adaptkit's own always load); "
                           "default: every installed one (or those in ADAPTKIT_PLUGINS).")
 
+    # What loading learnt, set through read_from and set_options (never assigned from outside).
     _source: Optional[Path] = PrivateAttr(None)
-    _lines: Any = PrivateAttr(None)  # the _LineFinder of the file read, for errors found after loading
-    _strategy_options: Any = PrivateAttr(None)
-    _task_options: Any = PrivateAttr(None)
+    _lines: Any = PrivateAttr(None)  # loading's line finder of the file read, for errors found after loading
+    _strategy_options: Optional[StrategyOptions] = PrivateAttr(None)
+    _task_options: Optional[TaskOptions] = PrivateAttr(None)
+
+    #: How ``from_dict`` validates a dict: ``adaptkit.recipe.loading.recipe_from_dict``, set by that module,
+    #: which builds on this schema (so the schema never imports it back).
+    dict_validator: ClassVar[Optional[Callable[..., "Recipe"]]] = None
 
     @property
     def source(self) -> Optional[Path]:
         return self._source
 
     @property
-    def strategy_options(self) -> Any:
+    def strategy_options(self) -> StrategyOptions:
+        """The strategy section validated by its plugin's ``Options`` model."""
         return self._strategy_options
 
     @property
-    def task_options(self) -> Any:
+    def task_options(self) -> TaskOptions:
+        """The task section validated by its plugin's ``Options`` model."""
         return self._task_options
+
+    def read_from(self, source: Optional[Path], lines: Any) -> None:
+        """Record the file this recipe was read from (None: a dict) and where its keys are (``lines.line(path)``)."""
+        self._source = source
+        self._lines = lines
+
+    def set_options(self, section: Literal["strategy", "task"], options: Union[StrategyOptions, TaskOptions]) -> None:
+        """The ``strategy`` or ``task`` section's options, as its plugin's ``Options`` model validated them."""
+        if section == "strategy":
+            self._strategy_options = options
+        elif section == "task":
+            self._task_options = options
+        else:
+            raise ValueError(f"no plugin section {section!r}")
 
     def where(self, *path: Any) -> str:
         """``file:line: dotted.key`` of a key path, for an error found after loading (plan, run start)."""
         line = self._lines.line(path) if self._lines is not None else None
-        return f"{_where(self._source, line)}: {'.'.join(str(p) for p in path)}"
+        return f"{where_in_file(self._source, line)}: {'.'.join(str(p) for p in path)}"
 
     def base_dir(self) -> Path:
         return self._source.parent if self._source else Path.cwd()
@@ -621,9 +645,8 @@ class Recipe(_Section):
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: Optional[Path] = None,
                   check_files: bool = True) -> "Recipe":
-        from adaptkit.recipe.loading import _LineFinder, _validate  # loading builds on this schema
-
-        return _validate(data, source, _LineFinder(None), check_files)
+        """A recipe validated as ``load_recipe`` validates a file (``source``: where relative paths start)."""
+        return cls.dict_validator(data, source, check_files)
 
 
 # ---------------------------------------------------------------------------- schema
@@ -659,6 +682,7 @@ def json_schema() -> dict[str, Any]:
     return schema_model.model_json_schema()
 
 
-def _where(source: Optional[Path], line: Optional[int]) -> str:
+def where_in_file(source: Optional[Path], line: Optional[int]) -> str:
+    """``file:line`` for an error message (``<recipe>`` for a recipe given as a dict)."""
     name = str(source) if source else "<recipe>"
     return f"{name}:{line}" if line else name
