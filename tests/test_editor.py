@@ -72,10 +72,10 @@ def test_bash_completion_completes_commands_and_each_commands_options(tmp_path):
 
 
 def test_zsh_and_fish_scripts_name_every_command_and_option():
-    from adaptkit.cli.main import _parser
+    from adaptkit.cli.parser import build_parser
     from adaptkit.cli.editor import _commands
 
-    commands = _commands(_parser())
+    commands = _commands(build_parser())
     zsh, fish = completion_script("zsh"), completion_script("fish")
     assert zsh.startswith("#compdef adaptkit")
     for name, (options, _) in commands.items():

@@ -13,11 +13,16 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from adaptkit.cli.parser import build_parser
+from adaptkit.errors import AdaptkitError
+from adaptkit.plugin.registry import restricted_to
+from adaptkit.recipe.schema import json_schema
+
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "recipes" / "adaptkit.schema.json"
 MODELINE = "# yaml-language-server: $schema=./adaptkit.schema.json"
 
-# Keys whose pydantic field carries no description of its own (recipe.py, first-party options).
+# Keys whose pydantic field carries no description of its own (adaptkit/recipe/schema.py, first-party options).
 DESCRIPTIONS = {
     "data": "Where the examples are: train and eval files or folders, splits, column renames.",
     "model": "The pretrained model to adapt: a Hub id, a local folder, or a config to build from.",
@@ -59,8 +64,6 @@ def _describe(properties: dict[str, Any], defs: dict[str, Any]) -> None:
 def editor_schema() -> dict[str, Any]:
     """The recipe JSON Schema with ``$schema``, a top-level title and description, and a title and
     description on every property of every object (plugins' options included)."""
-    from adaptkit.recipe.schema import json_schema
-
     schema = json_schema()
     defs = schema.get("$defs", {})
 
@@ -84,8 +87,6 @@ def editor_schema() -> dict[str, Any]:
 def builtin_schema() -> dict[str, Any]:
     """``editor_schema`` with only adaptkit's own plugins loaded: what ``SCHEMA_FILE`` holds,
     the same on every machine whatever else is installed."""
-    from adaptkit.plugin.registry import restricted_to
-
     with restricted_to([]):
         return editor_schema()
 
@@ -115,12 +116,8 @@ def completion_script(shell: str, parser: Optional[argparse.ArgumentParser] = No
     runs the program on every Tab, which imports torch for seconds). The script is generated from the
     live argparse parser, so a new command or option is completed without editing anything here.
     """
-    from adaptkit.errors import AdaptkitError
-
     if parser is None:
-        from adaptkit.cli.main import _parser
-
-        parser = _parser()
+        parser = build_parser()
     commands = _commands(parser)
     names = sorted(n for n in commands if n)
     if shell == "bash":
