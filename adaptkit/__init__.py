@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers (nothing i
     from adaptkit.judge.advise import AdviceReport
     from adaptkit.judge.compare import CompareReport
     from adaptkit.plugin.conformance import ConformanceReport, ModelFamily
-    from adaptkit.plugin.layers import find_block_list
+    from adaptkit.plugin.blocks import find_block_list
     from adaptkit.plugin.task import LabelRules
 
 #: What the public functions accept as a recipe: a ``Recipe``, a YAML file's path, or its dict.
@@ -63,7 +63,7 @@ from adaptkit.plugin.task import position_limit  # noqa: E402
 # Plugin helpers whose modules import torch (or the engine): loaded on first use by ``__getattr__``
 # so that ``import adaptkit`` stays torch-free. Name -> defining module.
 _LAZY = {
-    "find_block_list": "adaptkit.plugin.layers",
+    "find_block_list": "adaptkit.plugin.blocks",
     "load_config": "adaptkit.plugin.sources",
     "resolve_model_source": "adaptkit.plugin.sources",
     # whether the Hub is offline or reachable: decided in one place, asked by plugins too

@@ -27,7 +27,7 @@ def _wrapped(family: str, **options):
 
 
 def _count_block_calls(model: torch.nn.Module) -> list[int]:
-    from adaptkit.plugin.layers import find_block_list
+    from adaptkit.plugin.blocks import find_block_list
 
     path, _ = find_block_list(model)
     calls = [0]
