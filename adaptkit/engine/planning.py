@@ -243,9 +243,9 @@ def plan(recipe: Recipe, strategies: Optional[list[str]] = None, strict: bool = 
     that cannot be planned keeps its error so the others still show. ``strict`` then raises
     what stops the recipe's own strategy (``Plan.raise_for_recipe_strategy``), as a run would.
     """
-    from adaptkit.plugin.registry import for_recipe
+    from adaptkit.plugin.registry import recipe_plugins
 
-    with for_recipe(recipe):
+    with recipe_plugins(recipe):
         return _plan(recipe, strategies, strict)
 
 

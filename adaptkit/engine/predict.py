@@ -89,7 +89,7 @@ def load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Pred
     carries (a tokenizer's ``auto_map``) or its model repository's run; such a folder is refused
     until the caller passes ``trust_remote_code=True`` (``adaptkit predict --trust-remote-code``).
     """
-    from adaptkit.plugin.registry import for_recipe
+    from adaptkit.plugin.registry import recipe_plugins
 
     summary_path = Path(run_dir) / "metrics.json"
     saved: dict = {}
@@ -102,7 +102,7 @@ def load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Pred
             f"Python code shipped with the run folder or its model repository; a run folder cannot allow that "
             f"by itself. If you trust where {Path(run_dir)} came from, pass --trust-remote-code to adaptkit "
             f"predict (adaptkit.load(run, trust_remote_code=True) in Python)")
-    with for_recipe(saved):  # the run's plugins: allow-list and the distributions it chose
+    with recipe_plugins(saved):  # the run's plugins: allow-list and the distributions it chose
         return _load_run(run_dir, trust_remote_code)
 
 

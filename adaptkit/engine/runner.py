@@ -59,13 +59,13 @@ def run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
 
     from adaptkit.errors import ContractViolation
     from adaptkit.engine.outputs import check_output_location, run_lock
-    from adaptkit.plugin.registry import blame, for_recipe, get_registry, plugin_error
+    from adaptkit.plugin.registry import blame, get_registry, plugin_error, recipe_plugins
 
     recipe = as_recipe(recipe)
     check_output_location(Path(recipe.output.dir))  # before the lock beside it is made, and any work
     main_process = int(os.environ.get("RANK", "0") or 0) == 0  # one lock per run, not per launched process
     with (run_lock(Path(recipe.output.dir)) if main_process else contextlib.nullcontext()), \
-            for_recipe(recipe):
+            recipe_plugins(recipe):
         try:
             return _run(recipe, overwrite=overwrite, progress=progress, log=log, resume=resume)
         except ContractViolation as exc:

@@ -392,11 +392,11 @@ def advise(recipe: Union[Recipe, str, Path, dict], strategies: Optional[list[str
     """
     from adaptkit.engine.session import as_recipe
     from adaptkit.judge.compare_checks import check_advise_arguments
-    from adaptkit.plugin.registry import for_recipe
+    from adaptkit.plugin.registry import recipe_plugins
 
     check_advise_arguments(max_feature_rows=max_feature_rows, probe_steps=probe_steps)  # before any work
     recipe = as_recipe(recipe)
-    with for_recipe(recipe):  # its plugins: allow-list and the distribution its strategy section names
+    with recipe_plugins(recipe):  # its plugins: allow-list and the distribution its strategy section names
         return _advise(recipe, strategies, probe_steps, max_feature_rows, folds, power_watts, grid_g_per_kwh, log)
 
 

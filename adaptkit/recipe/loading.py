@@ -265,9 +265,9 @@ def _validate(data: Any, source: Optional[Path], lines: _LineFinder, check_files
         raise RecipeError(_format_errors(exc, Recipe, shown, lines)) from None
     recipe.read_from(source, lines)
     _check_requirements(recipe, shown, lines)
-    from adaptkit.plugin.registry import for_recipe
+    from adaptkit.plugin.registry import recipe_plugins
 
-    with for_recipe(recipe):  # its plugins: allow-list and the distributions its sections name
+    with recipe_plugins(recipe):  # its plugins: allow-list and the distributions its sections name
         _validate_plugin_sections(recipe, shown, lines)
         if check_files:
             _check_data_files(recipe, shown, lines)
