@@ -8,7 +8,7 @@ import torch
 
 from adaptkit import BaselineRows
 from adaptkit.judge.compare import SCRATCH, Row
-from adaptkit.judge.verdicts import judge, verdict_metric
+from adaptkit.judge.verdicts import verdict_metric, verdicts_by_size
 from adaptkit.recipe.schema import Recipe
 from conftest import FILLER, tiny_recipe_dict, write_table
 from plugin_fixtures import fake_distribution
@@ -203,7 +203,7 @@ def test_two_verdicts_and_a_headline_that_leans_on_the_baseline_when_scratch_did
     rows = [_row("lora", "transfer", 0.78, energy=3.0), _row(SCRATCH, "scratch", 0.5, flags=["did not learn"]),
             _row("ngram_linear", "baseline", 0.70, energy=0.01)]
     kinds = {r.strategy: r.kind for r in rows}
-    found = judge(rows, replicates, True, "accuracy", kinds, {"ngram_linear": "a bag-of-words model"})
+    found = verdicts_by_size(rows, replicates, True, "accuracy", kinds, {"ngram_linear": "a bag-of-words model"})
     assert found["verdict"] == "positive transfer" and found["practical_verdict"] == "transfer pays"
     side = found["per_size"][0]["versus_best_without_pretraining"]
     assert side["reference"] == "ngram_linear" and side["energy_ratio"] == 300.0 and side["time_ratio"] == 300.0
@@ -211,7 +211,7 @@ def test_two_verdicts_and_a_headline_that_leans_on_the_baseline_when_scratch_did
     assert found["headline"].endswith("accuracy at 100 rows, for 300x the energy.")
     assert "did not train" in found["detail"]  # the gap to scratch is named as a gap to an untrained model
     # without the baseline, the headline is against scratch and says scratch did not learn
-    alone = judge(rows[:2], replicates, True, "accuracy", kinds, {})
+    alone = verdicts_by_size(rows[:2], replicates, True, "accuracy", kinds, {})
     assert alone["verdict"] == "positive transfer" and alone["practical_verdict"] == "not judged"
     assert "gap to an untrained model" in alone["headline"]
 
@@ -220,7 +220,7 @@ def test_a_lower_is_better_metric_and_a_losing_transfer_arm():
     replicates = {("full", 100): [0.30 + 0.001 * i for i in range(200)],
                   ("ngram_linear", 100): [0.20 + 0.001 * i for i in range(200)]}
     rows = [_row("full", "transfer", 0.40), _row("ngram_linear", "baseline", 0.30, energy=0.5)]
-    found = judge(rows, replicates, False, "mse", {r.strategy: r.kind for r in rows}, {"ngram_linear": "a bag of words"})
+    found = verdicts_by_size(rows, replicates, False, "mse", {r.strategy: r.kind for r in rows}, {"ngram_linear": "a bag of words"})
     assert found["practical_verdict"] == "transfer loses" and found["verdict"] == "not judged"
     assert found["per_size"][0]["versus_best_without_pretraining"]["difference"] == pytest.approx(-0.1)
     assert found["headline"].startswith("A bag of words beats full by 0.100 mse")

@@ -81,8 +81,8 @@ def _ratio(numerator: float, denominator: float) -> Optional[float]:
     return round(numerator / denominator, 2) if denominator and denominator > 0 else None
 
 
-def judge(rows: list[Any], replicates: dict[tuple, list[float]], greater: bool, metric: str,
-          kinds: dict[str, str], labels: dict[str, str]) -> dict[str, Any]:
+def verdicts_by_size(rows: list[Any], replicates: dict[tuple, list[float]], greater: bool, metric: str,
+                     kinds: dict[str, str], labels: dict[str, str]) -> dict[str, Any]:
     """Per size: the best transfer arm against scratch and against the best arm without pretraining.
 
     ``kinds[name]`` is ``transfer``, ``scratch`` or ``baseline``; ``labels[name]`` names an arm in a
@@ -131,6 +131,9 @@ def judge(rows: list[Any], replicates: dict[tuple, list[float]], greater: bool, 
             "practical_verdict": practical["verdict"] if practical else NOT_JUDGED,
             "headline": headline(last, metric, labels),
             "detail": detail(last, metric, greater, labels)}
+
+
+judge = verdicts_by_size  # the old name, until judge/compare.py calls verdicts_by_size (issue 23 handover)
 
 
 def _times(ratio: Optional[float]) -> str:
