@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, PositiveInt, model_validator
 
 from adaptkit import Task, TaskOptions
-from adaptkit_tasks.shared import end_token, start_tokens
+from adaptkit_tasks.special_tokens import end_token, start_tokens
 
 IGNORE = -100
 

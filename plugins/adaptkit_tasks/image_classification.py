@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 from pydantic import Field
 
 from adaptkit import Task, TaskOptions
+from adaptkit_tasks.metrics import macro_f1
 
 
 class ImageClassificationOptions(TaskOptions):
@@ -194,8 +195,6 @@ class ImageClassification(Task):
 
     # ------------------------------------------------------------------ metrics
     def compute_metrics(self, logits, labels) -> dict[str, float]:
-        from adaptkit_tasks.shared import macro_f1
-
         import torch
 
         predicted = logits.argmax(dim=-1)

@@ -17,7 +17,7 @@ from pydantic import Field, PositiveInt, field_validator
 
 from adaptkit import DataError, TaskOptions
 from adaptkit_tasks.causal_lm import CausalLM
-from adaptkit_tasks.shared import end_token, start_tokens
+from adaptkit_tasks.special_tokens import end_token, start_tokens
 
 # Below it, logits / temperature overflow float32 (a logit of 40 over 1e-37 is inf): sampling fails.
 MIN_TEMPERATURE = 1e-3

@@ -6,7 +6,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import Field, PositiveInt
 
 from adaptkit import LabelRules, Task, TaskOptions, apply_pooling, declared_pooling
-from adaptkit_tasks.shared import macro_f1
+from adaptkit_tasks.metrics import macro_f1
 
 
 class SequenceClassificationOptions(TaskOptions):
