@@ -1,4 +1,6 @@
-"""What a finished run tells a person: metrics.json and a model card."""
+"""What a finished run tells a person: its model card (the run folder's README.md), written from
+the summary that ``runner`` records as metrics.json; ``card_data`` is the card's metadata, which
+``publish`` also pushes. Nothing here writes a file."""
 from __future__ import annotations
 
 import copy
