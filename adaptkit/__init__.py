@@ -12,9 +12,9 @@ from __future__ import annotations
 from os import PathLike
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
-from adaptkit.errors import (AdaptkitError, CheckpointDamaged, CheckpointWriteError, ContractViolation,
-                             DistributedRunError, PluginError, RecipeError, RunInterrupted, TaskContractViolation,
-                             TrainingDiverged)
+from adaptkit.errors import (AdaptkitError, CheckpointDamaged, CheckpointWriteError, ContractViolation, DataError,
+                             DistributedRunError, ModelSourceError, PluginError, PreflightError, RecipeError,
+                             RunInterrupted, TargetModuleError, TaskContractViolation, TrainingDiverged)
 from adaptkit.plugin.hookspecs import hookimpl
 from adaptkit.recipe import Recipe, load_recipe
 from adaptkit.plugin.strategy import PeftStrategy, Strategy, StrategyOptions, WrapContext
@@ -54,7 +54,6 @@ __all__ = [
 # What plugin authors build with. A plugin imports only from ``adaptkit`` itself, never from a
 # submodule, so the core can reorganise its modules without breaking anyone's plugin
 # (tests/test_core_names_no_plugin.py checks the first-party ones).
-from adaptkit.errors import DataError, ModelSourceError, PreflightError, TargetModuleError  # noqa: E402
 from adaptkit.plugin.low_rank import LowRankOptions, LowRankStrategy  # noqa: E402
 from adaptkit.plugin import families  # noqa: E402  (the per-family tables, one per concern)
 from adaptkit.plugin.targets import adaptable_modules, resolve_targets  # noqa: E402

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from adaptkit._version import __version__
 from adaptkit.cli.parser import build_parser
-from adaptkit.errors import AdaptkitError
+from adaptkit.errors import AdaptkitError, RunInterrupted
 from adaptkit.plugin.registry import get_strategy, list_plugins, list_strategies
 
 
@@ -293,8 +293,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.close(devnull)
         return 141  # 128 + SIGPIPE, as a shell reports a program a closed pipe ended
     except AdaptkitError as exc:
-        from adaptkit.errors import RunInterrupted
-
         if isinstance(exc, RunInterrupted) and args.command == "run":
             print(f"{exc}:\n  adaptkit run {args.recipe} --resume", file=sys.stderr)
         else:

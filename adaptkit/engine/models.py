@@ -10,7 +10,7 @@ import os
 from contextlib import contextmanager
 from typing import Optional
 
-from adaptkit.errors import ModelSourceError
+from adaptkit.errors import ModelSourceError, RecipeError
 from adaptkit.plugin.sources import (HUB_HOST, ModelSource, check_weight_files, load_config,  # noqa: F401
                                      load_tokenizer, quiet_hf_logging, resolve_model_source)
 
@@ -54,7 +54,6 @@ def check_device_map(recipe, num_processes: int = 1) -> None:
     shard) per process. The one place this rule lives; ``plan`` (one process, the recipe's section)
     and every run (``build_model``, with the processes launched) ask it."""
     from adaptkit.engine.distributed import distributed_setting
-    from adaptkit.errors import RecipeError
 
     if recipe.model.device_map is None:
         return
@@ -213,8 +212,6 @@ def enable_gradient_checkpointing(model) -> None:
     reentrant setting elsewhere cannot silently drop the adapters' gradients. The KV cache is
     off: it is useless in training and transformers refuses it with checkpointing.
     """
-    from adaptkit.errors import RecipeError
-
     problem = gradient_checkpointing_problem(model)
     if problem:
         raise RecipeError(f"training.gradient_checkpointing: {problem}")

@@ -12,9 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.errors import AdaptkitError, PreflightError, RecipeError
 from adaptkit.recipe.schema import Recipe
-from adaptkit.errors import PreflightError
 from adaptkit.plugin.families import OUTPUT_LAYERS
 from adaptkit.engine.distributed import distributed_setting  # noqa: F401 (decided there; the runner asks here)
 
@@ -85,7 +84,6 @@ def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, se
     """
     if recipe.training.gradient_checkpointing:
         from adaptkit.engine.models import gradient_checkpointing_problem
-        from adaptkit.errors import RecipeError
 
         problem = gradient_checkpointing_problem(model)
         if problem:
@@ -95,8 +93,6 @@ def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, se
 
     problem = half_training_on_cpu_problem(model, recipe)
     if problem:
-        from adaptkit.errors import RecipeError
-
         raise RecipeError(f"{recipe.where('model', 'dtype')}: with strategy {name!r}, {problem}")
     return StrategyPlan(name, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                         total=sum(p.numel() for p in model.parameters()), touched=touched_modules(model),
@@ -208,7 +204,6 @@ def check_sequence_length(session: Any, strategy: Any, config: Any) -> None:
     (prompt tuning's virtual tokens, ``Strategy.positions_added``) count too. Checked by
     ``adaptkit plan`` and again when a run starts.
     """
-    from adaptkit.errors import RecipeError
     from adaptkit.plugin.task import position_limit
 
     length = session.task.sequence_length()

@@ -17,7 +17,7 @@ import yaml
 
 from adaptkit._version import __version__
 from adaptkit.engine.session import RecipeLike, Session, as_recipe
-from adaptkit.errors import AdaptkitError
+from adaptkit.errors import AdaptkitError, ContractViolation
 
 # The merged model is compared with the trained one on this many real eval rows, in batches of
 # at most EQUIVALENCE_BATCH: several batches (so padding and lengths vary) at a bounded cost.
@@ -57,7 +57,6 @@ def run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
     import contextlib
     import os
 
-    from adaptkit.errors import ContractViolation
     from adaptkit.engine.outputs import check_output_location, run_lock
     from adaptkit.plugin.registry import blame, get_registry, plugin_error, recipe_plugins
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from adaptkit.errors import AdaptkitError, RunInterrupted, TrainingDiverged
 from adaptkit.recipe.schema import TrainingSection
 
 if TYPE_CHECKING:
@@ -350,8 +351,6 @@ class _Best:
     def update(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Record an evaluation; True when it is the best so far."""
         if self.metric not in metrics:
-            from adaptkit.errors import AdaptkitError
-
             raise AdaptkitError(f"training.metric_for_best: {self.metric!r} is not an eval metric of this task "
                                 f"(metrics: {', '.join(sorted(metrics))})")
         value = metrics[self.metric]
@@ -446,8 +445,6 @@ class _StopOnSigint:
             signal.signal(number, previous if previous is not None else signal.SIG_DFL)
         self._previous = {}
         # Called from fit's ``finally``: a RunInterrupted on its way out says which signal stopped the run.
-        from adaptkit.errors import RunInterrupted
-
         pending = sys.exc_info()[1]
         if self.signal_name == "SIGTERM" and isinstance(pending, RunInterrupted) and pending.exit_code != 143:
             pending.exit_code = 143
@@ -710,7 +707,6 @@ class _TrainingLoop:
     def _diverged(self, where: str) -> Exception:
         """The error for a NaN or infinite loss, naming the last good checkpoint that is kept."""
         from adaptkit.engine.checkpoint import latest_checkpoint
-        from adaptkit.errors import TrainingDiverged
 
         good = latest_checkpoint(self.checkpoints.root) if self.checkpoints is not None else None
         kept = (f"the last good checkpoint, {good.name}, is kept in {good.parent}" if good is not None
@@ -766,8 +762,6 @@ class _TrainingLoop:
 
     def _interrupted(self) -> Exception:
         """The error for a stop on Ctrl-C or SIGTERM: where the checkpoint is and how to continue."""
-        from adaptkit.errors import RunInterrupted
-
         return RunInterrupted(f"interrupted at step {self.result.steps} of {self.total_steps}: checkpoint "
                               f"step-{self.result.steps:08d} is saved in {self.checkpoints.root}; continue the run by "
                               f"giving the same command with --resume")

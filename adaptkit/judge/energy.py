@@ -36,6 +36,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+from adaptkit.errors import AdaptkitError
+
 CPU_WATTS_PER_CORE = 15.0
 GPU_WATTS = 300.0
 GRID_G_PER_KWH = 475.0
@@ -102,7 +104,6 @@ def _codecarbon_intensity(country: str, region: Optional[str]) -> tuple[float, s
     the network. An unknown country is an error (codecarbon would quietly use the world average);
     an unknown region falls back to the country's figure, and the label says so.
     """
-    from adaptkit.errors import AdaptkitError
     from codecarbon.core.emissions import Emissions  # type: ignore[import-not-found]
     from codecarbon.core.units import Energy as CCEnergy  # type: ignore[import-not-found]
     from codecarbon.external.geography import GeoMetadata  # type: ignore[import-not-found]

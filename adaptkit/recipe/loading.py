@@ -10,8 +10,8 @@ from typing import Any, Optional, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from adaptkit.errors import RecipeError
-from adaptkit.recipe.datafiles import DATA_FORMATS, read_header, data_format, offline_cache_problem, scan_rows
+from adaptkit.errors import DataError, RecipeError
+from adaptkit.recipe.datafiles import DATA_FORMATS, data_format, offline_cache_problem, read_header, scan_rows
 from adaptkit.recipe.schema import (DataSection, DataSource, Recipe, local_dataset_dir, looks_like_path, number_problem,
                                     plugin_count_problem, where_in_file)
 
@@ -440,8 +440,6 @@ def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder)
                 f"task {recipe.task.type!r} needs (columns: {', '.join(header)}); set the task's column "
                 f"names or map them with data.columns"
             )
-        from adaptkit.errors import DataError
-
         try:
             scan_rows(path, kind, required, renames, task.label_rules(),
                       is_train=label == "train" and not isinstance(recipe.data.train, list),
