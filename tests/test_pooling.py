@@ -171,6 +171,22 @@ def test_apply_pooling_is_idempotent_and_pooler_undoes_it():
         apply_pooling(model, "auto")
 
 
+def test_a_deep_copy_pools_and_changes_its_pooling_on_its_own():
+    import copy
+
+    from adaptkit import apply_pooling
+
+    _, model = _model(TINY_BERT, "mean")
+    _, native = _model(TINY_BERT, "pooler")
+    ids = torch.tensor([[101, 7, 8, 102]])
+    pooled = model(input_ids=ids).logits
+    twin = copy.deepcopy(model)
+    torch.testing.assert_close(twin(input_ids=ids).logits, pooled)
+    apply_pooling(twin, "pooler")
+    torch.testing.assert_close(twin(input_ids=ids).logits, native(input_ids=ids).logits)
+    torch.testing.assert_close(model(input_ids=ids).logits, pooled)  # the original keeps its pooling
+
+
 def test_pooling_leaves_the_architecture_signature_alone():
     from adaptkit.plugin.contract import architecture_signature
 

@@ -128,10 +128,12 @@ class _Hooks:
         self.pending = None  # the pooled vector waiting for the head (models without a pooler_output)
         # closures, not bound methods: a deep copy of the head (peft's modules_to_save) keeps calling
         # this object, which holds the vector the backbone pooled
-        self.handles = [backbone.register_forward_hook(
-            lambda module, args, kwargs, output: self.after_backbone(module, args, kwargs, output), with_kwargs=True)]
+        after = lambda module, args, kwargs, output: self.after_backbone(module, args, kwargs, output)  # noqa: E731
+        before = lambda module, args: self.before_head(module, args)  # noqa: E731
+        after._adaptkit_pooling = before._adaptkit_pooling = True  # found again on a deep copy of the model
+        backbone.register_forward_hook(after, with_kwargs=True)
         if head is not None:
-            self.handles.append(head.register_forward_pre_hook(lambda module, args: self.before_head(module, args)))
+            head.register_forward_pre_hook(before)
 
     def after_backbone(self, module, args, kwargs, output):
         hidden = output[0] if isinstance(output, tuple) else getattr(output, "last_hidden_state", None)
@@ -159,9 +161,15 @@ class _Hooks:
                              f"{tuple(getattr(tokens, 'shape', ()))}); set task.pooling: pooler")
         return (pooled.to(tokens.dtype)[:, None, :].expand(tokens.shape[0], tokens.shape[1], -1), *args[1:])
 
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+    @staticmethod
+    def remove_from(model: Any) -> None:
+        """Take this module's hooks off every submodule of ``model`` (a deep copy's included: its hooks
+        are the same tagged functions, while handles would point at the original's)."""
+        for module in model.modules():
+            for hooks in (module._forward_hooks, module._forward_pre_hooks):
+                for key in [k for k, fn in hooks.items() if getattr(fn, "_adaptkit_pooling", False)]:
+                    del hooks[key]
+                    getattr(module, "_forward_hooks_with_kwargs", {}).pop(key, None)
 
 
 def _transformers_model(model: Any) -> Any:
@@ -185,7 +193,7 @@ def apply_pooling(model: Any, mode: str, head: Optional[str] = None) -> Any:
     if installed is not None:
         if installed.mode == mode:
             return model
-        installed.remove()
+        _Hooks.remove_from(inner)
         inner.__dict__.pop(_ATTRIBUTE, None)
     if mode == NATIVE:
         return model
