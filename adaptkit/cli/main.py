@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
 import sys
+import threading
+from pathlib import Path
 from typing import Optional, Sequence
 
 from adaptkit._version import __version__
@@ -17,8 +22,6 @@ WIDE = 160  # rich's width when stdout is neither a terminal nor given COLUMNS: 
 def _console():
     """A rich console as wide as the terminal (or ``COLUMNS``), so tables are laid out to fit instead
     of wrapping; output to a file or pipe, where no width is known, gets ``WIDE`` columns."""
-    import os
-
     from rich.console import Console
 
     known = sys.stdout.isatty() or os.environ.get("COLUMNS", "").strip().isdigit()
@@ -26,8 +29,6 @@ def _console():
 
 
 def _cmd_advise(args) -> int:
-    from pathlib import Path
-
     from adaptkit.judge.advise import advise, default_output, render
     from adaptkit.judge.compare import parse_list
     from adaptkit.engine.outputs import check_output_file, write_output_file
@@ -203,8 +204,6 @@ def _check_plugins(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from pathlib import Path
-
     from adaptkit.engine.predict import predict_file
 
     output = args.output or str(Path(args.run_dir) / "predictions.csv")
@@ -250,8 +249,6 @@ def _quiet_on_the_way_out() -> None:
     """Keep libraries from printing the interruption as an error: optuna logs the exception that
     ends a trial, with its whole traceback, at WARNING before re-raising it, so SIGTERM during
     ``compare`` showed a traceback above ``terminated (SIGTERM)``. The process is ending anyway."""
-    import logging
-
     if "optuna" in sys.modules:
         logging.getLogger("optuna").setLevel(logging.CRITICAL)
 
@@ -259,9 +256,6 @@ def _quiet_on_the_way_out() -> None:
 def _on_sigterm() -> Optional[object]:
     """Make SIGTERM raise ``Terminated`` while a command runs; returns the handler to put back, or
     None when it is left alone (not the main thread, or a program embedding adaptkit set its own)."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return None

@@ -20,12 +20,14 @@ Semantics that make N processes compute what one does:
 from __future__ import annotations
 
 import collections
+import copy
 import importlib.util
 import os
 import re
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -219,8 +221,6 @@ def meta_skeleton(model: Any) -> Any:
     buffers copied (small, and non-persistent ones are not in a state dict): what a gathered full
     state dict is loaded into after sharded training (``materialize``). Taken before sharding,
     because FSDP changes the modules in place and refuses ``deepcopy`` afterwards."""
-    import copy
-
     import torch
 
     memo: dict[int, Any] = {}
@@ -292,8 +292,6 @@ def accelerator_options(distributed: Optional["DistributedSection"], num_process
     ``num_processes`` is the launched world size: with one process the backend plugins are left
     out (there is nothing to shard), so a distributed recipe still runs on a laptop as is.
     """
-    from datetime import timedelta
-
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     from adaptkit.recipe.schema import DistributedSection

@@ -6,6 +6,7 @@ Where the files come from (plugins, local folders, the Hub cache, the Hub) is
 """
 from __future__ import annotations
 
+import copy
 import os
 from contextlib import contextmanager
 from typing import Optional
@@ -160,8 +161,6 @@ def _training_device(recipe):
 
 def _meta_model(task, config, trust_remote_code: bool = False):
     """A weightless (meta) copy of the task model: head names, tied layers, the full-precision signature."""
-    import copy
-
     from accelerate import init_empty_weights
 
     with init_empty_weights():

@@ -7,6 +7,7 @@ sequence length.
 """
 from __future__ import annotations
 
+import io
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -309,8 +310,6 @@ def render(result: Plan) -> Any:
 
 def render_text(result: Plan, width: int = 160) -> str:
     """The plan table as plain text, for a run's log function."""
-    import io
-
     from rich.console import Console
 
     buffer = io.StringIO()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -193,8 +194,6 @@ def check_card(run_dir: Path) -> dict[str, Any]:
     if not data:
         raise AdaptkitError(f"{path} has no metadata block (--- ... --- at the top); the Hub would show no "
                             f"model details. Run the recipe again with a current adaptkit")
-    import math
-
     for result in results:  # a NaN or infinite score would be published as a number the Hub cannot show
         value = result.metric_value
         if isinstance(value, float) and not math.isfinite(value):

@@ -7,6 +7,9 @@ folder appears, with the rule and the parameter named.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -54,9 +57,6 @@ def run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
     recipe's ``plugins:`` list allows are loaded; and an unexpected exception raised inside a
     plugin's code becomes a ``PluginError`` that names the plugin and its distribution.
     """
-    import contextlib
-    import os
-
     from adaptkit.engine.outputs import check_output_location, run_lock
     from adaptkit.plugin.registry import blame, get_registry, plugin_error, recipe_plugins
 
@@ -258,8 +258,6 @@ def _verify_and_export(session: Session, prepared: _Prepared, trained: _Trained,
     with the same outputs. Returns the contract lines, the export folder, what the summary records
     of the unwrapped model, and the base model's Hub id.
     """
-    import gc
-
     from adaptkit.engine.models import merge_tolerance
     from adaptkit.engine.publish import finish_exports, model_hub_id
     from adaptkit.plugin.contract import (architecture_signature, check_close, check_equivalence, check_removal,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -430,17 +432,12 @@ class _StopOnSigint:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        import signal
-        import threading
-
         if self.enabled and threading.current_thread() is threading.main_thread():
             for name in self.SIGNALS:
                 number = getattr(signal, name)
                 self._previous[number] = signal.signal(number, self._handle)
 
     def uninstall(self) -> None:
-        import signal
-
         for number, previous in self._previous.items():
             signal.signal(number, previous if previous is not None else signal.SIG_DFL)
         self._previous = {}
@@ -451,8 +448,6 @@ class _StopOnSigint:
             pending.args = (f"terminated (SIGTERM) {pending.args[0]}" if pending.args else "terminated (SIGTERM)",)
 
     def _handle(self, signum, frame) -> None:
-        import signal
-
         name = signal.Signals(signum).name
         if self.requested:
             previous = self._previous.get(signum)

@@ -7,6 +7,7 @@ is the same ``EnergyMeter`` every transfer arm is measured with.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -102,8 +103,6 @@ def cross_validated(cls: type, task: Any, data: Any, metric: str, seed: int, fol
     folds are stratified for one class per row. Returns the mean and each fold's ``metric`` and
     ``accuracy`` where the task reports it, and the seconds it took.
     """
-    import time
-
     import numpy
     import torch
     from sklearn.model_selection import KFold, StratifiedKFold

@@ -27,6 +27,7 @@ One function, ``grid_intensity``, decides it, so every figure in a report uses t
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import tempfile
@@ -141,8 +142,6 @@ def _tracker_kwargs(module: Any, country: Optional[str], region: Optional[str]) 
     ``.codecarbon.config`` or ``CODECARBON_*`` variables cannot turn it back on; arguments this
     version does not have are left out (3.x has ``output_methods``, 2.x the ``save_to_*`` flags).
     """
-    import inspect
-
     wanted: dict[str, Any] = {
         "country_iso_code": country, "region": region, "cloud_provider": None, "cloud_region": None,
         "output_methods": [], "save_to_file": False, "save_to_api": False, "save_to_logger": False,

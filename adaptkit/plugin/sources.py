@@ -8,8 +8,10 @@ layer; the engine builds models from it.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -112,9 +114,6 @@ def resolve_model_source(name: str, revision: str | None = None, allow_pickle: b
 
 def quiet_hf_logging() -> None:
     """Silence library chatter that says nothing actionable (weights newly initialised for a head)."""
-    import logging
-    import warnings
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

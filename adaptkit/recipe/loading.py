@@ -4,6 +4,7 @@ valid key; data files checked row by row before any training starts."""
 from __future__ import annotations
 
 import difflib
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -276,8 +277,6 @@ def _validate(data: Any, source: Optional[Path], lines: _LineFinder, check_files
 
 def _check_requirements(recipe: Recipe, shown: Optional[Path], lines: _LineFinder) -> None:
     """``requires:`` names plugin distributions; check them before any plugin is used."""
-    from importlib import metadata
-
     from packaging.requirements import InvalidRequirement, Requirement
 
     for index, text in enumerate(recipe.requires):

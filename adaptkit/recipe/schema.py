@@ -7,6 +7,7 @@ Nothing here imports torch: ``adaptkit validate`` answers in well under a second
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import types
 from pathlib import Path
@@ -148,8 +149,6 @@ class ModelSection(_Section):
     @field_validator("attn_implementation")
     @classmethod
     def _kernel_installed(cls, value: Optional[str]) -> Optional[str]:
-        import importlib.util
-
         if value == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
             raise ValueError("flash_attention_2 needs the flash-attn package, which is not installed (pip install "
                              "flash-attn, CUDA GPUs only); use sdpa, torch's fused attention, instead")
@@ -366,8 +365,6 @@ class TrainingSection(_Section):
     @field_validator("optimizer")
     @classmethod
     def _optimizer_installed(cls, value: str) -> str:
-        import importlib.util
-
         if value.endswith("_8bit") and importlib.util.find_spec("bitsandbytes") is None:
             raise ValueError(f"{value} is bitsandbytes' optimizer, which is not installed: pip install "
                              f"bitsandbytes, or use adamw_torch")
@@ -381,8 +378,6 @@ class TrainingSection(_Section):
     @field_validator("report_to")
     @classmethod
     def _trackers_installed(cls, value: list[str]) -> list[str]:
-        import importlib.util
-
         modules = {"tensorboard": ("tensorboard", "tensorboardX"), "comet_ml": ("comet_ml",)}
         missing = [name for name in value
                    if not any(importlib.util.find_spec(m) for m in modules.get(name, (name,)))]

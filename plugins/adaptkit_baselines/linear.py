@@ -2,6 +2,8 @@
 and its probabilities turned into the task's logit layout."""
 from __future__ import annotations
 
+import tempfile
+from collections import Counter
 from typing import Any, Optional
 
 # Regularisation strengths tried: 1e-2 .. 1e3, log-spaced (strong to weak regularisation).
@@ -23,8 +25,6 @@ def fit_with_cv(pipeline: Any, parameter: str, inputs: Any, targets: Any, multi_
     shuffled folds for multi-label. With fewer than two rows of some class no CV is possible:
     ``C = 1`` and the summary says so.
     """
-    from collections import Counter
-
     from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 
     if multi_label:
@@ -37,8 +37,6 @@ def fit_with_cv(pipeline: Any, parameter: str, inputs: Any, targets: Any, multi_
         pipeline.set_params(**{parameter: 1.0})
         pipeline.fit(inputs, targets)
         return pipeline, {"C": 1.0, "folds": 0, "note": "too few rows of a class to cross-validate: C = 1"}
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="adaptkit-baseline-") as cache:
         # the features of a fold are computed once and reused for every C (joblib caches the fitted steps)
         pipeline.set_params(memory=cache)

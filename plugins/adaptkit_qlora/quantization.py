@@ -8,6 +8,8 @@ functions: validating a recipe never loads them.
 """
 from __future__ import annotations
 
+import importlib.util
+import sys
 from typing import Any, Iterable
 
 from adaptkit_qlora.config import QLoraOptions
@@ -198,8 +200,6 @@ def forget_quantization(model):
 
 def bitsandbytes_available() -> bool:
     """Whether bitsandbytes is installed, without importing it (its import takes a second)."""
-    import importlib.util
-
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
@@ -209,8 +209,6 @@ def fsdp_version() -> int | None:
     Read from accelerate's shared state, which the accelerator (made before the model is built,
     ``adaptkit.engine.runner``) fills, and which ``shard_on_cpus`` switches to FSDP on CPUs.
     """
-    import sys
-
     if "accelerate" not in sys.modules:
         return None
     from accelerate.state import PartialState

@@ -7,6 +7,7 @@ per-row sum of token losses and a token count, from which perplexity follows exa
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Optional
 
 from pydantic import Field, PositiveInt, model_validator
@@ -158,8 +159,6 @@ class CausalLM(Task):
         return {"loss_sum": losses.sum(dim=1), "tokens": (targets != IGNORE).sum(dim=1)}
 
     def compute_metrics(self, loss_sum, tokens) -> dict[str, float]:
-        import math
-
         from adaptkit import DataError
 
         count = int(tokens.sum())

@@ -8,6 +8,8 @@ never in the middle of one.
 """
 from __future__ import annotations
 
+import json
+import time
 from typing import Any, Optional
 
 from adaptkit import AdaptkitError, DataError
@@ -64,9 +66,6 @@ def render_cost_problem(template: str, messages: Optional[list[dict[str, str]]] 
     bounded, and the output streamed and measured, all against a clock. Pure jinja2: ``adaptkit
     validate`` runs it, and ``adaptkit plan`` and the start of a run again with the tokenizer's own.
     """
-    import json
-    import time
-
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 

@@ -12,6 +12,7 @@ examples' losses, which the tests and ``benchmarks/packing.py`` check.
 from __future__ import annotations
 
 import bisect
+import importlib
 from typing import Any, Optional
 
 IGNORE = -100
@@ -105,8 +106,6 @@ def isolation_problem(config: Any, strategy: Optional[str] = None) -> Optional[s
     ``create_causal_mask``, which reads packed position ids?) and the strategy (peft drops
     ``position_ids`` for prompt-learning methods), without building the model.
     """
-    import importlib
-
     if strategy in ("prompt_tuning", "prefix_tuning", "p_tuning"):
         return (f"strategy {strategy!r} is a prompt-learning method, for which peft drops position_ids: packed "
                 f"examples would attend to each other and get shifted positions")
