@@ -41,16 +41,21 @@ def _trained(lines):
 def test_the_plan_and_its_estimated_time_come_before_the_first_trial(tmp_path, monkeypatch):
     from adaptkit.judge import compare_state
 
-    monkeypatch.setattr(compare_state, "time_steps", lambda session, base, names, log: {n: 0.5 for n in names})
+    # a step costs its padded tokens x the timed seconds per token: here 1 token a row, 1/32 s a token
+    monkeypatch.setattr(compare_state, "padded_tokens", lambda lengths, batch, grouped: len(lengths))
+    monkeypatch.setattr(compare_state, "time_steps", lambda session, base, names, log: {n: 1 / 32 for n in names})
     lines: list[str] = []
     report = _compare(_recipe(tmp_path), tmp_path / "cmp", lines, strategies=["frozen_head", "scratch"])
     first_trial = next(i for i, line in enumerate(lines) if ", trial " in line)
     plan = next(i for i, line in enumerate(lines) if line.startswith("compare plan:"))
     assert plan < first_trial
     assert "2 arm(s) x 1 size(s) x 1 seed(s) x 2 learning rate(s) = 4 trials" in lines[plan]
-    assert any("scratch: 100 at all rows optimizer steps a trial; one step 0.50 s (timed)" in line for line in lines)
+    # 77 training rows in 5 steps an epoch: 15.4 tokens a step, 0.48 s
+    assert any("scratch: optimizer steps a trial: 100 at all rows; one step ~0.48 s (one timed, scaled to the "
+               "padded tokens)" in line for line in lines)
     assert any("estimated ~" in line for line in lines)
-    assert report.search["plan"]["seconds_per_step"] == {"frozen_head": 0.5, "full": 0.5}
+    assert report.search["plan"]["seconds_per_step"] == {"frozen_head": pytest.approx(0.481, abs=1e-3),
+                                                         "full": pytest.approx(0.481, abs=1e-3)}
     # the range each arm tried is in compare.json and the table; scratch's is its own
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     scratch = next(r for r in saved["runs"] if r["strategy"] == "scratch")
@@ -88,8 +93,10 @@ def test_max_minutes_trims_the_grids_extremes_first_and_says_so(tmp_path, monkey
     from adaptkit.errors import AdaptkitError
     from adaptkit.judge import compare_state
 
-    monkeypatch.setattr(compare_state, "time_steps", lambda session, base, names, log: {n: 1.0 for n in names})
-    recipe = _recipe(tmp_path, min_steps=30)  # one trial: 30 steps and ~1 s of forward passes at 1 s a step
+    monkeypatch.setattr(compare_state, "padded_tokens", lambda lengths, batch, grouped: len(lengths))
+    monkeypatch.setattr(compare_state, "time_steps", lambda session, base, names, log: {n: 1 / 16 for n in names})
+    # one trial: 30 steps of 15.4 tokens at 1/16 s a token (29 s) and 146 tokens of forward passes (3 s)
+    recipe = _recipe(tmp_path, min_steps=30)
     with pytest.raises(AdaptkitError, match="even one learning rate per arm"):
         _compare(recipe, tmp_path / "tiny", trials=3, max_minutes=0.1)
     assert not list((tmp_path / "tiny").glob("trials/*/trial-*.pt"))  # nothing was trained

@@ -386,10 +386,10 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
     rates each arm tries to fit the estimate printed before the first trial.
     """
     from adaptkit.engine.session import as_recipe
-    from adaptkit.plugin.registry import for_recipe
+    from adaptkit.plugin.registry import recipe_plugins
 
     recipe = as_recipe(recipe)
-    with for_recipe(recipe):  # its plugins: allow-list and the distribution its strategy section names
+    with recipe_plugins(recipe):  # its plugins: allow-list and the distribution its strategy section names
         if scratch_strategy is None and SCRATCH in strategies:
             scratch_strategy = default_scratch_strategy()
         return _compare(recipe, list(strategies), seeds, sizes, output_dir, overwrite, scratch_strategy,
@@ -605,28 +605,38 @@ def _plan(session: Any, spec: Recipe, arms: dict[str, Any], strategies: list[str
     from adaptkit.judge import compare_state as state
     from adaptkit.judge.tuning import search_range
 
+    training = spec.training
+
+    def padded(data: Any) -> int:
+        """Padded tokens the loop feeds for ``data`` in one pass (rows when the task has no lengths)."""
+        if "length" not in data.column_names:
+            return len(data)
+        return state.padded_tokens(list(data["length"]), training.batch_size, training.group_by_length)
+
+    eval_tokens = padded(session.eval_data)
     todo, reused = [], 0
     for name in strategies:
-        searched = search_range(arms[name], 1.0, trials, spec.training)
+        searched = search_range(arms[name], 1.0, trials, training)
         for size in size_list:
             train_part, validation_part = parts[size]
-            budget = budget_for(len(train_part), searched.training(spec.training))
-            forward = budget.epochs * len(validation_part) + len(session.eval_data)
+            budget = budget_for(len(train_part), searched.training(training))
+            step_tokens = padded(train_part) / budget.updates_per_epoch  # an average step's padded tokens
+            forward = budget.epochs * padded(validation_part) + eval_tokens
             for seed in seeds:
                 if (name, size, seed) in finished:
                     reused += 1
                 else:
-                    todo.append([arms[name], size, seed, None, budget.total_steps, forward])
+                    todo.append([arms[name], size, seed, None, budget.total_steps, step_tokens, forward])
     base = session.build_base() if todo else None
     for cell in todo:  # the grid each arm will try: its suggestion as ArmModel asks for it
         arm = cell[0]
         centre = arm.learning_rate or (RANDOM_INIT_LEARNING_RATE if arm.random_init else
                                        session.strategy(arm.strategy, arm.options).suggest_learning_rate(
                                            session.context(base)))
-        cell[3] = search_range(arm, centre, trials, spec.training)
+        cell[3] = search_range(arm, centre, trials, training)
     timed = state.time_steps(session, base, {cell[0].strategy for cell in todo}, log)
     del base
-    plan = state.make_plan(todo, trials, timed, spec.training.batch_size, reused)
+    plan = state.make_plan(todo, trials, timed, reused)
     plan.lines = state.describe(plan, [n for n in strategies if any(a.name == n for a, *_ in todo)], size_list,
                                 seeds, {n: arms[n].strategy for n in strategies})
     for line in plan.lines:

@@ -14,7 +14,7 @@
   work through the storage); one of other settings is refused unless ``--overwrite``.
 - **The plan before the first trial.** Arms x sizes x seeds x trials, optimizer steps per trial
   and an estimate from one timed optimizer step per arm (``adaptkit.judge.advise``'s
-  ``_time_one_step``, as ``advise`` measures it); ``--max-minutes`` trims the learning rates each
+  ``time_one_step``, scaled to the epoch's padded tokens as ``advise`` does); ``--max-minutes`` trims the learning rates each
   arm tries, the grid's extremes first (the centre is kept), until the estimate fits, and says so.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ LOCAL_STORAGE = "optuna.db"  # under the compare folder's trials/: the study whe
 # A forward pass over a row costs about a third of a training step's share for it (forward, backward
 # of activations, backward of weights); validation and eval rows are costed at that.
 FORWARD_SHARE = 1 / 3
+TIMED_STEPS = 2  # steps timed per strategy for the estimate; the fastest counts
 
 
 def trial_meaning(recipe: Any, arm: Any, searched: Any, validation_fraction: float) -> str:
@@ -102,17 +103,17 @@ def open_folder(folder: Path, overwrite: bool, identity: str, files: tuple[str, 
     which replaces compare's own files and refuses a folder holding the user's. Anything else
     goes through ``check_output_dir``.
     """
-    from adaptkit.engine.outputs import _manifest_kind, _refusal, check_output_dir, foreign_entries
+    from adaptkit.engine.outputs import check_output_dir, foreign_entries, foreign_entries_error, manifest_kind
 
     folder = Path(folder)
-    if not folder.is_dir() or not any(folder.iterdir()) or _manifest_kind(folder) != "compare":
+    if not folder.is_dir() or not any(folder.iterdir()) or manifest_kind(folder) != "compare":
         check_output_dir(folder, overwrite, what="--output", kind="compare")
         return {}
     saved = _saved(folder)
     if overwrite:
         foreign = [entry for entry in foreign_entries(folder, limit=50) if not _own(entry, files)]
         if foreign:
-            raise _refusal(folder, foreign[:5], "--output")
+            raise foreign_entries_error(folder, foreign[:5], "--output")
         _clear_local_studies(folder)  # a fresh compare: its own study starts over too
         return {}
     if saved is not None and saved.get("identity") != identity:
@@ -185,29 +186,41 @@ class Plan:
                 "estimated_minutes": None if total is None else round(total / 60, 2), "said": self.lines}
 
 
-def time_steps(session: Any, base: Any, strategies: set[str], log: Callable[[str], None]) -> dict[str, Optional[float]]:
-    """Seconds of one optimizer step of each strategy on this machine, on a copy of ``base``
-    (``advise``'s measurement: one real step, its batch as the training loop would form it)."""
-    from adaptkit.judge.advise import _time_one_step
+def padded_tokens(lengths: list[int], batch_size: int, group_by_length: bool) -> int:
+    """Tokens, padding included, of one pass over rows of these lengths in batches of ``batch_size``:
+    sorted batches when the loop groups by length, the rows' own order otherwise."""
+    order = sorted(lengths) if group_by_length else list(lengths)
+    return sum(max(order[i:i + batch_size]) * len(order[i:i + batch_size]) for i in range(0, len(order), batch_size))
+
+
+def time_steps(session: Any, base: Any, strategies: set[str], log: Callable[[str], None]
+               ) -> dict[str, Optional[float]]:
+    """Seconds per padded token of an optimizer step of each strategy on this machine, on a copy of
+    ``base`` (``advise``'s measurement: a real step, its batch as the training loop forms it)."""
+    from adaptkit.judge.advise import time_one_step
 
     out: dict[str, Optional[float]] = {}
     for name in sorted(strategies):
         try:
-            out[name] = _time_one_step(session, base, name)[0]
+            # the faster of two: the first pays one-time costs, and on a shared machine one step's time
+            # varied 8x (the same LoRA step on 2 busy cores: 0.9 to 7.0 s)
+            timed = [time_one_step(session, base, name) for _ in range(TIMED_STEPS)]
+            out[name] = min(wall / max(tokens, 1) for wall, _, tokens, _, _ in timed)
         except Exception as exc:  # an estimate must never stop the compare
             out[name] = None
             log(f"compare: cannot time one step of {name} ({type(exc).__name__}: {exc}); no time estimate")
     return out
 
 
-def make_plan(cells: list[Any], trials: int,
-              step_seconds: dict[str, Optional[float]], batch_size: int, reused: int) -> Plan:
-    """``cells``: (arm, size, seed, search range, steps a trial, forward rows a trial) for every cell to train."""
-    costs = []
-    for arm, size, seed, searched, steps, forward_rows in cells:
-        step = step_seconds.get(arm.strategy)
-        seconds = None if step is None else step * (steps + FORWARD_SHARE * forward_rows / max(batch_size, 1))
-        costs.append(CellCost(arm=arm.name, size=size, seed=seed, steps=steps, forward_rows=forward_rows,
+def make_plan(cells: list[Any], trials: int, token_seconds: dict[str, Optional[float]], reused: int) -> Plan:
+    """``cells``: (arm, size, seed, search range, steps a trial, padded tokens a step, forward tokens a
+    trial) for every cell to train; ``token_seconds``: a training step's seconds per padded token."""
+    costs, step_seconds = [], {}
+    for arm, size, seed, searched, steps, step_tokens, forward_tokens in cells:
+        per_token = token_seconds.get(arm.strategy)
+        seconds = None if per_token is None else per_token * (steps * step_tokens + FORWARD_SHARE * forward_tokens)
+        step_seconds[arm.strategy] = None if per_token is None else round(per_token * step_tokens, 4)
+        costs.append(CellCost(arm=arm.name, size=size, seed=seed, steps=steps, forward_rows=forward_tokens,
                               trial_seconds=seconds, grid=searched.grid))
     return Plan(cells=costs, trials=trials, tried=trials, step_seconds=step_seconds, reused=reused)
 
@@ -230,8 +243,9 @@ def describe(plan: Plan, arms: list[str], sizes: list[Optional[int]], seeds: lis
         step = plan.step_seconds.get(strategies[name])
         steps = ", ".join(sorted({f"{c.steps} at {c.size if c.size is not None else 'all'} rows" for c in mine}))
         each = ", ".join(sorted({_minutes(c.trial_seconds) for c in mine}))
-        lines.append(f"  {name}: {steps} optimizer steps a trial; one step "
-                     f"{'not timed' if step is None else f'{step:.2f} s (timed)'}; {each} a trial")
+        lines.append(f"  {name}: optimizer steps a trial: {steps}; one step "
+                     f"{'not timed' if step is None else f'~{step:.2f} s (one timed, scaled to the padded tokens)'}; "
+                     f"{each} a trial")
     lines.append(f"  estimated {_minutes(plan.seconds())} on this machine (at most: a pruned trial stops at a "
                  f"third of its steps; trials already in the study are not trained again)")
     return lines
