@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from adaptkit.recipe.schema import DEFAULT_MIN_STEPS
+
 # Below this many optimizer steps a run is warned about: measured on 100 SST-2 rows, neither
 # LoRA nor full fine-tuning left chance at 25 steps (README, "Training budgets").
 TOO_FEW_STEPS = 50
@@ -67,10 +69,4 @@ def too_short(budget: StepBudget) -> Optional[str]:
     return (f"this run trains only {budget.total_steps} optimizer steps: on small data that is usually too few to "
             f"learn anything (at 100 SST-2 rows LoRA and full fine-tuning stay at chance after 25 steps and "
             f"learn by 100). Raise training.epochs or training.min_steps (default floor "
-            f"{_default_floor()}), or set training.max_steps.")
-
-
-def _default_floor() -> int:
-    from adaptkit.recipe.schema import DEFAULT_MIN_STEPS
-
-    return DEFAULT_MIN_STEPS
+            f"{DEFAULT_MIN_STEPS}), or set training.max_steps.")
