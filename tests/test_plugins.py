@@ -228,7 +228,7 @@ def _lora_recipe(tmp_path, **strategy):
 
 def test_an_ambiguous_name_fails_validation_until_the_recipe_names_a_distribution(impostor_site, tmp_path, capsys):
     from adaptkit.cli import main
-    from adaptkit.plugin.registry import for_recipe, get_registry
+    from adaptkit.plugin.registry import get_registry, recipe_plugins
     from adaptkit.recipe.loading import load_recipe
 
     impostor_site()
@@ -245,7 +245,7 @@ def test_an_ambiguous_name_fails_validation_until_the_recipe_names_a_distributio
         path, _ = _lora_recipe(tmp_path, distribution=distribution)
         assert main(["validate", str(path)]) == 0, capsys.readouterr().err
         recipe = load_recipe(path)
-        with for_recipe(recipe):
+        with recipe_plugins(recipe):
             assert get_registry().strategies["lora"].__module__ == module
             assert get_registry().plugin_for("strategy", "lora").distribution in ("adaptkit", "adaptkit-evil")
     assert "lora" not in get_registry().strategies  # outside the recipe the name is still refused
@@ -433,7 +433,7 @@ def test_a_distribution_named_like_adaptkit_neither_hides_nor_replaces_the_first
     every first-party entry point behind it. Its ``lora`` must conflict, never run as adaptkit's, and
     neither ``distribution: adaptkit`` nor ``plugins: []`` may let it in."""
     from adaptkit.cli import main
-    from adaptkit.plugin.registry import for_recipe, get_registry
+    from adaptkit.plugin.registry import get_registry, recipe_plugins
     from adaptkit.recipe.loading import load_recipe
 
     site = fake_distribution(tmp_path / "site", "AdaptKit", "9.9.9", {"impostor_lora_plugin": IMPOSTOR_LORA},
@@ -452,7 +452,7 @@ def test_a_distribution_named_like_adaptkit_neither_hides_nor_replaces_the_first
 
     path, _ = _lora_recipe(tmp_path, distribution="adaptkit")
     path.write_text(path.read_text() + "plugins: []\n")
-    with for_recipe(load_recipe(path)):
+    with recipe_plugins(load_recipe(path)):
         assert get_registry().strategies["lora"].__module__ == "adaptkit_lora"
         assert all("AdaptKit" not in p.distribution for p in get_registry().plugins)
     assert main(["run", str(path), "--no-progress"]) == 0, capsys.readouterr().err

@@ -265,10 +265,6 @@ def manifest_kind(folder: Path) -> Optional[str]:
     return kind if isinstance(kind, str) else None
 
 
-
-# The old private names, until judge/compare_state.py imports the public ones (issue 23 handover).
-_refusal, _manifest_kind = foreign_entries_error, manifest_kind
-
 def _only_a_manifest(folder: Path) -> bool:
     """Whether ``folder`` holds nothing but a manifest listing no file that exists: what a compare
     that failed before its first result leaves. It holds no results, so it blocks nothing."""

@@ -307,9 +307,6 @@ def time_one_step(session: Any, base: Any, name: str) -> tuple[float, float, int
     return wall, cpu, tokens, peak, flops
 
 
-_time_one_step = time_one_step  # the old private name, until judge/compare_state.py imports this one (handover)
-
-
 def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watts: Optional[float],
                     grid_g_per_kwh: Optional[float], log: Callable[[str], None]) -> list[StrategyAdvice]:
     """Size and cost of each strategy; a strategy that fails is skipped with its reason.

@@ -235,9 +235,6 @@ def recipe_plugins(recipe: Any) -> Iterator[None]:
         _recipe_choices.reset(token)
 
 
-for_recipe = recipe_plugins  # the old name, until judge/compare.py imports recipe_plugins (issue 23 handover)
-
-
 # The package this code was imported from: adaptkit's own distribution is the one that installed it.
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
