@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import pluggy
 
-from adaptkit.plugin import hookspecs
+from adaptkit.plugin import hookspecs, sources
 from adaptkit.errors import AdaptkitError, PluginError
 
 if TYPE_CHECKING:
@@ -530,6 +530,15 @@ def reset_registry() -> None:
 
 get_registry.cache_clear = reset_registry  # the name older callers used
 
+
+
+def plugin_model_folder(name: str) -> str | None:
+    """The first plugin's folder for model ``name`` (``adaptkit_resolve_model``), or None: what
+    ``sources.resolve_model_source`` asks first, through ``sources.plugin_model_folder``."""
+    return get_registry().manager.hook.adaptkit_resolve_model(name=name)
+
+
+sources.plugin_model_folder = plugin_model_folder  # sources cannot import the registry, which builds on it
 
 # ---------------------------------------------------------------------------- what is installed, by name
 # ``adaptkit`` exports these four; the core imports them from here, its own layer.

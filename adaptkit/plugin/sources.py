@@ -14,6 +14,7 @@ import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 from adaptkit.errors import ModelSourceError
@@ -84,11 +85,19 @@ def check_weight_files(folder: Path, allow_pickle: bool) -> None:
         )
 
 
+def _no_plugin_answer(name: str) -> str | None:
+    return None
+
+
+#: The installed plugins' folder for model ``name`` (the ``adaptkit_resolve_model`` hook), or None.
+#: adaptkit.plugin.registry, which builds on this module, sets it when it is imported (and
+#: ``import adaptkit`` imports it), so sources never imports the registry back.
+plugin_model_folder: Callable[[str], "str | None"] = _no_plugin_answer
+
+
 def resolve_model_source(name: str, revision: str | None = None, allow_pickle: bool = False) -> ModelSource:
     """Find ``name``: plugin answer, local folder, Hub cache, then the Hub itself."""
-    from adaptkit.plugin.registry import get_registry
-
-    answer = get_registry().manager.hook.adaptkit_resolve_model(name=name)
+    answer = plugin_model_folder(name)
     if answer:
         folder = Path(answer)
         check_weight_files(folder, allow_pickle)
