@@ -18,6 +18,9 @@ from typing import Iterable, Mapping, Optional
 from adaptkit.errors import AdaptkitError
 from adaptkit.recipe.schema import MAX_COUNT, MAX_SEED
 
+# sqlalchemy (optuna's, for --storage URLs) is imported inside the check that reads such a URL:
+# the other checks run without it.
+
 # A learning rate above this diverges with every optimizer adaptkit builds (AdamW steps by about
 # the rate itself); 1e308 then overflows the log-spaced search grid to inf. The recipe's own
 # ``training.learning_rate`` is only asked to be positive; a search centre is asked to be sane.

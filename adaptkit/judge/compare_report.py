@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from adaptkit.judge.compare import CompareReport, Row
 
+# matplotlib and jinja2 are imported inside the functions that draw the plot and write the page:
+# the table needs neither.
+
 SCRATCH = "scratch"
 
 

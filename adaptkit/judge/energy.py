@@ -39,6 +39,9 @@ from typing import Any, Optional
 
 from adaptkit.errors import AdaptkitError
 
+# pynvml, codecarbon and torch are imported inside the functions: optional or heavy, and only a
+# measurement needs them.
+
 CPU_WATTS_PER_CORE = 15.0
 GPU_WATTS = 300.0
 GRID_G_PER_KWH = 475.0

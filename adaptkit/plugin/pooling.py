@@ -29,6 +29,9 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+# torch and transformers are imported inside the functions: adaptkit exports these names, and
+# listing plugins or validating a recipe must not load torch.
+
 POOLINGS = ("auto", "cls", "mean", "last", "pooler")
 NATIVE = "pooler"  # the architecture's own head, unchanged
 _ATTRIBUTE = "_adaptkit_pooling"  # the installed hooks, in the model's __dict__ (never a submodule)

@@ -19,6 +19,9 @@ from urllib.parse import urlparse
 
 from adaptkit.errors import ModelSourceError
 
+# huggingface_hub, transformers and datasets are imported inside the functions: the registry and
+# `adaptkit validate` import this module, and must not load them (transformers brings torch).
+
 HUB_HOST = "huggingface.co"  # the default endpoint's host; where adaptkit connects is hub_endpoint()
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's own reading of a boolean variable
 
