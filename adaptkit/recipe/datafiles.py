@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from adaptkit.errors import DataError
+from adaptkit.plugin.sources import hub_offline
 from adaptkit.plugin.task import LabelRules
 from adaptkit.recipe.schema import DataSource
 
 
 def _offline_env() -> bool:
-    from adaptkit.plugin.sources import hub_offline
-
+    """Whether HF_HUB_OFFLINE is set, read as ``sources.hub_offline`` reads it."""
     return hub_offline()
 
 

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from adaptkit.errors import DataError, RecipeError
+from adaptkit.plugin import registry as plugins  # plugins.get_registry() at call time (tests replace it)
 from adaptkit.recipe.datafiles import DATA_FORMATS, data_format, offline_cache_problem, read_header, scan_rows
 from adaptkit.recipe.schema import (DataSection, DataSource, Recipe, local_dataset_dir, looks_like_path, number_problem,
                                     plugin_count_problem, where_in_file)
@@ -266,9 +267,7 @@ def _validate(data: Any, source: Optional[Path], lines: _LineFinder, check_files
         raise RecipeError(_format_errors(exc, Recipe, shown, lines)) from None
     recipe.read_from(source, lines)
     _check_requirements(recipe, shown, lines)
-    from adaptkit.plugin.registry import recipe_plugins
-
-    with recipe_plugins(recipe):  # its plugins: allow-list and the distributions its sections name
+    with plugins.recipe_plugins(recipe):  # its plugins: allow-list and the distributions its sections name
         _validate_plugin_sections(recipe, shown, lines)
         if check_files:
             _check_data_files(recipe, shown, lines)
@@ -296,9 +295,7 @@ def _check_requirements(recipe: Recipe, shown: Optional[Path], lines: _LineFinde
 
 
 def _validate_plugin_sections(recipe: Recipe, shown: Optional[Path], lines: _LineFinder) -> None:
-    from adaptkit.plugin.registry import get_registry
-
-    registry = get_registry()
+    registry = plugins.get_registry()
     for section, key, table, kind in (("strategy", "name", registry.strategies, "strategy"),
                                       ("task", "type", registry.tasks, "task")):
         spec = getattr(recipe, section)
@@ -340,9 +337,7 @@ def _check_labels(recipe: Recipe, shown: Optional[Path], lines: _LineFinder) -> 
 
     Labels are compared as the data compares them, as text, so ``[0, "0"]`` repeats too.
     """
-    from adaptkit.plugin.registry import get_registry
-
-    labels = get_registry().tasks[recipe.task.type](recipe.task_options).declared_labels()
+    labels = plugins.get_registry().tasks[recipe.task.type](recipe.task_options).declared_labels()
     if not isinstance(labels, (list, tuple)):
         return
     first: dict[str, int] = {}
@@ -401,9 +396,7 @@ def _check_named_source(recipe: Recipe, source: DataSource, key: str, where: str
 
 
 def _check_data_files(recipe: Recipe, shown: Optional[Path], lines: _LineFinder) -> None:
-    from adaptkit.plugin.registry import get_registry
-
-    task = get_registry().tasks[recipe.task.type](recipe.task_options)
+    task = plugins.get_registry().tasks[recipe.task.type](recipe.task_options)
     required = task.required_columns()
     for key, loc, source in _data_sources(recipe.data):
         where = where_in_file(shown, lines.line(loc))

@@ -17,6 +17,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PositiveFloat
                       create_model, field_validator, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from adaptkit.plugin import registry as plugin_registry  # get_registry() looked up at call time (tests replace it)
 from adaptkit.plugin.strategy import StrategyOptions
 from adaptkit.plugin.task import TaskOptions
 
@@ -544,9 +545,7 @@ class StrategySection(PluginSection):
 def default_task_type() -> str:
     """The task a recipe without ``task.type`` means: the installed task that declares ``is_default``
     (the core names none; "" when no installed task does, which validation then reports)."""
-    from adaptkit.plugin.registry import get_registry
-
-    defaults = sorted(name for name, cls in get_registry().tasks.items() if getattr(cls, "is_default", False))
+    defaults = sorted(name for name, cls in plugin_registry.get_registry().tasks.items() if getattr(cls, "is_default", False))
     return defaults[0] if defaults else ""
 
 
@@ -648,9 +647,7 @@ class Recipe(_Section):
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a recipe with the installed strategies and tasks, for editors."""
-    from adaptkit.plugin.registry import get_registry
-
-    registry = get_registry()
+    registry = plugin_registry.get_registry()
 
     def union(table: dict[str, type], key: str, suffix: str) -> Any:
         variants = [
