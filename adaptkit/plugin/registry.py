@@ -37,16 +37,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import pluggy
 
 from adaptkit.plugin import hookspecs, sources
 from adaptkit.errors import AdaptkitError, PluginError
-
-if TYPE_CHECKING:
-    from adaptkit.plugin.baseline import Baseline
-    from adaptkit.plugin.strategy import Strategy
+from adaptkit.plugin.baseline import Baseline
+from adaptkit.plugin.strategy import Strategy
+from adaptkit.plugin.task import Task
 
 ENTRY_POINT_GROUP = "adaptkit"
 ALLOW_LIST_ENV = "ADAPTKIT_PLUGINS"
@@ -347,10 +346,6 @@ def _collect(hook: Any, kind: str) -> list[type]:
     collected: list[type] = []
 
     def register(cls: type) -> None:
-        from adaptkit.plugin.baseline import Baseline
-        from adaptkit.plugin.strategy import Strategy
-        from adaptkit.plugin.task import Task
-
         base = {"strategy": Strategy, "task": Task, "baseline": Baseline}[kind]
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise AdaptkitError(f"register() was given {cls!r}, not a subclass of adaptkit.{base.__name__}")

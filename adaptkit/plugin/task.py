@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict
 
+from adaptkit.plugin.sources import load_tokenizer
+
 if TYPE_CHECKING:
     import datasets
     import torch
@@ -184,8 +186,6 @@ class Task:
         beside the run (``save_pretrained``) and reloaded from ``recipe.model.tokenizer`` by
         ``adaptkit predict``, so whatever is returned must round-trip through that folder.
         """
-        from adaptkit.plugin.sources import load_tokenizer
-
         return load_tokenizer(recipe, source)
 
     def preprocess(self, dataset: "datasets.Dataset", tokenizer: Any) -> "datasets.Dataset":
