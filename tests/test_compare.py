@@ -9,7 +9,7 @@ import pytest
 
 from adaptkit.cli import main
 from adaptkit.judge.compare import SCRATCH, Row, make_arm
-from adaptkit.judge.verdicts import compute_saved, judge
+from adaptkit.judge.verdicts import compute_saved, verdicts_by_size
 from adaptkit.recipe.schema import Recipe
 from conftest import REPO, tiny_recipe_dict, write_recipe, write_table
 from test_advise import negative_recipe, sentiment_blind_model
@@ -26,7 +26,7 @@ def _row(name: str, metric: float, size: int = 100, energy: float = 1.0, flags: 
 
 def _judge(rows, replicates, greater=True, metric="accuracy"):
     kinds = {r.strategy: r.kind for r in rows}
-    found = judge(rows, replicates, greater, metric, kinds, {"ngram_linear": "a bag-of-words model"})
+    found = verdicts_by_size(rows, replicates, greater, metric, kinds, {"ngram_linear": "a bag-of-words model"})
     return found["verdict"], found["detail"], found["per_size"], found
 
 

@@ -74,7 +74,7 @@ def test_full_run_folder_metrics_and_overwrite_rules(tmp_path, monkeypatch):
     # A failing run with overwrite leaves the previous results exactly as they were.
     import adaptkit.engine.report
 
-    def broken_card(summary):
+    def broken_card(*args, **kwargs):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(adaptkit.engine.report, "model_card", broken_card)

@@ -46,7 +46,7 @@ from adaptkit.recipe.schema import Recipe
 from adaptkit.judge.compare_report import html_report, markdown_table, plot
 from adaptkit.judge.curves import percentile_interval
 from adaptkit.judge.tuning import DEFAULT_TRIALS, RANDOM_INIT_LEARNING_RATE, SCRATCH, VALIDATION_FRACTION
-from adaptkit.judge.verdicts import VERDICTS, compute_saved, judge, transfer_range
+from adaptkit.judge.verdicts import compute_saved, transfer_range, verdicts_by_size
 
 SCRATCH_LEARNING_RATE = RANDOM_INIT_LEARNING_RATE  # the centre of scratch's search (tuning.search_range)
 SCRATCH_LABEL = "the same model from random weights"
@@ -153,7 +153,7 @@ def default_scratch_strategy() -> str:
     """The strategy that trains the random-weight baseline unless told otherwise: an installed one that
     declares ``trains_every_weight`` (the first by name when several do). The core names none: any
     plugin may provide it, and ``scratch_strategy`` / ``--scratch-strategy`` chooses another."""
-    from adaptkit import list_strategies
+    from adaptkit.plugin.registry import list_strategies
 
     candidates = sorted(name for name, cls in list_strategies().items() if cls.trains_every_weight)
     if not candidates:
@@ -165,7 +165,7 @@ def default_scratch_strategy() -> str:
 
 def check_strategies(strategies: list[str], scratch_strategy: str) -> None:
     """Every name is installed (or ``scratch``); an unknown one is an error naming the closest."""
-    from adaptkit import get_strategy, list_strategies
+    from adaptkit.plugin.registry import get_strategy, list_strategies
     from adaptkit.recipe.loading import closest
 
     if not strategies:
@@ -192,7 +192,7 @@ def split_arms(names: list[str], baselines: Optional[list[str]]) -> tuple[list[s
     ``baselines``) chooses exactly those; ``baselines=[]`` drops them all; otherwise every installed
     baseline that serves the task joins (a baseline costs seconds).
     """
-    from adaptkit import list_baselines
+    from adaptkit.plugin.registry import list_baselines
 
     installed = list_baselines()
     named = [n for n in names if n in installed and n not in list_strategies_names()]
@@ -203,14 +203,14 @@ def split_arms(names: list[str], baselines: Optional[list[str]]) -> tuple[list[s
 
 
 def list_strategies_names() -> set[str]:
-    from adaptkit import list_strategies
+    from adaptkit.plugin.registry import list_strategies
 
     return set(list_strategies())
 
 
 def make_arm(recipe: Recipe, name: str, scratch_strategy: str, learning_rates: dict[str, float]) -> Any:
     """The arm for ``name``: the recipe's own strategy keeps its options and rate; others their defaults."""
-    from adaptkit import get_strategy
+    from adaptkit.plugin.registry import get_strategy
     from adaptkit.judge.tuning import Arm
 
     own = name == recipe.strategy.name
@@ -386,8 +386,12 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
     rates each arm tries to fit the estimate printed before the first trial.
     """
     from adaptkit.engine.session import as_recipe
+    from adaptkit.judge.compare_checks import check_compare_arguments
     from adaptkit.plugin.registry import recipe_plugins
 
+    check_compare_arguments(seeds=seeds, sizes=sizes, learning_rates=learning_rates or {}, trials=trials,  # before
+                            validation_fraction=validation_fraction, bootstrap_rounds=bootstrap_rounds,  # any work
+                            storage=storage, strategies=strategies)
     recipe = as_recipe(recipe)
     with recipe_plugins(recipe):  # its plugins: allow-list and the distribution its strategy section names
         if scratch_strategy is None and SCRATCH in strategies:
@@ -488,7 +492,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
                                          state.trial_meaning(recipe, arm, searched, validation_fraction))
                     for size in size_list}
             reloaded = {size: _reload(finished.get((name, size, seed)), folder, plan.tried) for size in size_list}
-            workbench = None
+            arm_model = None
             with PeakMemory(device) as memory:
                 for size in size_list:
                     train_part, validation_part = parts[size]
@@ -500,10 +504,10 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
                         log(f"compare: {tag}: {metric} {record.metric:.4f} at lr {record.learning_rate:.3g} "
                             f"(reloaded from compare.json, not trained again)")
                     else:
-                        if workbench is None:
+                        if arm_model is None:
                             log(f"compare: building {name} (seed {seed})")
-                            workbench = ArmModel(session, arm, seed)
-                        result = tune_arm(session, arm, workbench, size, seed, train_part, validation_part, trials,
+                            arm_model = ArmModel(session, arm, seed)
+                        result = tune_arm(session, arm, arm_model, size, seed, train_part, validation_part, trials,
                                           f"{prefix}:{tag}", study_storage, safe_join(folder / "trials", tag),
                                           on_trial=lambda record, n=name, s=size: progress.trial(
                                               n, s, seed, plan.tried, record),
@@ -529,7 +533,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
                                                   metric, seed)
                     write_manifest(folder, "compare")  # the trial files written so far are adaptkit's
                     state.save_progress(folder, identity, [asdict(r) for r in runs if r.kind != "baseline"], cells)
-            del workbench
+            del arm_model
         for name, cls in baseline_classes.items():
             for size in size_list:
                 tag = f"{name}-n{size if size is not None else 'all'}-s{seed}"
@@ -549,7 +553,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     for row in rows:
         row.search_range = next((r.search.get("described", "") for r in runs
                                  if r.strategy == row.strategy and r.size == row.size and r.search), "")
-    judged = judge(rows, replicates, greater, metric, kinds, labels)
+    judged = verdicts_by_size(rows, replicates, greater, metric, kinds, labels)
     per_size = judged["per_size"]
     best_without = _best_reference(per_size)
     transfer_names = [n for n in names if kinds[n] == "transfer"]
@@ -689,7 +693,7 @@ def _baseline_run(session: Any, task: Any, metric: str, name: str, cls: type, si
     validation rows together: the baseline chooses its regularisation by cross-validation on them)."""
     import torch
 
-    from adaptkit import BaselineRows
+    from adaptkit.plugin.baseline import BaselineRows
     from adaptkit.judge.baselines import targets_of, train_baseline
     from adaptkit.judge.energy import grid_intensity
 

@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.errors import AdaptkitError, TrainingDiverged
 
 SCRATCH = "scratch"
 DEFAULT_TRIALS = 3  # a third of, equal to and three times the suggestion
@@ -339,7 +339,7 @@ def requeue_missing(study: Any, grid: list[float]) -> list[float]:
     return missing
 
 
-def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], seed: int, train_data: Any,
+def tune_arm(session: Any, arm: Arm, arm_model: ArmModel, size: Optional[int], seed: int, train_data: Any,
              validation_data: Any, trials: int, study_name: str, storage: Optional[str], trial_dir: Path,
              on_trial: Callable[[TrialRecord], None] = lambda _: None, power_watts: Optional[float] = None,
              log: Callable[[str], None] = lambda _: None, limit: Optional[int] = None) -> ArmResult:
@@ -355,13 +355,12 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
 
     from adaptkit.engine.budget import budget_for
     from adaptkit.judge.energy import EnergyMeter
-    from adaptkit.errors import TrainingDiverged
     from adaptkit.engine.train import best_metric, eval_loader, fit, gather_outputs, make_accelerator
 
     _quiet_optuna()
     task, recipe = session.task, session.recipe
     metric, greater = best_metric(recipe.training, task)
-    searched = search_range(arm, workbench.suggestion, trials, recipe.training, limit)
+    searched = search_range(arm, arm_model.suggestion, trials, recipe.training, limit)
     grid = searched.grid
     on_grid = {_key(rate) for rate in grid}
     training = searched.training(recipe.training).model_copy(update={
@@ -394,14 +393,14 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
         return make_accelerator(training.model_copy(update={"learning_rate": rate}), log=lambda _: None)
 
     def train(rate: float, report: Optional[Callable[[int, dict[str, float]], None]], accelerator: Any) -> Any:
-        workbench.reset()
+        arm_model.reset()
         torch.manual_seed(seed)
-        return fit(workbench.model, workbench.strategy, task, train_data, validation_data, session.tokenizer,
+        return fit(arm_model.model, arm_model.strategy, task, train_data, validation_data, session.tokenizer,
                    training, accelerator, rate, progress=False, on_epoch_end=report,
                    eval_every=1)  # the validation split is small: score every epoch for the pruner
 
     def save_eval_outputs(accelerator: Any, number: int) -> dict[str, Any]:
-        model = accelerator.unwrap_model(workbench.model)
+        model = accelerator.unwrap_model(arm_model.model)
         loader = eval_loader(session.eval_data, recipe.training.eval_batch_size, collate)
         outputs, _, _ = gather_outputs(model, loader, None, task.batch_outputs)
         outputs = {k: v.cpu() for k, v in outputs.items()}
@@ -494,7 +493,7 @@ def tune_arm(session: Any, arm: Arm, workbench: ArmModel, size: Optional[int], s
     return ArmResult(arm=arm.name, size=size, seed=seed, train_rows=len(train_data),
                      validation_rows=len(validation_data), learning_rate=best.learning_rate,
                      trials=sorted(records, key=lambda r: r.number), eval_outputs=outputs,
-                     chosen_trial=best.number, trainable=workbench.trainable, search=searched.to_dict(),
+                     chosen_trial=best.number, trainable=arm_model.trainable, search=searched.to_dict(),
                      retrained=retrained)
 
 

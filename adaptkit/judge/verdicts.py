@@ -133,7 +133,6 @@ def verdicts_by_size(rows: list[Any], replicates: dict[tuple, list[float]], grea
             "detail": detail(last, metric, greater, labels)}
 
 
-judge = verdicts_by_size  # the old name, until judge/compare.py calls verdicts_by_size (issue 23 handover)
 
 
 def _times(ratio: Optional[float]) -> str:
