@@ -58,6 +58,8 @@ def check(recipe_path: Path, folder: Path, rounds: int = 1000) -> list[dict]:
         cells = {r["size"]: r for r in report["rows"] if r["strategy"] == name}
         if len(sizes) < 3 or any(s not in cells for s in sizes):
             continue
+        if any("did not learn" in cells[s]["flags"] for s in sizes[:-1]):
+            continue  # compare fits no curve through an untrained arm's points (it predicts nothing)
         fit_sizes, target = sizes[:-1], sizes[-1]
         x = [cells[s]["train_examples"] for s in fit_sizes]
         curve = fit_power_law(x, [to_error(cells[s]["metric"], greater) for s in fit_sizes])

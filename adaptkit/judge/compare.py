@@ -564,13 +564,20 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
         best = per_size[-1]["best_transfer"] if per_size else None
         numeric = [s for s in size_list if s is not None]
         train_sizes = [max(r.train_examples for r in rows if r.size == s and r.kind != "baseline") for s in numeric]
-        points = {n: [next(r.metric for r in rows if r.strategy == n and r.size == s) for s in numeric] for n in names}
-        samples = {n: [replicates[(n, s)] for s in numeric] for n in names}
-        curves = curve_questions(train_sizes, points, samples, greater, SCRATCH if SCRATCH in strategies else None,
-                                 best)
-        if best_without and best_without != SCRATCH:
+        # A curve through the points of an arm that did not learn (one class predicted) predicts nothing:
+        # such an arm gets no curve, and no "rows needed" sentence is read off it.
+        untrained = {n: [s for s in numeric if any(r.strategy == n and r.size == s and "did not learn" in r.flags
+                                                   for r in rows)] for n in names}
+        fitted = [n for n in names if not untrained[n]]
+        points = {n: [next(r.metric for r in rows if r.strategy == n and r.size == s) for s in numeric] for n in fitted}
+        samples = {n: [replicates[(n, s)] for s in numeric] for n in fitted}
+        curves = curve_questions(train_sizes, points, samples, greater, SCRATCH if SCRATCH in fitted else None, best)
+        if best_without and best_without != SCRATCH and best_without in fitted:
             extra = curve_questions(train_sizes, points, samples, greater, best_without, best)
             curves[best_without]["rows_to_match"] = extra[best_without].get("rows_to_match")
+        for n in names:
+            if untrained[n]:
+                curves[n] = {"skipped": f"did not learn at {', '.join(f'{s:,}' for s in untrained[n])} rows"}
     saved = compute_saved(rows, greater, SCRATCH, transfer_names) if SCRATCH in strategies else []
     if best_without and best_without != SCRATCH:
         saved += compute_saved(rows, greater, best_without, transfer_names)

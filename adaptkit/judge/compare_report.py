@@ -98,6 +98,10 @@ def curve_sentences(report: "CompareReport") -> list[str]:
     """The learning-curve answers in words: rows scratch (or the best baseline) would need, gain from doubling."""
     out = []
     for name, curve in report.curves.items():
+        if curve.get("skipped"):
+            out.append(f"{name}: no learning curve: it {curve['skipped']}, and a curve through an untrained arm's "
+                       f"points predicts nothing.")
+            continue
         match = curve.get("rows_to_match")
         who = "Scratch" if name == SCRATCH else name
         if match:
