@@ -216,11 +216,13 @@ def test_cli_compare_unknown_strategy_exits_2_naming_the_closest(tiny_recipe, tm
 
 
 @pytest.mark.slow
-def test_minilm_on_100_sst2_rows_learns_and_beats_scratch(tmp_path, monkeypatch):
-    """The shipped MiniLM + the quick-start LoRA against the same model from random weights, at 100 rows.
+def test_minilm_on_100_sst2_rows_learns_and_beats_the_bag_of_words_baseline(tmp_path, monkeypatch):
+    """The shipped MiniLM + the quick-start LoRA against the best model without pretraining, at 100 rows.
 
     At the old budget (3 epochs of batch 16: 21 steps) LoRA sat at chance here (0.503); the step
-    floor gives it 100 steps on the 80 rows left after the validation split.
+    floor gives it 100 steps on the 80 rows left after the validation split. The reference is the
+    bag-of-words baseline (seconds) rather than a 22.7M-parameter scratch arm (a minute): at 100
+    rows scratch does not learn, and transfer against scratch is tested on tiny models above.
     """
     from adaptkit.judge.compare import compare
     from adaptkit.recipe.loading import load_recipe
@@ -229,12 +231,14 @@ def test_minilm_on_100_sst2_rows_learns_and_beats_scratch(tmp_path, monkeypatch)
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml")
     recipe.training.batch_size = 16
     recipe.training.num_threads = os.cpu_count()  # earlier tests in this process may have set 1
-    recipe.data.max_eval_samples = 200  # the gap (0.74 against 0.48 on 400 rows) needs no more to be clear
+    recipe.data.max_eval_samples = 300
     recipe.output.dir = tmp_path / "run"
-    report = compare(recipe, [recipe.strategy.name, SCRATCH], sizes=[100], trials=1, bootstrap_rounds=500,
+    report = compare(recipe, [recipe.strategy.name], sizes=[100], trials=1, bootstrap_rounds=500,
                      log=lambda _: None)
     by_name = {r.strategy: r for r in report.rows}
     assert by_name[recipe.strategy.name].metric >= 0.68 and not by_name[recipe.strategy.name].flags
-    assert report.verdict == "positive transfer", report.verdict_detail
+    assert by_name["ngram_linear"].kind == "baseline" and by_name["ngram_linear"].train_examples == 100
+    assert report.practical_verdict == "transfer pays", report.verdict_detail
+    assert report.headline.startswith("lora beats a bag-of-words model by +")
     assert report.runs[0].trials[0]["steps"] >= 100
     assert (report.output_dir / "report.html").is_file()
