@@ -55,7 +55,7 @@ def test_ngram_baseline_learns_a_keyword_and_chooses_its_regularisation_by_cross
     assert scores.shape == (80, 2) and torch.isfinite(scores).all()
     assert task.compute_metrics(logits=scores, labels=labels)["accuracy"] == 1.0
     chosen = baseline.summary()
-    assert chosen["folds"] == 5 and chosen["C"] in (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0) and chosen["features"] > 50
+    assert chosen["folds"] == 5 and chosen["C"] in (0.1, 1.0, 10.0, 100.0) and chosen["features"] > 50
     # log-probabilities: each row's scores are a distribution over the two classes
     assert torch.allclose(scores.exp().sum(1), torch.ones(80), atol=1e-4)
 
@@ -183,7 +183,8 @@ def test_compare_says_no_clear_gain_when_a_bag_of_words_model_is_already_perfect
     assert side["reference"] == "ngram_linear" and side["ci_high"] <= 0.0 + 1e-9
     assert report.practical_verdict in ("no clear gain", "transfer loses")
     assert "transfer does not pay here" in report.headline and "a bag-of-words model" in report.headline.lower()
-    assert side["energy_ratio"] > 1  # the fine-tune costs more than the bag of words
+    energy = {r.strategy: r.energy_wh for r in report.rows}
+    assert side["energy_ratio"] == pytest.approx(energy["full"] / energy["ngram_linear"], rel=0.01)
     table = (report.output_dir / "table.md").read_text()
     assert report.headline in table and "ngram_linear (baseline, no pretraining)" in table
 

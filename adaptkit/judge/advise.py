@@ -35,6 +35,7 @@ FEW_EXAMPLES = 300  # below this, say plainly that results swing with the seed
 FEW_PER_CLASS = 20
 IMBALANCE_LIMIT = 3.0
 TRUNCATION_LIMIT = 0.05
+BASELINE_FOLDS = 3  # outer folds of the baselines' cross-validation (each fit runs its own inner CV)
 MAX_FEATURE_ROWS = 500  # features of 500 rows twice: about 4 s of the quick start's advise
 
 
@@ -461,8 +462,9 @@ def baseline_scores(session: Any, max_rows: int, folds: int, log: Callable[[str]
     data = BaselineRows(rows=session.splits.train.select(order), encoded=rows, targets=targets_of(rows))
     found: dict[str, Any] = {"metric": metric}
     for name, cls in serving.items():
+        # fewer outer folds than the probe's: each fold's fit cross-validates its own C, and advise stays seconds
         found[name] = {"label": cls.label, **cross_validated(cls, task, data, metric, session.recipe.training.seed,
-                                                             folds)}
+                                                             min(folds, BASELINE_FOLDS))}
         log(f"advise: baseline {name}: {found[name]}")
     return found
 

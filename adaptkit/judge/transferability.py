@@ -75,10 +75,17 @@ def extract_features(model: Any, dataset: Any, collate: Callable, batch_size: in
     return np.concatenate(features)[restore], np.concatenate(labels)[restore]
 
 
+# Regularisation strengths the probe chooses among, by 3-fold CV inside each outer fold. A fixed C = 1 on
+# 384 standardised features and 400 rows overfits: on 1,000 SST-2 rows it scored 0.74 where a head
+# trained on the same mean-pooled features reaches 0.795 on dev, so advise undersold the features.
+PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
 def probe_accuracy(features: Any, labels: Any, folds: int = 5, seed: int = 0) -> Optional[list[float]]:
-    """Per-fold accuracy of a standardised logistic regression (stratified K-fold); None if a class is too rare."""
+    """Per-fold accuracy of a standardised logistic regression (stratified K-fold), its C chosen by an inner
+    3-fold CV on each outer fold's training rows; None if a class is too rare."""
     import numpy as np
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -89,7 +96,10 @@ def probe_accuracy(features: Any, labels: Any, folds: int = 5, seed: int = 0) ->
         return None
     scores = []
     for train_idx, test_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels):
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        inner = min(3, int(np.bincount(labels[train_idx]).min()))
+        model = (LogisticRegressionCV(Cs=list(PROBE_CS), cv=inner, max_iter=2000) if inner >= 2
+                 else LogisticRegression(max_iter=2000))
+        probe = make_pipeline(StandardScaler(), model)
         probe.fit(features[train_idx], labels[train_idx])
         scores.append(float(probe.score(features[test_idx], labels[test_idx])))
     return scores
