@@ -15,7 +15,9 @@ import faulthandler
 import importlib.util
 import multiprocessing
 import os
+import queue
 import socket
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -70,6 +72,11 @@ def _child(target: Callable[[int], Any], rank: int, world: int, port: int, resul
         os._exit(code)  # no pytest teardown in the fork
 
 
+class ChildCrashed(RuntimeError):
+    """A forked rank died of a signal: seen once in CI as glibc's "double free" inside torch's gloo
+    all-gather of the optimizer state after fork (never alone, never in two full local runs)."""
+
+
 def in_processes(target: Callable[[int], Any], world: int = 2, timeout: float = 90) -> dict[int, tuple]:
     """``target(rank)`` in ``world`` forked processes over gloo; returns {rank: (status, value)}."""
     with socket.socket() as probe:
@@ -82,10 +89,21 @@ def in_processes(target: Callable[[int], Any], world: int = 2, timeout: float = 
     for process in processes:
         process.start()
     found: dict[int, tuple] = {}
+    deadline = time.monotonic() + timeout
     try:
-        for _ in range(world):
-            rank, status, value = results.get(timeout=timeout)
-            found[rank] = (status, value)
+        while len(found) < world:
+            try:
+                rank, status, value = results.get(timeout=1.0)
+                found[rank] = (status, value)
+                continue
+            except queue.Empty:
+                pass
+            # a child killed by a signal (a native crash in the fork) never reports: say so at once
+            crashed = [p.exitcode for p in processes if p.exitcode is not None and p.exitcode < 0]
+            if crashed:
+                raise ChildCrashed(f"a forked rank died of signal {-crashed[0]} before reporting")
+            if time.monotonic() > deadline:
+                raise queue.Empty(f"no result from every rank within {timeout:g} s")
     finally:
         for process in processes:
             process.join(timeout=10)
@@ -195,6 +213,7 @@ def _stop_after_first_epoch() -> None:
     train._TrainingLoop.train_epoch = train_epoch
 
 
+@pytest.mark.flaky(reruns=1, only_rerun=["ChildCrashed"])  # a native crash in a forked rank, rerun in a fresh tmp_path
 def test_fsdp2_checkpoint_holds_full_weights_and_resumes(tmp_path, monkeypatch):
     """A 2-process FSDP2 run stopped after its first epoch's checkpoint: the checkpoint's
     trainable file holds the full gathered weights, equal to those a one-process run saves at
