@@ -192,20 +192,14 @@ def split_arms(names: list[str], baselines: Optional[list[str]]) -> tuple[list[s
     ``baselines``) chooses exactly those; ``baselines=[]`` drops them all; otherwise every installed
     baseline that serves the task joins (a baseline costs seconds).
     """
-    from adaptkit.plugin.registry import list_baselines
+    from adaptkit.plugin.registry import list_baselines, list_strategies
 
-    installed = list_baselines()
-    named = [n for n in names if n in installed and n not in list_strategies_names()]
+    installed, strategy_names = list_baselines(), list_strategies()
+    named = [n for n in names if n in installed and n not in strategy_names]
     strategies = [n for n in names if n not in named]
     if named:
         baselines = list(dict.fromkeys([*(baselines or []), *named]))
     return strategies, baselines
-
-
-def list_strategies_names() -> set[str]:
-    from adaptkit.plugin.registry import list_strategies
-
-    return set(list_strategies())
 
 
 def make_arm(recipe: Recipe, name: str, scratch_strategy: str, learning_rates: dict[str, float]) -> Any:
