@@ -18,7 +18,7 @@ from adaptkit.errors import (AdaptkitError, CheckpointDamaged, CheckpointWriteEr
 from adaptkit.plugin.hookspecs import hookimpl
 from adaptkit.recipe import Recipe, load_recipe
 from adaptkit.plugin.strategy import PeftStrategy, Strategy, StrategyOptions, WrapContext
-from adaptkit.plugin.task import Task, TaskOptions
+from adaptkit.plugin.task import LabelRules, Task, TaskOptions, write_label_maps
 from adaptkit.plugin.baseline import Baseline, BaselineRows
 from adaptkit.plugin.registry import get_strategy, list_baselines, list_plugins, list_strategies
 from adaptkit._version import __version__
@@ -32,7 +32,6 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers (nothing i
     from adaptkit.judge.compare import CompareReport
     from adaptkit.plugin.conformance import ConformanceReport, ModelFamily
     from adaptkit.plugin.blocks import find_block_list
-    from adaptkit.plugin.task import LabelRules
 
 #: What the public functions accept as a recipe: a ``Recipe``, a YAML file's path, or its dict.
 RecipeLike = Union[Recipe, str, "PathLike[str]", dict[str, Any]]
@@ -69,7 +68,6 @@ _LAZY = {
     "hub_offline": "adaptkit.plugin.sources",
     "hub_endpoint": "adaptkit.plugin.sources",
     "hub_unreachable": "adaptkit.plugin.sources",
-    "LabelRules": "adaptkit.plugin.task",  # lazy only while it is new; torch-free, may move to the imports above
     # how a sequence head pools token states (torch imported inside the functions only)
     "apply_pooling": "adaptkit.plugin.pooling",
     "declared_pooling": "adaptkit.plugin.pooling",
@@ -92,7 +90,8 @@ _LAZY.update({
 
 __all__ += [name for name in (
     "DataError", "ModelSourceError", "PreflightError", "TargetModuleError", "LowRankOptions", "LowRankStrategy",
-    "adaptable_modules", "resolve_targets", "position_limit", "families", *_LAZY) if name not in __all__]
+    "adaptable_modules", "resolve_targets", "position_limit", "families", "LabelRules", "write_label_maps",
+    *_LAZY) if name not in __all__]
 
 
 if not TYPE_CHECKING:  # hidden from type checkers, which would otherwise take any misspelt name as Any

@@ -67,14 +67,29 @@ def test_compute_saved_from_the_learning_curve():
 
 
 def test_each_arm_keeps_its_own_options_and_rate(tmp_path):
+    """Options come from make_arm; the centre of each search from the one rule (arm_learning_rate, which
+    asks Session.learning_rate): the recipe's rate for its own strategy only, scratch its own rate."""
+    from adaptkit.engine.session import Session
+    from adaptkit.judge.tuning import RANDOM_INIT_LEARNING_RATE, arm_learning_rate
+    from adaptkit.plugin.strategy import WrapContext
+
     recipe = Recipe.from_dict(tiny_recipe_dict(tmp_path, "lora") | {"strategy": {"name": "lora", "r": 4}})
+    recipe.training.learning_rate = 7e-4
+    session = Session(recipe, log=lambda _: None)
+    context = WrapContext(model_type="bert", task=session.task.name, head_modules=["classifier"])
+
+    def centre(arm):
+        return arm_learning_rate(session, arm, session.strategy(arm.strategy, arm.options), context)
+
     scratch = make_arm(recipe, SCRATCH, "full", {})
     assert scratch.random_init and scratch.strategy == "full" and scratch.learning_rate is None
+    assert centre(scratch) == RANDOM_INIT_LEARNING_RATE
     own = make_arm(recipe, "lora", "full", {})
-    assert own.options.r == 4 and own.learning_rate == recipe.training.learning_rate  # the recipe's rate is its own
+    assert own.options.r == 4 and centre(own) == 7e-4  # the recipe's rate is its own strategy's
     other = make_arm(recipe, "full", "full", {"full": 2e-3})
-    assert not other.random_init and other.learning_rate == 2e-3
-    assert make_arm(recipe, "ia3", "full", {}).learning_rate is None  # the strategy's default, not lora's rate
+    assert not other.random_init and other.learning_rate == 2e-3 and centre(other) == 2e-3
+    ia3 = make_arm(recipe, "ia3", "full", {})
+    assert centre(ia3) == session.strategy("ia3").suggest_learning_rate(context) != 7e-4  # not lora's rate
 
 
 def test_learning_rate_grid_is_log_spaced_around_the_suggestion():

@@ -7,10 +7,10 @@ Where the files come from (plugins, local folders, the Hub cache, the Hub) is
 from __future__ import annotations
 
 import copy
-import os
 from contextlib import contextmanager
 from typing import Optional
 
+from adaptkit.engine.device import runs_on_cpu, training_device
 from adaptkit.errors import ModelSourceError, RecipeError
 from adaptkit.plugin.sources import (HUB_HOST, ModelSource, check_weight_files, load_config,  # noqa: F401
                                      load_tokenizer, quiet_hf_logging, resolve_model_source)
@@ -151,12 +151,9 @@ def full_precision_reference(model):
 
 
 def _training_device(recipe):
-    """Where this process trains: its GPU (LOCAL_RANK) when there is one and the recipe allows, else the CPU."""
-    import torch
-
-    if recipe.training.device != "cpu" and torch.cuda.is_available():
-        return int(os.environ.get("LOCAL_RANK", "0") or 0)
-    return "cpu"
+    """Where this process trains, as ``device_map`` spells it: a GPU index, or "cpu"."""
+    device = training_device(recipe.training)
+    return device.index if device.type == "cuda" else "cpu"
 
 
 def _meta_model(task, config, trust_remote_code: bool = False):
@@ -176,13 +173,6 @@ def gradient_checkpointing_problem(model) -> Optional[str]:
         return (f"this {type(inner).__name__} does not support gradient checkpointing in transformers; "
                 f"set training.gradient_checkpointing: false")
     return None
-
-
-def runs_on_cpu(training) -> bool:
-    """Whether a run of this ``training`` section trains on the CPU (no CUDA, or ``device: cpu``)."""
-    import torch
-
-    return training.device == "cpu" or not torch.cuda.is_available()
 
 
 def half_training_on_cpu_problem(model, recipe) -> Optional[str]:

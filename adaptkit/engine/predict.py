@@ -108,6 +108,7 @@ def load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Pred
 
 def _load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Predictor:
     from adaptkit.engine.models import quiet_hf_logging, resolve_model_source, build_model
+    from adaptkit.engine.session import strategy_for
     from adaptkit.plugin.registry import get_registry
     from adaptkit.recipe.schema import Recipe
 
@@ -125,7 +126,7 @@ def _load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Pre
                             f"which no installed plugin provides")
     task = registry.tasks[recipe.task.type](recipe.task_options)
     task.load_state(summary["task_state"])
-    strategy = registry.strategies[recipe.strategy.name](recipe.strategy_options)
+    strategy = strategy_for(registry, recipe)
     recipe.model.tokenizer = str(folder / "tokenizer")
     source = (resolve_model_source(recipe.model.name, recipe.model.revision, recipe.model.allow_pickle)
               if recipe.model.name else None)

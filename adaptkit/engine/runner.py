@@ -58,7 +58,7 @@ def run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
     plugin's code becomes a ``PluginError`` that names the plugin and its distribution.
     """
     from adaptkit.engine.outputs import check_output_location, run_lock
-    from adaptkit.plugin.registry import blame, get_registry, plugin_error, recipe_plugins
+    from adaptkit.plugin.registry import blame, get_registry, name_plugin, plugin_error, recipe_plugins
 
     recipe = as_recipe(recipe)
     check_output_location(Path(recipe.output.dir))  # before the lock beside it is made, and any work
@@ -69,16 +69,12 @@ def run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
             return _run(recipe, overwrite=overwrite, progress=progress, log=log, resume=resume)
         except ContractViolation as exc:
             owner = get_registry().plugin_for("strategy", exc.strategy)
-            if owner is not None and "(distribution " not in str(exc):
-                exc.args = (f"{exc} [strategy from plugin {owner.name!r}, distribution {owner.distribution} "
-                            f"{owner.version}]",)
+            name_plugin(exc, f"strategy from {owner.describe()}" if owner is not None else "")
             raise
         except AdaptkitError as exc:
             cause = exc.__cause__  # an error adaptkit wrapped (e.g. a failing wrap): name the plugin too
             found = blame(cause) if cause is not None and not isinstance(cause, AdaptkitError) else None
-            if found is not None and "(distribution " not in str(exc):
-                exc.args = (f"{exc} [raised in plugin {found[0].name!r} (distribution {found[0].distribution} "
-                            f"{found[0].version}), in {found[1]}]",)
+            name_plugin(exc, f"raised in {found[0].describe()}, in {found[1]}" if found is not None else "")
             raise
         except Exception as exc:
             named = plugin_error(exc)

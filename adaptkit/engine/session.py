@@ -40,6 +40,16 @@ def as_recipe(recipe: RecipeLike) -> Recipe:
     return load_recipe(recipe)
 
 
+def strategy_for(registry: "Registry", recipe: Recipe, name: Optional[str] = None, options: Any = None) -> "Strategy":
+    """The one place the rule lives: the recipe's own strategy (``name`` None or the recipe's) gets the
+    recipe's options; another strategy gets ``options`` or its defaults. ``Session.strategy`` and
+    ``adaptkit predict`` (which rebuilds a finished run without a session) both ask here."""
+    name = name or recipe.strategy.name
+    if options is None and name == recipe.strategy.name:
+        options = recipe.strategy_options
+    return registry.strategies[name](options)
+
+
 class Session:
     """Everything a command builds from one recipe, each piece resolved once when first asked for.
 
@@ -105,10 +115,7 @@ class Session:
 
     def strategy(self, name: Optional[str] = None, options: Any = None) -> "Strategy":
         """A strategy instance: the recipe's own with the recipe's options, another with ``options`` or its defaults."""
-        name = name or self.recipe.strategy.name
-        if options is None and name == self.recipe.strategy.name:
-            options = self.recipe.strategy_options
-        return self.registry.strategies[name](options)
+        return strategy_for(self.registry, self.recipe, name, options)
 
     @functools.cached_property
     def config(self) -> Any:
@@ -209,15 +216,16 @@ def wrap_checked(strategy: Any, model: Any, context: Any) -> Any:
     except AdaptkitError:
         raise
     except Exception as exc:
-        from adaptkit.plugin.registry import get_registry
+        from adaptkit.plugin.registry import blame, get_registry, mark_plugin_named
 
         message = str(exc).splitlines()[0] if str(exc) else ""
-        owner = get_registry().plugin_for("strategy", strategy.name)
-        where = f" (plugin {owner.name!r}, distribution {owner.distribution} {owner.version})" if owner else ""
-        raise PreflightError(
+        found = blame(exc)  # the plugin whose code raised, and where
+        owner = found[0] if found else get_registry().plugin_for("strategy", strategy.name)
+        where = f" ({owner.describe()}{f', in {found[1]}' if found else ''})" if owner else ""
+        raise mark_plugin_named(PreflightError(
             f"strategy {strategy.name!r} cannot be applied to this {context.model_type} model for task "
             f"{context.task!r} (peft task type {context.peft_task_type}): its wrap failed with "
             f"{type(exc).__name__}: {message}. This combination is not supported{where}; choose another "
-            f"strategy (adaptkit plan RECIPE --all shows which ones plan on this model)") from exc
+            f"strategy (adaptkit plan RECIPE --all shows which ones plan on this model)")) from exc
     check_wrapped(strategy, wrapped, heads)
     return wrapped

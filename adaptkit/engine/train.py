@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from adaptkit.engine.device import runs_on_cpu
 from adaptkit.errors import AdaptkitError, RunInterrupted, TrainingDiverged
 from adaptkit.recipe.schema import TrainingSection
 
@@ -102,8 +103,7 @@ def make_accelerator(training: TrainingSection, log: Callable[[str], None] = pri
     from adaptkit.engine.distributed import accelerator_options, check_global_batch, shard_on_cpus, world_size
 
     precision = training.mixed_precision
-    cpu_only = training.device == "cpu" or not torch.cuda.is_available()
-    if cpu_only and precision == "fp16":
+    if runs_on_cpu(training) and precision == "fp16":
         log("training.mixed_precision: fp16 needs a GPU; this run uses full precision (fp32) on the CPU. "
             "Set mixed_precision: bf16 for reduced precision on a CPU.")
         precision = "no"
@@ -128,7 +128,7 @@ def make_accelerator(training: TrainingSection, log: Callable[[str], None] = pri
                                                            logging_dir=str(logging_dir or "."))}
     world = world_size()
     # Launched processes on a machine without GPUs train on the CPU over gloo (accelerate's MULTI_CPU).
-    cpu = training.device == "cpu" or (world > 1 and not torch.cuda.is_available())
+    cpu = training.device == "cpu" or (world > 1 and runs_on_cpu(training))
     options = accelerator_options(distributed, world, base_dir, log)
     accelerator = Accelerator(mixed_precision=precision, cpu=cpu,
                               gradient_accumulation_steps=training.gradient_accumulation_steps, **trackers, **options)

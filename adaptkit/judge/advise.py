@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from adaptkit.engine.device import training_device
 from adaptkit.plugin.baseline import BaselineRows
 from adaptkit.plugin.registry import get_strategy, list_strategies
 from adaptkit.recipe.schema import Recipe
@@ -271,7 +272,7 @@ def time_one_step(session: Any, base: Any, name: str) -> tuple[float, float, int
     import torch
 
     training = session.recipe.training
-    device = torch.device("cuda" if torch.cuda.is_available() and training.device != "cpu" else "cpu")
+    device = training_device(training)
     model = copy.deepcopy(base)
     context = session.context(model)
     strategy = session.strategy(name)
@@ -417,7 +418,7 @@ def _advise(recipe: Recipe, strategies: Optional[list[str]], probe_steps: int, m
     verdict, risk, sentence = transfer_verdict(transfer)
     curve = curve_finding(transfer)
     findings = [sentence] + _baseline_findings(baselines, transfer) + ([curve] if curve else []) + _data_findings(data)
-    device = "cuda" if recipe.training.device != "cpu" and _cuda() else "cpu"
+    device = training_device(recipe.training).type
     return AdviceReport(
         model=recipe.model.name or f"config:{recipe.model.config.get('model_type')}", task=session.task.name,
         data=data, strategies=advice, transferability=transfer, findings=findings, transfer_verdict=verdict,
@@ -488,12 +489,6 @@ def _baseline_findings(baselines: dict[str, Any], transfer: dict[str, Any]) -> l
                 f"{best['accuracy']:.3f} to pay; `adaptkit compare` measures whether it does."]
     return [f"{figure}, below a probe on the pretrained features ({probe:.3f}): the pretrained features already "
             f"carry more than word counts do."]
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def render(report: AdviceReport) -> list[Any]:

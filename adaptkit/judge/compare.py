@@ -31,9 +31,6 @@ time are printed before the first trial (``adaptkit.judge.compare_state``).
 """
 from __future__ import annotations
 
-import base64
-import functools
-import html
 import json
 import math
 import time
@@ -41,11 +38,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from adaptkit.engine.device import training_device
 from adaptkit.errors import AdaptkitError
 from adaptkit.recipe.schema import Recipe
 from adaptkit.judge.compare_report import html_report, markdown_table, plot
 from adaptkit.judge.curves import percentile_interval
-from adaptkit.judge.tuning import DEFAULT_TRIALS, RANDOM_INIT_LEARNING_RATE, SCRATCH, VALIDATION_FRACTION
+from adaptkit.judge.tuning import (DEFAULT_TRIALS, RANDOM_INIT_LEARNING_RATE, SCRATCH, VALIDATION_FRACTION, Arm, ArmModel,
+                                   arm_learning_rate, search_range, tune_arm)
 from adaptkit.judge.verdicts import compute_saved, transfer_range, verdicts_by_size
 
 SCRATCH_LEARNING_RATE = RANDOM_INIT_LEARNING_RATE  # the centre of scratch's search (tuning.search_range)
@@ -203,15 +202,16 @@ def split_arms(names: list[str], baselines: Optional[list[str]]) -> tuple[list[s
 
 
 def make_arm(recipe: Recipe, name: str, scratch_strategy: str, learning_rates: dict[str, float]) -> Any:
-    """The arm for ``name``: the recipe's own strategy keeps its options and rate; others their defaults."""
+    """The arm for ``name``: an explicit rate from ``learning_rates``; the strategy's options as the session
+    gives them (the recipe's own strategy keeps its options, others their defaults); the recipe's own rate
+    is the session's rule too (``arm_learning_rate``)."""
     from adaptkit.plugin.registry import get_strategy
-    from adaptkit.judge.tuning import Arm
 
     own = name == recipe.strategy.name
     strategy = scratch_strategy if name == SCRATCH else name
     options = recipe.strategy_options if own else get_strategy(strategy).Options()
-    rate = learning_rates.get(name) or (recipe.training.learning_rate if own else None)
-    return Arm(name=name, strategy=strategy, random_init=name == SCRATCH, options=options, learning_rate=rate)
+    return Arm(name=name, strategy=strategy, random_init=name == SCRATCH, options=options,
+               learning_rate=learning_rates.get(name))
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -402,8 +402,6 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
              bootstrap_rounds: int, log: Callable[[str], None], trials: int, validation_fraction: float,
              storage: Optional[str], study_name: Optional[str], baseline_names: Optional[list[str]],
              max_minutes: Optional[float] = None) -> CompareReport:
-    import torch
-
     from adaptkit.engine.budget import budget_for
     from adaptkit.engine.checkpoint import identity_hash, recipe_identity
     from adaptkit.engine.data import split_validation
@@ -412,7 +410,6 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     from adaptkit.judge import compare_state as state
     from adaptkit.engine.session import Session
     from adaptkit.judge.baselines import aligned, installed_for
-    from adaptkit.judge.tuning import ArmModel, search_range, tune_arm
     from adaptkit.judge.verdicts import verdict_metric
 
     started = time.perf_counter()
@@ -430,7 +427,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     (folder / "trials").mkdir(parents=True, exist_ok=True)
     write_manifest(folder, "compare", COMPARE_FILES)  # --overwrite replaces only what adaptkit wrote
     study_storage = storage or state.local_storage(folder)  # trials outlive the process either way
-    device = "cuda" if torch.cuda.is_available() and recipe.training.device != "cpu" else "cpu"
+    device = training_device(recipe.training).type
     prefix = study_name or f"adaptkit-{identity_hash(recipe_identity(recipe))[:12]}"
     arms = {name: make_arm(recipe, name, scratch_strategy, learning_rates) for name in strategies}
 
@@ -608,7 +605,6 @@ def _plan(session: Any, spec: Recipe, arms: dict[str, Any], strategies: list[str
     to ``max_minutes``; printed before the first trial."""
     from adaptkit.engine.budget import budget_for
     from adaptkit.judge import compare_state as state
-    from adaptkit.judge.tuning import search_range
 
     training = spec.training
 
@@ -635,9 +631,7 @@ def _plan(session: Any, spec: Recipe, arms: dict[str, Any], strategies: list[str
     base = session.build_base() if todo else None
     for cell in todo:  # the grid each arm will try: its suggestion as ArmModel asks for it
         arm = cell[0]
-        centre = arm.learning_rate or (RANDOM_INIT_LEARNING_RATE if arm.random_init else
-                                       session.strategy(arm.strategy, arm.options).suggest_learning_rate(
-                                           session.context(base)))
+        centre = arm_learning_rate(session, arm, session.strategy(arm.strategy, arm.options), session.context(base))
         cell[3] = search_range(arm, centre, trials, training)
     timed = state.time_steps(session, base, {cell[0].strategy for cell in todo}, log)
     del base

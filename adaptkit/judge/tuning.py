@@ -75,7 +75,7 @@ class Arm:
     strategy: str  # the registered strategy that trains it
     random_init: bool
     options: Any  # the strategy's options model
-    learning_rate: Optional[float]  # an explicit rate: no search around another one
+    learning_rate: Optional[float]  # an explicit centre for its search (compare's learning_rates), else None
 
 
 @dataclass
@@ -206,6 +206,19 @@ def search_range(arm: Arm, suggestion: float, trials: int, training: Any, limit:
                               f"a warm-up and the small-data step floor")
 
 
+def arm_learning_rate(session: Any, arm: Arm, strategy: Any, context: Any,
+                      scratch_learning_rate: Optional[float] = None) -> float:
+    """The rate an arm's search is centred on; compare's plan and the search both ask here. An explicit
+    rate (``learning_rates[name]``) wins; random weights take their own (larger) rate; otherwise what a run
+    of this strategy would use (``Session.learning_rate``: the recipe's rate for its own strategy, else the
+    strategy's suggestion for this model)."""
+    if arm.learning_rate:
+        return arm.learning_rate
+    if arm.random_init:
+        return scratch_learning_rate or RANDOM_INIT_LEARNING_RATE
+    return session.learning_rate(strategy, context)
+
+
 class ArmModel:
     """An arm's model, built and wrapped once; ``reset()`` puts back its initial trainable tensors."""
 
@@ -216,8 +229,7 @@ class ArmModel:
         # the arm's strategy loads its own base (a 4-bit one for a quantizing strategy), as a run does
         base = session.build_base(self.strategy, seed=seed, random_init=arm.random_init)
         context = session.context(base)
-        self.suggestion = arm.learning_rate or ((scratch_learning_rate or RANDOM_INIT_LEARNING_RATE)
-                                                if arm.random_init else self.strategy.suggest_learning_rate(context))
+        self.suggestion = arm_learning_rate(session, arm, self.strategy, context, scratch_learning_rate)
         self.model = session.wrap(self.strategy, base, context)
         self.initial = trainable_state(self.model)
         self.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -390,7 +402,7 @@ def tune_arm(session: Any, arm: Arm, arm_model: ArmModel, size: Optional[int], s
     collate = task.collate(session.tokenizer)
 
     def accelerator_for(rate: float) -> Any:
-        return make_accelerator(training.model_copy(update={"learning_rate": rate}), log=lambda _: None)
+        return make_accelerator(training, log=lambda _: None)  # the rate goes to fit, which builds the optimizer
 
     def train(rate: float, report: Optional[Callable[[int, dict[str, float]], None]], accelerator: Any) -> Any:
         arm_model.reset()

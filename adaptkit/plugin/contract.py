@@ -61,7 +61,7 @@ def strategy_origin(strategy: StrategyRef) -> str:
     except Exception:  # naming the plugin must never hide the violation itself
         owner = registered = None
     if owner is not None and (cls is None or registered is cls):
-        return f"strategy {name!r} from plugin {owner.name!r} (distribution {owner.distribution} {owner.version})"
+        return f"strategy {name!r} from {owner.describe()}"
     if cls is not None:
         return f"strategy class {cls.__module__}.{cls.__qualname__}, registered by no installed plugin"
     return ""
@@ -71,10 +71,7 @@ def violation(strategy: StrategyRef, rule: str, detail: str, parameter: str | No
     """A ``ContractViolation`` whose message ends with the plugin and distribution of ``strategy``."""
     exc = ContractViolation(_strategy_name(strategy), rule, detail, parameter=parameter)
     exc.detail = detail  # type: ignore[attr-defined]  # the message's own part, for callers that extend it
-    origin = strategy_origin(strategy)
-    if origin:
-        exc.args = (f"{exc} [{origin}]",)
-    return exc
+    return plugins.name_plugin(exc, strategy_origin(strategy))
 
 
 # ---------------------------------------------------------------------------- 1. signature

@@ -82,6 +82,10 @@ class PluginInfo:
     error: str | None = None
     conflicts: list[str] = field(default_factory=list)
 
+    def describe(self) -> str:
+        """``plugin 'lora' (distribution adaptkit 0.9)``: how every message names a plugin."""
+        return f"plugin {self.name!r} (distribution {self.distribution} {self.version})"
+
 
 class _Table(dict):
     """name -> class. A refused name (shared by several distributions, or not provided by the
@@ -419,7 +423,7 @@ def _settle(claims: dict[str, list[tuple[PluginInfo, type]]]) -> tuple[dict[str,
             info.conflicts.append(f"{kind}:{name}, also registered by "
                                   f"{', '.join(_who(other) for other in others)}")
             if _normal(info.distribution) != CORE_DISTRIBUTION:
-                _add_error(info, f"{_describe_plugin(info)}: {kind} name {name!r} is also registered by "
+                _add_error(info, f"{info.describe()}: {kind} name {name!r} is also registered by "
                                  f"{', '.join(_who(other) for other in others)}: refused unless a recipe names "
                                  f"the distribution, e.g. `{section}: {{{field_name}: {name}, "
                                  f"distribution: {info.distribution}}}`")
@@ -450,7 +454,7 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
         except KeyboardInterrupt:  # the user's Ctrl-C, not the plugin's doing
             raise
         except BaseException as exc:  # a broken plugin (even one calling sys.exit()) must not break the others
-            info.error = f"{_describe_plugin(info)} failed to import {ep.value!r}: {_explain(exc)}"
+            info.error = f"{info.describe()} failed to import {ep.value!r}: {_explain(exc)}"
             continue
         candidates.append((info, module))
     for name, module in extra_plugins or []:
@@ -462,7 +466,7 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
         if manager.is_registered(module):
             # Another copy of adaptkit's metadata (an older install beside the running one) names the
             # same modules: registering one twice is refused, and undoing that would unregister the first.
-            _add_error(info, f"{_describe_plugin(info)}: module {info.module!r} is already loaded as plugin "
+            _add_error(info, f"{info.describe()}: module {info.module!r} is already loaded as plugin "
                              f"{manager.get_name(module)!r}; this entry point is ignored")
             continue
         try:
@@ -475,7 +479,7 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
         except BaseException as exc:
             if manager.is_registered(module):
                 manager.unregister(module)
-            info.error = f"{_describe_plugin(info)} has an invalid hook implementation: {_explain(exc)}"
+            info.error = f"{info.describe()} has an invalid hook implementation: {_explain(exc)}"
             continue
         info.hooks = sorted(
             impl_hook.name for impl_hook in manager.get_hookcallers(module) or []
@@ -490,7 +494,7 @@ def build_registry(extra_plugins: list[tuple[str, object]] | None = None) -> Reg
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:
-                _add_error(info, f"{_describe_plugin(info)}: {hook_name} failed: {_explain(exc)}")
+                _add_error(info, f"{info.describe()}: {hook_name} failed: {_explain(exc)}")
                 continue
             for cls in classes:
                 claims.setdefault(f"{kind}:{cls.name}", []).append((info, cls))
@@ -565,10 +569,6 @@ def list_plugins() -> list[PluginInfo]:
 
 # ---------------------------------------------------------------------------- guarded hooks
 
-def _describe_plugin(info: PluginInfo) -> str:
-    return f"plugin {info.name!r} (distribution {info.distribution} {info.version})"
-
-
 def _check_answer(hook: str, value: Any) -> str | None:
     """What is wrong with a hook's return value, or None when it has the promised type."""
     if hook == "adaptkit_resolve_model":
@@ -596,10 +596,10 @@ def _guarded(function: Any, hook: str, info: PluginInfo) -> Any:
             # (the packaged-models plugin's "pip install ..." advice): it is shown as the plugin wrote it.
             raise
         except BaseException as exc:  # sys.exit() inside a hook too: it must not end the command unnamed
-            raise PluginError(f"{_describe_plugin(info)} failed in hook {hook}: {_explain(exc)}") from exc
+            raise PluginError(f"{info.describe()} failed in hook {hook}: {_explain(exc)}") from exc
         problem = _check_answer(hook, value)
         if problem:
-            raise PluginError(f"{_describe_plugin(info)} broke hook {hook}: it {problem}")
+            raise PluginError(f"{info.describe()} broke hook {hook}: it {problem}")
         return value
 
     call._adaptkit_guarded = True  # type: ignore[attr-defined]
@@ -617,6 +617,22 @@ def _plugin_modules(registry: Registry) -> dict[str, PluginInfo]:
         if cls is not None:
             found.setdefault(cls.__module__.split(".")[0], info)
     return found
+
+
+def name_plugin(exc: BaseException, where: str) -> BaseException:
+    """Append ``[where]`` (the plugin behind ``exc``) to its message, once: the first layer that knows
+    the plugin names it and marks the exception, so the layers it passes through later do not name it
+    again. Decided here, not by searching the message's text. Returns ``exc``."""
+    if where and not getattr(exc, "plugin_named", False):
+        exc.args = (f"{exc} [{where}]",)
+        exc.plugin_named = True  # type: ignore[attr-defined]
+    return exc
+
+
+def mark_plugin_named(exc: BaseException) -> BaseException:
+    """Mark ``exc`` as already naming its plugin (its message was written with it)."""
+    exc.plugin_named = True  # type: ignore[attr-defined]
+    return exc
 
 
 def blame(exc: BaseException, registry: Registry | None = None) -> tuple[PluginInfo, str] | None:
@@ -640,4 +656,4 @@ def plugin_error(exc: BaseException, registry: Registry | None = None) -> Plugin
     if found is None:
         return None
     info, function = found
-    return PluginError(f"{_describe_plugin(info)} failed in {function}: {type(exc).__name__}: {exc}")
+    return mark_plugin_named(PluginError(f"{info.describe()} failed in {function}: {type(exc).__name__}: {exc}"))

@@ -56,6 +56,16 @@ class LabelRules:
     separator: str = ","
 
 
+def write_label_maps(config: Any, labels: list[str], problem_type: Optional[str] = None) -> None:
+    """Give ``config`` a classifier's label count and maps (and its ``problem_type`` when given), so the
+    head is built to size and the export names its classes."""
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    if problem_type is not None:
+        config.problem_type = problem_type
+
+
 class TaskOptions(BaseModel):
     """Base for a task's recipe section; unknown keys are errors."""
 
@@ -84,6 +94,12 @@ class Task:
     pipeline_tag: ClassVar[str | None] = None
     # The task a recipe without a ``task`` section means; at most one installed task declares it.
     is_default: ClassVar[bool] = False
+    # The transformers class (its name: transformers is imported only when a model is built) that
+    # ``build_model`` uses, e.g. "AutoModelForSequenceClassification".
+    model_class: ClassVar[str] = ""
+    # Last names of the modules whose shape follows the task ("classifier", "score"); ``head_modules``
+    # finds them. Empty: no head (a language model's lm_head follows the vocabulary, not the task).
+    head_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: TaskOptions | dict[str, Any] | None = None):
         if options is None:
@@ -143,12 +159,48 @@ class Task:
         return notes the plan shows (e.g. a causal LM's packing that cannot isolate examples)."""
         return []
 
+    # ------------------------------------------------------------------ the model
+    # A task states what differs (``model_class``, ``configure_model``, ``load_arguments``,
+    # ``finish_model``, ``head_names``); ``build_model`` and ``head_modules`` are shared. A task whose
+    # model is not one transformers class may still override ``build_model`` whole.
+
+    def configure_model(self, config: Any) -> None:
+        """Write what the task decides into the model config before it is built (a classifier's label
+        maps: ``write_label_maps``). Called on every build, from a checkpoint or from the config."""
+
+    def load_arguments(self) -> dict[str, Any]:
+        """More ``from_pretrained`` arguments this task needs (an image classifier: a fresh head where
+        the checkpoint's label count differs, ``ignore_mismatched_sizes``)."""
+        return {}
+
+    def finish_model(self, model: "torch.nn.Module", source: str, load_kwargs: dict[str, Any]) -> "torch.nn.Module":
+        """Change the built model where the class alone does not (a pooling other than the head's);
+        ``source`` is the checkpoint ('' when built from a config), ``load_kwargs`` what it was loaded with."""
+        return model
+
     def build_model(self, source: str, config: Any, from_config: bool, **kwargs: Any) -> "torch.nn.Module":
-        raise NotImplementedError
+        """The task model, from the checkpoint ``source`` or freshly initialised from ``config``:
+        ``configure_model``, then ``model_class`` built, then ``finish_model``. A build from a config takes
+        only ``trust_remote_code`` of ``kwargs``: the rest are loading arguments."""
+        import transformers
+
+        if not self.model_class:
+            raise NotImplementedError(f"task {self.name!r} names no model_class and does not override build_model")
+        model_class = getattr(transformers, self.model_class)
+        self.configure_model(config)
+        if from_config:
+            model = model_class.from_config(config, trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
+        else:
+            model = model_class.from_pretrained(source, config=config, **{**self.load_arguments(), **kwargs})
+        return self.finish_model(model, source, kwargs)
 
     def head_modules(self, model: "torch.nn.Module") -> list[str]:
-        """Qualified module names of the task head (their shape follows the task)."""
-        return []
+        """Qualified module names of the task head (their shape follows the task): the modules named
+        one of ``head_names`` at the top level or one below it (``classifier``, ``roberta.pooler`` is not)."""
+        if not self.head_names:
+            return []
+        return [name for name, _ in model.named_modules()
+                if name.split(".")[-1] in self.head_names and name.count(".") <= 1]
 
     def prepare_loaded(self, model: "torch.nn.Module") -> "torch.nn.Module":
         """Re-apply to a model loaded from an export what ``build_model`` installs and

@@ -49,6 +49,9 @@ class CausalLM(Task):
     """Fine-tune a decoder on text, or on prompt/response pairs (optionally scoring responses only)."""
 
     name = "causal_lm"
+    model_class = "AutoModelForCausalLM"
+    # No head_names: lm_head's shape follows the vocabulary, not the task, and is often tied to the
+    # input embeddings; declaring it a head would make peft copy (and untie) it.
     Options = CausalLMOptions
     peft_task_type = "CAUSAL_LM"
     pipeline_tag = "text-generation"
@@ -131,18 +134,6 @@ class CausalLM(Task):
         return collate
 
     # ------------------------------------------------------------------ model
-    def build_model(self, source: str, config: Any, from_config: bool, **kwargs: Any):
-        from transformers import AutoModelForCausalLM
-
-        if from_config:
-            return AutoModelForCausalLM.from_config(config, **{k: v for k, v in kwargs.items()
-                                                               if k == "trust_remote_code"})
-        return AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
-
-    def head_modules(self, model) -> list[str]:
-        """None: lm_head's shape follows the vocabulary, not the task, and is often tied to the
-        input embeddings; declaring it a head would make peft copy (and untie) it."""
-        return []
 
     # ------------------------------------------------------------------ metrics
     def batch_outputs(self, outputs, batch):

@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 
 from pydantic import Field
 
-from adaptkit import Task, TaskOptions
+from adaptkit import Task, TaskOptions, write_label_maps
 from adaptkit_tasks.metrics import macro_f1
 
 
@@ -58,6 +58,8 @@ class ImageClassification(Task):
     """Classify each image into one of the labels (top-1 accuracy and macro-F1)."""
 
     name = "image_classification"
+    model_class = "AutoModelForImageClassification"
+    head_names = ("classifier", "head")
     Options = ImageClassificationOptions
     peft_task_type = None  # peft has no image task type; a plain PeftModel forwards pixel_values
     primary_metric = "accuracy"
@@ -175,23 +177,12 @@ class ImageClassification(Task):
         return collate
 
     # ------------------------------------------------------------------ model
-    def build_model(self, source: str, config: Any, from_config: bool, **kwargs: Any):
-        from transformers import AutoModelForImageClassification
+    def configure_model(self, config: Any) -> None:
+        write_label_maps(config, self.labels, "single_label_classification")
 
-        config.num_labels = len(self.labels)
-        config.id2label = dict(enumerate(self.labels))
-        config.label2id = {label: i for i, label in enumerate(self.labels)}
-        config.problem_type = "single_label_classification"
-        if from_config:
-            return AutoModelForImageClassification.from_config(config, **{k: v for k, v in kwargs.items()
-                                                                           if k == "trust_remote_code"})
-        # A checkpoint trained on another label set (ImageNet's 1000) gets a fresh head.
-        return AutoModelForImageClassification.from_pretrained(source, config=config,
-                                                               ignore_mismatched_sizes=True, **kwargs)
-
-    def head_modules(self, model) -> list[str]:
-        return [name for name, _ in model.named_modules()
-                if name.split(".")[-1] in ("classifier", "head") and name.count(".") <= 1]
+    def load_arguments(self) -> dict[str, Any]:
+        """A checkpoint trained on another label set (ImageNet's 1000) gets a fresh head."""
+        return {"ignore_mismatched_sizes": True}
 
     # ------------------------------------------------------------------ metrics
     def compute_metrics(self, logits, labels) -> dict[str, float]:

@@ -152,12 +152,11 @@ class Instruct(CausalLM):
         return ["packing: training examples share max_length rows; position ids restart per example and the "
                 "attention mask is block-diagonal, so no example attends to another"]
 
-    def build_model(self, source: str, config: Any, from_config: bool, **kwargs: Any):
-        """The decoder; with packing, without a training-time KV cache (transformers only reads
-        packed position ids into a block-diagonal mask when no cache is passed)."""
+    def configure_model(self, config: Any) -> None:
+        """With packing, no training-time KV cache (transformers only reads packed position ids into
+        a block-diagonal mask when no cache is passed)."""
         if self.options.packing:
             config.use_cache = False
-        return super().build_model(source, config, from_config, **kwargs)
 
     # ------------------------------------------------------------------ data
     def _encode(self, row: dict[str, Any], index: int, tokenizer: Any, training: bool) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, PositiveInt
 
-from adaptkit import LabelRules, Task, TaskOptions, apply_pooling, declared_pooling
+from adaptkit import LabelRules, Task, TaskOptions, apply_pooling, declared_pooling, write_label_maps
 from adaptkit_tasks.metrics import macro_f1
 
 
@@ -31,6 +31,8 @@ class SequenceClassification(Task):
     """Classify each text (or text pair) into one of the labels, or several for multi-label."""
 
     name = "sequence_classification"
+    model_class = "AutoModelForSequenceClassification"
+    head_names = ("classifier", "score", "classification_head", "logits_proj")
     Options = SequenceClassificationOptions
     peft_task_type = "SEQ_CLS"
     pipeline_tag = "text-classification"
@@ -156,23 +158,13 @@ class SequenceClassification(Task):
         return collate
 
     # ------------------------------------------------------------------ model
-    def build_model(self, source: str, config: Any, from_config: bool, **kwargs: Any):
-        from transformers import AutoModelForSequenceClassification
+    def configure_model(self, config: Any) -> None:
+        write_label_maps(config, self.labels, "multi_label_classification" if self.options.multi_label
+                         else "single_label_classification")
 
-        settings = {
-            "num_labels": len(self.labels),
-            "id2label": dict(enumerate(self.labels)),
-            "label2id": {label: i for i, label in enumerate(self.labels)},
-            "problem_type": "multi_label_classification" if self.options.multi_label else "single_label_classification",
-        }
-        for key, value in settings.items():
-            setattr(config, key, value)
-        if from_config:
-            model = AutoModelForSequenceClassification.from_config(config, **{k: v for k, v in kwargs.items()
-                                                                               if k == "trust_remote_code"})
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(source, config=config, **kwargs)
-        self._resolve_pooling(source, kwargs)
+    def finish_model(self, model, source: str, load_kwargs: dict[str, Any]):
+        """The pooling the recipe or checkpoint asks for, installed over the architecture's head."""
+        self._resolve_pooling(source, load_kwargs)
         backbone = getattr(model, "base_model", None)
         self.head_reads_pooler = backbone is not model and getattr(backbone, "pooler", None) is not None
         return apply_pooling(model, self.pooling or "pooler")
@@ -285,11 +277,6 @@ class SequenceClassification(Task):
         if isinstance(y, torch.Tensor) and y.ndim == 3:  # a decoder's score: it reads the last real token
             return pool_hidden(x, batch.get("attention_mask"), "last")
         return x[:, 0]  # a head that reads the first token (RoBERTa's)
-
-    def head_modules(self, model) -> list[str]:
-        names = [name for name, _ in model.named_modules()]
-        candidates = ("classifier", "score", "classification_head", "logits_proj")
-        return [name for name in names if name.split(".")[-1] in candidates and name.count(".") <= 1]
 
     # ------------------------------------------------------------------ metrics
     def compute_metrics(self, logits, labels) -> dict[str, float]:

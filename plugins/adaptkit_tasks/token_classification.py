@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 
 from pydantic import Field, PositiveInt
 
-from adaptkit import Task, TaskOptions
+from adaptkit import Task, TaskOptions, write_label_maps
 
 IGNORE = -100
 
@@ -83,6 +83,8 @@ class TokenClassification(Task):
     """Tag every word of a pre-split sentence (BIO named entities, chunks, parts of speech)."""
 
     name = "token_classification"
+    model_class = "AutoModelForTokenClassification"
+    head_names = ("classifier", "score")
     Options = TokenClassificationOptions
     peft_task_type = "TOKEN_CLS"
     pipeline_tag = "token-classification"
@@ -178,20 +180,8 @@ class TokenClassification(Task):
         return collate
 
     # ------------------------------------------------------------------ model
-    def build_model(self, source: str, config: Any, from_config: bool, **kwargs: Any):
-        from transformers import AutoModelForTokenClassification
-
-        config.num_labels = len(self.labels)
-        config.id2label = dict(enumerate(self.labels))
-        config.label2id = {label: i for i, label in enumerate(self.labels)}
-        if from_config:
-            return AutoModelForTokenClassification.from_config(config, **{k: v for k, v in kwargs.items()
-                                                                           if k == "trust_remote_code"})
-        return AutoModelForTokenClassification.from_pretrained(source, config=config, **kwargs)
-
-    def head_modules(self, model) -> list[str]:
-        return [name for name, _ in model.named_modules()
-                if name.split(".")[-1] in ("classifier", "score") and name.count(".") <= 1]
+    def configure_model(self, config: Any) -> None:
+        write_label_maps(config, self.labels)
 
     # ------------------------------------------------------------------ metrics
     def batch_outputs(self, outputs, batch):
