@@ -4,6 +4,9 @@ accelerate owns devices, mixed precision, gradient accumulation and processes; t
 owns the order of things: batches grouped by length (less padding), loss read back from
 the device only at log points (no per-step host sync), evaluation once per epoch, the best
 epoch and early stopping, and checkpoints that resume bit for bit (``adaptkit.engine.checkpoint``).
+
+accelerate, rich, bitsandbytes and transformers' helpers are imported where they are used: a run that
+never reaches them (no progress bar, no 8-bit optimizer) does not pay for loading them.
 """
 from __future__ import annotations
 
@@ -20,12 +23,18 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from adaptkit.engine.budget import step_budget
+from adaptkit.engine.checkpoint import (CheckpointConfig, Checkpointer, capture_rng, gathered_trainable_state,
+                                        latest_checkpoint, load_trainable_state, restore_rng)
 from adaptkit.engine.device import runs_on_cpu
+from adaptkit.engine.distributed import (accelerator_options, become_unsharded, check_global_batch, meta_skeleton,
+                                         shard_on_cpus, sharded, world_size)
+from adaptkit.engine.models import enable_gradient_checkpointing
+from adaptkit.engine.outputs import record_checkpoint_logs
 from adaptkit.errors import AdaptkitError, RunInterrupted, TrainingDiverged
 from adaptkit.recipe.schema import TrainingSection
 
 if TYPE_CHECKING:
-    from adaptkit.engine.checkpoint import CheckpointConfig
     from adaptkit.recipe.schema import DistributedSection
 
 LOG_EVERY = 10
@@ -100,7 +109,6 @@ def make_accelerator(training: TrainingSection, log: Callable[[str], None] = pri
     """
     from accelerate import Accelerator
 
-    from adaptkit.engine.distributed import accelerator_options, check_global_batch, shard_on_cpus, world_size
 
     precision = training.mixed_precision
     if runs_on_cpu(training) and precision == "fp16":
@@ -498,7 +506,6 @@ class _TrainingLoop:
                  on_checkpoint: Optional[Callable[[str, int], None]], eval_every: Optional[int]):
         from transformers import get_scheduler
 
-        from adaptkit.engine.checkpoint import Checkpointer
 
         self.strategy, self.task, self.train_data, self.training = strategy, task, train_data, training
         self.accelerator, self.checkpoints, self.on_checkpoint = accelerator, checkpoints, on_checkpoint
@@ -511,10 +518,8 @@ class _TrainingLoop:
         groups = [g for g in strategy.parameter_groups(model, learning_rate, training.weight_decay) if g["params"]]
         optimizer = make_optimizer(training.optimizer, groups, learning_rate)
         if training.gradient_checkpointing:
-            from adaptkit.engine.models import enable_gradient_checkpointing
 
             enable_gradient_checkpointing(model)
-        from adaptkit.engine.budget import step_budget
 
         budget = step_budget(math.ceil(len(loader) / training.gradient_accumulation_steps), training.epochs,
                              training.min_steps, training.max_steps)
@@ -525,7 +530,6 @@ class _TrainingLoop:
         scheduler = get_scheduler(training.scheduler if training.scheduler != "constant" else "constant_with_warmup",
                                   optimizer, num_warmup_steps=int(training.warmup_ratio * self.total_steps),
                                   num_training_steps=self.total_steps)
-        from adaptkit.engine.distributed import meta_skeleton, sharded
 
         # sharding changes the modules in place: a weightless copy is kept to gather the trained weights into
         self.skeleton = meta_skeleton(model) if sharded(accelerator) else None
@@ -559,7 +563,6 @@ class _TrainingLoop:
         the next batch, or about to evaluate at an epoch's end): the loader's own draws in between
         must not shift them.
         """
-        from adaptkit.engine.checkpoint import capture_rng
 
         result = self.result
         state = self.checkpointer.load(path)
@@ -584,7 +587,6 @@ class _TrainingLoop:
     def _restore_pending_rng(self) -> None:
         """Apply a resume's RNG states, once, at the point of the loop where they were saved."""
         if self.pending_rng is not None:
-            from adaptkit.engine.checkpoint import restore_rng
 
             restore_rng(self.pending_rng)
             self.pending_rng = None
@@ -607,7 +609,6 @@ class _TrainingLoop:
             accelerator.init_trackers("train", config=_flat_config(tracker_config or {}))
             logs = Path(accelerator.logging_dir or ".")
             if accelerator.is_main_process and logs.name == "logs" and logs.parent.name.endswith(".checkpoints"):
-                from adaptkit.engine.outputs import record_checkpoint_logs
 
                 record_checkpoint_logs(logs.parent)  # the files the trackers just made are this run's
         self.bar = _Progress(self.total_steps, progress and accelerator.is_main_process, epochs=self.epochs,
@@ -701,7 +702,6 @@ class _TrainingLoop:
 
     def _diverged(self, where: str) -> Exception:
         """The error for a NaN or infinite loss, naming the last good checkpoint that is kept."""
-        from adaptkit.engine.checkpoint import latest_checkpoint
 
         good = latest_checkpoint(self.checkpoints.root) if self.checkpoints is not None else None
         kept = (f"the last good checkpoint, {good.name}, is kept in {good.parent}" if good is not None
@@ -771,7 +771,6 @@ class _TrainingLoop:
     def evaluate_epoch(self, epoch: int) -> dict[str, float]:
         """The eval pass after ``epoch``: its history entry, the display and trackers, and the best
         epoch (whose trainable weights are kept, and checkpointed, when ``load_best_at_end`` wants them)."""
-        from adaptkit.engine.checkpoint import gathered_trainable_state
 
         accelerator, result = self.accelerator, self.result
         metrics = evaluate(self.model, self.evaluation, accelerator, self.task)
@@ -822,7 +821,6 @@ class _TrainingLoop:
 
     def outcome(self) -> FitResult:
         """The epoch table, the best epoch, and its weights put back when ``load_best_at_end`` asks."""
-        from adaptkit.engine.checkpoint import load_trainable_state
 
         result, best = self.result, self.best
         self.bar.summary(result.history)
@@ -875,7 +873,6 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
     finally:
         loop.close()
     if loop.skeleton is not None:  # sharded: the caller's model becomes a plain one with the full weights
-        from adaptkit.engine.distributed import become_unsharded
 
         become_unsharded(accelerator, model, loop.skeleton)
         loop.model = model

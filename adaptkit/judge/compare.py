@@ -28,24 +28,44 @@ eval predictions, which processes sharing an Optuna storage read from each other
 folder's own Optuna study when no storage is given). compare.json is written after every
 finished cell and a rerun of the same command resumes from it; the plan and its estimated
 time are printed before the first trial (``adaptkit.judge.compare_state``).
+
+torch and scipy are imported inside the functions that use them, so importing this module (the CLI's
+argument checks, ``split_arms``) stays torch-free; every other import is at the top.
 """
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+import psutil
+
+from adaptkit.engine.budget import budget_for
+from adaptkit.engine.checkpoint import identity_hash, recipe_identity
+from adaptkit.engine.data import split_validation
 from adaptkit.engine.device import training_device
+from adaptkit.engine.outputs import safe_join, write_json, write_manifest
+from adaptkit.engine.session import Session, as_recipe
 from adaptkit.errors import AdaptkitError
+from adaptkit.judge import compare_state as state
+from adaptkit.judge.baselines import aligned, installed_for, targets_of, train_baseline
+from adaptkit.judge.compare_checks import check_compare_arguments
+from adaptkit.judge.energy import describe_power, grid_intensity
+from adaptkit.plugin.baseline import BaselineRows
+from adaptkit.plugin.registry import get_strategy, list_baselines, list_strategies, recipe_plugins
+from adaptkit.recipe.loading import closest
 from adaptkit.recipe.schema import Recipe
 from adaptkit.judge.compare_report import html_report, markdown_table, plot
-from adaptkit.judge.curves import percentile_interval
+from adaptkit.judge.curves import curve_questions, percentile_interval
 from adaptkit.judge.tuning import (DEFAULT_TRIALS, RANDOM_INIT_LEARNING_RATE, SCRATCH, VALIDATION_FRACTION, Arm, ArmModel,
                                    arm_learning_rate, search_range, tune_arm)
-from adaptkit.judge.verdicts import compute_saved, transfer_range, verdicts_by_size
+from adaptkit.judge.verdicts import compute_saved, transfer_range, verdict_metric, verdicts_by_size
 
 SCRATCH_LEARNING_RATE = RANDOM_INIT_LEARNING_RATE  # the centre of scratch's search (tuning.search_range)
 SCRATCH_LABEL = "the same model from random weights"
@@ -152,7 +172,6 @@ def default_scratch_strategy() -> str:
     """The strategy that trains the random-weight baseline unless told otherwise: an installed one that
     declares ``trains_every_weight`` (the first by name when several do). The core names none: any
     plugin may provide it, and ``scratch_strategy`` / ``--scratch-strategy`` chooses another."""
-    from adaptkit.plugin.registry import list_strategies
 
     candidates = sorted(name for name, cls in list_strategies().items() if cls.trains_every_weight)
     if not candidates:
@@ -164,8 +183,6 @@ def default_scratch_strategy() -> str:
 
 def check_strategies(strategies: list[str], scratch_strategy: str) -> None:
     """Every name is installed (or ``scratch``); an unknown one is an error naming the closest."""
-    from adaptkit.plugin.registry import get_strategy, list_strategies
-    from adaptkit.recipe.loading import closest
 
     if not strategies:
         raise AdaptkitError("compare needs at least one strategy")
@@ -191,7 +208,6 @@ def split_arms(names: list[str], baselines: Optional[list[str]]) -> tuple[list[s
     ``baselines``) chooses exactly those; ``baselines=[]`` drops them all; otherwise every installed
     baseline that serves the task joins (a baseline costs seconds).
     """
-    from adaptkit.plugin.registry import list_baselines, list_strategies
 
     installed, strategy_names = list_baselines(), list_strategies()
     named = [n for n in names if n in installed and n not in strategy_names]
@@ -205,7 +221,6 @@ def make_arm(recipe: Recipe, name: str, scratch_strategy: str, learning_rates: d
     """The arm for ``name``: an explicit rate from ``learning_rates``; the strategy's options as the session
     gives them (the recipe's own strategy keeps its options, others their defaults); the recipe's own rate
     is the session's rule too (``arm_learning_rate``)."""
-    from adaptkit.plugin.registry import get_strategy
 
     own = name == recipe.strategy.name
     strategy = scratch_strategy if name == SCRATCH else name
@@ -229,11 +244,6 @@ class PeakMemory:
         self.bytes = 0
 
     def __enter__(self) -> "PeakMemory":
-        import gc
-        import threading
-
-        import psutil
-
         gc.collect()
         self._stop = threading.Event()
         self._thread = None
@@ -379,9 +389,6 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
     the storage, the folder's own ``trials/optuna.db`` without one); ``max_minutes`` trims the
     rates each arm tries to fit the estimate printed before the first trial.
     """
-    from adaptkit.engine.session import as_recipe
-    from adaptkit.judge.compare_checks import check_compare_arguments
-    from adaptkit.plugin.registry import recipe_plugins
 
     check_compare_arguments(seeds=seeds, sizes=sizes, learning_rates=learning_rates or {}, trials=trials,  # before
                             validation_fraction=validation_fraction, bootstrap_rounds=bootstrap_rounds,  # any work
@@ -402,15 +409,6 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
              bootstrap_rounds: int, log: Callable[[str], None], trials: int, validation_fraction: float,
              storage: Optional[str], study_name: Optional[str], baseline_names: Optional[list[str]],
              max_minutes: Optional[float] = None) -> CompareReport:
-    from adaptkit.engine.budget import budget_for
-    from adaptkit.engine.checkpoint import identity_hash, recipe_identity
-    from adaptkit.engine.data import split_validation
-    from adaptkit.judge.energy import describe_power, grid_intensity
-    from adaptkit.engine.outputs import safe_join, write_json, write_manifest
-    from adaptkit.judge import compare_state as state
-    from adaptkit.engine.session import Session
-    from adaptkit.judge.baselines import aligned, installed_for
-    from adaptkit.judge.verdicts import verdict_metric
 
     started = time.perf_counter()
     strategies, baseline_names = split_arms(strategies, baseline_names)
@@ -550,8 +548,6 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     transfer_names = [n for n in names if kinds[n] == "transfer"]
     curves = {}
     if len([s for s in size_list if s is not None]) >= 2:
-        from adaptkit.judge.curves import curve_questions
-
         best = per_size[-1]["best_transfer"] if per_size else None
         numeric = [s for s in size_list if s is not None]
         train_sizes = [max(r.train_examples for r in rows if r.size == s and r.kind != "baseline") for s in numeric]
@@ -603,8 +599,6 @@ def _plan(session: Any, spec: Recipe, arms: dict[str, Any], strategies: list[str
           max_minutes: Optional[float], log: Callable[[str], None]) -> Any:
     """The cells to train, their optimizer steps and estimated time (one timed step per strategy), trimmed
     to ``max_minutes``; printed before the first trial."""
-    from adaptkit.engine.budget import budget_for
-    from adaptkit.judge import compare_state as state
 
     training = spec.training
 
@@ -650,8 +644,6 @@ def _plan(session: Any, spec: Recipe, arms: dict[str, Any], strategies: list[str
 def _reload(run: Optional[dict[str, Any]], folder: Path, tried: int) -> Optional[tuple[RunRecord, dict[str, Any]]]:
     """A finished cell's record and eval predictions from an earlier process, or None to train it
     (not finished, tried fewer rates than this run would, or its predictions are not in this folder)."""
-    import dataclasses
-
     import torch
 
     if not run or len(run.get("search", {}).get("grid", [])) < tried:
@@ -688,9 +680,6 @@ def _baseline_run(session: Any, task: Any, metric: str, name: str, cls: type, si
     validation rows together: the baseline chooses its regularisation by cross-validation on them)."""
     import torch
 
-    from adaptkit.plugin.baseline import BaselineRows
-    from adaptkit.judge.baselines import targets_of, train_baseline
-    from adaptkit.judge.energy import grid_intensity
 
     encoded = session.train_data.select(rows)
     train = BaselineRows(rows=session.splits.train.select(rows), encoded=encoded, targets=targets_of(encoded))
