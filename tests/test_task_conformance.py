@@ -37,6 +37,7 @@ def _cases() -> dict[str, tuple[dict[str, Any] | None, list[dict[str, Any]]]]:
                      [{"prompt": "rate " + _text(rng, 2), "completion": _text(rng, 1)} for _ in range(4)]),
         "image_classification": (None, [{"image": image, "label": ["cat", "dog"][i % 2]}
                                         for i, image in enumerate(_images(4))]),
+        "regression": (None, [{"text": _text(rng, 5), "label": i * 0.5} for i in range(6)]),
     }
 
 
