@@ -197,25 +197,31 @@ def _pad_cat(tensors: list[torch.Tensor], value: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gather_outputs(model, loader, accelerator: Optional[Any], reduce: Callable[[Any, dict], dict]
+def gather_outputs(model, loader, accelerator: Optional[Any], reduce: Callable[[Any, dict], dict],
+                   forward: Optional[Callable[[Any, dict], tuple[Any, Any]]] = None
                    ) -> tuple[dict[str, torch.Tensor], float, bool]:
     """What ``reduce(outputs, batch)`` keeps of every batch, gathered across processes
     (``accelerator=None``: one process, no accelerate state, as ``adaptkit compare`` reads a run).
 
     ``reduce`` is a task's ``batch_outputs`` (by default logits and labels); it runs per batch,
-    so a task can keep per-example sums instead of [rows, tokens, vocabulary] logits. Returns
-    the concatenated tensors, the mean loss, and whether any batch carried labels.
+    so a task can keep per-example sums instead of [rows, tokens, vocabulary] logits. ``forward``
+    is a task's ``compute_loss`` (``(loss, outputs)`` of a batch); None: ``model(**batch)`` and its
+    loss. Returns the concatenated tensors, the mean loss, and whether any batch carried labels.
     """
     model.eval()
     kept: dict[str, list[torch.Tensor]] = {}
     losses, count, labelled = 0.0, 0, False
     for batch in loader:
-        outputs = model(**batch)
+        if forward is None:
+            outputs = model(**batch)
+            loss = outputs.loss
+        else:
+            loss, outputs = forward(model, batch)
         labelled = labelled or "labels" in batch
         values = reduce(outputs, batch)
         rows = next(iter(values.values())).shape[0] if values else 0
-        if outputs.loss is not None:  # per-row copies, so uneven last batches are de-duplicated too
-            row_losses = outputs.loss.detach().float().expand(rows).contiguous()
+        if loss is not None:  # per-row copies, so uneven last batches are de-duplicated too
+            row_losses = loss.detach().float().expand(rows).contiguous()
             if accelerator is not None:
                 row_losses = accelerator.gather_for_metrics(row_losses)
             losses += float(row_losses.double().sum())
@@ -233,7 +239,7 @@ def gather_outputs(model, loader, accelerator: Optional[Any], reduce: Callable[[
 
 def evaluate(model, loader, accelerator, task) -> dict[str, float]:
     """The task's metrics on labelled data (from its per-batch ``batch_outputs``) and the mean loss."""
-    gathered, loss, labelled = gather_outputs(model, loader, accelerator, task.batch_outputs)
+    gathered, loss, labelled = gather_outputs(model, loader, accelerator, task.batch_outputs, task.compute_loss)
     metrics = task.compute_metrics(**gathered) if labelled else {}
     metrics["loss"] = metrics.pop("loss", loss)  # a task that computes it from the gathered rows knows best
     return {k: float(v) for k, v in metrics.items()}
@@ -663,7 +669,7 @@ class _TrainingLoop:
         the gradient accumulates. The loss is summed on the device: no host sync here."""
         accelerator = self.accelerator
         with accelerator.accumulate(self.model):
-            loss = self.model(**batch).loss
+            loss, _ = self.task.compute_loss(self.model, batch)  # Task's default: self.model(**batch).loss
             accelerator.backward(loss)
             if accelerator.sync_gradients and self.training.max_grad_norm:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.training.max_grad_norm)

@@ -246,6 +246,19 @@ class Task:
     def collate(self, tokenizer: Any):
         raise NotImplementedError
 
+    def compute_loss(self, model: "torch.nn.Module", batch: dict[str, "torch.Tensor"]) -> tuple["torch.Tensor", Any]:
+        """The loss of one collated batch and the outputs ``batch_outputs`` reads, for training and
+        evaluation alike (evaluation calls it under ``torch.no_grad``).
+
+        The default is one forward pass and the model's own loss. A task whose loss is not the
+        model's (a preference objective comparing the policy's and a reference's log-probs of two
+        answers) runs its own forward passes here; ``model`` is what the loop holds (possibly
+        wrapped by accelerate: ``getattr(model, "module", model)`` is the model itself). The loss
+        may be None on unlabelled data; ``outputs`` may be any object ``batch_outputs`` reads.
+        """
+        outputs = model(**batch)
+        return outputs.loss, outputs
+
     def batch_outputs(self, outputs: Any, batch: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
         """Per-example tensors that evaluation keeps from one batch (first dimension: the rows).
 

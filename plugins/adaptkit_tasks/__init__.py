@@ -5,6 +5,7 @@ from adaptkit import hookimpl
 from adaptkit_tasks.causal_lm import CausalLM
 from adaptkit_tasks.image_classification import ImageClassification
 from adaptkit_tasks.instruct import Instruct
+from adaptkit_tasks.preference import Preference
 from adaptkit_tasks.regression import Regression
 from adaptkit_tasks.sequence_classification import SequenceClassification
 from adaptkit_tasks.token_classification import TokenClassification
@@ -17,4 +18,5 @@ def adaptkit_register_tasks(register):
     register(TokenClassification)
     register(ImageClassification)
     register(Instruct)
+    register(Preference)
     register(Regression)
