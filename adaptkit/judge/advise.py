@@ -471,22 +471,27 @@ def baseline_scores(session: Any, max_rows: int, folds: int, log: Callable[[str]
 
 
 def _baseline_findings(baselines: dict[str, Any], transfer: dict[str, Any]) -> list[str]:
-    """What the cheapest alternative says: fine-tuning must beat it to pay."""
-    scored = {name: b for name, b in baselines.items() if isinstance(b, dict) and "accuracy" in b}
+    """What the cheapest alternative says: fine-tuning must beat it to pay.
+
+    The baselines are read in the probe's metric (accuracy for classes, Spearman for numbers: both
+    higher is better), so the two figures sit side by side."""
+    key = transfer.get("probe_metric", "accuracy")
+    scored = {name: b for name, b in baselines.items() if isinstance(b, dict) and key in b}
     if not scored:
         return [baselines["note"] + "."] if "note" in baselines else []
-    name, best = max(scored.items(), key=lambda item: item[1]["accuracy"])
-    probe = (transfer.get("pretrained") or {}).get("probe_accuracy")
+    name, best = max(scored.items(), key=lambda item: item[1][key])
+    probe = (transfer.get("pretrained") or {}).get(f"probe_{key}")
     figure = (f"{best['label'][0].upper() + best['label'][1:]} ({name}, trained without pretraining) scores "
-              f"accuracy {best['accuracy']:.3f} ({best['folds']}-fold on {best['rows']} training rows, "
+              f"{key} {best[key]:.3f} ({best['folds']}-fold on {best['rows']} training rows, "
               f"{best['seconds']:.1f} s)")
-    if baselines.get("metric") == "macro_f1" and "macro_f1" in best:
-        figure += f", macro-F1 {best['macro_f1']:.3f}"
+    verdict = baselines.get("metric")
+    if verdict and verdict != key and verdict in best:
+        figure += f", {verdict.replace('macro_f1', 'macro-F1')} {best[verdict]:.3f}"
     if probe is None:
         return [f"{figure}: fine-tuning must beat that to pay."]
-    if best["accuracy"] >= probe - 0.01:
+    if best[key] >= probe - 0.01:
         return [f"{figure}, as well as a probe on the pretrained features ({probe:.3f}): fine-tuning must beat "
-                f"{best['accuracy']:.3f} to pay; `adaptkit compare` measures whether it does."]
+                f"{best[key]:.3f} to pay; `adaptkit compare` measures whether it does."]
     return [f"{figure}, below a probe on the pretrained features ({probe:.3f}): the pretrained features already "
             f"carry more than word counts do."]
 
@@ -506,20 +511,23 @@ def render(report: AdviceReport) -> list[Any]:
         data.add_row(key.replace("_", " "), str(value))
     parts.append(data)
     transfer = report.transferability
+    key = transfer.get("probe_metric", "accuracy")
     if "skipped" not in transfer:
-        table = Table("weights", "LogME", "H-score", f"probe accuracy ({transfer['folds']}-fold)",
+        table = Table("weights", "LogME", "H-score", f"probe {key} ({transfer['folds']}-fold)",
                       title=f"transferability on {transfer['rows']} training rows ({transfer['features']})")
         for kind in ("pretrained", "random"):
             row = transfer[kind]
             table.add_row(kind, f"{row['logme']:.4f}", "withheld" if row["h_score"] is None else f"{row['h_score']:.3f}",
-                          "-" if row["probe_accuracy"] is None else f"{row['probe_accuracy']:.3f}")
+                          "-" if row[f"probe_{key}"] is None else f"{row[f'probe_{key}']:.3f}")
         parts.append(table)
-    scored = {name: b for name, b in report.baselines.items() if isinstance(b, dict) and "accuracy" in b}
+    scored = {name: b for name, b in report.baselines.items() if isinstance(b, dict) and key in b}
     if scored:
-        table = Table("baseline (no pretraining)", "accuracy", "macro-F1", "folds", "rows", "seconds",
+        second = report.baselines.get("metric") if report.baselines.get("metric") != key else None
+        second = second or ("macro_f1" if key == "accuracy" else None)
+        table = Table("baseline (no pretraining)", key, second or "-", "folds", "rows", "seconds",
                       title="baselines, cross-validated on the same rows")
         for name, b in scored.items():
-            table.add_row(name, f"{b['accuracy']:.3f}", f"{b['macro_f1']:.3f}" if "macro_f1" in b else "-",
+            table.add_row(name, f"{b[key]:.3f}", f"{b[second]:.3f}" if second and second in b else "-",
                           str(b["folds"]), str(b["rows"]), f"{b['seconds']:.1f}")
         parts.append(table)
     cost = Table("strategy", "trainable", "per example", "GFLOPs/epoch", "s/epoch", "CPU s/epoch", "Wh/epoch",

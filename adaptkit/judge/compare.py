@@ -71,6 +71,10 @@ SCRATCH_LEARNING_RATE = RANDOM_INIT_LEARNING_RATE  # the centre of scratch's sea
 SCRATCH_LABEL = "the same model from random weights"
 BOOTSTRAP = 1000
 SECONDARY_METRIC = "macro_f1"
+# The figure shown beside the verdict's metric when the task reports it: the other side of the same
+# question (a rank correlation beside an error, an error beside a correlation).
+SECONDARY_METRICS = {"mse": "spearman", "rmse": "spearman", "mae": "spearman", "spearman": "mse", "pearson": "mse",
+                     "exact_match": "f1", "f1": "exact_match"}
 BASELINE_OUTPUTS = "baseline.pt"  # a baseline's eval outputs, in trials/<name>-n<size>-s<seed>/
 ROW_INDEX = "__adaptkit_row__"  # a column added while subsets are drawn: which raw row each one is
 
@@ -285,6 +289,42 @@ def class_predictions(outputs: dict[str, Any]) -> Optional[Any]:
     if logits is None or labels is None or logits.ndim != 2 or labels.ndim != 1 or labels.is_floating_point():
         return None
     return logits.argmax(dim=-1)
+
+
+def numeric_predictions(outputs: dict[str, Any]) -> Optional[Any]:
+    """The predicted number per eval row when the outputs are one regression output per row, else None."""
+    logits, labels = outputs.get("logits"), outputs.get("labels")
+    if (logits is None or labels is None or labels.ndim != 1 or not labels.is_floating_point()
+            or logits.numel() != labels.numel()):
+        return None
+    return logits.reshape(-1).float()
+
+
+def distinct_predictions(outputs: dict[str, Any]) -> Optional[int]:
+    """How many different answers an arm gave on the eval rows, where that says it learned nothing:
+    the classes predicted, or 1 for a regression output that is the same number for every row
+    (the constant an untrained head settles on). None where the count says nothing."""
+    predicted = class_predictions(outputs)
+    if predicted is not None:
+        return int(predicted.unique().numel())
+    values = numeric_predictions(outputs)
+    if values is not None and len(values) > 1:
+        spread, scale = float(values.std()), float(outputs["labels"].float().std())
+        return 1 if spread <= 1e-3 * max(scale, 1e-12) else None
+    return None
+
+
+def constant_baselines(task: Any, outputs: dict[str, Any], train_targets: list[float], metric: str) -> dict[str, float]:
+    """The metric of predicting the training rows' mean for every eval row: a regression's "majority
+    class", computed with the task's own metric on the eval rows. Empty for other outputs."""
+    import torch
+
+    if numeric_predictions(outputs) is None or not train_targets:
+        return {}
+    labels = outputs["labels"]
+    mean = sum(train_targets) / len(train_targets)
+    return {"training_mean": round(_metrics(task, {"logits": torch.full((len(labels), 1), mean),
+                                                   "labels": labels})[metric], 5)}
 
 
 def class_baselines(task: Any, outputs: dict[str, Any], train_labels: list[int], metric: str,
@@ -519,7 +559,8 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
                     if not trivial and "labels" in train_part.column_names:
                         trivial = class_baselines(task, outputs,
                                                   [int(v) for v in train_part["labels"] if isinstance(v, int)],
-                                                  metric, seed)
+                                                  metric, seed) or constant_baselines(
+                            task, outputs, [v for v in train_part["labels"] if isinstance(v, float)], metric)
                     write_manifest(folder, "compare")  # the trial files written so far are adaptkit's
                     state.save_progress(folder, identity, [asdict(r) for r in runs if r.kind != "baseline"], cells)
             del arm_model
@@ -667,10 +708,9 @@ def _record(task: Any, metric: str, name: str, kind: str, size: Optional[int], s
             outputs: dict[str, Any], **measured: Any) -> RunRecord:
     """A RunRecord from an arm's eval outputs: every metric the task computes, the verdict's as ``metric``."""
     metrics = _metrics(task, outputs)
-    predicted = class_predictions(outputs)
     return RunRecord(strategy=name, kind=kind, size=size, seed=seed, metric=metrics[metric],
                      metrics={k: round(v, 5) for k, v in metrics.items()},
-                     predicted_classes=None if predicted is None else int(predicted.unique().numel()), **measured)
+                     predicted_classes=distinct_predictions(outputs), **measured)
 
 
 def _baseline_run(session: Any, task: Any, metric: str, name: str, cls: type, size: Optional[int], seed: int,
@@ -705,14 +745,16 @@ def _row(name: str, kind: str, size: Optional[int], cell: list[RunRecord], repli
     low, high = percentile_interval(replicates)
     values = [r.metric for r in cell]
     mean = sum(values) / len(values)
-    second = SECONDARY_METRIC if metric != SECONDARY_METRIC else primary  # the other one beside the verdict's
+    # the other one beside the verdict's
+    second = SECONDARY_METRICS.get(metric) or (SECONDARY_METRIC if metric != SECONDARY_METRIC else primary)
     secondary = [r.metrics[second] for r in cell if second in r.metrics and second != metric]
     flags = []
     if all(r.predicted_classes == 1 for r in cell):
         flags.append("did not learn")
-    majority = baselines.get("majority_class")
-    if majority is not None and (high <= majority if greater else low >= majority):
-        flags.append("not above the majority class")
+    for key, words in (("majority_class", "the majority class"), ("training_mean", "predicting the training mean")):
+        constant = baselines.get(key)
+        if constant is not None and (high <= constant if greater else low >= constant):
+            flags.append(f"not above {words}")
     return Row(strategy=name, size=size, train_examples=cell[0].train_examples, metric=round(mean, 5),
                ci_low=round(low, 5), ci_high=round(high, 5), trainable=cell[0].trainable,
                wall_seconds=round(sum(r.train_seconds for r in cell) / len(cell), 2),

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 # the table needs neither.
 
 SCRATCH = "scratch"
+# How the table and the plot name the trivial scores compare measures (its class_baselines, constant_baselines).
+TRIVIAL_LABELS = {"majority_class": "majority class", "chance": "random guessing",
+                  "training_mean": "predicting the training mean"}
 
 
 def _flags(row: "Row") -> str:
@@ -33,7 +36,8 @@ def markdown_table(report: "CompareReport") -> str:
     second = any(r.secondary is not None for r in report.rows)
     second_name = next((r.secondary_metric for r in report.rows if r.secondary_metric), "macro_f1")
     seeds = any(r.seed_interval for r in report.rows)
-    lines = [f"| arm | train rows | {report.metric} (95% CI) |" + (" across seeds (95% CI) |" if seeds else "")
+    direction = "higher is better" if report.greater_is_better else "lower is better"
+    lines = [f"| arm | train rows | {report.metric} (95% CI; {direction}) |" + (" across seeds (95% CI) |" if seeds else "")
              + (f" {second_name} |" if second else "")
              + " chosen lr | trainable params | train s | peak MiB | energy Wh (run / search) |",
              "|---|---:|---:|" + ("---:|" if seeds else "") + ("---:|" if second else "") + "---:|---:|---:|---:|---:|"]
@@ -52,8 +56,8 @@ def markdown_table(report: "CompareReport") -> str:
                        f"{r.search_energy_wh:.4f} |")
     lines += [""]
     if report.trivial_scores:
-        lines.append(f"Trivial scores on the eval rows: majority class {report.trivial_scores['majority_class']:.4f}, "
-                     f"random guessing {report.trivial_scores['chance']:.4f}.")
+        lines.append("Trivial scores on the eval rows: " + ", ".join(
+            f"{TRIVIAL_LABELS.get(key, key)} {value:.4f}" for key, value in report.trivial_scores.items()) + ".")
     lines += ["", f"Metric that decided: {report.metric} ({report.metric_reason})." if report.metric_reason else ""]
     lines += [f"- {note}" for note in report.baseline_notes]
     lines += ["", f"**{report.headline}**", "",
@@ -149,12 +153,13 @@ def plot(report: "CompareReport", path: Path) -> None:
         axes.errorbar(xs, ys, yerr=errors, marker="s" if kind == "baseline" else "o", capsize=3,
                       label=f"{name} (no pretraining)" if kind == "baseline" else name,
                       linestyle="--" if kind != "transfer" else "-")
-    for key, style, label in (("majority_class", ":", "majority class"), ("chance", "-.", "random guessing")):
+    for key, style in (("majority_class", ":"), ("chance", "-."), ("training_mean", ":")):
+        label = TRIVIAL_LABELS[key]
         if key in report.trivial_scores:
             axes.axhline(report.trivial_scores[key], color="grey", linestyle=style, linewidth=1, label=label)
     axes.set_xscale("log")
     axes.set_xlabel("trainable parameters" if one_size else "training examples")
-    axes.set_ylabel(f"eval {report.metric} (95% CI)")
+    axes.set_ylabel(f"eval {report.metric} (95% CI; {'higher' if report.greater_is_better else 'lower'} is better)")
     axes.set_title(f"vs scratch: {report.verdict}; vs best without pretraining: {report.practical_verdict}",
                    fontsize=9)
     axes.grid(True, alpha=0.3)
@@ -174,7 +179,7 @@ td:first-child{text-align:left}h1{color:{{ colour }}}</style></head><body>
 <ul><li>Against the same model from random weights: <b>{{ r.verdict|h }}</b></li>
 <li>Against the best model trained without pretraining: <b>{{ r.practical_verdict|h }}</b></li></ul>
 <p>{{ r.verdict_detail|h }}</p><p>{{ r.transfer_range|h }}</p>
-<p>Metric that decided: {{ r.metric|h }} ({{ r.metric_reason|h }}).</p>
+<p>Metric that decided: {{ r.metric|h }}, {{ "higher" if r.greater_is_better else "lower" }} is better ({{ r.metric_reason|h }}).</p>
 {%- for n in r.baseline_notes %}<p>{{ n|h }}</p>{% endfor %}
 <table><tr>{% for h in head %}<th>{{ h }}</th>{% endfor %}</tr>
 {%- for row in r.rows %}<tr><td>{{ (row.strategy ~ kind(row) ~ flags(row))|h }}</td><td>{{ "{:,}".format(row.train_examples) }}</td>

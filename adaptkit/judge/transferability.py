@@ -23,6 +23,12 @@ The outcome is one of three, never more than the figures carry:
 
 The probe's learning curve (accuracy at a quarter, a half and all of the rows) backs the
 data-size advice with a measurement instead of a parameter count.
+
+A task whose labels are numbers (regression) gets the same three answers from a probe that is
+a regressor, not a classifier: ridge regression (its alpha by an inner 3-fold CV) scored by the
+Spearman correlation of each held-out fold, LogME of the standardised target (the paper's
+regression form), and no H-score (it is defined over classes). The probe's metric is named in
+the result (``probe_metric``) and every figure and sentence reads it from there.
 """
 from __future__ import annotations
 
@@ -105,24 +111,70 @@ def probe_accuracy(features: Any, labels: Any, folds: int = 5, seed: int = 0) ->
     return scores
 
 
+RIDGE_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def is_numeric_target(labels: Any) -> bool:
+    """Whether the labels are numbers to regress (floats), not class indices."""
+    import numpy as np
+
+    return np.asarray(labels).dtype.kind == "f"
+
+
+def probe_spearman(features: Any, targets: Any, folds: int = 5, seed: int = 0) -> Optional[list[float]]:
+    """Per-fold Spearman correlation of a standardised ridge regression's held-out predictions (K-fold),
+    its alpha chosen by an inner 3-fold CV; None with fewer than 4 rows a fold. A constant fold
+    (no ranking information) scores 0."""
+    import numpy as np
+    from scipy import stats
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    targets = np.asarray(targets, dtype=np.float64)
+    folds = min(folds, len(targets) // 4)
+    if folds < 2:
+        return None
+    scores = []
+    for train_idx, test_idx in KFold(folds, shuffle=True, random_state=seed).split(features):
+        probe = make_pipeline(StandardScaler(), RidgeCV(alphas=list(RIDGE_ALPHAS), cv=3))
+        probe.fit(features[train_idx], targets[train_idx])
+        predicted, actual = probe.predict(features[test_idx]), targets[test_idx]
+        constant = np.ptp(predicted) == 0 or np.ptp(actual) == 0
+        value = 0.0 if constant else float(stats.spearmanr(predicted, actual)[0])
+        scores.append(value if math.isfinite(value) else 0.0)
+    return scores
+
+
+def probe_scores(features: Any, labels: Any, folds: int = 5, seed: int = 0) -> tuple[str, Optional[list[float]]]:
+    """(metric, per-fold scores) of the probe the labels call for: a classifier's accuracy for classes,
+    a ridge regression's Spearman correlation for numbers."""
+    if is_numeric_target(labels):
+        return "spearman", probe_spearman(features, labels, folds, seed)
+    return "accuracy", probe_accuracy(features, labels, folds, seed)
+
+
 def probe_curve(features: Any, labels: Any, folds: int, seed: int) -> list[dict[str, Any]]:
-    """Probe accuracy on a quarter, a half and all of the rows (nested, stratified subsets)."""
+    """The probe's score on a quarter, a half and all of the rows (nested subsets, stratified for classes)."""
     import numpy as np
     from sklearn.model_selection import train_test_split
 
     points = []
     n = len(labels)
+    numeric = is_numeric_target(labels)
     for share in (0.25, 0.5):
         count = int(n * share)
-        if count < 4 * len(np.unique(labels)):
+        if count < (20 if numeric else 4 * len(np.unique(labels))):
             continue
         try:
-            index, _ = train_test_split(np.arange(n), train_size=count, random_state=seed, stratify=labels)
+            index, _ = train_test_split(np.arange(n), train_size=count, random_state=seed,
+                                        stratify=None if numeric else labels)
         except ValueError:
             continue
-        scores = probe_accuracy(features[index], labels[index], folds, seed)
+        metric, scores = probe_scores(features[index], labels[index], folds, seed)
         if scores:
-            points.append({"rows": count, "probe_accuracy": round(float(np.mean(scores)), 4)})
+            points.append({"rows": count, f"probe_{metric}": round(float(np.mean(scores)), 4)})
     return points
 
 
@@ -130,15 +182,15 @@ def transferability(session: Any, max_rows: int, folds: int, log: Callable[[str]
     """LogME, shrunk H-score and probe accuracy for pretrained and random weights, and the probe's curve."""
     import numpy as np
 
-    from adaptkit.judge.logme import h_score, logme
+    from adaptkit.judge.logme import h_score, logme, logme_single
     from adaptkit.engine.models import build_model
 
     recipe = session.recipe
     data = session.train_data
     if recipe.model.name is None:
         return {"skipped": "the model is built from model.config: there are no pretrained weights to judge"}
-    if "labels" not in data.column_names or not data or not isinstance(data[0]["labels"], int):
-        return {"skipped": "needs one integer class label per example (a classification task)"}
+    if "labels" not in data.column_names or not data or not isinstance(data[0]["labels"], (int, float)):
+        return {"skipped": "needs one class label or one number per example (classification or regression)"}
     if len(data) > max_rows:
         data = data.shuffle(seed=recipe.training.seed).select(range(max_rows))
     collate = session.task.collate(session.tokenizer)
@@ -152,23 +204,32 @@ def transferability(session: Any, max_rows: int, folds: int, log: Callable[[str]
         model = build_model(source_recipe, session.task, session.tokenizer, session.source, recipe.training.seed)
         features, labels = extract_features(model, data, collate, recipe.training.eval_batch_size, session.task)
         del model
-        scores = probe_accuracy(features, labels, folds, recipe.training.seed)
+        metric, scores = probe_scores(features, labels, folds, recipe.training.seed)
+        numeric = is_numeric_target(labels)
+        result["probe_metric"] = metric
         fold_scores[kind] = scores
-        enough = len(labels) >= H_SCORE_ROWS_PER_DIMENSION * features.shape[1]
-        result[kind] = {"logme": round(logme(features, labels), 5),
+        enough = not numeric and len(labels) >= H_SCORE_ROWS_PER_DIMENSION * features.shape[1]
+        if numeric:  # LogME's regression form: the evidence for the standardised target
+            target = (labels - labels.mean()) / max(float(labels.std()), 1e-12)
+            evidence = logme_single(features.astype(np.float64), target.astype(np.float64)).logme
+        else:
+            evidence = logme(features, labels)
+        result[kind] = {"logme": round(float(evidence), 5),
                         "h_score": round(h_score(features, labels), 5) if enough else None,
-                        "probe_accuracy": round(float(np.mean(scores)), 4) if scores else None,
-                        "probe_fold_accuracies": [round(s, 4) for s in scores] if scores else None,
+                        f"probe_{metric}": round(float(np.mean(scores)), 4) if scores else None,
+                        f"probe_fold_{metric}": [round(s, 4) for s in scores] if scores else None,
                         "seconds": round(time.perf_counter() - started, 2)}
-        if not enough:
+        if numeric:
+            result["h_score_withheld"] = "the H-score is defined over classes; the labels are numbers"
+        elif not enough:
             result["h_score_withheld"] = (f"{len(labels)} rows for {features.shape[1]} feature dimensions: the "
                                           f"H-score needs at least {H_SCORE_ROWS_PER_DIMENSION} rows per dimension "
                                           f"to tell features from noise")
         if kind == "pretrained":
             result["probe_curve"] = probe_curve(features, labels, folds, recipe.training.seed) + (
-                [{"rows": len(labels), "probe_accuracy": result[kind]["probe_accuracy"]}] if scores else [])
-        log(f"advise: {kind} features: LogME {result[kind]['logme']:.4f}, probe accuracy "
-            f"{result[kind]['probe_accuracy']}")
+                [{"rows": len(labels), f"probe_{metric}": result[kind][f"probe_{metric}"]}] if scores else [])
+        log(f"advise: {kind} features: LogME {result[kind]['logme']:.4f}, probe {metric} "
+            f"{result[kind][f'probe_{metric}']}")
     if fold_scores["pretrained"] and fold_scores["random"]:
         diffs = np.array(fold_scores["pretrained"]) - np.array(fold_scores["random"])  # same folds: paired
         se = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
@@ -181,12 +242,14 @@ def transfer_verdict(result: dict[str, Any]) -> tuple[str, Optional[bool], str]:
     if "skipped" in result:
         return NOT_ASSESSED, None, f"Transferability not assessed: {result['skipped']}."
     pre, rnd = result["pretrained"], result["random"]
+    metric = result.get("probe_metric", "accuracy")
+    score = f"probe_{metric}"
     logme_diff = pre["logme"] - rnd["logme"]
     figures = f"LogME {pre['logme']:.3f} vs {rnd['logme']:.3f}"
     difference = result.get("probe_difference")
     if difference:
         margin = max(2 * difference["standard_error"], MARGIN)
-        figures = (f"linear-probe accuracy {pre['probe_accuracy']:.3f} vs {rnd['probe_accuracy']:.3f} "
+        figures = (f"linear-probe {metric} {pre[score]:.3f} vs {rnd[score]:.3f} "
                    f"({difference['mean']:+.3f} ± {difference['standard_error']:.3f} over {result['folds']} folds), "
                    + figures)
         better = difference["mean"] > margin and logme_diff > 0
@@ -194,15 +257,16 @@ def transfer_verdict(result: dict[str, Any]) -> tuple[str, Optional[bool], str]:
     else:
         better, worse = logme_diff > 0.01, logme_diff < -0.01
     where = "pretrained vs the same architecture with random weights"
+    what = "predict the target" if metric != "accuracy" else "separate the classes"
     if better:
-        return (FAVOUR, False, f"The features favour transfer: pretrained features separate the classes clearly "
+        return (FAVOUR, False, f"The features favour transfer: pretrained features {what} clearly "
                                f"better than random ones ({where}: {figures}).")
     if worse:
-        return (HARM, True, f"The features suggest harm: pretrained features separate the classes clearly WORSE "
+        return (HARM, True, f"The features suggest harm: pretrained features {what} clearly WORSE "
                             f"than random ones ({where}: {figures}). Expect training from scratch to match or beat "
                             f"fine-tuning; confirm with `adaptkit compare`.")
-    both = [p for p in (pre.get("probe_accuracy"), rnd.get("probe_accuracy")) if p is not None]
-    kind = ("both separate the classes well: the task is easy for any features" if both and min(both) >= STRONG_PROBE
+    both = [p for p in (pre.get(score), rnd.get(score)) if p is not None]
+    kind = (f"both {what} well: the task is easy for any features" if both and min(both) >= STRONG_PROBE
             else "neither is clearly better")
     return (CANNOT_TELL, None, f"The features cannot tell: {kind} ({where}: {figures}). That is not evidence "
                                f"against transfer; fine-tuning decides. Run `adaptkit compare` with scratch to "
@@ -214,11 +278,13 @@ def curve_finding(result: dict[str, Any]) -> Optional[str]:
     curve = result.get("probe_curve") or []
     if len(curve) < 2:
         return None
+    metric = result.get("probe_metric", "accuracy")
+    score = f"probe_{metric}"
     half = next((p for p in curve if p["rows"] * 2 >= curve[-1]["rows"] * 0.9 and p is not curve[-1]), curve[-2])
-    gain = curve[-1]["probe_accuracy"] - half["probe_accuracy"]
-    points = ", ".join(f"{p['probe_accuracy']:.3f} at {p['rows']}" for p in curve)
+    gain = curve[-1][score] - half[score]
+    points = ", ".join(f"{p[score]:.3f} at {p['rows']}" for p in curve)
     if gain > CURVE_GAIN:
-        return (f"A linear probe on the pretrained features still gains {gain:+.3f} accuracy from {half['rows']} to "
+        return (f"A linear probe on the pretrained features still gains {gain:+.3f} {metric} from {half['rows']} to "
                 f"{curve[-1]['rows']} rows ({points}): more labelled data is likely to help.")
     return (f"A linear probe on the pretrained features has levelled off ({points}; {gain:+.3f} from "
             f"{half['rows']} to {curve[-1]['rows']} rows): more data helps a probe little; fine-tuning may still "

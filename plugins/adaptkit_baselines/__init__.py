@@ -5,6 +5,8 @@
   stratified 5-fold cross-validation on the arm's own rows. A second's work that scores 0.58 /
   0.67 / 0.73 on 100 / 300 / 1,000 SST-2 rows: what a practitioner ships when a transformer does
   not clearly beat it.
+- ``ngram_ridge`` (regression): the same n-gram TF-IDF, ridge regression with ``alpha`` chosen by
+  5-fold cross-validation on the verdict's metric.
 - ``pixel_linear`` (image classification): the task's own preprocessed pixels averaged down to
   8 x 8 per channel, standardised, logistic regression with ``C`` chosen the same way.
 
@@ -16,9 +18,11 @@ from __future__ import annotations
 from adaptkit import hookimpl
 from adaptkit_baselines.ngrams import BagOfNgrams
 from adaptkit_baselines.pixels import DownsampledPixels
+from adaptkit_baselines.ridge import NgramRidge
 
 
 @hookimpl
 def adaptkit_register_baselines(register):
     register(BagOfNgrams)
     register(DownsampledPixels)
+    register(NgramRidge)
