@@ -396,3 +396,73 @@ def test_full_fine_tune_reference_is_a_frozen_copy_and_precompute_keeps_none(tok
     assert ahead._reference_model is None
     assert set(ahead._precomputed) == set(ahead._keys(pair_batch["input_ids"], pair_batch["attention_mask"]))
     torch.testing.assert_close(precomputed, before)
+
+
+# ---------------------------------------------------------------------------- end to end
+
+def _run(tmp_path, tokenizer_dir, name, task, train, held, strategy="lora", steps=4, lr=1e-2, model=None):
+    import adaptkit
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
+    spec = {"model": model or {"config": tiny_config("llama", vocab)},
+            "task": {"chat_template": "chatml", "max_length": 64, "max_new_tokens": 8, **task},
+            "data": {"train": str(write_jsonl(tmp_path / f"{name}_train.jsonl", train)),
+                     "eval": str(write_jsonl(tmp_path / f"{name}_eval.jsonl", held))},
+            "strategy": {"name": strategy},
+            "training": {"epochs": 1, "max_steps": steps, "batch_size": 16, "learning_rate": lr, "seed": 0,
+                         "warmup_ratio": 0.0},
+            "output": {"dir": str(tmp_path / name)}}
+    spec["model"]["tokenizer"] = str(tokenizer_dir)
+    return adaptkit.run(spec, progress=False)
+
+
+@pytest.mark.parametrize("objective", ["kto", "orpo"])
+def test_runs_with_lora_and_reports_preference_metrics(tmp_path, tokenizer_dir, objective):
+    rows = colour_rows(16, 5)
+    if objective == "kto":
+        rows = [{"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
+                for r in rows for side in ("chosen", "rejected")]
+    result = _run(tmp_path, tokenizer_dir, objective, {"type": "preference", "objective": objective}, rows, rows[:8])
+    metrics = result.metrics
+    assert metrics["task"] == "preference" and metrics["export"]["kind"] == "adapter"
+    assert set(Preference_metric_names()) <= set(metrics["eval"]) and math.isfinite(metrics["eval"]["loss"])
+    assert 0.0 <= metrics["eval"]["reward_accuracy"] <= 1.0
+
+
+def Preference_metric_names():
+    from adaptkit_tasks.preference import Preference
+
+    return Preference.metric_names
+
+
+@pytest.mark.slow
+def test_dpo_teaches_a_preference_the_base_does_not_hold(tmp_path, tokenizer_dir, tokenizer):
+    """A tiny Llama first learns to answer "it is <word>" (SFT on both answers: it prefers other words
+    to colours on held-out fruits), then DPO (full fine-tuning, a frozen reference loaded from the SFT
+    checkpoint) on pairs that prefer the colour: held-out reward accuracy rises from <= 0.6 to >= 0.9,
+    and greedy answers to held-out fruits name colours."""
+    import adaptkit
+    from transformers import AutoModelForCausalLM
+
+    train, held = colour_rows(64, 1, FRUITS[:8]), colour_rows(32, 2, FRUITS[8:])
+    sft_rows = [{"prompt": r["prompt"], "completion": r[side]} for r in train for side in ("chosen", "rejected")]
+    sft = _run(tmp_path, tokenizer_dir, "sft", {"type": "instruct", "format": "prompt_completion"}, sft_rows,
+               sft_rows[:8], strategy="full", steps=60)
+    base = AutoModelForCausalLM.from_pretrained(str(sft.output_dir / "model")).eval()
+    held_batch = batch_of(make_task(tokenizer), tokenizer, held)
+    with torch.no_grad():
+        logps = make_task(tokenizer)._answer_logps(base, held_batch["input_ids"], held_batch["attention_mask"],
+                                                   held_batch["labels"])[0]
+    before = float((logps[:32] > logps[32:]).float().mean())
+
+    dpo = _run(tmp_path, tokenizer_dir, "dpo", {"type": "preference", "objective": "dpo", "beta": 0.5}, train, held,
+               strategy="full", steps=10, lr=1e-3, model={"name": str(sft.output_dir / "model")})
+    after = dpo.metrics["eval"]["reward_accuracy"]
+    assert before <= 0.6 and after >= 0.9, (before, after)
+    questions = [{"prompt": f"describe the {fruit}"} for fruit in FRUITS[8:]]
+
+    def colourful(run) -> int:
+        return sum(any(word in COLOURS for word in answer.split()) for answer in adaptkit.load(run).predict(questions))
+
+    assert colourful(sft.output_dir) <= 1 and colourful(dpo.output_dir) >= 3
