@@ -6,13 +6,20 @@ gradients through frozen parameters, no optimizer state for them) and guards sma
 against overwriting what the pretrained model knew. The block stack is found with
 ``adaptkit.find_block_list``, so BERT, GPT-2, Llama and ViT need no names here.
 
+On an encoder–decoder model (a ViT+GPT-2 captioner, T5, BART) ``freeze_blocks`` counts in the
+encoder's stack and ``freeze_embeddings`` freezes what comes before it (patch or token
+embeddings); the decoder trains whole unless ``freeze_decoder_blocks`` freezes its first blocks
+too (and then, with ``freeze_embeddings``, its own embeddings). "Freeze the encoder's early
+blocks, train its later blocks and the decoder" is ``freeze_blocks: N`` alone.
+
 Torch is imported inside functions only, so listing plugins and validating recipes stay fast.
 """
 from __future__ import annotations
 
 import fnmatch
 import re
-from typing import TYPE_CHECKING, Any, Optional, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from pydantic import Field, StrictInt, confloat, field_validator
 
@@ -32,8 +39,13 @@ class PartialFreezeOptions(StrategyOptions):
         None, description="Blocks frozen from the bottom: an integer count (e.g. 4), or a float fraction "
                           "of the stack (e.g. 0.5, rounded down). Default: the family's fraction when no "
                           "freeze_patterns are given, none when they are.")
+    freeze_decoder_blocks: Optional[Union[StrictInt, confloat(ge=0, le=1)]] = Field(
+        None, description="Encoder-decoder models only: blocks of the decoder frozen from the bottom (a count "
+                          "or a fraction, as freeze_blocks). Default: none, the whole decoder trains.")
     freeze_embeddings: bool = Field(
-        True, description="Freeze everything before the first block (token, position and patch embeddings).")
+        True, description="Freeze everything before the first block (token, position and patch embeddings); "
+                          "on an encoder-decoder model, before the encoder's first block, and before the "
+                          "decoder's when freeze_decoder_blocks freezes some of its blocks.")
     freeze_patterns: list[str] = Field(
         default_factory=list,
         description="Extra parameters to freeze: shell globs matched against module or parameter names "
@@ -41,14 +53,14 @@ class PartialFreezeOptions(StrategyOptions):
                     "A pattern matching nothing is an error; the task head is never frozen by a pattern.")
     train_head: bool = Field(True, description="Train the task head.")
 
-    @field_validator("freeze_blocks", mode="before")
+    @field_validator("freeze_blocks", "freeze_decoder_blocks", mode="before")
     @classmethod
-    def _count_or_fraction(cls, value: Any) -> Any:
+    def _count_or_fraction(cls, value: Any, info: Any) -> Any:
         # YAML's `yes` / `true` would otherwise read as the fraction 1.0 and freeze every block.
         if isinstance(value, bool):
-            raise ValueError("freeze_blocks must be a count (e.g. 4) or a fraction (e.g. 0.5), not a boolean")
+            raise ValueError(f"{info.field_name} must be a count (e.g. 4) or a fraction (e.g. 0.5), not a boolean")
         if isinstance(value, int) and value < 0:
-            raise ValueError("freeze_blocks must be a count >= 0 or a fraction in [0, 1]")
+            raise ValueError(f"{info.field_name} must be a count >= 0 or a fraction in [0, 1]")
         return value
 
     @field_validator("freeze_patterns")
@@ -72,7 +84,8 @@ def pattern_matches(pattern: str, parameter: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for name in names)
 
 
-def blocks_to_freeze(setting: Union[int, float, None], count: int, model_type: str, patterns: list[str]) -> int:
+def blocks_to_freeze(setting: Union[int, float, None], count: int, model_type: str, patterns: list[str],
+                     option: str = "freeze_blocks", where: str = "this model") -> int:
     """How many blocks, from the bottom, the options freeze on a stack of ``count`` blocks."""
     if setting is None:
         if patterns:
@@ -81,9 +94,32 @@ def blocks_to_freeze(setting: Union[int, float, None], count: int, model_type: s
     if isinstance(setting, float):
         return int(setting * count)
     if setting > count:
-        raise ValueError(f"partial_freeze: freeze_blocks is {setting}, but this model has only {count} blocks "
+        raise ValueError(f"partial_freeze: {option} is {setting}, but {where} has only {count} blocks "
                          f"(0 to {count} can be frozen; a fraction such as 0.5 adapts to any depth)")
     return setting
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One block stack and what the options freeze of it: its first ``frozen`` blocks, and with
+    ``embeddings`` the parameters of its ``scope`` that come before its first block."""
+
+    path: str
+    count: int
+    frozen: int
+    embeddings: bool
+    scope: Callable[[str], bool]
+
+
+def _common_root(model: "torch.nn.Module", decoder_path: str, encoder_path: str) -> str:
+    """The decoder's root: the shortest prefix of its stack's path that is not a prefix of the encoder's
+    (``decoder`` of ``decoder.transformer.h``; ``model.decoder`` of ``model.decoder.layers``)."""
+    parts = decoder_path.split(".")
+    for end in range(1, len(parts) + 1):
+        root = ".".join(parts[:end])
+        if not (encoder_path == root or encoder_path.startswith(root + ".")):
+            return root
+    return decoder_path
 
 
 def _block_index(name: str, prefix: str) -> Optional[int]:
@@ -103,22 +139,53 @@ class PartialFreeze(Strategy):
     default_learning_rate = 5e-5
     head_options = ("train_head",)
 
-    def frozen_names(self, model: "torch.nn.Module", context: Any) -> list[str]:
-        """The parameter names these options freeze on ``model``, in model order."""
+    def stacks(self, model: "torch.nn.Module", context: Any) -> list[Stack]:
+        """The block stacks the options freeze from the bottom: the model's one stack, or on an
+        encoder–decoder model its encoder's (``freeze_blocks``) and its decoder's (``freeze_decoder_blocks``)."""
         from adaptkit import find_block_list
 
         opts = self.options
-        path, count = find_block_list(model)
-        frozen_count = blocks_to_freeze(opts.freeze_blocks, count, context.model_type, opts.freeze_patterns)
-        prefix = path + "."
+        try:
+            decoder_path, decoder_count = find_block_list(model, "decoder")
+            encoder_path, encoder_count = find_block_list(model, "encoder")
+        except ValueError:
+            if opts.freeze_decoder_blocks is not None:
+                raise ValueError(f"partial_freeze: freeze_decoder_blocks applies to encoder-decoder models; this "
+                                 f"{type(model).__name__} has one stack of blocks ({find_block_list(model)[0]!r}), "
+                                 f"which freeze_blocks counts in") from None
+            path, count = find_block_list(model)
+            frozen = blocks_to_freeze(opts.freeze_blocks, count, context.model_type, opts.freeze_patterns)
+            return [Stack(path, count, frozen, opts.freeze_embeddings, lambda name: True)]
+        # The default share follows the encoder's family (a VisionEncoderDecoder's config names it).
+        config = getattr(model, "config", None)
+        family = getattr(getattr(config, "encoder", None), "model_type", None) or context.model_type
+        encoder_frozen = blocks_to_freeze(opts.freeze_blocks, encoder_count, family, opts.freeze_patterns,
+                                          "freeze_blocks", f"this model's encoder ({encoder_path!r})")
+        decoder_frozen = blocks_to_freeze(opts.freeze_decoder_blocks or 0, decoder_count, family, [],
+                                          "freeze_decoder_blocks", f"this model's decoder ({decoder_path!r})")
+        decoder_root = _common_root(model, decoder_path, encoder_path)
+        in_decoder = (lambda name: name.startswith(decoder_root + ".")) if decoder_root else (lambda name: False)
+        return [Stack(encoder_path, encoder_count, encoder_frozen, opts.freeze_embeddings,
+                      lambda name: not in_decoder(name)),
+                Stack(decoder_path, decoder_count, decoder_frozen, opts.freeze_embeddings and decoder_frozen > 0,
+                      in_decoder)]
+
+    def frozen_names(self, model: "torch.nn.Module", context: Any) -> list[str]:
+        """The parameter names these options freeze on ``model``, in model order."""
+        opts = self.options
+        stacks = self.stacks(model, context)
         heads = list(context.head_modules)
         unmatched = set(opts.freeze_patterns)
         frozen: list[str] = []
-        before_blocks = True
+        started = [False] * len(stacks)  # whether a stack's first block has been passed, in model order
         for name, _ in model.named_parameters():
-            index = _block_index(name, prefix)
-            if index is not None:
-                before_blocks = False
+            in_block = False
+            for i, stack in enumerate(stacks):
+                index = _block_index(name, stack.path + ".")
+                if index is not None:
+                    started[i], in_block = True, True
+                    if index < stack.frozen:
+                        in_block = "frozen"
             is_head = any(name == h or name.startswith(h + ".") for h in heads)
             if is_head:
                 if not opts.train_head:
@@ -126,12 +193,14 @@ class PartialFreeze(Strategy):
                 continue
             hits = {p for p in opts.freeze_patterns if pattern_matches(p, name)}
             unmatched -= hits
-            if (hits or (index is not None and index < frozen_count)
-                    or (before_blocks and index is None and opts.freeze_embeddings)):
+            embedding = not in_block and any(stack.embeddings and not started[i] and stack.scope(name)
+                                             for i, stack in enumerate(stacks))
+            if hits or in_block == "frozen" or embedding:
                 frozen.append(name)
         if unmatched:
+            paths = " and ".join(repr(stack.path) for stack in stacks)
             raise ValueError(f"partial_freeze: freeze_patterns {sorted(unmatched)} match no parameter of "
-                             f"{type(model).__name__} outside the task head (blocks are at {path!r})")
+                             f"{type(model).__name__} outside the task head (blocks are at {paths})")
         return frozen
 
     def wrap(self, model: "torch.nn.Module", context: Any) -> "torch.nn.Module":

@@ -4,6 +4,7 @@ from __future__ import annotations
 from adaptkit import hookimpl
 from adaptkit_tasks.causal_lm import CausalLM
 from adaptkit_tasks.image_classification import ImageClassification
+from adaptkit_tasks.image_to_text import ImageToText
 from adaptkit_tasks.instruct import Instruct
 from adaptkit_tasks.preference import Preference
 from adaptkit_tasks.regression import Regression
@@ -17,6 +18,7 @@ def adaptkit_register_tasks(register):
     register(CausalLM)
     register(TokenClassification)
     register(ImageClassification)
+    register(ImageToText)
     register(Instruct)
     register(Preference)
     register(Regression)
