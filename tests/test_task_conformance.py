@@ -38,6 +38,8 @@ def _cases() -> dict[str, tuple[dict[str, Any] | None, list[dict[str, Any]]]]:
         "image_classification": (None, [{"image": image, "label": ["cat", "dog"][i % 2]}
                                         for i, image in enumerate(_images(4))]),
         "regression": (None, [{"text": _text(rng, 5), "label": i * 0.5} for i in range(6)]),
+        "image_to_text": ({"max_new_tokens": 3}, [{"image": image, "caption": f"a {['red', 'blue'][i % 2]} square"}
+                                                  for i, image in enumerate(_images(4))]),
     }
 
 

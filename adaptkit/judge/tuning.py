@@ -414,7 +414,7 @@ def tune_arm(session: Any, arm: Arm, arm_model: ArmModel, size: Optional[int], s
     def save_eval_outputs(accelerator: Any, number: int) -> dict[str, Any]:
         model = accelerator.unwrap_model(arm_model.model)
         loader = eval_loader(session.eval_data, recipe.training.eval_batch_size, collate)
-        outputs, _, _ = gather_outputs(model, loader, None, task.batch_outputs)
+        outputs, _, _ = gather_outputs(model, loader, None, task.batch_outputs, task.compute_loss)  # as evaluate runs it
         outputs = {k: v.cpu() for k, v in outputs.items()}
         trial_dir.mkdir(parents=True, exist_ok=True)
         # a kill mid-write leaves no half file under the real name, only a temporary file named as

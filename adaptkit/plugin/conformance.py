@@ -100,7 +100,8 @@ class ModelFamily:
     never asks a task plugin; ``task`` is the label ``WrapContext.task`` carries. ``config`` is a
     tiny transformers config (``model_type`` plus settings, like a recipe's ``model.config``) from
     which ``check_task`` lets the task build its own model; ``modality`` is ``"text"`` (the kit
-    makes a word tokenizer for it) or ``"image"``.
+    makes a word tokenizer for it), ``"image"``, or ``"image-text"`` (images in, text out: a
+    captioner, which gets a word tokenizer too).
     """
 
     name: str
@@ -113,6 +114,7 @@ class ModelFamily:
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
+MODALITIES = ("text", "image", "image-text")
 
 
 def register_family(name: str, build: Optional[Callable[[], torch.nn.Module]] = None, *,
@@ -125,8 +127,9 @@ def register_family(name: str, build: Optional[Callable[[], torch.nn.Module]] = 
     removes it again with ``unregister_family``. A text family with a ``build`` joins the families
     ``check_strategy`` runs on by default while it is registered.
     """
-    if modality not in ("text", "image"):
-        raise AdaptkitError(f"register_family({name!r}): modality must be 'text' or 'image', not {modality!r}")
+    if modality not in MODALITIES:
+        raise AdaptkitError(f"register_family({name!r}): modality must be one of {', '.join(MODALITIES)}, "
+                            f"not {modality!r}")
     if build is None and config is None:
         raise AdaptkitError(f"register_family({name!r}): give build (for check_strategy), config (for check_task), "
                             f"or both")
@@ -184,6 +187,10 @@ FAMILIES: Mapping[str, Callable[[], torch.nn.Module]] = _Builders()
 register_family("bert", tiny_bert, head_modules=["classifier"], peft_task_type="SEQ_CLS", config=TINY_BERT_CONFIG)
 register_family("gpt2", tiny_gpt2, head_modules=["score"], peft_task_type="SEQ_CLS", config=TINY_GPT2_CONFIG)
 register_family("vit", config=TINY_VIT_CONFIG, head_modules=["classifier"], modality="image")
+# A captioner: the tiny ViT encoding, a tiny GPT-2 decoding with cross-attention (check_task only).
+register_family("vision-encoder-decoder", modality="image-text", config={
+    "model_type": "vision-encoder-decoder", "encoder": TINY_VIT_CONFIG,
+    "decoder": {**TINY_GPT2_CONFIG, "add_cross_attention": True}})
 
 
 def _strategy_families() -> list[str]:
@@ -686,7 +693,7 @@ class _TaskTrial:
         weakref.finalize(self, shutil.rmtree, tmp, True)
         settings = dict(family.config or {})
         tokenizer_dir = (word_tokenizer(self.rows, Path(tmp) / "tokenizer", int(settings.get("vocab_size", VOCAB)))
-                         if family.modality == "text" else None)
+                         if family.modality in ("text", "image-text") else None)
         recipe = SimpleNamespace(
             model=SimpleNamespace(name=None, tokenizer=str(tokenizer_dir) if tokenizer_dir else None,
                                   config=dict(settings), revision=None, trust_remote_code=False,
@@ -710,8 +717,8 @@ class _TaskTrial:
     def _ran(self) -> Any:
         batch = self.collated().batch
         try:
-            with torch.no_grad():
-                return self.prepared().model(**batch)
+            with torch.no_grad():  # as evaluation runs a batch: the task's compute_loss (a forward pass by default)
+                return self.prepared().task.compute_loss(self.prepared().model, batch)[1]
         except Exception as exc:  # what the model says about the batch is the finding
             raise _fail(self.name, "batch", f"the model refused the collated batch (keys {sorted(batch)}): "
                                             f"{type(exc).__name__}: {exc}", self.family) from exc
