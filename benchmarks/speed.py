@@ -200,8 +200,10 @@ def run_adaptkit(rows: int, epochs: int, strategy: str = "lora") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         recipe = {
             "model": {"name": MODEL},
+            # pooling: pooler, the head the plain loop and the Trainer train (BERT's [CLS] pooler): the same
+            # arithmetic on every side. adaptkit's default for MiniLM is the mean its checkpoint declares.
             "task": {"type": "sequence_classification", "text_column": "sentence", "label_column": "label",
-                     "max_length": MAX_LEN},
+                     "max_length": MAX_LEN, "pooling": "pooler"},
             "data": {"train": str(TRAIN), "eval": str(DEV), "max_train_samples": rows},
             "strategy": ({"name": "lora", "r": 8, "alpha": 16, "dropout": DROPOUT, "target_modules": TARGETS}
                          if strategy == "lora" else {"name": strategy}),
@@ -249,7 +251,15 @@ def child(args) -> None:
 
     rate = matmul_rate()
     baseline = resident_mib()
+    profile = None
+    if os.environ.get("SPEED_PROFILE") == "1":  # --profile: phase marks per step (benchmarks/step_profile.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import step_profile
+
+        profile = step_profile.install()
     result = CONTENDERS[args.child](args)
+    if profile is not None:
+        result["profile"] = profile.summary()
     result["baseline_rss_mib"] = baseline
     result["matmul_flops_per_s"] = rate
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -273,12 +283,18 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated contenders")
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per contender (median reported)")
     parser.add_argument("--quick", action="store_true", help="300 rows x 1 epoch: for development, not for results")
+    parser.add_argument("--profile", action="store_true",
+                        help="once per contender, with per-step phase hooks: where a step's time goes "
+                             "(results/step_profile.md); hooks slow every module call, so no speed figures")
     args = parser.parse_args()
     if args.child:
         child(args)
         return
     if args.quick:
         args.rows, args.epochs = 300, 1
+    if args.profile:
+        profile_contenders(args)
+        return
     names = args.only.split(",") if args.only else list(CONTENDERS)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for repeat in range(args.repeats):
@@ -313,11 +329,34 @@ def main() -> None:
                                                 "results": results, "runs": runs, "checks": checks}, indent=1))
 
 
-def run_child(name: str, rows: int, epochs: int) -> dict | None:
+def profile_contenders(args) -> None:
+    """Each speed contender once with the step-phase hooks; prints and writes the table (issue 27, item 2)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import step_profile
+
+    names = args.only.split(",") if args.only else ["adaptkit", "plain-same", "trainer"]
+    found = {}
+    for name in names:
+        r = run_child(name, args.rows, args.epochs, {"SPEED_PROFILE": "1"})
+        if r is not None:
+            found[name] = r["profile"]
+    lines = [f"{args.rows} SST-2 rows x {args.epochs} epoch(s), batch {BATCH}, all-MiniLM-L6-v2 LoRA r=8, "
+             f"{os.cpu_count()} cores; one run each with benchmarks/step_profile.py's hooks; median ms per "
+             f"training step (the first 3 steps left out), 'other' = everything but forward, backward and "
+             f"optimizer.step", "", *step_profile.table(found)]
+    print("\n" + "\n".join(lines))
+    out = ROOT / "benchmarks" / "results"
+    (out / "step_profile.md").write_text("# `python benchmarks/speed.py --profile`\n\n" + "\n".join(lines) + "\n")
+    (out / "step_profile.json").write_text(json.dumps({"rows": args.rows, "epochs": args.epochs, "profiles": found},
+                                                      indent=1))
+
+
+def run_child(name: str, rows: int, epochs: int, extra_env: dict | None = None) -> dict | None:
     """One contender in a fresh process: its RESULT line with the derived rates, or None (printed why)."""
     done = subprocess.run([sys.executable, __file__, "--child", name, "--rows", str(rows), "--epochs", str(epochs)],
                           capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(MEMORY_ENV if name in MEMORY_PAIR else {})})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(MEMORY_ENV if name in MEMORY_PAIR else {}),
+                               **(extra_env or {})})
     line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
         print(f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
