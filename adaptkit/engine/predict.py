@@ -1,4 +1,8 @@
-"""Use a finished run without writing code: ``adaptkit predict RUN_DIR --input rows.csv``."""
+"""Use a finished run without writing code: ``adaptkit predict RUN_DIR --input rows.csv``.
+
+Model building and tokenizing are imported inside ``load_run`` and ``Predictor``'s methods: the
+``Predictor`` type is exported lazily by ``adaptkit`` and its module stays a light import.
+"""
 from __future__ import annotations
 
 import csv

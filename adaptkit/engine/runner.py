@@ -4,6 +4,9 @@ The order is the contract's: record the base signature and outputs, wrap, train,
 frozen weights, save, reload what was saved with the standard tools, unwrap, verify the
 architecture and the merged outputs. Any broken promise stops the run before the output
 folder appears, with the rule and the parameter named.
+
+The engine modules that import torch (train, contract, models, ...) are imported inside the functions
+that use them: ``adaptkit.RunResult`` is imported from here and must stay a light import.
 """
 from __future__ import annotations
 
