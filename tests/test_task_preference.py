@@ -398,6 +398,29 @@ def test_full_fine_tune_reference_is_a_frozen_copy_and_precompute_keeps_none(tok
     torch.testing.assert_close(precomputed, before)
 
 
+
+def test_plan_counts_the_reference_copy_for_full_fine_tuning_only(tmp_path, tokenizer_dir):
+    import adaptkit
+
+    rows = write_jsonl(tmp_path / "rows.jsonl", colour_rows(8, 0))
+
+    def memory(strategy: str, **task) -> dict:
+        spec = {"model": {"config": tiny_config("llama", 300), "tokenizer": str(tokenizer_dir)},
+                "task": {"type": "preference", "chat_template": "chatml", "max_length": 64, **task},
+                "data": {"train": str(rows), "eval": str(rows)}, "strategy": {"name": strategy},
+                "training": {"batch_size": 8}, "output": {"dir": str(tmp_path / "run")}}
+        return adaptkit.plan(spec).strategies[0].memory
+
+    full, lora = memory("full"), memory("lora")
+    assert full["reference"] == full["weights"] > 0 and "reference" not in lora
+    assert full["total"] == sum(v for k, v in full.items() if k != "total")
+    model = tiny_llama(300, 0)
+    parts = {"weights": 1, "gradients": 1, "optimizer": 2, "step": 1, "activations": 10, "logits": 5}
+    for options in ({"reference": "precompute"}, {"objective": "simpo"}):
+        assert make_task(None, **options).memory_estimate(model, parts) == {**parts, "activations": 20, "logits": 10}
+    assert make_task(None, objective="kto").memory_estimate(model, parts)["activations"] == 10  # one answer a row
+
+
 # ---------------------------------------------------------------------------- end to end
 
 def _run(tmp_path, tokenizer_dir, name, task, train, held, strategy="lora", steps=4, lr=1e-2, model=None):

@@ -73,12 +73,13 @@ def setup_line(strategy: Any, context: Any, precision: str) -> str:
 
 
 def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, setup: str = "",
-             quantization_bits: Optional[int] = None) -> StrategyPlan:
+             quantization_bits: Optional[int] = None, task: Any = None) -> StrategyPlan:
     """Sizes, touched modules and the memory estimate of a wrapped model (meta or real), ``length`` tokens a row.
 
     ``setup`` is the text the plan shows; ``quantization_bits`` (the strategy's declared
     ``Strategy.quantization_bits``) is what the estimate reads: 4 counts the frozen linear
-    weights at bitsandbytes' 4-bit size.
+    weights at bitsandbytes' 4-bit size. ``task`` adjusts the estimate for what it adds
+    (``Task.memory_estimate``: a preference task's second answer and reference copy).
 
     A ``training.gradient_checkpointing`` the wrapped model cannot do is refused here, as the run would,
     and float16 weights to train on a CPU, which diverge (``half_training_on_cpu_problem``).
@@ -95,12 +96,16 @@ def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, se
     problem = half_training_on_cpu_problem(model, recipe)
     if problem:
         raise RecipeError(f"{recipe.where('model', 'dtype')}: with strategy {name!r}, {problem}")
+    memory = estimate_memory(model, config, recipe.training.batch_size, length, recipe.training.mixed_precision,
+                             quantized=quantization_bits == 4,
+                             gradient_checkpointing=recipe.training.gradient_checkpointing,
+                             optimizer=recipe.training.optimizer)
+    if task is not None:
+        memory = task.memory_estimate(model, {k: v for k, v in memory.items() if k != "total"})
+        memory["total"] = sum(v for k, v in memory.items() if k != "total")
     return StrategyPlan(name, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                         total=sum(p.numel() for p in model.parameters()), touched=touched_modules(model),
-                        memory=estimate_memory(model, config, recipe.training.batch_size, length,
-                                               recipe.training.mixed_precision, quantized=quantization_bits == 4,
-                                               gradient_checkpointing=recipe.training.gradient_checkpointing,
-                                               optimizer=recipe.training.optimizer), setup=setup)
+                        memory=memory, setup=setup)
 
 
 def touched_modules(model) -> list[str]:
@@ -228,7 +233,7 @@ def plan_of_model(session: Any, strategy: Any, model: Any, config: Any, setup: s
     return Plan(model=recipe.model.name or f"config:{model_type}", model_type=model_type,
                 batch_size=recipe.training.batch_size, sequence_length=session.sequence_length,
                 strategies=[describe(strategy.name, model, config, recipe, session.sequence_length, setup,
-                                     quantization_bits=strategy.quantization_bits)],
+                                     quantization_bits=strategy.quantization_bits, task=session.task)],
                 recipe_strategy=strategy.name)
 
 
@@ -272,7 +277,7 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
                 entry.setup = setup
                 model = session.wrap(strategy, base, context)
             entry = describe(name, model, config, recipe, session.sequence_length, setup,
-                             quantization_bits=strategy.quantization_bits)
+                             quantization_bits=strategy.quantization_bits, task=session.task)
         except Exception as exc:  # one strategy that cannot be planned must not hide the others
             entry.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             entry.failure = exc

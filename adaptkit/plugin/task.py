@@ -259,6 +259,14 @@ class Task:
         outputs = model(**batch)
         return outputs.loss, outputs
 
+    def memory_estimate(self, model: "torch.nn.Module", parts: dict[str, int]) -> dict[str, int]:
+        """The plan's peak training memory of ``model`` (wrapped by the strategy, possibly on the meta
+        device), by part in bytes (weights, gradients, optimizer, step, activations, logits), as the
+        core estimates it for one sequence per example; return it adjusted for what the task adds (a
+        preference task runs two answers per example, and may keep a frozen reference copy: a part of
+        its own). The plan sums the parts into ``total`` after. Default: unchanged."""
+        return parts
+
     def batch_outputs(self, outputs: Any, batch: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
         """Per-example tensors that evaluation keeps from one batch (first dimension: the rows).
 

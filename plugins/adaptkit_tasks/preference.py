@@ -221,6 +221,18 @@ class Preference(CausalLM):
         self._source = (source, dict(load_kwargs)) if source else None
         return model
 
+    def memory_estimate(self, model, parts: dict[str, int]) -> dict[str, int]:
+        """Two answers per example (activations and logits twice over, for paired objectives), and for
+        a strategy without an adapter to switch off, the frozen reference copy at the weights' size
+        (none with ``reference: precompute``, nor for reference-free objectives)."""
+        parts = dict(parts)
+        if self.objective.paired:
+            parts["activations"] *= 2
+            parts["logits"] *= 2
+        if self.objective.reference and self.options.reference == "auto" and not hasattr(model, "disable_adapter"):
+            parts["reference"] = sum(p.numel() * p.element_size() for p in model.parameters())
+        return parts
+
     # ------------------------------------------------------------------ data
     def _encode(self, row: dict[str, Any], index: int, tokenizer: Any) -> dict[str, Any]:
         from adaptkit_tasks.preference_data import encode_answer, encode_prompt_only
