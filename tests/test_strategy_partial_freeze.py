@@ -177,3 +177,79 @@ def test_trained_weights_move_only_above_the_frozen_blocks():
     _train_steps(strategy, model)
     assert torch.equal(model.bert.encoder.layer[0].output.dense.weight, low)
     assert not torch.equal(model.bert.encoder.layer[1].output.dense.weight, high)
+
+
+# ---------------------------------------------------------------------------- encoder-decoder models
+
+def tiny_captioner(encoder_layers: int = 4, decoder_layers: int = 2):
+    """ViT encoder + GPT-2 decoder with cross-attention, random weights."""
+    from transformers import AutoConfig, VisionEncoderDecoderModel
+
+    config = AutoConfig.for_model(
+        "vision-encoder-decoder",
+        encoder={"model_type": "vit", "image_size": 16, "patch_size": 8, "hidden_size": 32,
+                 "num_hidden_layers": encoder_layers, "num_attention_heads": 2, "intermediate_size": 48},
+        decoder={"model_type": "gpt2", "vocab_size": 50, "n_embd": 32, "n_layer": decoder_layers, "n_head": 2,
+                 "n_positions": 32, "bos_token_id": 1, "eos_token_id": 2, "add_cross_attention": True})
+    return VisionEncoderDecoderModel(config)
+
+
+def tiny_bart():
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    return BartForConditionalGeneration(BartConfig(
+        vocab_size=50, d_model=32, encoder_layers=3, decoder_layers=3, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=32))
+
+
+def test_find_block_list_finds_each_side_of_an_encoder_decoder():
+    from adaptkit import find_block_list
+
+    model = tiny_captioner(encoder_layers=2, decoder_layers=5)
+    assert find_block_list(model) == ("decoder.transformer.h", 5)  # the longest stack, as before
+    assert find_block_list(model, "encoder") == ("encoder.layers", 2)
+    assert find_block_list(model, "decoder") == ("decoder.transformer.h", 5)
+    assert find_block_list(tiny_bart(), "encoder") == ("model.encoder.layers", 3)
+    with pytest.raises(ValueError, match="not an encoder-decoder"):
+        find_block_list(FAMILIES["bert"](), "decoder")
+
+
+def test_captioner_freezes_early_encoder_blocks_and_trains_the_decoder():
+    """The seed's recipe: the encoder's embeddings and first blocks frozen, its later blocks and the
+    whole decoder (embeddings included) trained, even where the decoder's stack is the longer."""
+    model = tiny_captioner(encoder_layers=4, decoder_layers=6)
+    frozen = _frozen(model, _context(model, "vision-encoder-decoder"), freeze_blocks=3)
+    expected = {n for n in _all(model)
+                if n.startswith(("encoder.embeddings.", "encoder.layers.0.", "encoder.layers.1.", "encoder.layers.2."))}
+    assert frozen == expected
+    assert not any(n.startswith("decoder.") for n in frozen)
+
+
+def test_captioner_default_fraction_and_decoder_blocks():
+    model = tiny_captioner(encoder_layers=4, decoder_layers=2)
+    frozen = _frozen(model, _context(model, "vision-encoder-decoder"))  # the encoder family's (vit) half
+    assert {n.split(".")[2] for n in frozen if n.startswith("encoder.layers.")} == {"0", "1"}
+    model = tiny_captioner(encoder_layers=4, decoder_layers=2)
+    frozen = _frozen(model, _context(model, "vision-encoder-decoder"), freeze_blocks=1, freeze_decoder_blocks=1)
+    decoder = {n for n in frozen if n.startswith("decoder.")}
+    assert decoder == {n for n in _all(model)
+                       if n.startswith(("decoder.transformer.wte.", "decoder.transformer.wpe.", "decoder.transformer.h.0."))}
+
+
+def test_bart_encoder_blocks_frozen_decoder_trained():
+    model = tiny_bart()
+    frozen = _frozen(model, _context(model, "bart"), freeze_blocks=2)
+    assert "model.shared.weight" in frozen and "model.encoder.layers.1.fc1.weight" in frozen
+    assert "model.encoder.layers.2.fc1.weight" not in frozen
+    assert not any(n.startswith("model.decoder.") for n in frozen)
+
+
+def test_decoder_blocks_on_a_one_stack_model_and_too_many_are_clear_errors():
+    model = FAMILIES["bert"]()
+    with pytest.raises(ValueError, match="freeze_decoder_blocks applies to encoder-decoder models"):
+        PartialFreeze({"freeze_decoder_blocks": 1}).wrap(model, _context(model, "bert"))
+    model = tiny_captioner(encoder_layers=2, decoder_layers=2)
+    with pytest.raises(ValueError, match=r"freeze_decoder_blocks is 3, but this model's decoder"):
+        PartialFreeze({"freeze_decoder_blocks": 3}).wrap(model, _context(model, "vision-encoder-decoder"))
+    with pytest.raises(Exception, match="freeze_decoder_blocks must be a count"):
+        PartialFreezeOptions(freeze_decoder_blocks=True)
