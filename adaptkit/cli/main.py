@@ -163,18 +163,23 @@ def _cmd_plugins(args) -> int:
     if args.check is not None:
         return _check_plugins(args)
     plugins = list_plugins()
+    upstream = {name: cls.upstream for name, cls in list_strategies().items() if getattr(cls, "upstream", "")}
     if args.json:
-        print(json.dumps([vars(p) for p in plugins], indent=2))
+        print(json.dumps([{**vars(p), "upstream": {s: upstream[s] for s in p.strategies if s in upstream}}
+                          for p in plugins], indent=2))
         return 0
     from rich.table import Table
 
     table = Table("plugin", "distribution", "version", "provides", "status")
     for plugin in plugins:
+        sources = sorted({upstream[s] for s in plugin.strategies if s in upstream})  # "peft 0.21.2": where they come from
         provides = ", ".join([*(f"strategy:{s}" for s in plugin.strategies), *(f"task:{t}" for t in plugin.tasks),
                               *(f"baseline:{b}" for b in plugin.baselines),
                               *(h.replace("adaptkit_", "") for h in plugin.hooks
                                 if h not in ("adaptkit_register_strategies", "adaptkit_register_tasks",
                                              "adaptkit_register_baselines"))])
+        if sources:
+            provides += f" (from {', '.join(sources)})"
         table.add_row(plugin.name, plugin.distribution, plugin.version, provides,
                       f"[red]error: {plugin.error}[/red]" if plugin.error else "ok")
     _console().print(table)

@@ -675,6 +675,8 @@ class _TrainingLoop:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.training.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
+            if accelerator.sync_gradients:  # the strategy's per-step hook reads this step's gradients
+                self.strategy.after_step(accelerator.unwrap_model(self.model), self.result.steps)
             self.optimizer.zero_grad(set_to_none=True)
         self.window += loss.detach()
         self.epoch_loss += loss.detach()

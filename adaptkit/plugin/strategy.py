@@ -102,6 +102,9 @@ class Strategy:
     # Options that only mean something when the task has a head (e.g. train the head whole):
     # the pre-flight refuses them, naming the option, for a task without one (a language model).
     head_options: ClassVar[tuple[str, ...]] = ()
+    # The library and version the method comes from when a plugin wraps one ("peft 0.21.2"), else "":
+    # ``adaptkit plugins`` shows it beside the strategy's name.
+    upstream: ClassVar[str] = ""
 
     def __init__(self, options: StrategyOptions | dict[str, Any] | None = None):
         if options is None:
@@ -150,6 +153,14 @@ class Strategy:
         ``batches`` yields every training row once, sorted by length, on the model's device
         (run them under ``torch.no_grad``); it is lazy, so a strategy that ignores it costs nothing.
         ``frozen_head`` fills its feature cache here. The time counts as training time.
+        """
+
+    def after_step(self, model: "torch.nn.Module", step: int) -> None:
+        """Called after every optimizer step, before the gradients are cleared; does nothing by default.
+
+        ``model`` is the wrapped model (unwrapped from accelerate's wrapper), ``step`` the index of the
+        optimizer step just taken, from 0. For methods that change their own structure while training:
+        AdaLoRA reallocates its ranks here from the step's gradients (peft's ``update_and_allocate``).
         """
 
     def unwrap(self, model: "torch.nn.Module") -> "torch.nn.Module":

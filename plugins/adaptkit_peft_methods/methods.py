@@ -1,0 +1,45 @@
+"""Which of peft's methods become strategies here, and why the others do not.
+
+Left out, each for a stated reason (``SKIPPED``): the methods adaptkit already serves under its own
+name, and those that cannot be trained from one recipe section. The prompt-learning methods
+(virtual tokens or key/value prefixes rather than adapted layers) are not generated as layer tuners:
+``adaptkit_peft_methods.prompt`` says which of them run here.
+"""
+from __future__ import annotations
+
+from adaptkit_peft_methods.catalog import Method, peft_methods
+
+# peft method name -> why it gets no generated strategy.
+SKIPPED: dict[str, str] = {
+    "lora": "served by adaptkit's own 'lora' and 'qlora' strategies",
+    "ia3": "served by adaptkit's own 'ia3' strategy",
+    "prompt_tuning": "served by adaptkit's own 'prompt_tuning' strategy",
+    "xlora": "X-LoRA mixes LoRA adapters trained before (adapters=); it is not trained from one recipe section",
+    "poly": "Poly routes by a task id every batch must carry (task_ids=); adaptkit's tasks give none",
+}
+
+# Options peft declares with an empty default (None, []) yet cannot run without: a recipe that
+# leaves them out is refused at validate, not deep inside peft at the first forward pass.
+NEEDS: dict[str, dict[str, str]] = {
+    "adalora": {"total_step": "the run's optimizer steps, over which AdaLoRA schedules its rank budget"},
+    "adaption_prompt": {"adapter_len": "the number of adapter tokens per layer",
+                        "adapter_layers": "how many of the top layers get adapter tokens"},
+    "trainable_tokens": {"token_indices": "the ids of the tokens whose embeddings train"},
+    "prefix_tuning": {"num_virtual_tokens": "the learned key/value positions in front of every input"},
+    "p_tuning": {"num_virtual_tokens": "the learned embeddings prepended to every input"},
+}
+
+# Methods that feed the backbone token ids (peft's Shadow builds its side network from input_ids;
+# trainable tokens retrains rows of the input embedding): a model whose input is not token ids
+# (an image model, main_input_name "pixel_values") is refused at wrap with this reason.
+TOKEN_INPUT: dict[str, str] = {
+    "shadow": "peft's Shadow network reads input_ids",
+    "trainable_tokens": "trainable tokens retrain rows of a token embedding",
+    "prefix_tuning": "peft's prompt learning prepends to token inputs",
+    "p_tuning": "peft's prompt learning prepends to token inputs",
+}
+
+
+def layer_methods() -> dict[str, Method]:
+    """The methods this plugin generates a strategy for: peft's, less ``SKIPPED`` and prompt learning."""
+    return {name: m for name, m in peft_methods().items() if name not in SKIPPED and not m.prompt_learning}

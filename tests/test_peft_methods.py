@@ -1,0 +1,275 @@
+"""Every peft method as a strategy (plugins/adaptkit_peft_methods): generated from peft's registry,
+options from its config classes, the conformance kit on tiny BERT, Llama and ViT models, or a
+refusal at wrap with peft's own reason."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import adaptkit
+from adaptkit import PreflightError, WrapContext
+from adaptkit.plugin.contract import (FrozenWeights, architecture_signature, check_close, check_signature,
+                                      check_wrapped, head_shapes, model_outputs, reload_export)
+from adaptkit.testing import (NUM_LABELS, VOCAB, check_strategy, register_family, sample_batch, strategy_checks,
+                              unregister_family)
+from adaptkit_peft_methods import strategies
+from adaptkit_peft_methods.catalog import peft_methods, peft_version
+from adaptkit_peft_methods.methods import SKIPPED
+
+# Options that fit a 32-wide, 2-layer model (peft's defaults assume real sizes: c3a's block of 256,
+# vblora's vectors of 256, miss's rank 64 need wider layers) and the values some methods cannot run without.
+TINY_OPTIONS = {
+    "adalora": {"total_step": 3}, "c3a": {"block_size": 8}, "miss": {"r": 8}, "road": {"group_size": 8},
+    "shira": {"r": 2}, "vblora": {"vector_length": 8, "num_vectors": 16}, "waveft": {"n_frequency": 64},
+    "adaption_prompt": {"adapter_len": 4, "adapter_layers": 1}, "trainable_tokens": {"token_indices": [1, 2, 3]},
+    "prefix_tuning": {"num_virtual_tokens": 4}, "p_tuning": {"num_virtual_tokens": 4},
+}
+
+# (method, family) -> what the refusal must say: peft's own reason where peft gives one.
+REFUSED = {
+    ("adaption_prompt", "bert"): "peft says: Unsupported model type for adaption prompt: 'bert'",
+    ("adaption_prompt", "vit"): "peft says: Unsupported model type for adaption prompt: 'vit'",
+    ("beft", "llama"): "cannot merge into this llama model: peft says: Base layer has no bias",
+    ("ln_tuning", "bert"): "peft says: Please specify `target_modules`",
+    ("ln_tuning", "vit"): "peft says: Please specify `target_modules`",
+    ("shadow", "bert"): "peft says: Unable to automatically find a `nn.ModuleList` of decoder layers",
+    ("shadow", "vit"): "its input is pixel_values, not token ids",
+    ("trainable_tokens", "vit"): "its input is pixel_values, not token ids",
+    ("p_tuning", "vit"): "its input is pixel_values, not token ids",
+    ("prefix_tuning", "bert"): "Model does not support past key values.*huggingface/peft#1962",
+    ("prefix_tuning", "llama"): "Model does not support past key values.*huggingface/peft#1962",
+    ("prefix_tuning", "vit"): "Model does not support past key values",
+}
+
+STRATEGIES = strategies()
+FAMILIES = ("bert", "llama", "vit")
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    return LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        intermediate_size=48, max_position_embeddings=64, num_labels=NUM_LABELS, pad_token_id=0))
+
+
+def tiny_vit():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    return ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=32,
+                                               num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+                                               num_labels=NUM_LABELS))
+
+
+def tiny_llama_lm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
+                                        pad_token_id=0))
+
+
+def image_batch(seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {"pixel_values": torch.randn(4, 3, 16, 16, generator=generator),
+            "labels": torch.randint(0, NUM_LABELS, (4,), generator=generator)}
+
+
+def lm_batch(seed: int) -> dict[str, torch.Tensor]:
+    batch = sample_batch(seed)
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    return batch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def llama_family():
+    register_family("llama", tiny_llama, head_modules=["score"], peft_task_type="SEQ_CLS", replace=True)
+    yield
+    unregister_family("llama")
+
+
+def trial(cls, options, build, batch, heads, peft_type, model_type, export=True):
+    """The kit's checks, for a model the kit cannot feed (an image model, a language model): wrap keeps
+    the head, frozen weights stay bit-identical over real steps (``after_step`` called), training changes
+    the outputs, the export reloads with plain peft to the same outputs, and unwrap gives the base
+    signature with merged outputs equal (mergeable) or the base outputs exactly (removal)."""
+    torch.manual_seed(0)
+    base = build().eval()
+    probe = batch(7)
+    signature, before = architecture_signature(base), model_outputs(base, probe)
+    torch.manual_seed(0)
+    model = build().eval()
+    strategy = cls(options)
+    context = WrapContext(model_type=model_type, task="t", head_modules=list(heads), peft_task_type=peft_type)
+    wrapped = strategy.wrap(model, context)
+    check_wrapped(cls, wrapped, head_shapes(base, heads))
+    frozen = FrozenWeights.snapshot(wrapped)
+    optimizer = torch.optim.AdamW([g for g in strategy.parameter_groups(wrapped, 1e-2, 0.0) if g["params"]], lr=1e-2)
+    wrapped.train()
+    for step in range(2):
+        wrapped(**batch(100 + step)).loss.backward()
+        optimizer.step()
+        strategy.after_step(wrapped, step)
+        optimizer.zero_grad()
+    frozen.verify(cls, wrapped)
+    trained = model_outputs(wrapped, probe)
+    assert not torch.equal(trained, before), "training changed nothing"
+    if export:
+        with tempfile.TemporaryDirectory() as tmp:
+            strategy.save(wrapped, Path(tmp) / "export")
+            reloaded, how = reload_export(strategy, Path(tmp) / "export", lambda: (torch.manual_seed(0), build())[1],
+                                          type(base))
+            check_close(cls, "export", trained, model_outputs(reloaded, probe), 1e-4, f"export reloaded with {how}")
+    unwrapped = strategy.unwrap(wrapped)
+    check_signature(cls, signature, architecture_signature(unwrapped), heads)
+    if cls.mergeable:
+        check_close(cls, "equivalence", trained, model_outputs(unwrapped, probe), cls.merge_tolerance, "merged")
+    return unwrapped
+
+
+def run_family(name, family):
+    """Every check of the kit on llama (export included); on bert and vit every check but the export (it
+    is the slowest, and the export path does not depend on the family): the matrix stays near 20 s."""
+    cls, options = STRATEGIES[name], TINY_OPTIONS.get(name)
+    if family == "vit":
+        return trial(cls, options, tiny_vit, image_batch, ["classifier"], None, "vit", export=False)
+    if family == "llama":
+        return check_strategy(cls, options, families=[family])
+    for check_name, check in strategy_checks(cls, options, families=[family]):
+        if check.rule != "export":
+            check()
+
+
+CASES = [(name, family) for name in sorted(STRATEGIES) for family in FAMILIES]
+
+
+@pytest.mark.parametrize("name, family", CASES, ids=[f"{n}-{f}" for n, f in CASES])
+def test_method_keeps_the_contract_or_is_refused_with_peft_reason(name, family):
+    expected = REFUSED.get((name, family))
+    if expected is None:
+        run_family(name, family)
+        return
+    with pytest.raises((PreflightError, adaptkit.ContractViolation)) as caught:
+        run_family(name, family)
+    text = str(caught.value)
+    assert f"strategy {name!r}" in text and re.search(expected, text, re.S), text
+
+
+def test_prefix_tuning_runs_on_a_causal_language_model():
+    """The transformers 5 clash is with classifiers only: on a causal LM prefix tuning trains, exports to
+    plain peft and is removed exactly."""
+    unwrapped = trial(STRATEGIES["prefix_tuning"], {"num_virtual_tokens": 4}, tiny_llama_lm, lm_batch, [],
+                      "CAUSAL_LM", "llama")
+    assert type(unwrapped).__name__ == "LlamaForCausalLM"
+    assert STRATEGIES["prefix_tuning"]({"num_virtual_tokens": 4}).positions_added() == 4
+
+
+def test_the_catalog_is_peft_registry_read_without_importing_it():
+    """What the catalog read from peft's source is what importing peft gives: the same methods, fields,
+    defaults (literals), help texts, prompt-learning kind; mergeable where some layer implements merge."""
+    from peft.config import PromptLearningConfig
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    registry = {kind.value.lower(): cls for kind, cls in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
+    catalog = peft_methods()
+    assert set(catalog) == set(registry)
+    for name, method in catalog.items():
+        real = {f.name: f for f in dataclasses.fields(registry[name])}
+        assert method.field_names() == set(real), name
+        for item in method.fields:
+            field = real[item.name]
+            default = (field.default if field.default is not dataclasses.MISSING else
+                       field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
+            literal = type(default) in (type(None), bool, int, float, str, list, dict, tuple)  # not an Enum
+            if literal:
+                assert item.default == default, (name, item.name)
+            assert item.help == " ".join(str(field.metadata.get("help", "")).split()), (name, item.name)
+        assert method.prompt_learning == issubclass(registry[name], PromptLearningConfig), name
+    assert not catalog["lily"].mergeable and not catalog["shadow"].mergeable and catalog["loha"].mergeable
+
+
+def test_every_peft_method_is_a_strategy_or_skipped_for_a_reason():
+    catalog = peft_methods()
+    registered = adaptkit.list_strategies()
+    for name, method in catalog.items():
+        if name in SKIPPED:
+            assert name not in STRATEGIES
+        elif not method.prompt_learning or name in ("prefix_tuning", "p_tuning"):
+            assert registered[name] is STRATEGIES[name], name
+    assert {"loha", "lokr", "oft", "boft", "vera", "fourierft", "adalora", "hra", "miss", "c3a", "randlora",
+            "shira", "ln_tuning", "trainable_tokens"} <= set(STRATEGIES)
+    assert registered["lora"] is not STRATEGIES.get("lora")  # adaptkit's own lora is untouched
+    assert STRATEGIES["loha"].upstream == f"peft {peft_version()}"
+
+
+def test_options_come_from_the_config_class():
+    options = STRATEGIES["loha"].Options
+    schema = options.model_json_schema()
+    assert schema["properties"]["r"]["default"] == 8
+    assert "rank" in schema["properties"]["r"]["description"].lower()
+    assert "task_type" not in schema["properties"] and "modules_to_save" not in schema["properties"]
+    assert schema["properties"]["train_head"]["default"] is True
+    assert options(r=4).r == 4
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        options(rank=4)
+    with pytest.raises(ValueError, match="r\n.*integer"):
+        options(r="four")
+    with pytest.raises(ValueError, match="needs total_step"):
+        STRATEGIES["adalora"].Options()
+
+
+def test_an_unknown_option_in_a_recipe_suggests_the_closest(tmp_path):
+    from conftest import tiny_recipe_dict, write_recipe
+
+    recipe = tiny_recipe_dict(tmp_path, strategy="vera")
+    recipe["strategy"]["projection_prng_kay"] = 1
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    with pytest.raises(adaptkit.RecipeError, match="did you mean 'projection_prng_key'") as caught:
+        adaptkit.load_recipe(path)
+    assert "recipe.yaml:" in str(caught.value) and "strategy.projection_prng_kay" in str(caught.value)
+    recipe["strategy"].pop("projection_prng_kay")
+    recipe["strategy"]["r"] = 4
+    assert adaptkit.load_recipe(write_recipe(path, recipe)).strategy.r == 4
+
+
+def test_plan_refuses_a_method_with_peft_reason(tmp_path):
+    from conftest import tiny_recipe_dict
+
+    plan = adaptkit.plan(tiny_recipe_dict(tmp_path, strategy="loha"), strategies=["loha", "ln_tuning"])
+    by_name = {entry.strategy: entry for entry in plan.strategies}
+    assert by_name["loha"].error is None and by_name["loha"].trainable > 0
+    assert "peft says: Please specify `target_modules`" in by_name["ln_tuning"].error
+
+
+def test_adalora_reallocates_ranks_through_after_step():
+    """AdaLoRA's budget schedule runs in ``after_step``: after its warm-up, ranks are masked to the target."""
+    from adaptkit.testing import build_family, train_steps, wrap_context
+
+    strategy = STRATEGIES["adalora"]({"total_step": 10, "tinit": 1, "tfinal": 1, "deltaT": 1, "init_r": 6,
+                                      "target_r": 2})
+    model = build_family("bert")
+    wrapped = strategy.wrap(model, wrap_context(model, "bert"))
+    optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=1e-2)
+    for step in range(9):
+        wrapped(**sample_batch(step)).loss.backward()
+        optimizer.step()
+        strategy.after_step(wrapped, step)
+        optimizer.zero_grad()
+    ranks = [int((module.lora_E["default"] != 0).sum()) for module in wrapped.modules() if hasattr(module, "lora_E")
+             and "default" in module.lora_E]
+    assert ranks and sum(ranks) < 6 * len(ranks), ranks
+
+
+def test_plugins_lists_the_methods_with_peft_version(capsys):
+    from adaptkit.cli import main
+
+    assert main(["plugins", "--json"]) == 0
+    listed = next(p for p in json.loads(capsys.readouterr().out) if "loha" in p["strategies"])
+    assert listed["upstream"]["loha"] == f"peft {peft_version()}"
+    assert set(STRATEGIES) <= set(listed["strategies"])
