@@ -8,6 +8,7 @@ from adaptkit_tasks.image_to_text import ImageToText
 from adaptkit_tasks.instruct import Instruct
 from adaptkit_tasks.preference import Preference
 from adaptkit_tasks.regression import Regression
+from adaptkit_tasks.reward import Reward
 from adaptkit_tasks.sequence_classification import SequenceClassification
 from adaptkit_tasks.token_classification import TokenClassification
 
@@ -21,4 +22,5 @@ def adaptkit_register_tasks(register):
     register(ImageToText)
     register(Instruct)
     register(Preference)
+    register(Reward)
     register(Regression)

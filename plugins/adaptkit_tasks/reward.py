@@ -1,0 +1,208 @@
+"""Reward models: a scalar head trained on preference pairs with the Bradley-Terry loss.
+
+Each pair is rendered as two conversations (the prompt, then the chosen or the rejected answer)
+with the chat template exactly as ``preference`` renders them (``preference_data``), and the model
+is a one-label sequence classifier (``AutoModelForSequenceClassification``, ``num_labels: 1``)
+whose score of the chosen conversation is pushed above the rejected one's:
+``-log sigmoid(score_chosen - score_rejected - margin)``, with an optional per-pair margin column
+(Llama 2's reward models; TRL's ``margin``). The export is that classifier: plain transformers
+loads it and scores text rendered with the saved tokenizer's chat template. ``predict`` takes a
+prompt and a ``completion`` per row and returns its score.
+
+A batch holds the chosen conversations first and the rejected after them, as plain classifier
+inputs; ``labels`` holds each row's margin (0 for rejected rows), a float per row the model's own
+regression loss could read, so the contract's checks see an ordinary batch.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import Field, PositiveInt, field_validator
+
+from adaptkit import DataError, Task, TaskOptions, write_label_maps
+
+
+def _number(value: Any) -> Optional[float]:
+    """A finite float from a cell (a number or its text), else None."""
+    import math
+
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+class RewardOptions(TaskOptions):
+    prompt_column: str = Field("prompt", description="The prompt: text or a list of messages (absent: the turns "
+                                                     "chosen and rejected share).")
+    chosen_column: str = Field("chosen", description="The preferred answer: text or messages.")
+    rejected_column: str = Field("rejected", description="The dispreferred answer: text or messages.")
+    completion_column: str = Field("completion", description="predict: the answer to score, after its prompt.")
+    margin_column: Optional[str] = Field(None, description="A column of per-pair margins the chosen score must "
+                                                           "win by (e.g. a rating difference); none: 0.")
+    role_key: str = Field("role", description="Messages: the key naming a turn's speaker.")
+    content_key: str = Field("content", description="Messages: the key holding a turn's text.")
+    role_map: dict[str, str] = Field(default_factory=dict, description="Extra speaker names -> system/user/assistant.")
+    system_prompt: Optional[str] = Field(None, description="A system turn put first where a prompt has none.")
+    chat_template: Optional[str] = Field(
+        None, description="A named template (chatml, zephyr, plain) or Jinja text; overrides the tokenizer's own.")
+    max_length: PositiveInt = Field(512, description="Tokens kept per prompt plus answer; the end of a longer one "
+                                                     "is cut.")
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_compiles(cls, value: Optional[str]) -> Optional[str]:
+        from adaptkit_tasks.chat_templates import template_problem
+
+        problem = template_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class Reward(Task):
+    """Train a reward model: one score per conversation, the chosen answer's above the rejected one's."""
+
+    name = "reward"
+    description = "Reward model: a one-label sequence classifier trained on chosen/rejected pairs (Bradley-Terry)."
+    Options = RewardOptions
+    model_class = "AutoModelForSequenceClassification"
+    head_names = ("score", "classifier")
+    peft_task_type = "SEQ_CLS"
+    pipeline_tag = "text-classification"
+    primary_metric = "accuracy"
+    greater_is_better = True
+    metric_names = ("accuracy", "margin", "chosen_score", "rejected_score")
+
+    def required_columns(self) -> list[str]:
+        return []  # a shared conversation has no prompt column: rows are checked one by one
+
+    def target_columns(self) -> list[str]:
+        columns = [self.options.chosen_column, self.options.rejected_column]
+        return columns + ([self.options.margin_column] if self.options.margin_column else [])
+
+    def text_columns(self) -> list[str]:
+        return [self.options.prompt_column]
+
+    def sequence_length(self) -> Optional[int]:
+        return self.options.max_length
+
+    def _row(self, row: dict[str, Any], where: str):
+        """(prompt, chosen, rejected, margin); a predict row (prompt and completion): (prompt, completion, None, 0)."""
+        from adaptkit_tasks.preference_data import _answer, pair_messages
+
+        opts = self.options
+        if opts.chosen_column not in row and opts.completion_column in row:
+            prompt, _, _ = pair_messages({opts.prompt_column: row.get(opts.prompt_column)}, opts, where)
+            return prompt, _answer(row[opts.completion_column], opts, f"{where}: {opts.completion_column}"), None, 0.0
+        prompt, chosen, rejected = pair_messages(row, opts, where)
+        if rejected is None:
+            raise DataError(f"{where}: a reward model scores a {opts.completion_column!r} after its prompt; the row "
+                            f"has neither it nor {opts.chosen_column!r}/{opts.rejected_column!r}")
+        margin = 0.0
+        if opts.margin_column:
+            margin = _number(row.get(opts.margin_column))
+            if margin is None:
+                raise DataError(f"{where}: {opts.margin_column} is {row.get(opts.margin_column)!r}, not a number")
+        return prompt, chosen, rejected, margin
+
+    def row_problem(self, row: dict[str, Any]) -> Optional[str]:
+        try:
+            self._row(row, "row")
+        except DataError as exc:
+            return str(exc)
+        return None
+
+    def load_processor(self, recipe, source):
+        """The tokenizer with the chat template installed (saved with it, so the export renders alike)."""
+        from adaptkit_tasks.chat_templates import install_template
+
+        tokenizer = super().load_processor(recipe, source)
+        install_template(tokenizer, self.options.chat_template, repr(recipe.model.tokenizer or recipe.model.name
+                                                                     or "the model"))
+        self._tokenizer = tokenizer
+        return tokenizer
+
+    def preflight(self, recipe, source) -> list[str]:
+        self.load_processor(recipe, source)
+        return []
+
+    def configure_model(self, config: Any) -> None:
+        """One output named "reward", and the pad id the head needs to find each row's last token."""
+        write_label_maps(config, ["reward"])
+        tokenizer = getattr(self, "_tokenizer", None)
+        if getattr(config, "pad_token_id", None) is None and tokenizer is not None:
+            config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
+                tokenizer.eos_token_id
+
+    # ------------------------------------------------------------------ data
+    def _encode(self, row: dict[str, Any], index: int, tokenizer: Any) -> dict[str, Any]:
+        from adaptkit_tasks.preference_data import encode_answer
+
+        where = f"row {index + 1}"
+        prompt, first, second, margin = self._row(row, where)
+        try:
+            chosen = encode_answer(tokenizer, prompt, first, self.options.max_length)
+            if second is None:
+                return {"input_ids": chosen["input_ids"], "length": chosen["length"]}
+            rejected = encode_answer(tokenizer, prompt, second, self.options.max_length)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        return {"chosen_input_ids": chosen["input_ids"], "rejected_input_ids": rejected["input_ids"],
+                "margin": float(margin), "length": max(chosen["length"], rejected["length"])}
+
+    def preprocess(self, dataset, tokenizer):
+        return dataset.map(lambda row, index: self._encode(row, index, tokenizer), with_indices=True,
+                           remove_columns=dataset.column_names, desc="tokenizing")
+
+    def collate(self, tokenizer):
+        """Right-padded conversations; pairs as [chosen rows, rejected rows] with margins in ``labels``."""
+        import torch
+
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+        def collate(rows):
+            paired = "chosen_input_ids" in rows[0]
+            sequences = ([r["chosen_input_ids"] for r in rows] + [r["rejected_input_ids"] for r in rows]) if paired \
+                else [r["input_ids"] for r in rows]
+            width = max(len(ids) for ids in sequences)
+            ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(sequences), width), dtype=torch.long)
+            for i, row in enumerate(sequences):
+                ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+                mask[i, :len(row)] = 1
+            batch = {"input_ids": ids, "attention_mask": mask}
+            if paired:
+                batch["labels"] = torch.tensor([r["margin"] for r in rows] + [0.0] * len(rows), dtype=torch.float)
+            return batch
+
+        return collate
+
+    # ------------------------------------------------------------------ loss and metrics
+    def compute_loss(self, model, batch):
+        """Bradley-Terry: -log sigmoid(score(chosen) - score(rejected) - margin), averaged over pairs."""
+        import torch.nn.functional as F
+
+        scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+        half = scores.shape[0] // 2
+        chosen, rejected = scores[:half], scores[half:]
+        margin = batch["labels"][:half].to(scores.dtype) if "labels" in batch else 0.0
+        loss = -F.logsigmoid(chosen - rejected - margin).mean()
+        return loss, {"chosen": chosen.detach(), "rejected": rejected.detach()}
+
+    def batch_outputs(self, outputs, batch):
+        return {"chosen_scores": outputs["chosen"], "rejected_scores": outputs["rejected"]}
+
+    def compute_metrics(self, chosen_scores, rejected_scores) -> dict[str, float]:
+        """Pairwise accuracy (the chosen conversation scored higher), the mean margin and mean scores."""
+        chosen, rejected = chosen_scores.double(), rejected_scores.double()
+        return {"accuracy": float((chosen > rejected).double().mean()), "margin": float((chosen - rejected).mean()),
+                "chosen_score": float(chosen.mean()), "rejected_score": float(rejected.mean())}
+
+    def predict_batch(self, model, batch) -> list[float]:
+        """Each row's score: its prompt followed by its completion."""
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        return [float(score) for score in model(**inputs).logits[:, 0].float()]
