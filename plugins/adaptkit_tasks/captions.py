@@ -64,6 +64,22 @@ def caption_labels(tokenizer: Any, caption: str, max_length: int, end: Optional[
     return ids[:max_length - 1] + [end]
 
 
+def generator(model: Any) -> Any:
+    """The module whose ``generate`` runs the model as wrapped: accelerate's DDP wrapper holds it in
+    ``module``; a strategy that keeps its additions beside the base (bottleneck adapters as forward
+    hooks on ``base``) has none of its own, and the base's ``generate`` passes through those hooks.
+    peft's models forward ``generate`` themselves."""
+    import torch
+
+    inner = getattr(model, "module", model)
+    while not hasattr(inner, "generate"):
+        inner = next((getattr(inner, name) for name in ("base", "base_model", "model")
+                      if isinstance(getattr(inner, name, None), torch.nn.Module)), None)
+        if inner is None:
+            raise TypeError(f"{type(model).__name__} has no generate method, nor a wrapped model that has one")
+    return inner
+
+
 def generate_captions(model: Any, pixel_values: Any, settings: dict[str, Any], end: Optional[int]) -> Any:
     """Token ids generated for each row (start token dropped, padded with -100 after the end token).
 
@@ -77,9 +93,8 @@ def generate_captions(model: Any, pixel_values: Any, settings: dict[str, Any], e
     for row, key in enumerate(keys):
         first.setdefault(key, row)
     unique = list(first.values())
-    inner = getattr(model, "module", model)  # accelerate's DDP wrapper generates through the model itself
     with torch.no_grad():
-        output = inner.generate(pixel_values=pixel_values[unique], **settings)
+        output = generator(model).generate(pixel_values=pixel_values[unique], **settings)
     output = output[:, 1:]  # the decoder start token
     if end is not None:
         ended = (output == end).int().cumsum(dim=1)
