@@ -24,6 +24,17 @@ def _images(count: int) -> list[Any]:
     return [Image.fromarray(np.random.RandomState(i).randint(0, 255, (16, 16, 3), dtype=np.uint8)) for i in range(count)]
 
 
+def _qa_rows(rng: random.Random) -> list[dict[str, Any]]:
+    """SQuAD-shaped rows, one of them unanswerable (SQuAD 2.0)."""
+    rows = []
+    for i in range(4):
+        name = rng.choice(WORDS)
+        context = f"{_text(rng, 4)} it is {name} ."
+        answers = {"text": [name], "answer_start": [context.rindex(name)]} if i else {"text": [], "answer_start": []}
+        rows.append({"question": "what is it ?", "context": context, "answers": answers})
+    return rows
+
+
 def _cases() -> dict[str, tuple[dict[str, Any] | None, list[dict[str, Any]]]]:
     """Options and a few labelled rows for each first-party task (a new task must be added here)."""
     rng = random.Random(0)
@@ -38,6 +49,7 @@ def _cases() -> dict[str, tuple[dict[str, Any] | None, list[dict[str, Any]]]]:
         "image_classification": (None, [{"image": image, "label": ["cat", "dog"][i % 2]}
                                         for i, image in enumerate(_images(4))]),
         "regression": (None, [{"text": _text(rng, 5), "label": i * 0.5} for i in range(6)]),
+        "question_answering": ({"unanswerable": True, "max_length": 64, "stride": 16}, _qa_rows(rng)),
         "image_to_text": ({"max_new_tokens": 3}, [{"image": image, "caption": f"a {['red', 'blue'][i % 2]} square"}
                                                   for i, image in enumerate(_images(4))]),
     }

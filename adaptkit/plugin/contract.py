@@ -263,6 +263,9 @@ class FrozenWeights:
 def _as_tensor(output: object) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
+    start, end = getattr(output, "start_logits", None), getattr(output, "end_logits", None)
+    if isinstance(start, torch.Tensor) and isinstance(end, torch.Tensor):  # a span head: both ends compared
+        return torch.stack([start, end], dim=-1)
     for key in ("logits", "last_hidden_state"):
         value = getattr(output, key, None)
         if value is None and isinstance(output, Mapping):

@@ -7,6 +7,7 @@ from adaptkit_tasks.image_classification import ImageClassification
 from adaptkit_tasks.image_to_text import ImageToText
 from adaptkit_tasks.instruct import Instruct
 from adaptkit_tasks.preference import Preference
+from adaptkit_tasks.question_answering import QuestionAnswering
 from adaptkit_tasks.regression import Regression
 from adaptkit_tasks.reward import Reward
 from adaptkit_tasks.sequence_classification import SequenceClassification
@@ -24,3 +25,4 @@ def adaptkit_register_tasks(register):
     register(Preference)
     register(Reward)
     register(Regression)
+    register(QuestionAnswering)
