@@ -50,6 +50,7 @@ def _cases() -> dict[str, tuple[dict[str, Any] | None, list[dict[str, Any]]]]:
                                         for i, image in enumerate(_images(4))]),
         "regression": (None, [{"text": _text(rng, 5), "label": i * 0.5} for i in range(6)]),
         "question_answering": ({"unanswerable": True, "max_length": 64, "stride": 16}, _qa_rows(rng)),
+        "seq2seq": ({"max_new_tokens": 3}, [{"source": _text(rng, 4), "target": _text(rng, 2)} for _ in range(4)]),
         "image_to_text": ({"max_new_tokens": 3}, [{"image": image, "caption": f"a {['red', 'blue'][i % 2]} square"}
                                                   for i, image in enumerate(_images(4))]),
     }

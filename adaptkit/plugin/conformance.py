@@ -100,8 +100,9 @@ class ModelFamily:
     never asks a task plugin; ``task`` is the label ``WrapContext.task`` carries. ``config`` is a
     tiny transformers config (``model_type`` plus settings, like a recipe's ``model.config``) from
     which ``check_task`` lets the task build its own model; ``modality`` is ``"text"`` (the kit
-    makes a word tokenizer for it), ``"image"``, or ``"image-text"`` (images in, text out: a
-    captioner, which gets a word tokenizer too).
+    makes a word tokenizer for it), ``"image"``, ``"image-text"`` (images in, text out: a
+    captioner, which gets a word tokenizer too), or ``"text-text"`` (an encoder-decoder writing
+    text from text, T5's kind: a word tokenizer, and no part in the text tasks' default families).
     """
 
     name: str
@@ -114,7 +115,7 @@ class ModelFamily:
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
-MODALITIES = ("text", "image", "image-text")
+MODALITIES = ("text", "image", "image-text", "text-text")
 
 
 def register_family(name: str, build: Optional[Callable[[], torch.nn.Module]] = None, *,
@@ -191,6 +192,12 @@ register_family("vit", config=TINY_VIT_CONFIG, head_modules=["classifier"], moda
 register_family("vision-encoder-decoder", modality="image-text", config={
     "model_type": "vision-encoder-decoder", "encoder": TINY_VIT_CONFIG,
     "decoder": {**TINY_GPT2_CONFIG, "add_cross_attention": True}})
+# A text-to-text encoder-decoder (seq2seq): a tiny T5 whose pad (0, also its decoder start) and eos
+# (4) are the word tokenizer's [PAD] and [EOS] (check_task only).
+TINY_T5_CONFIG: dict[str, Any] = {
+    "model_type": "t5", "vocab_size": VOCAB, "d_model": 32, "d_kv": 8, "d_ff": 48, "num_layers": 2,
+    "num_decoder_layers": 2, "num_heads": 2, "pad_token_id": 0, "eos_token_id": 4, "decoder_start_token_id": 0}
+register_family("t5", modality="text-text", config=TINY_T5_CONFIG, peft_task_type="SEQ_2_SEQ_LM")
 
 
 def _strategy_families() -> list[str]:
@@ -693,7 +700,7 @@ class _TaskTrial:
         weakref.finalize(self, shutil.rmtree, tmp, True)
         settings = dict(family.config or {})
         tokenizer_dir = (word_tokenizer(self.rows, Path(tmp) / "tokenizer", int(settings.get("vocab_size", VOCAB)))
-                         if family.modality in ("text", "image-text") else None)
+                         if family.modality in ("text", "image-text", "text-text") else None)
         recipe = SimpleNamespace(
             model=SimpleNamespace(name=None, tokenizer=str(tokenizer_dir) if tokenizer_dir else None,
                                   config=dict(settings), revision=None, trust_remote_code=False,

@@ -277,12 +277,16 @@ def _as_tensor(output: object) -> torch.Tensor:
 
 @torch.no_grad()
 def model_outputs(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Logits of ``model`` on ``batch`` in eval mode (training mode is restored after)."""
+    """Logits of ``model`` on ``batch`` in eval mode (training mode is restored after).
+
+    Labels are left out, except for an encoder-decoder (T5, BART): its decoder reads the labels
+    shifted right, and without them (or ``decoder_input_ids``) it computes nothing."""
     was_training = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
-        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        decoder_reads_labels = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels" or decoder_reads_labels}
         return _as_tensor(model(**inputs)).detach().float().cpu()
     finally:
         model.train(was_training)

@@ -30,6 +30,12 @@ PROJECTIONS: dict[str, list[str]] = {
     "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     # transformers 5 names ViT's projections q_proj/k_proj/v_proj/o_proj, fc1/fc2; 4.x query/key/value/dense.
     "vit": ["query", "key", "value", "dense", "q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"],
+    # Encoder-decoders: self- and cross-attention (T5's EncDecAttention has the same q/k/v/o names) and
+    # the feed-forward (wi, or gated wi_0/wi_1 in T5 v1.1 and mT5). peft's own table adapts q and v only.
+    "t5": ["q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"],
+    "mt5": ["q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"],
+    "bart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "mbart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
 }
 
 # Families whose projections are transformers' Conv1D (weights stored input-major).
@@ -49,6 +55,11 @@ BLOCK_OUTPUTS: dict[str, tuple[str, str]] = {
     "llama": ("self_attn.o_proj", "mlp.down_proj"),
     "mistral": ("self_attn.o_proj", "mlp.down_proj"),
     "qwen2": ("self_attn.o_proj", "mlp.down_proj"),
+    # The same names in encoder and decoder layers (a decoder layer's cross-attention output is
+    # encoder_attn.out_proj). T5's feed-forward sits at layer.1 in the encoder and layer.2 in the
+    # decoder: no one pair serves both, so T5 is left to the structural guess.
+    "bart": ("self_attn.out_proj", "fc2"),
+    "mbart": ("self_attn.out_proj", "fc2"),
 }
 
 # Module names of the task head or output layer across families: a 4-bit base keeps them in

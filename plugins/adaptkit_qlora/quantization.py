@@ -170,6 +170,14 @@ def dequantize_model(model):
     return model
 
 
+def fp32_modules(model) -> list[str]:
+    """Modules the architecture keeps in float32 (transformers' ``_keep_in_fp32_modules``): T5's
+    feed-forward output ``wo``, whose forward casts its input to the weight's dtype (uint8 once
+    quantized: "result type Float can't be cast to ... Byte"). ``from_pretrained`` with a
+    BitsAndBytesConfig leaves them unquantized itself; quantizing a built model must too."""
+    return list(getattr(model, "_keep_in_fp32_modules", None) or [])
+
+
 def tied_output(model) -> list[str]:
     """The name of an output layer whose weight is the input embedding's (a tied lm_head), if any."""
     if model is None or not hasattr(model, "get_output_embeddings"):

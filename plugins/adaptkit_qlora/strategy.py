@@ -10,8 +10,8 @@ from typing import Any
 from adaptkit import LowRankStrategy, PreflightError
 from adaptkit_qlora.config import QLoraOptions
 from adaptkit_qlora.quantization import (as_list, bitsandbytes_available, context_has_conv1d, torch_dtype,
-                                         dequantize_model, forget_quantization, fsdp_version, quantize_model,
-                                         tied_output)
+                                         dequantize_model, forget_quantization, fp32_modules, fsdp_version,
+                                         quantize_model, tied_output)
 
 # merged-against-wrapped tolerance per compute dtype. The merged model uses exactly the
 # de-quantized weights the 4-bit kernels used, so the 4-bit rounding itself is not part of it;
@@ -45,9 +45,11 @@ class QLora(LowRankStrategy):
 
     def kept_modules(self, context, model=None) -> list[str]:
         """Modules left in full precision: the task head (its shape follows the task), ``skip_modules``,
-        and an output layer that shares its weight with the input embeddings (a tied ``lm_head``:
-        quantizing one copy would quantize, or untie, the other)."""
-        return list(context.head_modules) + list(self.options.skip_modules) + tied_output(model)
+        an output layer that shares its weight with the input embeddings (a tied ``lm_head``:
+        quantizing one copy would quantize, or untie, the other), and what the architecture keeps
+        in float32 (``fp32_modules``: T5's ``wo``)."""
+        return (list(context.head_modules) + list(self.options.skip_modules) + tied_output(model)
+                + fp32_modules(model))
 
     def load_kwargs(self, head_modules: list[str], dtype, model=None) -> dict[str, Any]:
         """What ``from_pretrained`` needs to load the base directly in 4-bit (called by the core's
@@ -139,6 +141,6 @@ class QLora(LowRankStrategy):
         config = PeftConfig.from_pretrained(directory)
         # lora's config excludes the task head from adaptation and lists it in modules_to_save.
         heads = {*(config.modules_to_save or []), *as_list(config.exclude_modules)}
-        keep = sorted(heads) + list(self.options.skip_modules) + tied_output(base_model)
+        keep = sorted(heads) + list(self.options.skip_modules) + tied_output(base_model) + fp32_modules(base_model)
         quantize_model(base_model, self.options, keep)
         return PeftModel.from_pretrained(base_model, directory)

@@ -1,0 +1,232 @@
+"""seq2seq end to end: a tiny T5 from a config learns to spell digits as words ("3 1 4" -> "three one
+four"), evaluation scores generated text, every strategy trains it, and the export generates with
+plain transformers / peft exactly what ``adaptkit predict`` writes."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+# The conformance kit's word tokenizer: [PAD] 0, [UNK] 1, [BOS] 2, [SEP] 3, [EOS] 4, then the words.
+TINY_T5 = {"model_type": "t5", "vocab_size": 32, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2,
+           "num_decoder_layers": 2, "num_heads": 4, "pad_token_id": 0, "eos_token_id": 4, "decoder_start_token_id": 0}
+# BART learns the alignment of digits to words in ~300 steps (24/24 eval rows exact); the same-size
+# T5 got 0-6 of 24 by then: its cross-attention carries no position, BART's learned positions do.
+TINY_BART = {"model_type": "bart", "vocab_size": 32, "d_model": 32, "encoder_layers": 2, "decoder_layers": 2,
+             "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+             "max_position_embeddings": 64, "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 4,
+             "decoder_start_token_id": 4, "forced_eos_token_id": 4, "dropout": 0.0}
+
+
+def spelled_rows(count: int, seed: int) -> list[dict[str, str]]:
+    """Copy with substitution: 2-4 digits, each written as its word, in order."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        digits = [rng.randint(0, 9) for _ in range(rng.randint(2, 4))]
+        rows.append({"source": " ".join(map(str, digits)), "target": " ".join(WORDS[d] for d in digits)})
+    return rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    """A word-level tokenizer over the digits and their words (the conformance kit's builder)."""
+    from adaptkit.testing import word_tokenizer
+
+    rows = [{"source": "spell : " + " ".join(map(str, range(10))), "target": " ".join(WORDS)}]
+    return word_tokenizer(rows, tmp_path_factory.mktemp("tokenizer") / "tokenizer", vocab_size=32)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
+def s2s_recipe(folder, tokenizer_dir, strategy: str = "full", config=None, task=None, train_rows: int = 128,
+               **training):
+    folder.mkdir(parents=True, exist_ok=True)
+    return {
+        "model": {"config": dict(config or TINY_T5), "tokenizer": str(tokenizer_dir)},
+        "task": {"type": "seq2seq", "max_source_length": 16, "max_target_length": 12, **(task or {})},
+        "data": {"train": str(write_jsonl(folder / "train.jsonl", spelled_rows(train_rows, 1))),
+                 "eval": str(write_jsonl(folder / "eval.jsonl", spelled_rows(24, 2)))},
+        "strategy": {"name": strategy},
+        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-2, "seed": 0, "min_steps": 0,
+                     "max_steps": 3, "warmup_ratio": 0.0, **training},
+        "output": {"dir": str(folder / "run")},
+    }
+
+
+def _task(**options):
+    from adaptkit_tasks.seq2seq import Seq2Seq
+
+    return Seq2Seq(options)
+
+
+def _tiny_t5():
+    import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    settings = dict(TINY_T5)
+    torch.manual_seed(0)
+    return AutoModelForSeq2SeqLM.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings)).eval()
+
+
+# ---------------------------------------------------------------------------- data and metrics
+
+def test_sources_are_prefixed_and_targets_end_and_pad_with_the_ignore_index(tokenizer):
+    import datasets
+
+    task = _task(prefix="spell :", max_target_length=4)
+    table = datasets.Dataset.from_list([{"source": "3 1", "target": "three one"},
+                                        {"source": "9 8 7 6 5", "target": "nine eight seven six five"}])
+    encoded = task.preprocess(table, tokenizer)
+    batch = task.collate(tokenizer)([encoded[i] for i in range(len(encoded))])
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    assert tokenizer.convert_ids_to_tokens(encoded[0]["input_ids"]) == ["spell", ":", "3", "1"]
+    # targets end with eos; the long one is cut to max_target_length with its eos kept
+    assert tokenizer.convert_ids_to_tokens(encoded[0]["labels"]) == ["three", "one", "[EOS]"]
+    assert tokenizer.convert_ids_to_tokens(encoded[1]["labels"]) == ["nine", "eight", "seven", "[EOS]"]
+    assert batch["labels"].tolist()[0] == encoded[0]["labels"] + [-100]  # padding is never learnt
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 7)
+    assert batch["attention_mask"][0].tolist() == [1, 1, 1, 1, 0, 0, 0]
+    assert batch["input_ids"][0, 4:].tolist() == [pad] * 3 and eos not in batch["input_ids"][0].tolist()
+
+
+def test_rows_to_predict_have_no_labels(tokenizer):
+    import datasets
+
+    task = _task()
+    encoded = task.preprocess(datasets.Dataset.from_list([{"source": "1 2"}]), tokenizer)
+    batch = task.collate(tokenizer)([encoded[0]])
+    assert set(batch) == {"input_ids", "attention_mask"}
+
+
+def test_evaluation_token_loss_is_the_models_loss_and_generated_text_is_scored(tokenizer):
+    """compute_loss at eval generates; batch_outputs keeps per-row sums whose mean is the model's loss,
+    and compute_metrics scores the decoded generations against the decoded targets."""
+    import datasets
+    import torch
+
+    from adaptkit_tasks.generation_metrics import text_scores
+
+    task = _task(metrics=["rougeL", "chrf", "bleu", "cider"], max_new_tokens=5)
+    task._tokenizer = tokenizer
+    encoded = task.preprocess(datasets.Dataset.from_list(spelled_rows(6, 3)), tokenizer)
+    batch = task.collate(tokenizer)([encoded[i] for i in range(len(encoded))])
+    model = _tiny_t5()
+    with torch.no_grad():
+        loss, outputs = task.compute_loss(model, batch)
+    kept = task.batch_outputs(outputs, batch)
+    assert kept["generated"].shape[0] == 6 and kept["generated"].shape[1] <= 1 + 5
+    metrics = task.compute_metrics(**kept)
+    assert set(metrics) == set(task.metric_names) == {"token_loss", "rougeL", "chrf", "bleu", "cider"}
+    assert metrics["token_loss"] == pytest.approx(float(loss), rel=1e-5)
+    texts = task.predict_batch(model, batch)
+    references = [[row["target"]] for row in spelled_rows(6, 3)]
+    assert {k: metrics[k] for k in ("rougeL", "chrf", "bleu")} == pytest.approx(
+        text_scores(texts, references, ["rougeL", "chrf", "bleu"]))
+    model.train()
+    _, training_outputs = task.compute_loss(model, batch)  # training: one forward pass, nothing generated
+    assert not hasattr(training_outputs, "generated")
+
+
+def test_options_are_checked():
+    from pydantic import ValidationError
+
+    from adaptkit_tasks.seq2seq import Seq2SeqOptions
+
+    with pytest.raises(ValidationError, match="'bleu' is not computed"):
+        Seq2SeqOptions(metrics=["rougeL"], metric="bleu")
+    with pytest.raises(ValidationError, match="both 'text'"):
+        Seq2SeqOptions(source_column="text", target_column="text")
+    with pytest.raises(ValidationError, match="meteor"):
+        Seq2SeqOptions(metrics=["meteor"])
+    with pytest.raises(ValidationError, match="temperature"):
+        Seq2SeqOptions(do_sample=True, temperature=1e-9)
+    task = _task(metric="token_loss")
+    assert (task.primary_metric, task.greater_is_better) == ("token_loss", False)
+    assert (_task().primary_metric, _task().greater_is_better) == ("rougeL", True)
+
+
+def test_a_config_whose_eos_is_not_the_tokenizers_is_refused(tmp_path, tokenizer_dir):
+    import adaptkit
+
+    recipe = s2s_recipe(tmp_path, tokenizer_dir, config={**TINY_T5, "eos_token_id": 1})
+    with pytest.raises(adaptkit.RecipeError, match=r"eos_token_id is 1 .*'\[EOS\]' \(id 4\).*eos_token_id: 4"):
+        adaptkit.run(recipe, progress=False)
+
+
+def test_frozen_head_is_refused_because_a_seq2seq_model_has_no_head(tmp_path, tokenizer_dir):
+    import adaptkit
+
+    recipe = s2s_recipe(tmp_path, tokenizer_dir, strategy="frozen_head")
+    with pytest.raises(adaptkit.AdaptkitError, match="frozen_head.*task head.*none"):
+        adaptkit.plan(recipe)
+    with pytest.raises(adaptkit.AdaptkitError, match="frozen_head.*task head.*none"):
+        adaptkit.run(recipe, progress=False)
+
+
+# ---------------------------------------------------------------------------- training
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory, tokenizer_dir):
+    """A tiny BART fully fine-tuned from random weights until it spells digits (320 steps)."""
+    import adaptkit
+
+    folder = tmp_path_factory.mktemp("learned")
+    recipe = s2s_recipe(folder, tokenizer_dir, config=TINY_BART, train_rows=1024, epochs=5, max_steps=None,
+                        learning_rate=3e-3)
+    return adaptkit.run(recipe, progress=False)
+
+
+@pytest.mark.slow
+def test_a_tiny_bart_learns_to_spell_digits(learned):
+    history = learned.metrics["history"]
+    assert history[0]["eval_rougeL"] < 0.5 < learned.eval["rougeL"], [h["eval_rougeL"] for h in history]
+    assert learned.eval["rougeL"] > 0.9 and learned.eval["chrf"] > 0.9, learned.eval
+    assert learned.metrics["best"]["metric"] == "rougeL" and learned.metrics["best"]["greater_is_better"] is True
+
+
+@pytest.mark.slow
+def test_the_export_generates_what_adaptkit_predict_writes(learned):
+    """Plain transformers with no generation arguments (they are in generation_config.json)."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    import adaptkit
+
+    rows = [{"source": row["source"]} for row in spelled_rows(10, 9)]
+    predicted = adaptkit.load(learned.output_dir).predict(rows)
+    assert sum(p == row["target"] for p, row in zip(predicted, spelled_rows(10, 9))) >= 8, predicted
+    model = AutoModelForSeq2SeqLM.from_pretrained(learned.output_dir / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(learned.output_dir / "tokenizer")
+    inputs = tokenizer([row["source"] for row in rows], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        generated = model.generate(**inputs)
+    assert tokenizer.batch_decode(generated, skip_special_tokens=True) == predicted
+
+
+STRATEGIES = ["full", "lora", "ia3", "adapters", "partial_freeze", "prompt_tuning", "qlora"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_trains_a_tiny_t5(tmp_path, tokenizer_dir, strategy):
+    import adaptkit
+
+    if strategy == "qlora":
+        pytest.importorskip("bitsandbytes", reason="qlora needs bitsandbytes")
+    result = adaptkit.run(s2s_recipe(tmp_path, tokenizer_dir, strategy), progress=False)
+    assert result.metrics["strategy"] == strategy and result.metrics["task"] == "seq2seq"
+    assert set(result.eval) >= {"token_loss", "rougeL", "chrf", "bleu"}
+    assert 0 <= result.eval["rougeL"] <= 1 and result.eval["token_loss"] > 0
+    assert any(line.startswith("export") for line in result.metrics["contract"]), result.metrics["contract"]
