@@ -9,8 +9,8 @@ from adaptkit_tasks.instruct import Instruct
 from adaptkit_tasks.preference import Preference
 from adaptkit_tasks.question_answering import QuestionAnswering
 from adaptkit_tasks.regression import Regression
-from adaptkit_tasks.seq2seq import Seq2Seq
 from adaptkit_tasks.reward import Reward
+from adaptkit_tasks.seq2seq import Seq2Seq
 from adaptkit_tasks.sequence_classification import SequenceClassification
 from adaptkit_tasks.token_classification import TokenClassification
 
