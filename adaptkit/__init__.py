@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers (nothing i
     from adaptkit.judge.advise import AdviceReport
     from adaptkit.judge.compare import CompareReport
     from adaptkit.plugin.conformance import ConformanceReport, ModelFamily
+    from adaptkit.engine.merge import MergeResult
     from adaptkit.plugin.blocks import find_block_list
 
 #: What the public functions accept as a recipe: a ``Recipe``, a YAML file's path, or its dict.
@@ -47,7 +48,7 @@ __all__ = [
     "RunResult", "Plan", "StrategyPlan", "AdviceReport", "CompareReport", "Predictor", "ConformanceReport",
     "ModelFamily", "RecipeLike", "check_task", "register_family",
     # baselines trained without pretraining, which compare and advise judge transfer against
-    "Baseline", "BaselineRows", "list_baselines",
+    "Baseline", "BaselineRows", "list_baselines", "merge",
 ]
 
 # What plugin authors build with. A plugin imports only from ``adaptkit`` itself, never from a
@@ -86,6 +87,7 @@ _LAZY.update({
     "Predictor": "adaptkit.engine.predict",
     "ConformanceReport": "adaptkit.plugin.conformance",
     "ModelFamily": "adaptkit.plugin.conformance",
+    "MergeResult": "adaptkit.engine.merge",
 })
 
 __all__ += [name for name in (
@@ -141,6 +143,21 @@ def load(run_dir: Union[str, "PathLike[str]"], trust_remote_code: bool = False) 
     from adaptkit.engine.predict import load_run
 
     return load_run(run_dir, trust_remote_code=trust_remote_code)
+
+
+def merge(runs: Sequence[Union[str, "PathLike[str]"]], method: str, output: Union[str, "PathLike[str]"],
+          weights: Optional[Sequence[float]] = None, density: Optional[float] = None,
+          eval_file: Union[str, "PathLike[str]", None] = None, overwrite: bool = False) -> MergeResult:
+    """One adapter from several runs on the same base (peft ``add_weighted_adapter``: linear, cat, svd,
+    ties, dare_linear, dare_ties, magnitude_prune), written as a run folder at ``output``.
+
+    Runs on different bases, adapters or methods that cannot merge are refused before anything is
+    written; ``eval_file`` evaluates the merged adapter. See ``adaptkit.engine.merge.merge_runs``.
+    """
+    from adaptkit.engine.merge import merge_runs
+
+    return merge_runs(runs, method, output, weights=weights, density=density, eval_file=eval_file,
+                      overwrite=overwrite)
 
 
 def check_strategy(strategy: type[Strategy], options: Union[StrategyOptions, dict[str, Any], None] = None,

@@ -218,6 +218,19 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_merge(args) -> int:
+    from adaptkit.engine.merge import merge_runs
+
+    result = merge_runs(args.runs, args.method, args.output, weights=args.weights, density=args.density,
+                        eval_file=args.eval_file, overwrite=args.overwrite)
+    print(f"merged {len(args.runs)} runs by {args.method} into {result.output_dir}")
+    for line in result.summary.get("contract", []):
+        print(f"  ok  {line}")
+    if result.metrics:
+        print(f"eval on {args.eval_file}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    return 0
+
+
 def _cmd_push(args) -> int:
     from adaptkit.engine.publish import push
 
@@ -236,7 +249,7 @@ def _cmd_push(args) -> int:
 
 
 COMMANDS = {"advise": _cmd_advise, "compare": _cmd_compare, "run": _cmd_run, "validate": _cmd_validate, "plan": _cmd_plan, "schema": _cmd_schema, "plugins": _cmd_plugins,
-            "predict": _cmd_predict, "push": _cmd_push, "completion": _cmd_completion}
+            "predict": _cmd_predict, "push": _cmd_push, "completion": _cmd_completion, "merge": _cmd_merge}
 
 
 class Terminated(KeyboardInterrupt):

@@ -66,8 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="create the repo as private")
     push.add_argument("--dry-run", action="store_true",
                       help="check the run and its card and list the files that would be uploaded; no network")
+    _add_merge_command(commands)
     _add_transfer_commands(commands)
     return parser
+
+
+def _add_merge_command(commands) -> None:
+    """``adaptkit merge``: one adapter from several runs on the same base (adaptkit.engine.merge)."""
+    merge = commands.add_parser("merge", help="merge the adapters of several runs on the same base into one run "
+                                              "folder (peft add_weighted_adapter)")
+    merge.add_argument("runs", nargs="+", metavar="RUN", help="run folders (two or more) on the same base")
+    merge.add_argument("--method", required=True,
+                       choices=["linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune"],
+                       help="peft's combination type")
+    merge.add_argument("--weights", type=float, nargs="+", help="one weight per run (default 1 each)")
+    merge.add_argument("--density", type=float,
+                       help="share of each adapter's values kept (ties, dare_linear, dare_ties, magnitude_prune)")
+    merge.add_argument("--output", required=True, help="the run folder to write")
+    merge.add_argument("--eval", dest="eval_file", help="labelled rows to evaluate the merged adapter on")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing --output run folder")
 
 
 def _add_transfer_commands(commands) -> None:
