@@ -273,3 +273,20 @@ def test_plugins_lists_the_methods_with_peft_version(capsys):
     listed = next(p for p in json.loads(capsys.readouterr().out) if "loha" in p["strategies"])
     assert listed["upstream"]["loha"] == f"peft {peft_version()}"
     assert set(STRATEGIES) <= set(listed["strategies"])
+
+
+def test_a_run_gives_adalora_its_rank_allocation_after_each_step(tmp_path):
+    """The training loop calls ``Strategy.after_step``: a real AdaLoRA run ends with ranks masked by its
+    budget (peft's rank_pattern in the exported adapter), and keeps the contract."""
+    from conftest import sentiment_rows, tiny_recipe_dict, write_table
+
+    recipe = tiny_recipe_dict(tmp_path, strategy="adalora")
+    recipe["data"]["train"] = str(write_table(tmp_path / "small.csv", sentiment_rows(32, seed=1)))
+    recipe["strategy"].update(total_step=6, tinit=1, tfinal=1, deltaT=1, init_r=6, target_r=2)
+    recipe["training"].update(epochs=3, learning_rate=1e-2)
+    result = adaptkit.run(recipe, progress=False)
+    config = json.loads((result.output_dir / "adapter" / "adapter_config.json").read_text())
+    kept = [sum(mask) for mask in config["rank_pattern"].values()]
+    assert kept and all(k < 6 for k in kept), config["rank_pattern"]
+    contract = json.loads((result.output_dir / "metrics.json").read_text())["contract"]
+    assert any(line.startswith("equivalence:") for line in contract)
