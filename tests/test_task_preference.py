@@ -23,7 +23,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
+from conftest import REPO
 from test_instruct_kit import bpe_tokenizer, tiny_config, write_jsonl
 
 FRUITS = ["apple", "banana", "grape", "lime", "plum", "cherry", "lemon", "melon", "peach", "pear", "kiwi", "fig"]
@@ -440,23 +442,55 @@ def _run(tmp_path, tokenizer_dir, name, task, train, held, strategy="lora", step
     return adaptkit.run(spec, progress=False)
 
 
-@pytest.mark.parametrize("objective", ["kto", "orpo"])
-def test_runs_with_lora_and_reports_preference_metrics(tmp_path, tokenizer_dir, objective):
-    rows = colour_rows(16, 5)
-    if objective == "kto":
-        rows = [{"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
-                for r in rows for side in ("chosen", "rejected")]
-    result = _run(tmp_path, tokenizer_dir, objective, {"type": "preference", "objective": objective}, rows, rows[:8])
+def test_kto_runs_with_lora_and_reports_preference_metrics(tmp_path, tokenizer_dir):
+    from adaptkit_tasks.preference import Preference
+
+    rows = [{"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
+            for r in colour_rows(16, 5) for side in ("chosen", "rejected")]
+    result = _run(tmp_path, tokenizer_dir, "kto", {"type": "preference", "objective": "kto"}, rows, rows[:8])
     metrics = result.metrics
     assert metrics["task"] == "preference" and metrics["export"]["kind"] == "adapter"
-    assert set(Preference_metric_names()) <= set(metrics["eval"]) and math.isfinite(metrics["eval"]["loss"])
+    assert set(Preference.metric_names) <= set(metrics["eval"]) and math.isfinite(metrics["eval"]["loss"])
     assert 0.0 <= metrics["eval"]["reward_accuracy"] <= 1.0
 
 
-def Preference_metric_names():
-    from adaptkit_tasks.preference import Preference
+def test_validate_names_the_file_and_line_of_a_bad_pair(tmp_path, capsys):
+    from adaptkit.cli import main
 
-    return Preference.metric_names
+    rows = tmp_path / "train.jsonl"
+    rows.write_text((REPO / "recipes/data/preference/train.jsonl").read_text() + json.dumps(
+        {"prompt": "tell me about the fig", "chosen": "it is brown", "rejected": [{"role": "user", "content": "hm"}]})
+        + "\n")
+    data = yaml.safe_load((REPO / "recipes/preference.yaml").read_text())
+    data["data"] = {"train": str(rows), "eval": str(REPO / "recipes/data/preference/eval.jsonl")}
+    data["model"]["tokenizer"] = str(REPO / "data/instruct/tokenizer")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert f"{rows}:65:" in error and "rejected must end with an assistant turn" in error and "Traceback" not in error
+
+
+@pytest.mark.slow
+def test_shipped_recipe_learns_the_preference_and_answers_with_colours(tmp_path, monkeypatch):
+    """recipes/preference.yaml as shipped (ORPO from random weights): held-out reward accuracy >= 0.9,
+    and `adaptkit predict` answers questions about unseen fruits by naming a colour."""
+    from adaptkit.cli import main
+
+    data = yaml.safe_load((REPO / "recipes/preference.yaml").read_text())
+    data["output"]["dir"] = str(tmp_path / "run")
+    data["data"] = {key: str(REPO / f"recipes/data/preference/{key}.jsonl") for key in ("train", "eval")}
+    path = tmp_path / "preference.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(REPO)
+    assert main(["run", str(path), "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["eval"]["reward_accuracy"] >= 0.9
+    output = tmp_path / "answers.jsonl"
+    assert main(["predict", str(tmp_path / "run"), "--input", str(REPO / "recipes/data/preference/predict.jsonl"),
+                 "--output", str(output)]) == 0
+    answers = [json.loads(line)["prediction"] for line in output.read_text().splitlines()]
+    assert len(answers) == 4 and sum(any(word in COLOURS for word in a.split()) for a in answers) >= 3
 
 
 @pytest.mark.slow
