@@ -157,7 +157,7 @@ def test_batch_is_chosen_rows_then_rejected_rows(tokenizer):
             assert text == row[side] + "<|im_end|>\n"
 
 
-def test_kto_rows_carry_desirability_where_no_loss_reads(tokenizer):
+def test_kto_rows_carry_desirability_where_no_loss_reads(tokenizer, models):
     task = make_task(tokenizer, objective="kto")
     rows = [{"prompt": "describe the kiwi", "completion": "it is green", "label": "desirable"},
             {"prompt": "describe the kiwi", "completion": "it is soft", "label": "false"}]
@@ -165,7 +165,7 @@ def test_kto_rows_carry_desirability_where_no_loss_reads(tokenizer):
     assert batch["labels"][:, 0].tolist() == [1, -100]
     assert task._desirable(batch["labels"]).tolist() == [True, False]
     # a causal LM's own loss ignores labels[:, 0]: the same with either value
-    model = tiny_llama(len(tokenizer), 0)
+    model = models[0]
     other = {**batch, "labels": batch["labels"].clone()}
     other["labels"][:, 0] = -100
     assert torch.equal(model(**batch).loss, model(**other).loss)

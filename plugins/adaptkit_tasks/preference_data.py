@@ -21,6 +21,7 @@ assistant turns of the prompt are not.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 from adaptkit import DataError
@@ -31,15 +32,31 @@ TRUE_WORDS = {"true", "1", "yes", "desirable", "good", "chosen"}
 FALSE_WORDS = {"false", "0", "no", "undesirable", "bad", "rejected"}
 
 
+def _message_list(value: Any) -> Optional[list]:
+    """``value`` as a list of turns when it is one, or JSON text of one (a CSV cell); else None (plain text)."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str) and value.lstrip().startswith("[{"):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+        if isinstance(parsed, list) and all(isinstance(item, dict) for item in parsed):
+            return parsed
+    return None
+
+
 def _answer(value: Any, options: Any, what: str) -> list[dict[str, str]]:
-    if isinstance(value, list) or (isinstance(value, str) and value.lstrip().startswith("[{")):
-        return _as_messages(value, options, what)
+    turns = _message_list(value)
+    if turns is not None:
+        return _as_messages(turns, options, what)
     return [{"role": "assistant", "content": _text(value, what)}]
 
 
 def _prompt(value: Any, options: Any, what: str) -> list[dict[str, str]]:
-    if isinstance(value, list) or (isinstance(value, str) and value.lstrip().startswith("[{")):
-        return _as_messages(value, options, what)
+    turns = _message_list(value)
+    if turns is not None:
+        return _as_messages(turns, options, what)
     return [{"role": "user", "content": _text(value, what)}]
 
 
