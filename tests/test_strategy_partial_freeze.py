@@ -253,3 +253,19 @@ def test_decoder_blocks_on_a_one_stack_model_and_too_many_are_clear_errors():
         PartialFreeze({"freeze_decoder_blocks": 3}).wrap(model, _context(model, "vision-encoder-decoder"))
     with pytest.raises(Exception, match="freeze_decoder_blocks must be a count"):
         PartialFreezeOptions(freeze_decoder_blocks=True)
+
+
+def test_plan_of_the_captioning_recipe_says_which_blocks_stay_frozen():
+    """recipes/captioning_partial_freeze.yaml: the plan names the encoder's frozen embeddings and first
+    two blocks (the trained-module column folds block numbers, so it alone could not say so)."""
+    from pathlib import Path
+
+    import adaptkit
+    from adaptkit.engine.planning import render_text
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "captioning_partial_freeze.yaml"
+    result = adaptkit.plan(recipe)
+    (entry,) = result.strategies
+    assert entry.frozen == ["encoder.embeddings", "encoder.layers.0-1"]
+    assert 0 < entry.trainable < entry.total
+    assert "partial_freeze keeps frozen: encoder.embeddings, encoder.layers.0-1" in render_text(result)

@@ -29,6 +29,8 @@ class StrategyPlan:
     trainable: int = 0
     total: int = 0
     touched: list[str] = field(default_factory=list)
+    # Modules whose parameters stay frozen, blocks as ranges (``encoder.layers.0-1``): ``frozen_modules``.
+    frozen: list[str] = field(default_factory=list)
     memory: dict[str, int] = field(default_factory=dict)
     error: Optional[str] = None
     setup: str = ""
@@ -105,7 +107,46 @@ def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, se
         memory["total"] = sum(v for k, v in memory.items() if k != "total")
     return StrategyPlan(name, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                         total=sum(p.numel() for p in model.parameters()), touched=touched_modules(model),
+                        frozen=frozen_modules(model),
                         memory=memory, setup=setup)
+
+
+def frozen_modules(model) -> list[str]:
+    """Where the frozen parameters are, in model order: each block stack with the frozen blocks as
+    ranges (``encoder.layers.0-1``), other modules by their first two names (``encoder.embeddings``),
+    or more where those hold a block stack too (``decoder.transformer.wte``).
+
+    The trained-module column folds block numbers away, so it cannot say that a partial freeze keeps
+    the encoder's first blocks and trains its later ones and the decoder; this list can.
+    """
+    names = [(re.sub(r"^base_model\.model\.", "", name), param.requires_grad) for name, param in model.named_parameters()]
+    paths = {found.group(1) for found in (re.match(r"^(.*?)\.(\d+)\.", name) for name, _ in names) if found}
+    stacks: dict[str, list[int]] = {}
+    for name, trained in names:
+        if trained:
+            continue
+        block = re.match(r"^(.*?)\.(\d+)\.", name)
+        if block:
+            numbers = stacks.setdefault(block.group(1), [])
+            if int(block.group(2)) not in numbers:
+                numbers.append(int(block.group(2)))
+            continue
+        parts = name.split(".")
+        depth = 2  # deeper where two names hold a block stack too (decoder.transformer: wte beside h)
+        while depth < len(parts) - 1 and any(path.startswith(".".join(parts[:depth]) + ".") for path in paths):
+            depth += 1
+        stacks.setdefault(".".join(parts[:depth]), [])
+    shown = []
+    for path, numbers in stacks.items():
+        runs: list[list[int]] = []
+        for number in sorted(numbers):
+            if runs and number == runs[-1][-1] + 1:
+                runs[-1].append(number)
+            else:
+                runs.append([number])
+        parts = [f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs]
+        shown.append(f"{path}.{','.join(parts)}" if parts else path)
+    return shown
 
 
 def touched_modules(model) -> list[str]:
@@ -308,8 +349,13 @@ def render(result: Plan) -> Any:
         table.add_row(entry.strategy, entry.setup, f"{entry.trainable:,}", f"{entry.total:,}",
                       f"{100 * entry.trainable / max(entry.total, 1):.2f}",
                       f"{entry.memory['total'] / 2**20:,.0f} MiB", shown)
-    if result.notes:
-        table.caption = "\n".join(result.notes)
+    notes = list(result.notes)
+    for entry in result.strategies:
+        if entry.frozen and not entry.error and 0 < entry.trainable < entry.total:
+            more = f", ... ({len(entry.frozen)} in all)" if len(entry.frozen) > 6 else ""
+            notes.append(f"{entry.strategy} keeps frozen: {', '.join(entry.frozen[:6])}{more}")
+    if notes:
+        table.caption = "\n".join(notes)
     return table
 
 
