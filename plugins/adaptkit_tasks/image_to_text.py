@@ -74,7 +74,9 @@ class ImageToText(Task):
         return [self.options.caption_column]
 
     def text_columns(self) -> list[str]:
-        return [self.options.caption_column]
+        """None: the input is an image, and captions repeat by design (several per image, or one
+        sentence for many images), so advise's duplicate-text counts would only raise false alarms."""
+        return []
 
     def sequence_length(self) -> Optional[int]:
         return self.options.max_length
