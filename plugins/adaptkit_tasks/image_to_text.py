@@ -3,8 +3,9 @@ write the captions of images.
 
 Data: a table (CSV, TSV, JSONL) whose image column holds file paths (absolute, or relative to
 ``task.image_folder``) and whose caption column holds the caption; an image with several captions
-has several rows, or in JSONL one row with a list. An image folder with datasets' ``metadata.csv``
-(``file_name``, caption) reads too. Every (image, caption) pair is one training row; the loss is
+has several rows, or in JSONL one row with a list. (A bare image folder has no captions: adaptkit
+reads a folder as classes, so ``setup`` refuses it for lack of the caption column.) Every
+(image, caption) pair is one training row; the loss is
 the decoder's cross-entropy on the caption tokens and its end token only (padding is -100; the
 start token is an input, never a label).
 
