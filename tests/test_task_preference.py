@@ -144,17 +144,23 @@ def test_layouts_encode_alike(tokenizer):
     assert tokenizer.decode(labelled) == "it is purple<|im_end|>\n"
 
 
-def test_batch_is_chosen_rows_then_rejected_rows(tokenizer):
+def test_a_pair_is_one_row_with_both_answers_side_by_side(tokenizer, models):
+    """A batch split across processes by rows keeps its pairs whole; the task lays them out as chosen
+    rows then rejected rows for its forward pass; a plain forward pass runs on the batch as it is."""
     task = make_task(tokenizer)
     rows = colour_rows(3, 0)
     batch = batch_of(task, tokenizer, rows)
     assert set(batch) == {"input_ids", "attention_mask", "labels"}  # what any causal LM takes
-    assert batch["input_ids"].shape[0] == 6
+    assert batch["input_ids"].shape[0] == 3 and batch["input_ids"].shape[1] % 2 == 0
+    assert torch.isfinite(models[0](**batch).loss)
+    sequences = task.sequences(batch)
+    assert sequences["input_ids"].shape[0] == 6
     for i, row in enumerate(rows):
         for side, index in (("chosen", i), ("rejected", i + 3)):
-            labels = batch["labels"][index]
-            text = tokenizer.decode(batch["input_ids"][index][labels != -100])
+            labels = sequences["labels"][index]
+            text = tokenizer.decode(sequences["input_ids"][index][labels != -100])
             assert text == row[side] + "<|im_end|>\n"
+            assert sequences["attention_mask"][index].sum() == len(encode(task, tokenizer, [row])[0][f"{side}_input_ids"])
 
 
 def test_kto_rows_carry_desirability_where_no_loss_reads(tokenizer, models):
@@ -231,16 +237,22 @@ def pair_batch(tokenizer):
 
 
 @pytest.fixture(scope="module")
-def trl_dpo_inputs(models, pair_batch):
+def pair_seqs(tokenizer, pair_batch):
+    """The pairs as chosen rows, then rejected rows: the layout TRL's DPO batches have."""
+    return make_task(tokenizer).sequences(pair_batch)
+
+
+@pytest.fixture(scope="module")
+def trl_dpo_inputs(models, pair_seqs):
     """TRL's DPO inputs for the batch, the reference's log-probs from TRL's fused head."""
     _, reference = models
-    completion = (pair_batch["labels"] != -100).long()
-    labels = pair_batch["input_ids"].masked_fill(completion == 0, -100)
+    completion = (pair_seqs["labels"] != -100).long()
+    labels = pair_seqs["input_ids"].masked_fill(completion == 0, -100)
     with torch.no_grad():
-        ref = _fused(reference)(input_ids=pair_batch["input_ids"], attention_mask=pair_batch["attention_mask"],
+        ref = _fused(reference)(input_ids=pair_seqs["input_ids"], attention_mask=pair_seqs["attention_mask"],
                                 labels=labels, fused_lm_head=True).log_probs.sum(dim=1)
     ref_chosen, ref_rejected = ref.chunk(2)
-    return {"input_ids": pair_batch["input_ids"], "attention_mask": pair_batch["attention_mask"],
+    return {"input_ids": pair_seqs["input_ids"], "attention_mask": pair_seqs["attention_mask"],
             "completion_mask": completion, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
 
 
@@ -267,7 +279,7 @@ def test_dpo_matches_trl(tokenizer, models, pair_batch, trl_dpo_inputs, loss_typ
     assert metrics["logps_rejected"] == pytest.approx(logged["logps/rejected"][0], rel=1e-5)
 
 
-def test_conservative_dpo_matches_trl(tokenizer, models, pair_batch, trl_dpo_inputs):
+def test_conservative_dpo_matches_trl(tokenizer, models, pair_batch, pair_seqs, trl_dpo_inputs):
     from trl.experimental.cpo import CPOTrainer
 
     policy, reference = models
@@ -276,9 +288,9 @@ def test_conservative_dpo_matches_trl(tokenizer, models, pair_batch, trl_dpo_inp
     loss, _ = task.compute_loss(policy, pair_batch)
 
     completion = trl_dpo_inputs["completion_mask"]
-    labels = pair_batch["input_ids"].masked_fill(completion == 0, -100)
+    labels = pair_seqs["input_ids"].masked_fill(completion == 0, -100)
     with torch.no_grad():
-        logps = _fused(policy)(input_ids=pair_batch["input_ids"], attention_mask=pair_batch["attention_mask"],
+        logps = _fused(policy)(input_ids=pair_seqs["input_ids"], attention_mask=pair_seqs["attention_mask"],
                                labels=labels, fused_lm_head=True).log_probs.sum(dim=1)
     chosen, rejected = logps.chunk(2)
     stand_in = SimpleNamespace(alpha=0.0, loss_type="sigmoid", beta=0.3, label_smoothing=0.2,
@@ -294,13 +306,13 @@ def _logits_and_labels(model, batch):
     return logits, batch["labels"]
 
 
-def test_simpo_matches_trl(tokenizer, models, pair_batch):
+def test_simpo_matches_trl(tokenizer, models, pair_batch, pair_seqs):
     from trl.experimental.cpo import CPOTrainer
 
     policy, _ = models
     task = make_task(tokenizer, objective="simpo", beta=2.0, simpo_gamma=0.7, label_smoothing=0.1)
     loss, _ = task.compute_loss(policy, pair_batch)
-    logits, labels = _logits_and_labels(policy, pair_batch)
+    logits, labels = _logits_and_labels(policy, pair_seqs)
     logps = CPOTrainer.get_batch_logps(logits, labels, average_log_prob=True,
                                        is_encoder_decoder=False)
     stand_in = SimpleNamespace(alpha=0.0, loss_type="simpo", beta=2.0, simpo_gamma=0.7, label_smoothing=0.1,
@@ -309,13 +321,13 @@ def test_simpo_matches_trl(tokenizer, models, pair_batch):
     assert float(loss.detach()) == pytest.approx(float(losses.mean()), rel=1e-5)
 
 
-def test_orpo_matches_trl(tokenizer, models, pair_batch):
+def test_orpo_matches_trl(tokenizer, models, pair_batch, pair_seqs):
     from trl.experimental.orpo import ORPOTrainer
 
     policy, _ = models
     task = make_task(tokenizer, objective="orpo", beta=0.25)
     loss, _ = task.compute_loss(policy, pair_batch)
-    logits, labels = _logits_and_labels(policy, pair_batch)
+    logits, labels = _logits_and_labels(policy, pair_seqs)
     logps = ORPOTrainer.get_batch_logps(logits, labels, average_log_prob=True,
                                         is_encoder_decoder=False)
     stand_in = SimpleNamespace(beta=0.25, accelerator=_Accelerator())
@@ -361,42 +373,42 @@ def test_kto_matches_trl(tokenizer, models):
 
 # ---------------------------------------------------------------------------- the reference without a copy
 
-def test_adapter_reference_is_the_base_with_the_adapter_off(tokenizer, models, pair_batch):
+def test_adapter_reference_is_the_base_with_the_adapter_off(tokenizer, models, pair_seqs):
     """With LoRA the reference is the same model with the adapter disabled: no copy is made, and its
     log-probs are the base's even after the adapter has changed."""
     from peft import LoraConfig, get_peft_model
 
     policy, _ = models
     base = copy.deepcopy(policy)
-    expected = make_task(tokenizer)._answer_logps(base, pair_batch["input_ids"], pair_batch["attention_mask"],
-                                                   pair_batch["labels"])[0]
+    expected = make_task(tokenizer)._answer_logps(base, pair_seqs["input_ids"], pair_seqs["attention_mask"],
+                                                   pair_seqs["labels"])[0]
     wrapped = get_peft_model(copy.deepcopy(policy), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
                                                               init_lora_weights=False))
     task = make_task(tokenizer)
-    reference = task._reference_logps(wrapped, pair_batch)
+    reference = task._reference_logps(wrapped, pair_seqs)
     assert task._reference_model is None
     torch.testing.assert_close(reference, expected, rtol=1e-5, atol=1e-5)
-    policy_logps = task._answer_logps(wrapped, pair_batch["input_ids"], pair_batch["attention_mask"],
-                                      pair_batch["labels"])[0]
+    policy_logps = task._answer_logps(wrapped, pair_seqs["input_ids"], pair_seqs["attention_mask"],
+                                      pair_seqs["labels"])[0]
     assert not torch.allclose(policy_logps, expected)  # the adapter does change the policy
 
 
-def test_full_fine_tune_reference_is_a_frozen_copy_and_precompute_keeps_none(tokenizer, models, pair_batch):
+def test_full_fine_tune_reference_is_a_frozen_copy_and_precompute_keeps_none(tokenizer, models, pair_seqs):
     policy, _ = models
     model = copy.deepcopy(policy)
     task = make_task(tokenizer)
-    before = task._reference_logps(model, pair_batch)
+    before = task._reference_logps(model, pair_seqs)
     assert task._reference_model is not None and not any(p.requires_grad for p in task._reference_model.parameters())
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.05)
-    torch.testing.assert_close(task._reference_logps(model, pair_batch), before)
+    torch.testing.assert_close(task._reference_logps(model, pair_seqs), before)
 
     ahead = make_task(tokenizer, reference="precompute")
     encode(ahead, tokenizer, colour_rows(4, 11))
-    precomputed = ahead._reference_logps(copy.deepcopy(policy), pair_batch)
+    precomputed = ahead._reference_logps(copy.deepcopy(policy), pair_seqs)
     assert ahead._reference_model is None
-    assert set(ahead._precomputed) == set(ahead._keys(pair_batch["input_ids"], pair_batch["attention_mask"]))
+    assert set(ahead._precomputed) == set(ahead._keys(pair_seqs["input_ids"], pair_seqs["attention_mask"]))
     torch.testing.assert_close(precomputed, before)
 
 
@@ -419,8 +431,9 @@ def test_plan_counts_the_reference_copy_for_full_fine_tuning_only(tmp_path, toke
     model = tiny_llama(300, 0)
     parts = {"weights": 1, "gradients": 1, "optimizer": 2, "step": 1, "activations": 10, "logits": 5}
     for options in ({"reference": "precompute"}, {"objective": "simpo"}):
-        assert make_task(None, **options).memory_estimate(model, parts) == {**parts, "activations": 20, "logits": 10}
-    assert make_task(None, objective="kto").memory_estimate(model, parts)["activations"] == 10  # one answer a row
+        assert make_task(None, **options).memory_estimate(model, parts) == parts
+    # a pair's row holds both answers: the activations are counted for twice max_length tokens
+    assert make_task(None).sequence_length() == 2 * make_task(None, objective="kto").sequence_length() == 1024
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -507,7 +520,7 @@ def test_dpo_teaches_a_preference_the_base_does_not_hold(tmp_path, tokenizer_dir
     sft = _run(tmp_path, tokenizer_dir, "sft", {"type": "instruct", "format": "prompt_completion"}, sft_rows,
                sft_rows[:8], strategy="full", steps=60)
     base = AutoModelForCausalLM.from_pretrained(str(sft.output_dir / "model")).eval()
-    held_batch = batch_of(make_task(tokenizer), tokenizer, held)
+    held_batch = make_task(tokenizer).sequences(batch_of(make_task(tokenizer), tokenizer, held))
     with torch.no_grad():
         logps = make_task(tokenizer)._answer_logps(base, held_batch["input_ids"], held_batch["attention_mask"],
                                                    held_batch["labels"])[0]

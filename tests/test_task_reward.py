@@ -42,15 +42,18 @@ def test_bradley_terry_matches_trl(tokenizer):  # noqa: F811
     rows = [{**row, "margin": float(i) / 2} for i, row in enumerate(colour_rows(4, 9))]
     encoded = task.preprocess(datasets.Dataset.from_list(rows), tokenizer)
     batch = task.collate(tokenizer)([encoded[i] for i in range(len(encoded))])
-    assert batch["input_ids"].shape[0] == 8 and batch["labels"].tolist() == [0.0, 0.5, 1.0, 1.5] + [0.0] * 4
+    assert batch["input_ids"].shape[0] == 4 and batch["labels"].tolist() == [0.0, 0.5, 1.0, 1.5]  # a pair a row
     model = tiny_scorer(len(tokenizer))
+    assert model(**batch).logits.shape == (4, 1)  # a plain forward pass runs on the batch as it is
     loss, outputs = task.compute_loss(model, batch)
 
     stand_in = SimpleNamespace(model=model, args=SimpleNamespace(center_rewards_coefficient=None),
                                accelerator=SimpleNamespace(gather_for_metrics=lambda x: x, gather=lambda x: x),
                                _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1)
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-              "margin": torch.tensor([0.0, 0.5, 1.0, 1.5])}
+    from adaptkit_tasks.preference_data import split_pairs
+
+    inputs = {"input_ids": split_pairs(batch["input_ids"]), "attention_mask": split_pairs(batch["attention_mask"]),
+              "margin": torch.tensor([0.0, 0.5, 1.0, 1.5])}  # TRL's layout: chosen rows, then rejected rows
     expected = RewardTrainer.compute_loss(stand_in, model, inputs)
     assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     metrics = task.compute_metrics(**task.batch_outputs(outputs, batch))

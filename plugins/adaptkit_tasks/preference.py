@@ -2,11 +2,13 @@
 
 Rows are a prompt with a chosen and a rejected answer (KTO: one answer and whether it is
 desirable), rendered with the chat template as ``instruct`` renders them (``preference_data``).
-A batch holds the chosen rows first and the rejected rows after them, as plain causal-LM inputs
-(``input_ids``, ``attention_mask``, ``labels`` with -100 outside the answer), so the contract's
-checks and every strategy see the batches any decoder sees. The loss is not the model's own:
-``compute_loss`` (the Task hook the training loop and evaluation call) runs the policy once over
-both answers, asks the reference for its log-probs, and hands them to the objective
+A batch row is one pair: the chosen sequence and the rejected one side by side along the tokens,
+each right-padded to the batch's widest answer, as plain causal-LM inputs (``input_ids``,
+``attention_mask``, ``labels`` with -100 outside the answers). So the contract's checks and every
+strategy see batches any decoder can run, and a batch split across processes by rows keeps its
+pairs whole. The loss is not the model's own: ``compute_loss`` (the Task hook the training loop
+and evaluation call) lays the pairs out as chosen rows then rejected rows, runs the policy once
+over both, asks the reference for its log-probs, and hands them to the objective
 (``preference_objectives``).
 
 The reference costs no second copy for adapter strategies: it is the same model with the adapter
@@ -176,7 +178,9 @@ class Preference(CausalLM):
         return [self.options.prompt_column]
 
     def sequence_length(self) -> Optional[int]:
-        return self.options.max_length
+        """Tokens of a batch row: a pair's row holds both answers side by side (``side_by_side``), and a
+        plain forward pass (the contract's output checks) reads it whole."""
+        return self.options.max_length * (2 if self.objective.paired else 1)
 
     def _row(self, row: dict[str, Any], where: str):
         from adaptkit_tasks.preference_data import pair_messages, unpaired_messages
@@ -222,13 +226,10 @@ class Preference(CausalLM):
         return model
 
     def memory_estimate(self, model, parts: dict[str, int]) -> dict[str, int]:
-        """Two answers per example (activations and logits twice over, for paired objectives), and for
-        a strategy without an adapter to switch off, the frozen reference copy at the weights' size
-        (none with ``reference: precompute``, nor for reference-free objectives)."""
+        """For a strategy without an adapter to switch off, the frozen reference copy at the weights'
+        size (none with ``reference: precompute``, nor for reference-free objectives). A pair's two
+        answers are already counted: ``sequence_length`` is twice ``max_length`` for them."""
         parts = dict(parts)
-        if self.objective.paired:
-            parts["activations"] *= 2
-            parts["logits"] *= 2
         if self.objective.reference and self.options.reference == "auto" and not hasattr(model, "disable_adapter"):
             parts["reference"] = sum(p.numel() * p.element_size() for p in model.parameters())
         return parts
@@ -281,32 +282,40 @@ class Preference(CausalLM):
         return encoded
 
     def collate(self, tokenizer):
-        """Right-padded rows; pairs as [chosen rows, rejected rows]; KTO's desirability in labels[:, 0]."""
+        """Right-padded rows. A pair is one row, its chosen and rejected sequences side by side
+        (``side_by_side``); a KTO row carries its desirability in labels[:, 0]."""
         import torch
+
+        from adaptkit_tasks.preference_data import pad_rows, side_by_side
 
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-        def stack(sequences: list[list[int]], labels: list[list[int]]) -> dict[str, "torch.Tensor"]:
-            width = max(len(ids) for ids in sequences)
-            ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(sequences), width), dtype=torch.long)
-            target = torch.full((len(sequences), width), IGNORE, dtype=torch.long)
-            for i, (row, row_labels) in enumerate(zip(sequences, labels)):
-                ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-                mask[i, :len(row)] = 1
-                target[i, :len(row)] = torch.tensor(row_labels, dtype=torch.long)
-            return {"input_ids": ids, "attention_mask": mask, "labels": target}
-
         def collate(rows):
             if "chosen_input_ids" in rows[0]:
-                return stack([r["chosen_input_ids"] for r in rows] + [r["rejected_input_ids"] for r in rows],
-                             [r["chosen_labels"] for r in rows] + [r["rejected_labels"] for r in rows])
-            batch = stack([r["input_ids"] for r in rows], [r["labels"] for r in rows])
+                chosen = [r["chosen_input_ids"] for r in rows]
+                rejected = [r["rejected_input_ids"] for r in rows]
+                return {"input_ids": side_by_side(chosen, rejected, pad),
+                        "attention_mask": side_by_side([[1] * len(r) for r in chosen],
+                                                       [[1] * len(r) for r in rejected], 0),
+                        "labels": side_by_side([r["chosen_labels"] for r in rows],
+                                               [r["rejected_labels"] for r in rows], IGNORE)}
+            width = max(len(r["input_ids"]) for r in rows)
+            batch = {"input_ids": pad_rows([r["input_ids"] for r in rows], pad, width),
+                     "attention_mask": pad_rows([[1] * len(r["input_ids"]) for r in rows], 0, width),
+                     "labels": pad_rows([r["labels"] for r in rows], IGNORE, width)}
             if "desirable" in rows[0]:
                 batch["labels"][:, 0] = torch.tensor([1 if r["desirable"] else IGNORE for r in rows])
             return batch
 
         return collate
+
+    def sequences(self, batch):
+        """The batch as one sequence per row: pairs split into chosen rows, then rejected rows."""
+        from adaptkit_tasks.preference_data import split_pairs
+
+        if not self.objective.paired:
+            return batch
+        return {key: split_pairs(batch[key]) for key in ("input_ids", "attention_mask", "labels")}
 
     # ------------------------------------------------------------------ the loss
     def _desirable(self, labels):
@@ -374,7 +383,7 @@ class Preference(CausalLM):
         cache: dict[bytes, float] = {}
         for table in self._tables:
             for start in range(0, len(table), 16):
-                batch = collate([table[i] for i in range(start, min(start + 16, len(table)))])
+                batch = self.sequences(collate([table[i] for i in range(start, min(start + 16, len(table)))]))
                 batch = {k: v.to(device) for k, v in batch.items()}
                 values = forward(batch["input_ids"], batch["attention_mask"], batch["labels"])
                 cache.update(zip(self._keys(batch["input_ids"], batch["attention_mask"]), values.tolist()))
@@ -410,10 +419,11 @@ class Preference(CausalLM):
         return (policy - reference).mean().clamp(min=0)
 
     def compute_loss(self, model, batch):
-        """The objective's loss on one batch, and per-row rewards and log-probs for the metrics."""
+        """The objective's loss on one batch, and per-pair rewards and log-probs for the metrics."""
         from adaptkit_tasks.preference_objectives import Scores
 
         objective = self.objective
+        batch = self.sequences(batch)
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         policy, per_token = self._answer_logps(model, ids, mask, labels)
         answer = labels[:, 1:] != IGNORE

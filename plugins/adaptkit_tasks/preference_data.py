@@ -152,3 +152,31 @@ def encode_prompt_only(tokenizer: Any, prompt: list[dict[str, str]], max_length:
 
 def has_answer(labels: list[int]) -> bool:
     return any(label != IGNORE for label in labels[1:])
+
+
+def pad_rows(sequences: list[list[int]], fill: int, width: int) -> "Any":
+    """A [rows, width] long tensor of ``sequences``, each right-padded with ``fill``."""
+    import torch
+
+    out = torch.full((len(sequences), width), fill, dtype=torch.long)
+    for i, row in enumerate(sequences):
+        out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+def side_by_side(chosen: list[list[int]], rejected: list[list[int]], fill: int) -> "Any":
+    """One row per pair: the chosen sequence right-padded to the batch's widest answer, then the
+    rejected one likewise ([pairs, 2 * width]). A batch split across processes by rows (accelerate's
+    ``split_batches``) keeps each pair whole, and a plain forward pass still runs on it."""
+    import torch
+
+    width = max(len(row) for row in chosen + rejected)
+    return torch.cat([pad_rows(chosen, fill, width), pad_rows(rejected, fill, width)], dim=1)
+
+
+def split_pairs(tensor: "Any") -> "Any":
+    """The [pairs, 2 * width] layout of ``side_by_side`` as [2 * pairs, width]: chosen rows, then rejected."""
+    import torch
+
+    width = tensor.shape[1] // 2
+    return torch.cat([tensor[:, :width], tensor[:, width:]], dim=0)

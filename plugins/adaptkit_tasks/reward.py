@@ -9,12 +9,14 @@ whose score of the chosen conversation is pushed above the rejected one's:
 loads it and scores text rendered with the saved tokenizer's chat template. ``predict`` takes a
 prompt and a ``completion`` per row and returns its score.
 
-A batch holds the chosen conversations first and the rejected after them, as plain classifier
-inputs; ``labels`` holds each row's margin (0 for rejected rows), a float per row the model's own
-regression loss could read, so the contract's checks see an ordinary batch.
+A batch row is one pair, its chosen and rejected conversations side by side along the tokens (as
+``preference`` lays pairs out: a split across processes keeps pairs whole), and ``labels`` holds
+each pair's margin, a float per row the model's own regression loss could read, so the contract's
+checks see an ordinary classifier batch.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, Optional
 
 from pydantic import Field, PositiveInt, field_validator
@@ -88,7 +90,8 @@ class Reward(Task):
         return [self.options.prompt_column]
 
     def sequence_length(self) -> Optional[int]:
-        return self.options.max_length
+        """Tokens of a batch row: a pair's two conversations side by side."""
+        return self.options.max_length * 2
 
     def _row(self, row: dict[str, Any], where: str):
         """(prompt, chosen, rejected, margin); a predict row (prompt and completion): (prompt, completion, None, 0)."""
@@ -159,25 +162,23 @@ class Reward(Task):
                            remove_columns=dataset.column_names, desc="tokenizing")
 
     def collate(self, tokenizer):
-        """Right-padded conversations; pairs as [chosen rows, rejected rows] with margins in ``labels``."""
+        """Right-padded conversations; a pair is one row, its chosen and rejected conversations side by side
+        (``side_by_side``), with its margin in ``labels``."""
         import torch
+
+        from adaptkit_tasks.preference_data import pad_rows, side_by_side
 
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
         def collate(rows):
-            paired = "chosen_input_ids" in rows[0]
-            sequences = ([r["chosen_input_ids"] for r in rows] + [r["rejected_input_ids"] for r in rows]) if paired \
-                else [r["input_ids"] for r in rows]
-            width = max(len(ids) for ids in sequences)
-            ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(sequences), width), dtype=torch.long)
-            for i, row in enumerate(sequences):
-                ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-                mask[i, :len(row)] = 1
-            batch = {"input_ids": ids, "attention_mask": mask}
-            if paired:
-                batch["labels"] = torch.tensor([r["margin"] for r in rows] + [0.0] * len(rows), dtype=torch.float)
-            return batch
+            if "chosen_input_ids" not in rows[0]:
+                width = max(len(r["input_ids"]) for r in rows)
+                return {"input_ids": pad_rows([r["input_ids"] for r in rows], pad, width),
+                        "attention_mask": pad_rows([[1] * len(r["input_ids"]) for r in rows], 0, width)}
+            chosen, rejected = [r["chosen_input_ids"] for r in rows], [r["rejected_input_ids"] for r in rows]
+            return {"input_ids": side_by_side(chosen, rejected, pad),
+                    "attention_mask": side_by_side([[1] * len(r) for r in chosen], [[1] * len(r) for r in rejected], 0),
+                    "labels": torch.tensor([r["margin"] for r in rows], dtype=torch.float)}
 
         return collate
 
@@ -186,15 +187,19 @@ class Reward(Task):
         """Bradley-Terry: -log sigmoid(score(chosen) - score(rejected) - margin), averaged over pairs."""
         import torch.nn.functional as F
 
-        scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+        from adaptkit_tasks.preference_data import split_pairs
+
+        scores = model(input_ids=split_pairs(batch["input_ids"]),
+                       attention_mask=split_pairs(batch["attention_mask"])).logits[:, 0].float()
         half = scores.shape[0] // 2
         chosen, rejected = scores[:half], scores[half:]
-        margin = batch["labels"][:half].to(scores.dtype) if "labels" in batch else 0.0
+        margin = batch["labels"].to(scores.dtype) if "labels" in batch else 0.0
         loss = -F.logsigmoid(chosen - rejected - margin).mean()
-        return loss, {"chosen": chosen.detach(), "rejected": rejected.detach()}
+        return loss, SimpleNamespace(loss=loss, chosen=chosen.detach(), rejected=rejected.detach())
 
     def batch_outputs(self, outputs, batch):
-        return {"chosen_scores": outputs["chosen"], "rejected_scores": outputs["rejected"]}
+        """Per pair: both conversations' scores."""
+        return {"chosen_scores": outputs.chosen, "rejected_scores": outputs.rejected}
 
     def compute_metrics(self, chosen_scores, rejected_scores) -> dict[str, float]:
         """Pairwise accuracy (the chosen conversation scored higher), the mean margin and mean scores."""
