@@ -22,15 +22,6 @@ from adaptkit_peft_methods import strategies
 from adaptkit_peft_methods.catalog import peft_methods, peft_version
 from adaptkit_peft_methods.methods import SKIPPED
 
-# Options that fit a 32-wide, 2-layer model (peft's defaults assume real sizes: c3a's block of 256,
-# vblora's vectors of 256, miss's rank 64 need wider layers) and the values some methods cannot run without.
-TINY_OPTIONS = {
-    "adalora": {"total_step": 3}, "c3a": {"block_size": 8}, "miss": {"r": 8}, "road": {"group_size": 8},
-    "shira": {"r": 2}, "vblora": {"vector_length": 8, "num_vectors": 16}, "waveft": {"n_frequency": 64},
-    "adaption_prompt": {"adapter_len": 4, "adapter_layers": 1}, "trainable_tokens": {"token_indices": [1, 2, 3]},
-    "prefix_tuning": {"num_virtual_tokens": 4}, "p_tuning": {"num_virtual_tokens": 4},
-}
-
 # (method, family) -> what the refusal must say: peft's own reason where peft gives one.
 REFUSED = {
     ("adaption_prompt", "bert"): "peft says: Unsupported model type for adaption prompt: 'bert'",
@@ -136,7 +127,8 @@ def trial(cls, options, build, batch, heads, peft_type, model_type, export=True)
 def run_family(name, family):
     """Every check of the kit on llama (export included); on bert and vit every check but the export (it
     is the slowest, and the export path does not depend on the family): the matrix stays near 20 s."""
-    cls, options = STRATEGIES[name], TINY_OPTIONS.get(name)
+    cls = STRATEGIES[name]
+    options = cls.conformance_options  # what the kit uses for tiny models (c3a's block of 8, ...)
     if family == "vit":
         return trial(cls, options, tiny_vit, image_batch, ["classifier"], None, "vit", export=False)
     if family == "llama":
@@ -294,3 +286,14 @@ def test_a_run_gives_adalora_its_rank_allocation_after_each_step(tmp_path):
     assert kept and all(k < 6 for k in kept), config["rank_pattern"]
     contract = json.loads((result.output_dir / "metrics.json").read_text())["contract"]
     assert any(line.startswith("equivalence:") for line in contract)
+
+
+def test_plugins_check_reports_a_refused_family_as_a_refusal_not_a_failure():
+    """``adaptkit plugins --check`` runs each strategy with its ``conformance_options``; a method peft
+    refuses on a kit family (GPT-2's Conv1D layers for LoHa) passes on the others and names the refusal."""
+    from adaptkit.plugin.conformance import check_installed
+
+    results = {r.strategy: r for r in check_installed(["loha", "adalora"])}
+    assert results["loha"].passed and re.match(r"[1-9]\d* checks passed", results["loha"].detail)
+    assert "refuses gpt2" in results["loha"].detail and "Conv1D" in results["loha"].detail
+    assert results["adalora"].passed and "refuses" not in results["adalora"].detail  # total_step from the kit options

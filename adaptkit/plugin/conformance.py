@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
-from adaptkit.errors import AdaptkitError, ContractViolation, TaskContractViolation
+from adaptkit.errors import AdaptkitError, ContractViolation, PreflightError, TaskContractViolation
 from adaptkit.plugin.contract import (FrozenWeights, architecture_signature, check_close, check_signature, check_wrapped,
                                       head_shapes, model_outputs, reload_export, violation)
 from adaptkit.plugin import registry as plugins  # plugins.get_registry() at call time (tests replace it)
@@ -484,6 +484,8 @@ def strategy_checks(strategy_cls: type[Strategy], options: Any = None, families:
     parametrize takes it as is; a misspelt ``expected_failures`` key fails at once).
     """
     chosen = list(families or _strategy_families())
+    if options is None:  # the strategy's own choice for tiny models, else its defaults
+        options = getattr(strategy_cls, "conformance_options", None)
     for family in chosen:
         if get_family(family).modality != "text":
             raise AdaptkitError(f"check_strategy runs on text families; {family!r} is an "
@@ -612,13 +614,32 @@ def check_installed(names: Optional[list[str]] = None, families: Optional[list[s
     for name in chosen:
         owner = registry.plugin_for("strategy", name)
         plugin, dist = (owner.name, f"{owner.distribution} {owner.version}") if owner else ("?", "?")
-        try:
-            report = check_strategy(registry.strategies[name], None, families)
-        except Exception as exc:  # a contract violation or a crash: this strategy fails, the rest go on
-            results.append(StrategyCheck(name, plugin, dist, False, f"{type(exc).__name__}: {exc}"))
-        else:
-            results.append(StrategyCheck(name, plugin, dist, True, f"{len(report.passed)} checks passed"))
+        passed, refused, failure = 0, [], None
+        for family in families or _strategy_families():
+            try:
+                passed += len(check_strategy(registry.strategies[name], None, [family]).passed)
+            except Exception as exc:  # a contract violation or a crash: this strategy fails, the rest go on
+                reason = _refusal(exc)
+                if reason is None:
+                    failure = failure or f"{type(exc).__name__}: {exc}"
+                else:
+                    refused.append(f"{family} ({reason})")
+        detail = failure or (f"{passed} checks passed" + (f"; refuses {', '.join(refused)}" if refused else ""))
+        results.append(StrategyCheck(name, plugin, dist, failure is None, detail))
     return results
+
+
+def _refusal(exc: BaseException) -> Optional[str]:
+    """The ``PreflightError`` behind a failed check, if that is what it was: the strategy refused the
+    family's model at ``wrap`` (a method that serves only some architectures), which ``plugins --check``
+    reports as a refusal, not a broken contract. None for any other failure."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, PreflightError):
+            return str(exc).splitlines()[0]
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 # ---------------------------------------------------------------------------- tasks

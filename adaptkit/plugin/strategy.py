@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Optional
 
 from pydantic import BaseModel, ConfigDict
 
@@ -105,6 +105,10 @@ class Strategy:
     # The library and version the method comes from when a plugin wraps one ("peft 0.21.2"), else "":
     # ``adaptkit plugins`` shows it beside the strategy's name.
     upstream: ClassVar[str] = ""
+    # Options the conformance kit uses when its caller gives none (``check_strategy``, ``adaptkit plugins
+    # --check``): for a method whose defaults need more than the kit's 32-wide, 2-layer models (peft's
+    # C3A blocks of 256) or that cannot run without a value (AdaLoRA's total_step). None: the defaults.
+    conformance_options: ClassVar[Optional[dict[str, Any]]] = None
 
     def __init__(self, options: StrategyOptions | dict[str, Any] | None = None):
         if options is None:

@@ -7,6 +7,8 @@ name, and those that cannot be trained from one recipe section. The prompt-learn
 """
 from __future__ import annotations
 
+from typing import Any
+
 from adaptkit_peft_methods.catalog import Method, peft_methods
 
 # peft method name -> why it gets no generated strategy.
@@ -37,6 +39,16 @@ TOKEN_INPUT: dict[str, str] = {
     "trainable_tokens": "trainable tokens retrain rows of a token embedding",
     "prefix_tuning": "peft's prompt learning prepends to token inputs",
     "p_tuning": "peft's prompt learning prepends to token inputs",
+}
+
+# What the conformance kit (``adaptkit.check_strategy``, ``adaptkit plugins --check``) trains each method
+# with on its 32-wide, 2-layer models: peft's defaults assume real widths (C3A's blocks of 256, VB-LoRA's
+# vectors of 256, MiSS's rank 64 exceed 32 inputs), and the NEEDS options must be given.
+KIT_OPTIONS: dict[str, dict[str, Any]] = {
+    "adalora": {"total_step": 3}, "c3a": {"block_size": 8}, "miss": {"r": 8}, "road": {"group_size": 8},
+    "shira": {"r": 2}, "vblora": {"vector_length": 8, "num_vectors": 16}, "waveft": {"n_frequency": 64},
+    "adaption_prompt": {"adapter_len": 4, "adapter_layers": 1}, "trainable_tokens": {"token_indices": [1, 2, 3]},
+    "prefix_tuning": {"num_virtual_tokens": 4}, "p_tuning": {"num_virtual_tokens": 4},
 }
 
 

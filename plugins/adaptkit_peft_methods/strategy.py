@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Optional
 from adaptkit import PeftStrategy, PreflightError, StrategyOptions, WrapContext, families, resolve_targets
 
 from adaptkit_peft_methods.catalog import Method, peft_version
-from adaptkit_peft_methods.methods import NEEDS, TOKEN_INPUT
+from adaptkit_peft_methods.methods import KIT_OPTIONS, NEEDS, TOKEN_INPUT
 from adaptkit_peft_methods.options import HEAD_OPTION, config_kwargs, options_model
 
 # Layer kinds a recipe's target_modules entry may name: every kind some peft tuner adapts.
@@ -192,6 +192,7 @@ def make_strategy(method: Method, base: type[PeftMethod] = PeftMethod) -> type[P
         "description": _summary(method),
         "upstream": f"peft {peft_version()}",
         "head_options": ("train_head",) if has_head else (),
+        "conformance_options": KIT_OPTIONS.get(method.name),
         "__doc__": f"peft's {method.peft_type} tuner ({method.config_name}), generated from peft's registry.",
         "__module__": __name__,
     }
