@@ -49,6 +49,11 @@ def _cases() -> dict[str, tuple[dict[str, Any] | None, list[dict[str, Any]]]]:
         "image_classification": (None, [{"image": image, "label": ["cat", "dog"][i % 2]}
                                         for i, image in enumerate(_images(4))]),
         "regression": (None, [{"text": _text(rng, 5), "label": i * 0.5} for i in range(6)]),
+        "preference": ({"chat_template": "chatml", "max_new_tokens": 3},
+                       [{"prompt": "rate " + _text(rng, 2), "chosen": _text(rng, 1), "rejected": _text(rng, 1)}
+                        for _ in range(4)]),
+        "reward": ({"chat_template": "chatml"}, [{"prompt": "rate " + _text(rng, 2), "chosen": _text(rng, 1),
+                                                  "rejected": _text(rng, 1)} for _ in range(4)]),
         "question_answering": ({"unanswerable": True, "max_length": 64, "stride": 16}, _qa_rows(rng)),
         "seq2seq": ({"max_new_tokens": 3}, [{"source": _text(rng, 4), "target": _text(rng, 2)} for _ in range(4)]),
         "image_to_text": ({"max_new_tokens": 3}, [{"image": image, "caption": f"a {['red', 'blue'][i % 2]} square"}
