@@ -27,8 +27,6 @@ REFUSED = {
     ("adaption_prompt", "bert"): "peft says: Unsupported model type for adaption prompt: 'bert'",
     ("adaption_prompt", "vit"): "peft says: Unsupported model type for adaption prompt: 'vit'",
     ("beft", "llama"): "cannot merge into this llama model: peft says: Base layer has no bias",
-    ("ln_tuning", "bert"): "peft says: Please specify `target_modules`",
-    ("ln_tuning", "vit"): "peft says: Please specify `target_modules`",
     ("shadow", "bert"): "peft says: Unable to automatically find a `nn.ModuleList` of decoder layers",
     ("shadow", "vit"): "its input is pixel_values, not token ids",
     ("trainable_tokens", "vit"): "its input is pixel_values, not token ids",
@@ -237,10 +235,12 @@ def test_an_unknown_option_in_a_recipe_suggests_the_closest(tmp_path):
 def test_plan_refuses_a_method_with_peft_reason(tmp_path):
     from conftest import tiny_recipe_dict
 
-    plan = adaptkit.plan(tiny_recipe_dict(tmp_path, strategy="loha"), strategies=["loha", "ln_tuning"])
+    plan = adaptkit.plan(tiny_recipe_dict(tmp_path, strategy="loha"), strategies=["loha", "ln_tuning", "shadow"])
     by_name = {entry.strategy: entry for entry in plan.strategies}
     assert by_name["loha"].error is None and by_name["loha"].trainable > 0
-    assert "peft says: Please specify `target_modules`" in by_name["ln_tuning"].error
+    # peft has no LN-tuning targets for BERT: the family's normalisation layers are found by class
+    assert by_name["ln_tuning"].error is None and any("LayerNorm" in t for t in by_name["ln_tuning"].touched)
+    assert "peft says: Unable to automatically find a `nn.ModuleList` of decoder layers" in by_name["shadow"].error
 
 
 def test_adalora_reallocates_ranks_through_after_step():

@@ -64,6 +64,13 @@ def restore_trained_heads(model: Any) -> Any:
     return put_back_heads(model.get_base_model())
 
 
+def _norm_layers(model: Any) -> list[str]:
+    """The leaf names of ``model``'s normalisation layers (LayerNorm, RMSNorm), found by class name:
+    the family-independent choice for a method peft points at norms where its table has the family."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if name and "norm" in type(module).__name__.lower()})
+
+
 class PeftMethod(PeftStrategy):
     """A peft tuner type as a strategy; ``method`` says which (set by ``make_strategy``)."""
 
@@ -88,9 +95,12 @@ class PeftMethod(PeftStrategy):
         if own and (names is None or any(str(entry).rsplit(".", 1)[-1] in names for entry in own)):
             return None
         projections = families.PROJECTIONS
-        if set(table.get("llama") or []) <= set(projections["llama"]) and model_type in projections:
+        llama = list(table.get("llama") or [])
+        if llama and set(llama) <= set(projections["llama"]) and model_type in projections:
             chosen = projections[model_type]
             return [t for t in chosen if names is None or t in names] or chosen
+        if llama and all("norm" in entry for entry in llama) and model is not None:
+            return _norm_layers(model) or None  # a method that tunes normalisation layers (LN tuning)
         return None
 
     def peft_config(self, context: WrapContext, model: Any = None) -> Any:
