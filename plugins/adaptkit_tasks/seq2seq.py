@@ -141,16 +141,17 @@ class Seq2Seq(Task):
 
     def encode_row(self, tokenizer: Any, source: Any, target: Any) -> dict[str, list[int]]:
         """Source ids (with the tokenizer's own special tokens), and the target's ids as labels,
-        ending with the end token (eos / [SEP]) so the model learns where to stop."""
+        ending with the end token (eos / [SEP]) so the model learns where to stop. ``length`` (source
+        tokens) lets training group rows by length and ``advise`` scale one timed step to an epoch."""
         opts = self.options
         ids = tokenizer(opts.prefix + str(source), truncation=True, max_length=opts.max_source_length)["input_ids"]
         if target is None:
-            return {"input_ids": ids, "labels": []}
+            return {"input_ids": ids, "labels": [], "length": len(ids)}
         labels = tokenizer(text_target=str(target), truncation=True, max_length=opts.max_target_length)["input_ids"]
         end = end_token(tokenizer)
         if end is not None and (not labels or labels[-1] != end):
             labels = labels[:opts.max_target_length - 1] + [end]
-        return {"input_ids": ids, "labels": labels}
+        return {"input_ids": ids, "labels": labels, "length": len(ids)}
 
     def preprocess(self, dataset, tokenizer):
         opts = self.options
