@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
+import textwrap
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
@@ -121,7 +123,7 @@ def _only_raises(function: ast.FunctionDef) -> bool:
 
 def _read_classes(path: Path, into: dict[str, _Class]) -> None:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    for node in ast.walk(tree):
+    for node in tree.body:  # peft defines its configs and layers at module level
         if not isinstance(node, ast.ClassDef):
             continue
         found = _Class([getattr(b, "id", getattr(b, "attr", "")) for b in node.bases], module=str(path))
@@ -165,14 +167,24 @@ def _lineage(name: str, classes: dict[str, _Class]) -> list[_Class]:
 
 
 def _merges(folder: Path, classes: dict[str, _Class]) -> bool:
+    """Some class of the method's ``layer.py`` defines a ``merge`` that does more than raise, or
+    subclasses a base the catalog read that does (LoHa's layers inherit LycorisLayer's). Only each
+    ``merge`` definition is parsed, not the whole module: these files are most of peft's source, and
+    this runs every time adaptkit lists its plugins."""
     layer = folder / "layer.py"
     if not layer.exists():
         return False
-    local: dict[str, _Class] = {}
-    _read_classes(layer, local)
-    for name in local:
-        for cls in _lineage(name, {**classes, **local}):
-            if "merge" in cls.methods and not cls.module.endswith("tuners_utils.py"):
+    text = layer.read_text(encoding="utf-8")
+    for found in re.finditer(r"^    def merge\(.*?(?=^    \S|^\S|\Z)", text, re.M | re.S):
+        try:
+            function = ast.parse(textwrap.dedent(found.group(0))).body[0]
+        except SyntaxError:
+            return True  # a merge peft wrote that this reading cannot follow: take it as implemented
+        if isinstance(function, ast.FunctionDef) and not _only_raises(function):
+            return True
+    for bases in re.findall(r"^class \w+\(([^)]*)\)", text, re.M):
+        for base in (b.strip().rsplit(".", 1)[-1] for b in bases.split(",")):
+            if any("merge" in c.methods and not c.module.endswith("tuners_utils.py") for c in _lineage(base, classes)):
                 return True
     return False
 
