@@ -11,6 +11,7 @@ field by field, from the catalog's reading of the dataclass (no peft import: see
 from __future__ import annotations
 
 import typing
+from functools import lru_cache
 from typing import Any, Optional
 
 from pydantic import Field, create_model, model_validator
@@ -38,6 +39,7 @@ _NAMESPACE.update({"list": list, "dict": dict, "tuple": tuple, "set": set, "str"
                    "bool": bool, "None": None})
 
 
+@lru_cache(maxsize=None)  # peft's configs repeat a few dozen annotations over some 500 fields
 def _annotation(text: str) -> Any:
     """The annotation a peft config's source gives, as a type pydantic validates; ``Any`` where it names
     something beyond builtins and typing (``torch.dtype``, peft's own enums) or pydantic cannot express it."""
