@@ -398,7 +398,7 @@ def test_full_fine_tune_reference_is_a_frozen_copy_and_precompute_keeps_none(tok
     model = copy.deepcopy(policy)
     task = make_task(tokenizer)
     before = task._reference_logps(model, pair_seqs)
-    assert task._reference_model is not None and not any(p.requires_grad for p in task._reference_model.parameters())
+    assert task._reference_model and not any(p.requires_grad for p in task._reference_model.values())
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.05)
@@ -411,6 +411,28 @@ def test_full_fine_tune_reference_is_a_frozen_copy_and_precompute_keeps_none(tok
     assert set(ahead._precomputed) == set(ahead._keys(pair_seqs["input_ids"], pair_seqs["attention_mask"]))
     torch.testing.assert_close(precomputed, before)
 
+
+
+def test_frozen_reference_of_a_wrapper_with_hooks_stays_frozen(tokenizer, models, pair_seqs):
+    """A strategy that wraps the model and reaches into it with forward hooks (bottleneck adapters):
+    the reference is the weights at the first step, even though the hooks call the live modules."""
+    class Hooked(torch.nn.Module):
+        def __init__(self, base):
+            super().__init__()
+            self.base, self.shift = base, torch.nn.Parameter(torch.zeros(()))
+            base.model.norm.register_forward_hook(lambda module, args, output: output + self.shift)
+
+        def forward(self, **inputs):
+            return self.base(**inputs)
+
+    model = Hooked(copy.deepcopy(models[0]))
+    task = make_task(tokenizer)
+    before = task._reference_logps(model, pair_seqs)
+    with torch.no_grad():
+        model.shift.fill_(0.5)
+    after = task._answer_logps(model, pair_seqs["input_ids"], pair_seqs["attention_mask"], pair_seqs["labels"])[0]
+    assert not torch.allclose(after, before)  # the live model moved
+    torch.testing.assert_close(task._reference_logps(model, pair_seqs), before)
 
 
 def test_plan_counts_the_reference_copy_for_full_fine_tuning_only(tmp_path, tokenizer_dir):

@@ -333,10 +333,14 @@ class Preference(CausalLM):
         return per_token.sum(dim=1), per_token
 
     def _reference_forward(self, model):
-        """A callable (input_ids, attention_mask, labels) -> summed reference log-probs, under no_grad.
+        """A callable (input_ids, attention_mask, labels) -> summed reference log-probs, under no_grad and
+        in eval mode (no dropout).
 
         Adapter strategies (peft's ``PeftModel`` and any model offering ``disable_adapter()``): the
-        same model with the adapter off. Others: a frozen copy, from the checkpoint when there is one.
+        same model with the adapter off. Others: a frozen reference, loaded again from the checkpoint
+        when there is one (a resumed run compares with the same reference), else the weights as they
+        were at the first call, run through the live model with ``torch.func.functional_call`` (a
+        ``deepcopy`` would keep wrappers' forward hooks that still call the live modules).
         """
         import contextlib
 
@@ -344,29 +348,38 @@ class Preference(CausalLM):
 
         inner = getattr(model, "module", model)  # accelerate's DDP wrapper
 
-        def run(forward_model, context):
+        def run(forward_model, context, mode_of):
             def forward(input_ids, attention_mask, labels):
-                with torch.no_grad(), context():
-                    return self._answer_logps(forward_model, input_ids, attention_mask, labels)[0]
+                was_training = mode_of.training
+                mode_of.eval()
+                try:
+                    with torch.no_grad(), context():
+                        return self._answer_logps(forward_model, input_ids, attention_mask, labels)[0]
+                finally:
+                    mode_of.train(was_training)
             return forward
 
         if hasattr(inner, "disable_adapter"):
-            return run(inner, inner.disable_adapter)
+            return run(inner, inner.disable_adapter, inner)
         if self._reference_model is None:
             self._reference_model = self._frozen_copy(inner)
-        return run(self._reference_model, contextlib.nullcontext)
+        if isinstance(self._reference_model, dict):
+            snapshot = self._reference_model
+
+            def with_snapshot(**inputs):
+                return torch.func.functional_call(inner, snapshot, args=(), kwargs=inputs)
+            return run(with_snapshot, contextlib.nullcontext, inner)
+        return run(self._reference_model, contextlib.nullcontext, self._reference_model)
 
     def _frozen_copy(self, model):
-        import copy
+        """The base reloaded from its checkpoint, or (built from a config) a snapshot of the weights."""
+        if self._source is None:
+            return {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+        import transformers
 
-        if self._source is not None:
-            import transformers
-
-            source, kwargs = self._source
-            reference = getattr(transformers, self.model_class).from_pretrained(source, **kwargs)
-            reference.to(next(model.parameters()).device)
-        else:
-            reference = copy.deepcopy(model)
+        source, kwargs = self._source
+        reference = getattr(transformers, self.model_class).from_pretrained(source, **kwargs)
+        reference.to(next(model.parameters()).device)
         reference.eval()
         reference.requires_grad_(False)
         return reference
