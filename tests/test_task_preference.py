@@ -454,6 +454,8 @@ def test_plan_counts_the_reference_copy_for_full_fine_tuning_only(tmp_path, toke
     parts = {"weights": 1, "gradients": 1, "optimizer": 2, "step": 1, "activations": 10, "logits": 5}
     for options in ({"reference": "precompute"}, {"objective": "simpo"}):
         assert make_task(None, **options).memory_estimate(model, parts) == parts
+    # KTO's KL estimate pairs rows anew in every batch: its reference copy stays even with precompute
+    assert "reference" in make_task(None, objective="kto", reference="precompute").memory_estimate(model, parts)
     # a pair's row holds both answers: the activations are counted for twice max_length tokens
     assert make_task(None).sequence_length() == 2 * make_task(None, objective="kto").sequence_length() == 1024
 

@@ -227,10 +227,12 @@ class Preference(CausalLM):
 
     def memory_estimate(self, model, parts: dict[str, int]) -> dict[str, int]:
         """For a strategy without an adapter to switch off, the frozen reference copy at the weights'
-        size (none with ``reference: precompute``, nor for reference-free objectives). A pair's two
+        size (none with ``reference: precompute`` except for KTO, whose KL estimate pairs rows anew in
+        every batch, nor for reference-free objectives). A pair's two
         answers are already counted: ``sequence_length`` is twice ``max_length`` for them."""
         parts = dict(parts)
-        if self.objective.reference and self.options.reference == "auto" and not hasattr(model, "disable_adapter"):
+        keeps_copy = self.options.reference == "auto" or self.objective.kl  # KTO's KL pass needs it every step
+        if self.objective.reference and keeps_copy and not hasattr(model, "disable_adapter"):
             parts["reference"] = sum(p.numel() * p.element_size() for p in model.parameters())
         return parts
 
@@ -401,7 +403,8 @@ class Preference(CausalLM):
                 values = forward(batch["input_ids"], batch["attention_mask"], batch["labels"])
                 cache.update(zip(self._keys(batch["input_ids"], batch["attention_mask"]), values.tolist()))
         self._precomputed = cache
-        self._reference_model = None  # the copy (if one was made) is needed no more
+        if not self.objective.kl:  # KTO's KL estimate pairs rows per batch: its reference runs every step
+            self._reference_model = None  # the copy (if one was made) is needed no more
 
     def _reference_logps(self, model, batch):
         import torch
