@@ -6,6 +6,13 @@ preferred ones, and for ORPO the mean token NLL of the preferred answers. It ret
 one implicit reward per row, from which the task reports reward accuracy and margins. A later
 plugin adds one with ``register_objective``; nothing else changes.
 
+Online methods that generate while training (GRPO, RLOO, online DPO) are not functions of fixed
+rows' log-probs: they fit as a task plugin whose ``compute_loss`` (the Task hook) samples k answers
+per prompt with ``model.generate`` under no_grad, scores them (a reward function, or a ``reward``
+task's export), and takes the policy's and reference's log-probs of the samples the way
+``Preference`` does (``_answer_logps``, ``_reference_forward``); its loss of those log-probs and
+the advantages can then be registered here like any other.
+
 Why not TRL's trainers: TRL 1.16 computes these losses inside its own trainers' ``_compute_loss``
 (DPO, KTO) or methods of experimental trainers (CPO's SimPO, ORPO's odds ratio), which need a
 trainer instance and TRL's data pipeline; adaptkit's loop, strategies and contract stay in charge
