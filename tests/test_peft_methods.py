@@ -299,3 +299,13 @@ def test_plugins_check_reports_a_refused_family_as_a_refusal_not_a_failure():
     assert results["loha"].passed and re.match(r"[1-9]\d* checks passed", results["loha"].detail)
     assert "refuses gpt2" in results["loha"].detail and "Conv1D" in results["loha"].detail
     assert results["adalora"].passed and "refuses" not in results["adalora"].detail  # total_step from the kit options
+
+
+def test_a_misspelt_target_is_refused_and_a_layer_kind_peft_knows_is_left_to_it():
+    context = WrapContext(model_type="llama", task="t", head_modules=["score"], peft_task_type="SEQ_CLS")
+    with pytest.raises(adaptkit.TargetModuleError, match=r"'v_prj' matches no module.*did you mean 'v_proj'"):
+        STRATEGIES["loha"]({"target_modules": ["q_proj", "v_prj"]}).wrap(tiny_llama(), context)
+    wrapped = STRATEGIES["ln_tuning"]({"target_modules": ["input_layernorm"]}).wrap(tiny_llama(), context)
+    tuned = {n.split(".ln_tuning_layers")[0].rsplit(".", 1)[-1] for n, p in wrapped.named_parameters()
+             if p.requires_grad and "ln_tuning_layers" in n}
+    assert tuned == {"input_layernorm"}  # Llama's RMSNorm: a kind adaptkit's check does not list, peft adapts

@@ -13,9 +13,10 @@ comes before any weight is read.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Optional
 
-from adaptkit import PeftStrategy, PreflightError, StrategyOptions, WrapContext, families, resolve_targets
+from adaptkit import PeftStrategy, PreflightError, WrapContext, families, resolve_targets
 
 from adaptkit_peft_methods.catalog import Method, peft_version
 from adaptkit_peft_methods.methods import KIT_OPTIONS, NEEDS, TOKEN_INPUT
@@ -77,9 +78,6 @@ class PeftMethod(PeftStrategy):
     method: ClassVar[Method]
     default_learning_rate: ClassVar[float] = 5e-4
 
-    def __init__(self, options: StrategyOptions | dict[str, Any] | None = None):
-        super().__init__(options)
-
     # ------------------------------------------------------------------ the config
 
     def default_targets(self, model_type: str, model: Any = None) -> Any:
@@ -138,9 +136,7 @@ class PeftMethod(PeftStrategy):
         if self.name in TOKEN_INPUT and getattr(model, "main_input_name", "input_ids") != "input_ids":
             raise PreflightError(f"strategy {self.name!r} cannot adapt this {context.model_type} model: its input is "
                                  f"{model.main_input_name}, not token ids ({TOKEN_INPUT[self.name]})")
-        given = getattr(self.options, "target_modules", None)
-        if given is not None and self.method.name != "adaption_prompt":
-            resolve_targets(model, given, self.name, kinds=TARGET_KINDS, exclude=context.head_modules)
+        self.check_targets(model, context)
         try:
             wrapped = get_peft_model(model, self.peft_config(context, model))
         except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError, AttributeError) as exc:
@@ -166,6 +162,30 @@ class PeftMethod(PeftStrategy):
             copy.deepcopy(layer).merge()
         except (ValueError, TypeError, NotImplementedError, RuntimeError, AttributeError) as exc:
             raise self.refusal(context, exc, "cannot merge into") from exc
+
+    def check_targets(self, model: Any, context: WrapContext) -> None:
+        """Every recipe-given ``target_modules`` entry must name a module (``adaptkit.resolve_targets``:
+        the closest name is suggested), so a misspelt entry beside a correct one is not silently dropped.
+        An entry naming a layer of a kind outside ``TARGET_KINDS`` (Llama's RMSNorm for LN tuning, a
+        decoder block for Shadow) is left to peft, which knows what its method adapts."""
+        from adaptkit import TargetModuleError
+
+        given = getattr(self.options, "target_modules", None)
+        if given is None:
+            return
+        try:
+            resolve_targets(model, given, self.name, kinds=TARGET_KINDS, exclude=context.head_modules)
+        except TargetModuleError:
+            names = [name for name, _ in model.named_modules() if name]
+            entries = [given] if isinstance(given, str) else list(given)
+
+            def named(entry: str) -> bool:
+                if isinstance(given, str):
+                    return any(re.fullmatch(entry, n) for n in names)
+                return any(n == entry or n.endswith("." + entry) for n in names)
+
+            if not all(named(entry) for entry in entries):
+                raise
 
     def unwrap(self, model: Any) -> Any:
         """Merge where the method can (peft ``merge_and_unload``), else remove it (``unload``; a tuner
