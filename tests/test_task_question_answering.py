@@ -258,3 +258,16 @@ def test_compare_judges_question_answering_in_f1(tmp_path):
     assert versus["difference"] == pytest.approx(rows["full"].metric - rows[SCRATCH].metric, abs=1e-4)
     assert any("no baseline" in note for note in report.baseline_notes)
     assert "f1 (95% CI; higher is better)" in (tmp_path / "compare" / "table.md").read_text()
+
+
+def test_advise_sizes_and_times_each_strategy_and_says_no_baseline_serves(tmp_path):
+    from adaptkit.judge.advise import advise
+    from adaptkit.recipe.schema import Recipe
+
+    report = advise(Recipe.from_dict(qa_recipe(tmp_path, train=32)), strategies=["lora", "frozen_head"],
+                    probe_steps=1, log=lambda _: None)
+    assert [s.strategy for s in report.strategies] == ["lora", "frozen_head"]
+    assert all(s.skipped is None and s.probe_error is None and s.seconds_per_epoch > 0 for s in report.strategies), \
+        [(s.skipped, s.probe_error) for s in report.strategies]
+    assert "no baseline for task 'question_answering'" in report.baselines["note"]
+    assert report.data["train_examples"] == 32 and report.data["duplicate_train_rows"] >= 0

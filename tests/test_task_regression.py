@@ -142,7 +142,7 @@ def test_every_strategy_trains_a_regression_head(tmp_path, strategy):
         pytest.importorskip("bitsandbytes", reason="qlora needs bitsandbytes")
     result = adaptkit.run(regression_recipe(tmp_path, strategy), progress=False)
     assert result.metrics["strategy"] == strategy
-    assert result.metrics["steps"] == 3 if "steps" in result.metrics else True
+    assert len(result.metrics["loss_curve"]) >= 1 and result.metrics["budget"]["total_steps"] == 3
     assert result.eval["mse"] > 0 and -1.0 <= result.eval["spearman"] <= 1.0
     assert any(line.startswith("export") for line in result.metrics["contract"]), result.metrics["contract"]
 

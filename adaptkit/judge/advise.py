@@ -449,11 +449,11 @@ def baseline_scores(session: Any, max_rows: int, folds: int, log: Callable[[str]
     from adaptkit.judge.verdicts import verdict_metric
 
     task, encoded = session.task, session.train_data
+    serving, notes = installed_for(task)
+    if not serving:  # said before the rows are looked at: a task without a baseline hears so
+        return {"note": notes[0] if notes else "no baseline for this task"}
     if "labels" not in encoded.column_names or not aligned(session.splits.train, encoded):
         return {}
-    serving, notes = installed_for(task)
-    if not serving:
-        return {"note": notes[0] if notes else "no baseline for this task"}
     order = list(range(len(encoded)))
     if len(order) > max_rows:  # the probe's rows: datasets' shuffle is numpy's permutation of the same seed
         order = list(encoded.add_column("__row__", order).shuffle(seed=session.recipe.training.seed)
