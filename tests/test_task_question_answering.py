@@ -271,3 +271,20 @@ def test_advise_sizes_and_times_each_strategy_and_says_no_baseline_serves(tmp_pa
         [(s.skipped, s.probe_error) for s in report.strategies]
     assert "no baseline for task 'question_answering'" in report.baselines["note"]
     assert report.data["train_examples"] == 32 and report.data["duplicate_train_rows"] >= 0
+
+
+@pytest.mark.slow
+def test_predict_file_writes_the_answer_and_its_span(trained, tmp_path):
+    import csv
+
+    from adaptkit.engine.predict import predict_file
+
+    _, result = trained
+    rows = squad_rows(4, 11)
+    source = write_jsonl(tmp_path / "rows.jsonl", [{"question": r["question"], "context": r["context"]} for r in rows])
+    assert predict_file(result.output_dir, source, tmp_path / "out.csv") == 4
+    written = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert list(written[0]) == ["question", "context", "prediction", "start", "end", "score"]
+    for row, out in zip(rows, written):
+        assert out["prediction"] == row["context"][int(out["start"]):int(out["end"])]
+    assert sum(out["prediction"] == row["answers"]["text"][0] for row, out in zip(rows, written)) >= 3

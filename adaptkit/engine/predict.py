@@ -180,20 +180,24 @@ def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output
         with atomic_file(output, replace=overwrite) as handle:  # never one that appeared meanwhile
             for row, prediction in zip(table, predictions):
                 record = {c: row[c] for c in columns}
-                if isinstance(prediction, dict):
-                    record.update(prediction=prediction["label"], score=prediction["score"])
+                if isinstance(prediction, dict):  # its first value is the prediction, the rest keep their names
+                    first, *rest = prediction.items()
+                    record.update({"prediction": first[1], **dict(rest)})
                 else:
                     record["prediction"] = prediction
                 handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
     else:
         with atomic_file(output, newline="", replace=overwrite) as handle:
             writer = csv.writer(handle, delimiter="\t" if output.suffix.lower() == ".tsv" else ",")
-            extra = ["prediction", "score"] if predictions and isinstance(predictions[0], dict) else ["prediction"]
+            # a dict prediction ({"label", "score"}, {"answer", "start", "end", "score"}): its first value is
+            # the prediction column, the others keep their names
+            extra = (["prediction", *list(predictions[0])[1:]] if predictions and isinstance(predictions[0], dict)
+                     else ["prediction"])
             writer.writerow(columns + extra)
             for row, prediction in zip(table, predictions):
                 values = [_cell(row[c]) for c in columns]
                 if isinstance(prediction, dict):
-                    values += [prediction["label"], prediction["score"]]
+                    values += [_cell(value) for value in prediction.values()]
                 else:
                     values.append(_cell(prediction))
                 writer.writerow(values)

@@ -208,12 +208,7 @@ class QuestionAnswering(Task):
                 start, end = self._positions(offsets, gold[example][:1])
                 out["start_positions"][example].append(start)
                 out["end_positions"][example].append(end)
-            keys = []
-            for question, context, answers in zip(questions, contexts, gold):
-                key = question_key(question, context)
-                known = self._texts.get(key, (context, ()))[1]
-                self._texts[key] = (context, tuple(dict.fromkeys([*known, *(t for t, _ in answers)])))
-                keys.append(key)
+            keys = [question_key(question, context) for question, context in zip(questions, contexts)]
             result = {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"], "offsets": out["offsets"],
                       "question_key": keys, "length": [max(len(w) for w in windows) for windows in out["input_ids"]]}
             if "token_type_ids" in encoded:
@@ -222,8 +217,25 @@ class QuestionAnswering(Task):
                 result["start_positions"], result["end_positions"] = out["start_positions"], out["end_positions"]
             return result
 
+        self._remember(dataset, labelled)
         return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
                            desc="tokenizing")
+
+    def _remember(self, dataset: Any, labelled: bool) -> None:
+        """Record every question's context and gold answers under its key, outside ``dataset.map``: a map
+        whose result datasets reloads from its cache never runs the function (a bad row is reported by
+        the map itself, with its line)."""
+        opts = self.options
+        columns = [opts.question_column, opts.context_column] + (self._answer_columns() if labelled else [])
+        for row in dataset.select_columns(columns):
+            question, context = str(row[opts.question_column] or "").strip(), str(row[opts.context_column] or "")
+            try:
+                answers = [t for t, _ in self.answers(row)] if labelled else []
+            except ValueError:
+                answers = []
+            key = question_key(question, context)
+            known = self._texts.get(key, (context, ()))[1]
+            self._texts[key] = (context, tuple(dict.fromkeys([*known, *answers])))
 
     @staticmethod
     def _positions(offsets: list[list[int]], answers: list[tuple[str, int]]) -> tuple[int, int]:
