@@ -328,3 +328,18 @@ def test_the_lora_export_generates_with_peft_and_transformers_what_predict_write
         by_merged = merged.generate(**inputs)  # the settings come from generation_config.json
     assert tokenizer.batch_decode(by_peft, skip_special_tokens=True) == predicted
     assert tokenizer.batch_decode(by_merged, skip_special_tokens=True) == predicted
+
+
+def test_the_shipped_recipe_plans_with_its_tokenizer_and_config(monkeypatch):
+    """recipes/seq2seq.yaml: its tokenizer folder (relative to the repository root), data and BART
+    config agree (the eos check passes), and full fine-tuning trains every weight."""
+    from pathlib import Path
+
+    import adaptkit
+
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(repo)
+    plan = adaptkit.plan("recipes/seq2seq.yaml")
+    (only,) = plan.strategies
+    assert only.strategy == "full" and only.trainable == only.total > 0
+
