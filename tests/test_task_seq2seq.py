@@ -139,6 +139,13 @@ def test_evaluation_token_loss_is_the_models_loss_and_generated_text_is_scored(t
     model.train()
     _, training_outputs = task.compute_loss(model, batch)  # training: one forward pass, nothing generated
     assert not hasattr(training_outputs, "generated")
+    loss_only = _task(metrics=[], metric="token_loss")  # no text metric: evaluation generates nothing
+    loss_only._tokenizer = tokenizer
+    model.eval()
+    with torch.no_grad():
+        kept = loss_only.batch_outputs(loss_only.compute_loss(model, batch)[1], batch)
+    assert set(kept) == {"loss_sum", "tokens"}
+    assert loss_only.compute_metrics(**kept) == {"token_loss": pytest.approx(float(loss), rel=1e-5)}
 
 
 def test_options_are_checked():

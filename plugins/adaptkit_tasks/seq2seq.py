@@ -243,9 +243,9 @@ class Seq2Seq(Task):
 
     def compute_loss(self, model, batch):
         """The forward pass's loss; at evaluation (the model in eval mode, labelled rows), the
-        generated ids too, which ``batch_outputs`` keeps."""
+        generated ids too, which ``batch_outputs`` keeps (none when ``metrics`` is empty)."""
         outputs = model(**batch)
-        if model.training or "labels" not in batch:
+        if model.training or "labels" not in batch or not self.options.metrics:
             return outputs.loss, outputs
         return outputs.loss, GeneratedOutputs(outputs.loss, outputs.logits, self.generate(model, batch))
 
@@ -256,15 +256,15 @@ class Seq2Seq(Task):
         import torch
 
         generated = getattr(outputs, "generated", None)
-        if generated is None:
+        if generated is None and self.options.metrics:
             raise DataError("seq2seq evaluation scores generated text: its outputs come from "
                             "task.compute_loss(model, batch) with the model in eval mode, not model(**batch)")
         labels = batch["labels"]
         logits = outputs.logits[:, -labels.shape[1]:, :].float()
         losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
                                                    reduction="none")
-        return {"loss_sum": losses.sum(dim=1), "tokens": (labels != IGNORE).sum(dim=1),
-                "generated": generated, "labels": labels}
+        kept = {"loss_sum": losses.sum(dim=1), "tokens": (labels != IGNORE).sum(dim=1)}
+        return kept if generated is None else {**kept, "generated": generated, "labels": labels}
 
     def decode(self, ids: Any) -> list[str]:
         """Texts of rows of ids (-100 and special tokens dropped), each row decoded once per task."""
@@ -279,13 +279,14 @@ class Seq2Seq(Task):
             texts.append(text)
         return texts
 
-    def compute_metrics(self, loss_sum, tokens, generated, labels) -> dict[str, float]:
+    def compute_metrics(self, loss_sum, tokens, generated=None, labels=None) -> dict[str, float]:
         from adaptkit_tasks.generation_metrics import text_scores
 
         count = int(tokens.sum())
         if not count:
             raise DataError("the evaluation data has no target token to score (every eval row's target is empty)")
-        scores = text_scores(self.decode(generated), [[r] for r in self.decode(labels)], self.options.metrics)
+        scores = {} if generated is None else \
+            text_scores(self.decode(generated), [[r] for r in self.decode(labels)], self.options.metrics)
         return {"token_loss": float(loss_sum.double().sum()) / count, **scores}
 
     # ------------------------------------------------------------------ predict
