@@ -158,7 +158,10 @@ def test_every_first_party_task_declares_its_pipeline_tag():
             if cls.__module__.startswith("adaptkit_tasks")}
     assert tags == {"sequence_classification": "text-classification", "token_classification": "token-classification",
                     "causal_lm": "text-generation", "instruct": "text-generation",
-                    "image_classification": "image-classification", "seq2seq": "text2text-generation"}
+                    "image_classification": "image-classification", "seq2seq": "text2text-generation",
+                    "image_to_text": "image-to-text", "question_answering": "question-answering",
+                    "regression": "text-classification",  # the Hub files a one-output regressor under it
+                    "preference": "text-generation", "reward": "text-classification"}
 
 
 def test_the_card_takes_the_pipeline_tag_a_task_declares(monkeypatch):
