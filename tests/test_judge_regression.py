@@ -47,10 +47,23 @@ def test_compare_judges_in_the_task_metric_in_its_direction(tmp_path, metric, gr
     ridge = by_name["ngram_ridge"]
     assert ridge.secondary_metric == ("spearman" if metric == "mse" else "mse") and ridge.secondary is not None
     assert ridge.metric < report.trivial_scores["training_mean"] if not greater else ridge.metric > 0.5
+    if not greater:  # the eval scores' variance is 1.17: the training mean predicts about that (class indices: 3.5)
+        assert 1.0 < report.trivial_scores["training_mean"] < 1.4, report.trivial_scores
     table = (tmp_path / "compare" / "table.md").read_text()
     assert f"{metric} (95% CI; {'higher' if greater else 'lower'} is better)" in table
     assert "predicting the training mean" in table
     assert report.headline and metric in report.headline
+
+
+def test_numbers_are_never_stratified_as_classes():
+    import datasets
+
+    from adaptkit.judge.compare import class_column
+
+    assert class_column(datasets.Dataset.from_dict({"labels": [0, 1, 1, 0]})) == "labels"
+    assert class_column(datasets.Dataset.from_dict({"labels": [-2.0, 1.5, 0.0, 3.0]})) is None
+    assert class_column(datasets.Dataset.from_dict({"labels": [[0, 1], [1, 0]]})) is None
+    assert class_column(datasets.Dataset.from_dict({"text": ["a"]})) is None
 
 
 def test_a_constant_regression_output_did_not_learn():

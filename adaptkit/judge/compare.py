@@ -291,6 +291,14 @@ def class_predictions(outputs: dict[str, Any]) -> Optional[Any]:
     return logits.argmax(dim=-1)
 
 
+def class_column(table: Any) -> Optional[str]:
+    """``labels`` when it holds one class index per row, to stratify on; None otherwise. Stratifying
+    encodes the column's values as classes and casts them back: numbers to regress would come back
+    as their class indices (a rating of -2.0 as 0.0)."""
+    feature = table.features.get("labels") if "labels" in table.column_names else None
+    return "labels" if str(getattr(feature, "dtype", "")).startswith(("int", "uint")) else None
+
+
 def numeric_predictions(outputs: dict[str, Any]) -> Optional[Any]:
     """The predicted number per eval row when the outputs are one regression output per row, else None."""
     logits, labels = outputs.get("logits"), outputs.get("labels")
@@ -504,7 +512,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
         for size in size_list:
             subset = pool.select(range(size)) if size is not None else pool
             train_part, validation_part = split_validation(subset, validation_fraction, seed,
-                                                           "labels" if "labels" in subset.column_names else None)
+                                                           class_column(subset))
             raw_rows[size] = list(train_part[ROW_INDEX]) + list(validation_part[ROW_INDEX])
             parts[size] = (train_part.remove_columns(ROW_INDEX), validation_part.remove_columns(ROW_INDEX))
         if plan is None:  # before the first trial: what will be trained, and what it will cost here
