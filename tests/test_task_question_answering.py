@@ -41,14 +41,15 @@ def write_jsonl(path, rows):
     return path
 
 
-def qa_recipe(folder, strategy: str = "full", unanswerable: float = 0.0, train: int = 160, **training) -> dict:
+def qa_recipe(folder, strategy: str = "full", unanswerable: float = 0.0, train: int = 160, evaluate: int = 40,
+              **training) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     return {
         "model": {"config": dict(TINY_BERT), "tokenizer": MINILM},
         "task": {"type": "question_answering", "max_length": 48, "stride": 16, "max_answer_length": 8,
                  "unanswerable": unanswerable > 0},
         "data": {"train": str(write_jsonl(folder / "train.jsonl", squad_rows(train, 1, unanswerable))),
-                 "eval": str(write_jsonl(folder / "eval.jsonl", squad_rows(40, 2, unanswerable)))},
+                 "eval": str(write_jsonl(folder / "eval.jsonl", squad_rows(evaluate, 2, unanswerable)))},
         "strategy": {"name": strategy},
         "training": {"epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "seed": 0, "min_steps": 0,
                      "warmup_ratio": 0.0, "max_steps": 3, **training},
@@ -236,7 +237,7 @@ def test_every_strategy_trains_a_span_head_with_unanswerable_questions(tmp_path,
 
     if strategy == "qlora":
         pytest.importorskip("bitsandbytes", reason="qlora needs bitsandbytes")
-    result = adaptkit.run(qa_recipe(tmp_path, strategy, unanswerable=0.3, train=48), progress=False)
+    result = adaptkit.run(qa_recipe(tmp_path, strategy, unanswerable=0.3, train=48, evaluate=16), progress=False)
     assert result.metrics["strategy"] == strategy
     assert {"exact_match", "f1", "has_answer_f1", "no_answer_f1"} <= set(result.eval)
     assert all(0.0 <= result.eval[k] <= 1.0 for k in ("exact_match", "f1", "has_answer_f1", "no_answer_f1"))

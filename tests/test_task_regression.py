@@ -26,14 +26,14 @@ def scored_rows(count: int, seed: int) -> list[dict]:
     return rows
 
 
-def regression_recipe(tmp_path, strategy: str = "full", **training) -> dict:
+def regression_recipe(tmp_path, strategy: str = "full", rows: tuple[int, int] = (128, 48), **training) -> dict:
     folder = tmp_path / strategy
     folder.mkdir(exist_ok=True)
     return {
         "model": {"config": dict(TINY_BERT), "tokenizer": MINILM},
         "task": {"type": "regression", "label_column": "score", "max_length": 24},
-        "data": {"train": str(write_table(folder / "train.csv", scored_rows(128, 1))),
-                 "eval": str(write_table(folder / "eval.csv", scored_rows(48, 2)))},
+        "data": {"train": str(write_table(folder / "train.csv", scored_rows(rows[0], 1))),
+                 "eval": str(write_table(folder / "eval.csv", scored_rows(rows[1], 2)))},
         "strategy": {"name": strategy},
         "training": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "seed": 0, "min_steps": 0,
                      "max_steps": 3, **training},
@@ -140,7 +140,7 @@ def test_every_strategy_trains_a_regression_head(tmp_path, strategy):
 
     if strategy == "qlora":
         pytest.importorskip("bitsandbytes", reason="qlora needs bitsandbytes")
-    result = adaptkit.run(regression_recipe(tmp_path, strategy), progress=False)
+    result = adaptkit.run(regression_recipe(tmp_path, strategy, rows=(48, 16)), progress=False)
     assert result.metrics["strategy"] == strategy
     assert len(result.metrics["loss_curve"]) >= 1 and result.metrics["budget"]["total_steps"] == 3
     assert result.eval["mse"] > 0 and -1.0 <= result.eval["spearman"] <= 1.0
