@@ -12,6 +12,16 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Under pytest-xdist (`-n 2`) each worker gets its share of the cores, so two workers never
+# oversubscribe the machine (two torch jobs at once with every core each run ~10x slower); set before
+# torch is imported so the worker and the processes its tests start inherit it. Serial runs keep
+# every core.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+if WORKERS > 1:
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_name] = str(THREADS)
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # resolved offline to the packaged copy
 
 TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -88,5 +98,5 @@ def _torch_threads_restored():
     """
     yield
     torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() != (os.cpu_count() or 1):
-        torch.set_num_threads(os.cpu_count() or 1)
+    if torch is not None and torch.get_num_threads() != THREADS:
+        torch.set_num_threads(THREADS)

@@ -11,7 +11,7 @@ from adaptkit.cli import main
 from adaptkit.judge.compare import SCRATCH, Row, make_arm
 from adaptkit.judge.verdicts import compute_saved, verdicts_by_size
 from adaptkit.recipe.schema import Recipe
-from conftest import REPO, tiny_recipe_dict, write_recipe, write_table
+from conftest import REPO, THREADS, tiny_recipe_dict, write_recipe, write_table
 from test_advise import negative_recipe, sentiment_blind_model
 
 
@@ -245,7 +245,7 @@ def test_minilm_on_100_sst2_rows_learns_and_beats_the_bag_of_words_baseline(tmp_
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml")
     recipe.training.batch_size = 16
-    recipe.training.num_threads = os.cpu_count()  # earlier tests in this process may have set 1
+    recipe.training.num_threads = THREADS  # earlier tests in this process may have set 1; the worker's share
     recipe.data.max_eval_samples = 300
     recipe.output.dir = tmp_path / "run"
     report = compare(recipe, [recipe.strategy.name], sizes=[100], trials=1, bootstrap_rounds=500,

@@ -60,7 +60,7 @@ BAD_RECIPES = [
     pytest.param(("epochs: 1", "epochs: three"), [":13:", "training.epochs", "'three'"], id="wrong-type"),
     pytest.param(("epochs: 1", "epochs: -4"), [":13:", "training.epochs", "greater than 0"], id="negative-number"),
     pytest.param(("train: train.csv", "train: missing.csv"), [":8:", "data.train", "file not found"], id="missing-data-file"),
-    pytest.param(("name: lora", "name: lroa"), [":10:", "strategy.name", "unknown strategy 'lroa'", "did you mean 'lora'"],
+    pytest.param(("name: lora", "name: lorra"), [":10:", "strategy.name", "unknown strategy 'lorra'", "did you mean 'lora'"],
                  id="unknown-strategy"),
     pytest.param(("  r: 4", "  rr: 4"), [":11:", "strategy.rr", "unknown key", "did you mean 'r'"], id="misspelt-strategy-option"),
     pytest.param(("  r: 4", "  r: four"), [":11:", "strategy.r", "'four'"], id="strategy-option-type"),

@@ -37,10 +37,15 @@ def test_unwrap_returns_base_with_the_trained_head(family):
     assert not any(p.requires_grad for p in unwrapped.parameters())
 
 
-def test_prefix_tuning_is_not_registered():
-    """peft refuses prefix tuning on transformers 5 sequence-classification models (no past_key_values)."""
-    assert "prompt_tuning" in adaptkit.list_strategies()
-    assert "prefix_tuning" not in adaptkit.list_strategies()
+def test_prefix_tuning_is_refused_for_a_classifier_at_plan_naming_the_upstream_issue(tiny_recipe):
+    """peft 0.21 refuses prefix tuning on transformers 5 sequence classifiers (their forward takes ``cache``,
+    not ``past_key_values``): the generated strategy exists (it runs on causal LMs) and plan names the issue."""
+    from adaptkit.recipe.schema import Recipe
+
+    assert {"prompt_tuning", "prefix_tuning"} <= set(adaptkit.list_strategies())
+    recipe = {**tiny_recipe("lora"), "strategy": {"name": "prefix_tuning", "num_virtual_tokens": 4}}
+    with pytest.raises(adaptkit.PreflightError, match=r"cannot train a SEQ_CLS model.*peft#1962.*causal_lm"):
+        adaptkit.plan(Recipe.from_dict(recipe))
 
 
 def test_num_virtual_tokens_must_be_positive():

@@ -332,30 +332,40 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
 
 
 def render(result: Plan) -> Any:
-    """A rich table of the plan."""
+    """A rich table of the plan's figures, and under it what each strategy trains and keeps frozen.
+
+    The module lists and refusals are lines under the table, not columns: a plan of every installed
+    strategy (``--all``) has long refusals, and as a column they squeezed the figures to "23,052,6…"
+    on an 80-column terminal. The figures never wrap or shorten.
+    """
     from rich.table import Table
 
-    table = Table("strategy", "quantization x distributed", "trainable", "total", "% trainable",
-                  "est. peak memory", "modules trained",
-                  title=f"{result.model} ({result.model_type}), batch {result.batch_size} x "
+    table = Table(title=f"{result.model} ({result.model_type}), batch {result.batch_size} x "
                         f"{result.sequence_length} tokens")
+    table.add_column("strategy", no_wrap=True)
+    table.add_column("quantization x distributed")
+    for figure in ("trainable", "total", "% trainable", "est. peak memory"):
+        table.add_column(figure, no_wrap=True, justify="right")
+    notes: list[Any] = list(result.notes)  # a line, or (line, style)
     for entry in result.strategies:
         if entry.error:
-            table.add_row(entry.strategy, entry.setup or "-", "-", "-", "-", "-",
-                          f"[red]cannot plan: {entry.error}[/red]")
+            table.add_row(entry.strategy, entry.setup or "-", "-", "-", "-", "-")
+            notes.append((f"{entry.strategy} cannot plan: {entry.error}", "red"))
             continue
         leaves = sorted({".".join(t.split(" ")[0].replace(".default", "").split(".")[-2:]) for t in entry.touched})
         shown = ", ".join(leaves[:8]) + (f", ... ({len(leaves)} kinds)" if len(leaves) > 8 else "")
         table.add_row(entry.strategy, entry.setup, f"{entry.trainable:,}", f"{entry.total:,}",
                       f"{100 * entry.trainable / max(entry.total, 1):.2f}",
-                      f"{entry.memory['total'] / 2**20:,.0f} MiB", shown)
-    notes = list(result.notes)
-    for entry in result.strategies:
-        if entry.frozen and not entry.error and 0 < entry.trainable < entry.total:
+                      f"{entry.memory['total'] / 2**20:,.0f} MiB")
+        notes.append(f"{entry.strategy} trains: {shown}")
+        if entry.frozen and 0 < entry.trainable < entry.total:
             more = f", ... ({len(entry.frozen)} in all)" if len(entry.frozen) > 6 else ""
             notes.append(f"{entry.strategy} keeps frozen: {', '.join(entry.frozen[:6])}{more}")
     if notes:
-        table.caption = "\n".join(notes)
+        from rich.console import Group
+        from rich.text import Text
+
+        return Group(table, *(Text(*line) if isinstance(line, tuple) else Text(line) for line in notes))
     return table
 
 
