@@ -77,6 +77,8 @@ def test_qlora_plans_under_fsdp2_is_refused_under_fsdp1_and_stores_float_bytes_o
     import adaptkit_qlora
     from test_preflight import _plan_cli
 
+    monkeypatch.setenv("COLUMNS", "240")  # the plan's lines follow the terminal: wide enough for one line each
+
     code, out, err = _plan_cli(tmp_path, _recipe(tmp_path, "qlora", "one", {"backend": "fsdp"}), capsys)
     assert code == 2 and "FSDP version 1 is not supported with a 4-bit base" in err and "Use DDP" in err
     with pytest.raises(PreflightError, match="FSDP version 1 is not supported with a 4-bit base"):

@@ -102,7 +102,8 @@ def test_qlora_without_bitsandbytes_is_refused_with_the_install_command(tiny_rec
     assert code == 0 and "needs bitsandbytes" in out and "7,746" in out
 
 
-def test_qlora_with_fsdp_is_refused(tiny_recipe, tmp_path, capsys):
+def test_qlora_with_fsdp_is_refused(tiny_recipe, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "240")  # the plan's lines follow the terminal: wide enough for one line each
     recipe = tiny_recipe("qlora", distributed={"backend": "fsdp"})
     code, out, err = _plan_cli(tmp_path, recipe, capsys)
     assert code == 2

@@ -332,9 +332,10 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
 
 
 def render(result: Plan) -> Any:
-    """A rich table of the plan's figures, and under it what each strategy trains and keeps frozen.
+    """A rich table of the plan's figures, and under it how each strategy runs (quantization x distributed),
+    what it trains and keeps frozen, or why it cannot plan.
 
-    The module lists and refusals are lines under the table, not columns: a plan of every installed
+    Those are lines under the table, not columns: a plan of every installed
     strategy (``--all``) has long refusals, and as a column they squeezed the figures to "23,052,6…"
     on an 80-column terminal. The figures never wrap or shorten.
     """
@@ -343,18 +344,19 @@ def render(result: Plan) -> Any:
     table = Table(title=f"{result.model} ({result.model_type}), batch {result.batch_size} x "
                         f"{result.sequence_length} tokens")
     table.add_column("strategy", no_wrap=True)
-    table.add_column("quantization x distributed")
     for figure in ("trainable", "total", "% trainable", "est. peak memory"):
         table.add_column(figure, no_wrap=True, justify="right")
     notes: list[Any] = list(result.notes)  # a line, or (line, style)
     for entry in result.strategies:
+        if entry.setup:
+            notes.append(f"{entry.strategy} runs as: {entry.setup} (quantization x distributed)")
         if entry.error:
-            table.add_row(entry.strategy, entry.setup or "-", "-", "-", "-", "-")
+            table.add_row(entry.strategy, "-", "-", "-", "-")
             notes.append((f"{entry.strategy} cannot plan: {entry.error}", "red"))
             continue
         leaves = sorted({".".join(t.split(" ")[0].replace(".default", "").split(".")[-2:]) for t in entry.touched})
         shown = ", ".join(leaves[:8]) + (f", ... ({len(leaves)} kinds)" if len(leaves) > 8 else "")
-        table.add_row(entry.strategy, entry.setup, f"{entry.trainable:,}", f"{entry.total:,}",
+        table.add_row(entry.strategy, f"{entry.trainable:,}", f"{entry.total:,}",
                       f"{100 * entry.trainable / max(entry.total, 1):.2f}",
                       f"{entry.memory['total'] / 2**20:,.0f} MiB")
         notes.append(f"{entry.strategy} trains: {shown}")
@@ -365,7 +367,8 @@ def render(result: Plan) -> Any:
         from rich.console import Group
         from rich.text import Text
 
-        return Group(table, *(Text(*line) if isinstance(line, tuple) else Text(line) for line in notes))
+        lines = [(line, "") if isinstance(line, str) else line for line in notes]  # wrapped at the terminal's width
+        return Group(table, *(Text(text, style=style) for text, style in lines))
     return table
 
 

@@ -136,6 +136,9 @@ def quiet_hf_logging() -> None:
     datasets.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # kernels (bitsandbytes' kernel hub) warns on every offline load that it skips a publisher check
+    # adaptkit never asked for: every `adaptkit plan` printed it
+    logging.getLogger("kernels").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*newly initialized.*")
 
 

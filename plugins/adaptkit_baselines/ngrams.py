@@ -21,7 +21,37 @@ def _text_features(column: str) -> Any:
     ])
 
 
-class BagOfNgrams(Baseline):
+class TextNgramBaseline(Baseline):
+    """What every n-gram baseline shares: it serves a task with text columns, reads those columns as
+    a frame, and turns each into word and character n-gram TF-IDF (``features``). A subclass adds its
+    estimator (``ngram_linear``: logistic regression; ``ngram_ridge``: ridge regression)."""
+
+    columns: list[str]
+
+    def serves(self, task: Any) -> Optional[str]:
+        refusal = super().serves(task)
+        if refusal is None and not task.text_columns():
+            return f"task {task.name!r} names no text column"
+        return refusal
+
+    def _frame(self, rows: Any) -> Any:
+        import pandas
+
+        return pandas.DataFrame({column: ["" if value is None else str(value) for value in rows[column]]
+                                 for column in self.columns})
+
+    def features(self, task: Any) -> Any:
+        """The task's text columns (remembered for ``_frame``), each as n-gram TF-IDF, side by side."""
+        from sklearn.compose import ColumnTransformer
+
+        self.columns = list(task.text_columns())
+        return ColumnTransformer([(column, _text_features(column), column) for column in self.columns])
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.chosen)
+
+
+class BagOfNgrams(TextNgramBaseline):
     """TF-IDF of word 1-2-grams and character 2-5-grams + logistic regression (C by 5-fold CV)."""
 
     name = "ngram_linear"
@@ -36,28 +66,14 @@ class BagOfNgrams(Baseline):
         self.multi_label = False
         self.chosen: dict[str, Any] = {}
 
-    def serves(self, task: Any) -> Optional[str]:
-        refusal = super().serves(task)
-        if refusal is None and not task.text_columns():
-            return f"task {task.name!r} names no text column"
-        return refusal
-
-    def _frame(self, rows: Any) -> Any:
-        import pandas
-
-        return pandas.DataFrame({column: ["" if value is None else str(value) for value in rows[column]]
-                                 for column in self.columns})
-
     def fit(self, task: Any, data: BaselineRows, metric: str, seed: int) -> None:
-        from sklearn.compose import ColumnTransformer
         from sklearn.linear_model import LogisticRegression
         from sklearn.multiclass import OneVsRestClassifier
         from sklearn.pipeline import Pipeline
 
         targets = list(data.targets or [])
-        self.columns = list(task.text_columns())
         self.multi_label = is_multi_label(targets)
-        features = ColumnTransformer([(column, _text_features(column), column) for column in self.columns])
+        features = self.features(task)
         linear = LogisticRegression(solver="liblinear", max_iter=1000, random_state=seed)
         estimator = OneVsRestClassifier(linear) if self.multi_label else linear
         parameter = "model__estimator__C" if self.multi_label else "model__C"
@@ -78,6 +94,3 @@ class BagOfNgrams(Baseline):
         if self.multi_label:
             return label_log_odds(self.model, frame)
         return class_log_probabilities(self.model, frame, self.classes)
-
-    def summary(self) -> dict[str, Any]:
-        return dict(self.chosen)

@@ -2,10 +2,10 @@
 for the regression task: what a practitioner ships for a score when a transformer does not clearly beat it."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
-from adaptkit import Baseline, BaselineRows
-from adaptkit_baselines.ngrams import _text_features
+from adaptkit import BaselineRows
+from adaptkit_baselines.ngrams import TextNgramBaseline
 
 # Ridge strengths tried, log-spaced (weak to strong).
 ALPHA_GRID = [0.01, 0.1, 1.0, 10.0, 100.0]
@@ -30,7 +30,7 @@ def scorer_for(metric: str) -> Any:
     return make_scorer(correlation)
 
 
-class NgramRidge(Baseline):
+class NgramRidge(TextNgramBaseline):
     """TF-IDF of word 1-2-grams and character 2-5-grams + ridge regression (alpha by 5-fold CV)."""
 
     name = "ngram_ridge"
@@ -44,28 +44,13 @@ class NgramRidge(Baseline):
         self.columns: list[str] = []
         self.chosen: dict[str, Any] = {}
 
-    def serves(self, task: Any) -> Optional[str]:
-        refusal = super().serves(task)
-        if refusal is None and not task.text_columns():
-            return f"task {task.name!r} names no text column"
-        return refusal
-
-    def _frame(self, rows: Any) -> Any:
-        import pandas
-
-        return pandas.DataFrame({column: ["" if value is None else str(value) for value in rows[column]]
-                                 for column in self.columns})
-
     def fit(self, task: Any, data: BaselineRows, metric: str, seed: int) -> None:
-        from sklearn.compose import ColumnTransformer
         from sklearn.linear_model import Ridge
         from sklearn.model_selection import GridSearchCV, KFold
         from sklearn.pipeline import Pipeline
 
         targets = [float(t) for t in (data.targets or [])]
-        self.columns = list(task.text_columns())
-        features = ColumnTransformer([(column, _text_features(column), column) for column in self.columns])
-        pipeline = Pipeline([("features", features), ("model", Ridge(random_state=seed))])
+        pipeline = Pipeline([("features", self.features(task)), ("model", Ridge(random_state=seed))])
         frame = self._frame(data.rows)
         folds = min(FOLDS, len(targets) // 2)
         if folds < 2:
@@ -86,6 +71,3 @@ class NgramRidge(Baseline):
 
         predicted = self.model.predict(self._frame(data.rows))
         return torch.tensor(predicted, dtype=torch.float32).reshape(-1, 1)
-
-    def summary(self) -> dict[str, Any]:
-        return dict(self.chosen)

@@ -126,6 +126,15 @@ def render_cost_problem(template: str, messages: Optional[list[dict[str, str]]] 
     return None
 
 
+def compiling_template(value: Optional[str]) -> Optional[str]:
+    """A task option's validator body: ``value`` unchanged when it is None or compiles, else the
+    ``ValueError`` pydantic reports at the recipe's key (instruct, preference and reward share it)."""
+    problem = template_problem(value) if value is not None else None
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 def template_problem(value: str) -> Optional[str]:
     """Why ``value`` is neither a named template nor Jinja that compiles and renders a sample
     conversation within bounds (``render_cost_problem``); None when it is fine.

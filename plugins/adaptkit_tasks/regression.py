@@ -138,12 +138,7 @@ class Regression(SequenceClassification):
         has_labels = opts.label_column in dataset.column_names
 
         def encode(batch, indices):
-            texts = [("" if t is None else str(t)) for t in batch[opts.text_column]]
-            pairs = None
-            if opts.text_pair_column:
-                pairs = [("" if t is None else str(t)) for t in batch[opts.text_pair_column]]
-            encoded = tokenizer(texts, pairs, truncation=True, max_length=opts.max_length)
-            encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+            encoded = self.encode_texts(batch, tokenizer)
             if has_labels:
                 labels = []
                 for row, value in zip(indices, batch[opts.label_column]):

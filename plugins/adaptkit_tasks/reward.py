@@ -57,12 +57,9 @@ class RewardOptions(TaskOptions):
     @field_validator("chat_template")
     @classmethod
     def _template_compiles(cls, value: Optional[str]) -> Optional[str]:
-        from adaptkit_tasks.chat_templates import template_problem
+        from adaptkit_tasks.chat_templates import compiling_template
 
-        problem = template_problem(value) if value is not None else None
-        if problem:
-            raise ValueError(problem)
-        return value
+        return compiling_template(value)
 
 
 class Reward(Task):

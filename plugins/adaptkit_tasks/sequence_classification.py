@@ -108,6 +108,18 @@ class SequenceClassification(Task):
         self.pooling = state.get("pooling", "pooler")  # older runs: the architecture's head
         self.pooling_reason = state.get("pooling_reason", "recorded with the run")
 
+    def encode_texts(self, batch: dict[str, list[Any]], tokenizer: Any) -> Any:
+        """A batch's text (and text pair) tokenized and truncated, with each row's token count in
+        ``length`` (for length-grouped batches); regression encodes its rows the same way."""
+        opts = self.options
+        texts = [("" if t is None else str(t)) for t in batch[opts.text_column]]
+        pairs = None
+        if opts.text_pair_column:
+            pairs = [("" if t is None else str(t)) for t in batch[opts.text_pair_column]]
+        encoded = tokenizer(texts, pairs, truncation=True, max_length=opts.max_length)
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        return encoded
+
     def preprocess(self, dataset, tokenizer):
         from adaptkit import DataError
 
@@ -116,12 +128,7 @@ class SequenceClassification(Task):
         has_labels = opts.label_column in dataset.column_names
 
         def encode(batch, indices):
-            texts = [("" if t is None else str(t)) for t in batch[opts.text_column]]
-            pairs = None
-            if opts.text_pair_column:
-                pairs = [("" if t is None else str(t)) for t in batch[opts.text_pair_column]]
-            encoded = tokenizer(texts, pairs, truncation=True, max_length=opts.max_length)
-            encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+            encoded = self.encode_texts(batch, tokenizer)
             if has_labels:
                 labels = []
                 for row, value in zip(indices, batch[opts.label_column]):
