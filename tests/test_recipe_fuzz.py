@@ -120,7 +120,8 @@ def _key_of(message: str, path) -> str:
     rest = match.group(1)
     if rest.startswith(FILE_PROBLEMS):
         return ""
-    key = re.match(r"((?:[^\s:'\"]+|'[^'\n]*'|\"[^\"\n]*\")+): ", rest)  # odd keys are shown quoted
+    # odd keys are shown quoted as Python writes them, a quote inside escaped: task.'\'"'
+    key = re.match(r"((?:[^\s:'\"]+|'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\")+): ", rest)
     assert key, f"no key in {message!r}"
     return key.group(1)
 
