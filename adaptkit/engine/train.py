@@ -32,6 +32,7 @@ from adaptkit.engine.distributed import (accelerator_options, become_unsharded, 
 from adaptkit.engine.models import enable_gradient_checkpointing
 from adaptkit.engine.outputs import record_checkpoint_logs
 from adaptkit.errors import AdaptkitError, RunInterrupted, TrainingDiverged
+from adaptkit.plugin.strategy import Strategy
 from adaptkit.recipe.schema import TrainingSection
 
 if TYPE_CHECKING:
@@ -108,7 +109,6 @@ def make_accelerator(training: TrainingSection, log: Callable[[str], None] = pri
     several processes; ``training.batch_size`` stays the global batch (``adaptkit.engine.distributed``).
     """
     from accelerate import Accelerator
-
 
     precision = training.mixed_precision
     if runs_on_cpu(training) and precision == "fp16":
@@ -512,8 +512,9 @@ class _TrainingLoop:
                  on_checkpoint: Optional[Callable[[str, int], None]], eval_every: Optional[int]):
         from transformers import get_scheduler
 
-
         self.strategy, self.task, self.train_data, self.training = strategy, task, train_data, training
+        # the strategy's per-step hook, when it has one (AdaLoRA): the default no-op costs the hot loop nothing
+        self.after_step = strategy.after_step if type(strategy).after_step is not Strategy.after_step else None
         self.accelerator, self.checkpoints, self.on_checkpoint = accelerator, checkpoints, on_checkpoint
         self.collate = task.collate(tokenizer)
         loader = train_loader(train_data, training.batch_size, self.collate, training.group_by_length, training.seed)
@@ -524,7 +525,6 @@ class _TrainingLoop:
         groups = [g for g in strategy.parameter_groups(model, learning_rate, training.weight_decay) if g["params"]]
         optimizer = make_optimizer(training.optimizer, groups, learning_rate)
         if training.gradient_checkpointing:
-
             enable_gradient_checkpointing(model)
 
         budget = step_budget(math.ceil(len(loader) / training.gradient_accumulation_steps), training.epochs,
@@ -593,7 +593,6 @@ class _TrainingLoop:
     def _restore_pending_rng(self) -> None:
         """Apply a resume's RNG states, once, at the point of the loop where they were saved."""
         if self.pending_rng is not None:
-
             restore_rng(self.pending_rng)
             self.pending_rng = None
 
@@ -615,7 +614,6 @@ class _TrainingLoop:
             accelerator.init_trackers("train", config=_flat_config(tracker_config or {}))
             logs = Path(accelerator.logging_dir or ".")
             if accelerator.is_main_process and logs.name == "logs" and logs.parent.name.endswith(".checkpoints"):
-
                 record_checkpoint_logs(logs.parent)  # the files the trackers just made are this run's
         self.bar = _Progress(self.total_steps, progress and accelerator.is_main_process, epochs=self.epochs,
                              metric=self.metric)
@@ -675,8 +673,8 @@ class _TrainingLoop:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.training.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
-            if accelerator.sync_gradients:  # the strategy's per-step hook reads this step's gradients
-                self.strategy.after_step(accelerator.unwrap_model(self.model), self.result.steps)
+            if self.after_step is not None and accelerator.sync_gradients:  # reads this step's gradients
+                self.after_step(accelerator.unwrap_model(self.model), self.result.steps)
             self.optimizer.zero_grad(set_to_none=True)
         self.window += loss.detach()
         self.epoch_loss += loss.detach()
@@ -881,7 +879,6 @@ def fit(model, strategy, task, train_data, eval_data, tokenizer, training: Train
     finally:
         loop.close()
     if loop.skeleton is not None:  # sharded: the caller's model becomes a plain one with the full weights
-
         become_unsharded(accelerator, model, loop.skeleton)
         loop.model = model
     return loop.outcome()
