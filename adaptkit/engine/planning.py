@@ -313,7 +313,10 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
             strategy = session.strategy(name)
             with session.on_meta_device():  # model.dtype's weight bytes, no weights read or allocated
                 base = session.build_meta()
-                context = session.context(base, distributed)
+                # the raw training rows (plan reads no tokenizer): a task that windows rows trains more
+                # steps, which shifts a strategy's schedule (AdaLoRA's total_step), never a size
+                steps = session.planned_steps(len(session.splits.train))
+                context = session.context(base, distributed, total_steps=steps)
                 setup = setup_line(strategy, context, recipe.training.mixed_precision)
                 entry.setup = setup
                 model = session.wrap(strategy, base, context)

@@ -173,7 +173,9 @@ def _prepare(session: Session, accelerator: Any) -> _Prepared:
     recipe, log = session.recipe, session.log
     strategy = session.strategy()
     base = session.build_base(strategy)
-    context = session.context(base, distributed_setting(recipe, accelerator.num_processes))
+    # the run's real optimizer steps, for a strategy that schedules over them (AdaLoRA's total_step)
+    context = session.context(base, distributed_setting(recipe, accelerator.num_processes),
+                              total_steps=session.planned_steps())
     base_signature = architecture_signature(full_precision_reference(base))  # a 4-bit base: its fp architecture
     probes = equivalence_batches(session)
     # Rule 4 (removal) compares with what the base computes before wrap on these same probes: kept

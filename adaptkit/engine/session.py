@@ -156,15 +156,25 @@ class Session:
         return self.task.build_model("", copy.deepcopy(self.config), True,
                                      trust_remote_code=self.recipe.model.trust_remote_code)
 
-    def context(self, model: "torch.nn.Module", distributed: "Optional[DistributedSetting]" = None) -> "WrapContext":
+    def context(self, model: "torch.nn.Module", distributed: "Optional[DistributedSetting]" = None,
+                total_steps: Optional[int] = None) -> "WrapContext":
         """What a strategy is told about the model it wraps: type, task, head modules, distributed setting
-        (typed; ``extra["distributed"]`` keeps its text for plugins that read it there)."""
+        (typed; ``extra["distributed"]`` keeps its text for plugins that read it there) and, when the
+        caller knows it, the run's optimizer steps (``planned_steps``)."""
         from adaptkit.plugin.strategy import WrapContext
 
         return WrapContext(model_type=getattr(model.config, "model_type", "unknown"), task=self.task.name,
                            head_modules=self.task.head_modules(model), peft_task_type=self.task.peft_task_type,
                            extra={"distributed": str(distributed) if distributed is not None else None},
-                           distributed=distributed)
+                           distributed=distributed, total_steps=total_steps)
+
+    def planned_steps(self, rows: Optional[int] = None) -> int:
+        """The optimizer steps a run of this recipe takes on ``rows`` training rows (default: the
+        preprocessed training split, the rows the loop counts), from ``adaptkit.engine.budget`` as the
+        loop computes them: what ``WrapContext.total_steps`` tells a strategy."""
+        from adaptkit.engine.budget import budget_for
+
+        return budget_for(len(self.train_data) if rows is None else rows, self.recipe.training).total_steps
 
     def learning_rate(self, strategy: "Strategy", context: "WrapContext") -> float:
         """The recipe's ``training.learning_rate`` for the recipe's strategy when given; else the strategy's

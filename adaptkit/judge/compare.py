@@ -543,7 +543,11 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
                     else:
                         if arm_model is None:
                             log(f"compare: building {name} (seed {seed})")
-                            arm_model = ArmModel(session, arm, seed)
+                            # one size: every trial takes the same steps, which the strategy may schedule
+                            # over (AdaLoRA); several sizes share one model, so no single count is right
+                            steps = (budget_for(len(train_part), searched.training(spec.training)).total_steps
+                                     if len(size_list) == 1 else None)
+                            arm_model = ArmModel(session, arm, seed, total_steps=steps)
                         result = tune_arm(session, arm, arm_model, size, seed, train_part, validation_part, trials,
                                           f"{prefix}:{tag}", study_storage, safe_join(folder / "trials", tag),
                                           on_trial=lambda record, n=name, s=size: progress.trial(

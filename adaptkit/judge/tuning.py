@@ -222,13 +222,16 @@ def arm_learning_rate(session: Any, arm: Arm, strategy: Any, context: Any,
 class ArmModel:
     """An arm's model, built and wrapped once; ``reset()`` puts back its initial trainable tensors."""
 
-    def __init__(self, session: Any, arm: Arm, seed: int, scratch_learning_rate: Optional[float] = None):
+    def __init__(self, session: Any, arm: Arm, seed: int, scratch_learning_rate: Optional[float] = None,
+                 total_steps: Optional[int] = None):
+        """``total_steps``: the optimizer steps every trial of this model takes, when they are the same for
+        all (one training-set size); the strategy is told them (``WrapContext.total_steps``)."""
         from adaptkit.engine.checkpoint import trainable_state
 
         self.strategy = session.strategy(arm.strategy, arm.options)
         # the arm's strategy loads its own base (a 4-bit one for a quantizing strategy), as a run does
         base = session.build_base(self.strategy, seed=seed, random_init=arm.random_init)
-        context = session.context(base)
+        context = session.context(base, total_steps=total_steps)
         self.suggestion = arm_learning_rate(session, arm, self.strategy, context, scratch_learning_rate)
         self.model = session.wrap(self.strategy, base, context)
         self.initial = trainable_state(self.model)

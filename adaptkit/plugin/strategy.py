@@ -59,6 +59,10 @@ class WrapContext:
     set needs): the one part of the model whose shape follows the task. Strategies keep it
     trainable unless they have reason not to. ``distributed`` is the run's distributed setting
     (None: one process); ``extra["distributed"]`` keeps its text for plugins that read it there.
+    ``total_steps`` is the number of optimizer steps the run will take (``adaptkit.engine.budget``,
+    the count the training loop uses), for a method that schedules something over the run
+    (AdaLoRA's rank budget); None where the wrap is not for a run of known length (the
+    conformance kit, ``advise``'s sizing, ``compare`` over several training-set sizes).
     """
 
     model_type: str
@@ -67,6 +71,7 @@ class WrapContext:
     peft_task_type: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     distributed: DistributedSetting | None = None
+    total_steps: int | None = None
 
 
 class Strategy:

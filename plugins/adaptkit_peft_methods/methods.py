@@ -23,13 +23,17 @@ SKIPPED: dict[str, str] = {
 # Options peft declares with an empty default (None, []) yet cannot run without: a recipe that
 # leaves them out is refused at validate, not deep inside peft at the first forward pass.
 NEEDS: dict[str, dict[str, str]] = {
-    "adalora": {"total_step": "the run's optimizer steps, over which AdaLoRA schedules its rank budget"},
     "adaption_prompt": {"adapter_len": "the number of adapter tokens per layer",
                         "adapter_layers": "how many of the top layers get adapter tokens"},
     "trainable_tokens": {"token_indices": "the ids of the tokens whose embeddings train"},
     "prefix_tuning": {"num_virtual_tokens": "the learned key/value positions in front of every input"},
     "p_tuning": {"num_virtual_tokens": "the learned embeddings prepended to every input"},
 }
+
+# Options that take the run's optimizer step count (``WrapContext.total_steps``) when a recipe leaves them
+# out: method -> option. AdaLoRA schedules its rank budget over ``total_step`` steps; a guessed count
+# would end the schedule early (ranks frozen before training ends) or never reach its target ranks.
+RUN_STEPS: dict[str, str] = {"adalora": "total_step"}
 
 # Methods that feed the backbone token ids (peft's Shadow builds its side network from input_ids;
 # trainable tokens retrains rows of the input embedding): a model whose input is not token ids

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Optional
 from adaptkit import PeftStrategy, PreflightError, WrapContext, families, resolve_targets
 
 from adaptkit_peft_methods.catalog import Method, peft_version
-from adaptkit_peft_methods.methods import KIT_OPTIONS, NEEDS, TOKEN_INPUT
+from adaptkit_peft_methods.methods import KIT_OPTIONS, NEEDS, RUN_STEPS, TOKEN_INPUT
 from adaptkit_peft_methods.options import HEAD_OPTION, config_kwargs, options_model
 
 # Layer kinds a recipe's target_modules entry may name: every kind some peft tuner adapts.
@@ -120,6 +120,14 @@ class PeftMethod(PeftStrategy):
                 kwargs["exclude_modules"] = [*given, *[h for h in heads if h not in given]]
         if "fan_in_fan_out" in fields:
             kwargs["fan_in_fan_out"] = context.model_type in families.CONV1D_FAMILIES
+        steps_option = RUN_STEPS.get(self.method.name)
+        if steps_option in fields and kwargs.get(steps_option) is None:  # the recipe's own value wins
+            if context.total_steps is None:
+                raise PreflightError(
+                    f"strategy {self.name!r} needs {steps_option}, the optimizer steps it schedules over, and this "
+                    f"wrap was not told how many steps the run takes (WrapContext.total_steps: compare over several "
+                    f"training-set sizes shares one model between them); set strategy.{steps_option} in the recipe")
+            kwargs[steps_option] = context.total_steps
         return config_class(self.method)(task_type=context.peft_task_type, **kwargs)
 
     # ------------------------------------------------------------------ wrap / unwrap
