@@ -9,7 +9,9 @@ What: ``step-<N>/`` per checkpoint, made by accelerate's ``save_state`` (optimiz
 grad scaler, python/numpy/torch/CUDA RNG states, accumulation step) into ``.tmp-step-<N>/``,
 plus the model's *trainable* state (``trainable-0.safetensors``; the frozen base is rebuilt
 from the recipe), ``trainer_state.json`` (data position, counters, loss curve, history, best
-epoch, the recipe's training-relevant parts) and last a ``COMPLETE`` marker holding a manifest
+epoch, the recipe's training-relevant parts), the task's own tensors when it keeps any
+(``task-state.safetensors``, ``Task.training_state``: a preference task's reference log-probs), and
+last a ``COMPLETE`` marker holding a manifest
 (every file's size and sha256, the number of processes); then one ``os.replace`` gives it its
 real name. Only folders named ``step-<N>`` that hold ``COMPLETE`` are ever resumed from, and
 ``--resume`` checks every file against the manifest first: a truncated, missing or altered file
@@ -49,6 +51,7 @@ COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 TRAINABLE_FILE = "trainable-{index}.safetensors"
 TRAINABLE_PATTERN = re.compile(r"^trainable-\d+\.safetensors$")
+TASK_STATE_FILE = "task-state.safetensors"  # Task.training_state, when the task keeps any
 RNG_FILE = "random_states_{index}.pkl"  # accelerate's name, one per process
 STEP_PATTERN = re.compile(r"^step-(\d+)$")
 BEST_PATTERN = re.compile(r"^best-epoch-(\d+)$")
@@ -256,6 +259,14 @@ def save_tensors(state: dict[str, "torch.Tensor"], path: Path) -> None:
         raise error from exc
 
 
+def save_task_state(task: Any, folder: Path) -> None:
+    """``task.training_state()`` as ``task-state.safetensors`` in ``folder`` (a checkpoint, or the
+    run's output folder); nothing when there is no task or it keeps nothing."""
+    state = task.training_state() if task is not None else {}
+    if state:
+        save_tensors(state, folder / TASK_STATE_FILE)
+
+
 def _tree_size(folder: Optional[Path]) -> int:
     if folder is None or not folder.is_dir():
         return 0
@@ -454,13 +465,15 @@ class Checkpointer:
 
     accelerate saves the optimizer, scheduler, scaler and RNG states; pre-hooks replace its
     full model state dict with the trainable state only, and load that back into the model
-    that is already built and wrapped, so resuming never applies a strategy twice.
+    that is already built and wrapped, so resuming never applies a strategy twice. ``task``'s
+    ``training_state`` is saved beside them and handed back to its ``load_training_state``.
     """
 
-    def __init__(self, config: CheckpointConfig, accelerator: Any):
+    def __init__(self, config: CheckpointConfig, accelerator: Any, task: Any = None):
         self.config = config
         self.root = Path(config.root)
         self.accelerator = accelerator
+        self.task = task
         self.last_saved_step: Optional[int] = None
         self._handles = [accelerator.register_save_state_pre_hook(self._save_models),
                          accelerator.register_load_state_pre_hook(self._load_models)]
@@ -506,6 +519,7 @@ class Checkpointer:
             accelerator.save_state(str(tmp))
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
+                save_task_state(self.task, tmp)
                 state = {"format": FORMAT, **trainer_state, "recipe": self.config.identity,
                          "recipe_hash": identity_hash(self.config.identity)}
                 (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
@@ -655,7 +669,21 @@ class Checkpointer:
             raise CheckpointDamaged(f"cannot load checkpoint {checkpoint}{named}: {type(exc).__name__}: "
                                     f"{str(exc)[:300]}; {advice}") from exc
         self._restore_rng(checkpoint, advice)
+        if self.task is not None:
+            self.task.load_training_state(self._task_state(checkpoint, advice))
         return read_state(checkpoint)
+
+    @staticmethod
+    def _task_state(checkpoint: Path, advice: str) -> dict[str, "torch.Tensor"]:
+        """The task's tensors saved with ``checkpoint`` (empty when it kept none)."""
+        path = checkpoint / TASK_STATE_FILE
+        if not path.is_file():
+            return {}
+        try:
+            return load_tensors(path)
+        except Exception as exc:
+            raise CheckpointDamaged(f"cannot read the task's state {path} ({type(exc).__name__}: {exc}); "
+                                    f"{advice}") from exc
 
     def _restore_rng(self, checkpoint: Path, advice: str) -> None:
         from accelerate.utils import load

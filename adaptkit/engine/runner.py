@@ -151,6 +151,8 @@ def _run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
         summary = _summary(session, prepared, trained, accelerator, contract, output_dir / export_dir.name,
                            described, base_model_id, time.perf_counter() - wall_started)
         write_json(staging / "metrics.json", summary)
+        from adaptkit.engine.checkpoint import save_task_state  # Task.training_state is kept with the run too
+        save_task_state(session.task, staging)
         (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved_dict(), sort_keys=False))
         (staging / "README.md").write_text(model_card(summary, recipe.base_dir()))  # paths relative to the recipe
     # The run is complete: nothing left to resume. Its trackers' files are recorded first (the folder

@@ -31,8 +31,10 @@ from adaptkit.engine.distributed import (accelerator_options, become_unsharded, 
                                          shard_on_cpus, sharded, world_size)
 from adaptkit.engine.models import enable_gradient_checkpointing
 from adaptkit.engine.outputs import record_checkpoint_logs
+from adaptkit.engine.train_metrics import MetricSums
 from adaptkit.errors import AdaptkitError, RunInterrupted, TrainingDiverged
 from adaptkit.plugin.strategy import Strategy
+from adaptkit.plugin.task import Task
 from adaptkit.recipe.schema import TrainingSection
 
 if TYPE_CHECKING:
@@ -264,6 +266,7 @@ class _Progress:
         self.smoothed: Optional[float] = None
         self.last_eval: Optional[float] = None
         self.lr: Optional[float] = None
+        self.train_metrics: dict[str, float] = {}  # the task's (Task.training_metrics), as of the last log step
         self.epoch = 0
         self.started, self.start_step = time.perf_counter(), None
         self._pending: Optional[tuple[torch.Tensor, Any]] = None
@@ -296,6 +299,7 @@ class _Progress:
 
     def info(self) -> str:
         parts = [f"loss {self.smoothed:.4f}" if self.smoothed is not None else "",
+                 *(f"{name} {value:.4f}" for name, value in self.train_metrics.items()),
                  f"lr {self.lr:.2e}" if self.lr is not None else "",
                  f"epoch {self.epoch + 1}/{self.epochs}",
                  f"eval {self.metric} {self.last_eval:.4f}" if self.last_eval is not None else ""]
@@ -515,6 +519,9 @@ class _TrainingLoop:
         self.strategy, self.task, self.train_data, self.training = strategy, task, train_data, training
         # the strategy's per-step hook, when it has one (AdaLoRA): the default no-op costs the hot loop nothing
         self.after_step = strategy.after_step if type(strategy).after_step is not Strategy.after_step else None
+        # the task's training-time metrics, when it reports any: summed on the device, read at log steps
+        self.task_metrics = task.training_metrics if type(task).training_metrics is not Task.training_metrics else None
+        self.metric_sums = MetricSums(accelerator.device)
         self.accelerator, self.checkpoints, self.on_checkpoint = accelerator, checkpoints, on_checkpoint
         self.collate = task.collate(tokenizer)
         loader = train_loader(train_data, training.batch_size, self.collate, training.group_by_length, training.seed)
@@ -546,7 +553,7 @@ class _TrainingLoop:
         self.metric, greater = best_metric(training, task)
         self.best = _Best(self.metric, greater, training.early_stopping_patience)
         self.best_state: Optional[dict[str, torch.Tensor]] = None
-        self.checkpointer = Checkpointer(checkpoints, accelerator) if checkpoints is not None else None
+        self.checkpointer = Checkpointer(checkpoints, accelerator, task) if checkpoints is not None else None
         self.every = checkpoints.every_steps if checkpoints is not None else None
         self.window = torch.zeros((), device=accelerator.device)  # loss summed since the last log sync
         self.window_batches = 0
@@ -583,6 +590,7 @@ class _TrainingLoop:
         self.epoch_batches = state["epoch_batches"]
         self.start_epoch, self.batches_done, self.finished = state["epoch"], state["batches_done"], state["finished"]
         self.best.load(state["best"])
+        self.metric_sums.load(state.get("task_metrics"))
         result.stopped_early = state.get("stopped_early")
         if self.finished and result.history:
             result.final_metrics = {k[len("eval_"):]: v for k, v in result.history[-1].items() if k.startswith("eval_")}
@@ -645,6 +653,7 @@ class _TrainingLoop:
         if not resumed:
             self.epoch_loss.zero_()
             self.epoch_batches = 0
+            self.metric_sums.reset_epoch()
         self.batches_done = skip
         for batch in (self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader):
             self._restore_pending_rng()  # a resumed run: the saved run was here, about to run this batch
@@ -667,7 +676,9 @@ class _TrainingLoop:
         the gradient accumulates. The loss is summed on the device: no host sync here."""
         accelerator = self.accelerator
         with accelerator.accumulate(self.model):
-            loss, _ = self.task.compute_loss(self.model, batch)  # Task's default: self.model(**batch).loss
+            loss, outputs = self.task.compute_loss(self.model, batch)  # Task's default: self.model(**batch).loss
+            if self.task_metrics is not None:  # kept on the device: no host sync
+                self.metric_sums.add(self.task_metrics(outputs, batch))
             accelerator.backward(loss)
             if accelerator.sync_gradients and self.training.max_grad_norm:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.training.max_grad_norm)
@@ -699,12 +710,15 @@ class _TrainingLoop:
         if not math.isfinite(mean):
             raise self._diverged(f"(loss {mean} over steps {self.last_finite_step + 1}-{result.steps})")
         self.last_finite_step = result.steps
-        result.loss_curve.append({"step": result.steps, "loss": mean})
+        extra = self.metric_sums.read_window(self.accelerator) if self.task_metrics is not None else {}
+        result.loss_curve.append({"step": result.steps, "loss": mean, **extra})
         self.window.zero_()
         self.window_batches = 0
+        self.bar.train_metrics = extra
         self.bar.step(result.steps, loss, lr, epoch, logged=mean)
         if self.training.report_to:
-            self.accelerator.log({"train/loss": mean, "train/learning_rate": lr}, step=result.steps)
+            self.accelerator.log({"train/loss": mean, "train/learning_rate": lr,
+                                  **{f"train/{name}": value for name, value in extra.items()}}, step=result.steps)
 
     def _diverged(self, where: str) -> Exception:
         """The error for a NaN or infinite loss, naming the last good checkpoint that is kept."""
@@ -731,7 +745,8 @@ class _TrainingLoop:
                 "train_seconds": result.train_seconds, "train_examples": result.train_examples,
                 "loss_curve": result.loss_curve, "history": result.history, "window": float(self.window),
                 "window_batches": self.window_batches, "epoch_loss": float(self.epoch_loss),
-                "epoch_batches": self.epoch_batches, "best": self.best.state(), "stopped_early": result.stopped_early}
+                "epoch_batches": self.epoch_batches, "best": self.best.state(), "stopped_early": result.stopped_early,
+                **({"task_metrics": self.metric_sums.state()} if self.task_metrics is not None else {})}
 
     def _save(self, state: dict[str, Any]) -> None:
         """Write a checkpoint, never one with NaN weights: the loss since the last log sync and the
@@ -782,6 +797,8 @@ class _TrainingLoop:
         metrics = evaluate(self.model, self.evaluation, accelerator, self.task)
         entry = {"epoch": epoch + 1, "step": result.steps,
                  "train_loss": float(_mean_across(accelerator, self.epoch_loss)) / max(self.epoch_batches, 1),
+                 **({f"train_{k}": v for k, v in self.metric_sums.read_epoch(accelerator).items()}
+                    if self.task_metrics is not None else {}),
                  **{f"eval_{k}": v for k, v in metrics.items()}}
         result.history.append(entry)
         result.final_metrics = metrics

@@ -259,6 +259,35 @@ class Task:
         outputs = model(**batch)
         return outputs.loss, outputs
 
+    def training_metrics(self, outputs: Any, batch: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+        """Named scalars of one training batch, from what ``compute_loss`` returned, that the training
+        log shows beside the loss (a preference task's reward accuracy and margin).
+
+        Return 0-dim tensors left on the device, detached: the loop sums them there and reads them
+        back to the host only at its log steps (every ``LOG_EVERY`` optimizer steps), as it does the
+        loss, so no step waits on the device. It logs each one's mean over the batches of the
+        interval as ``train/<name>`` to the trackers, in the ``loss_curve`` of ``metrics.json``, on
+        the progress line, and per epoch as ``train_<name>`` in the history and summary table. A
+        value that is NaN for a batch (a rate with nothing to count) is left out of that mean. The
+        loop calls this only when a task overrides it: the default costs nothing.
+        """
+        return {}
+
+    def training_state(self) -> dict[str, "torch.Tensor"]:
+        """Tensors the task computed during training that a resumed run must read back rather than
+        compute again (a preference task's reference log-probs, computed before the first step from
+        the untrained model: recomputed after a resume they would come from the trained one).
+
+        Saved from the main process in every checkpoint (``task-state.safetensors``, checked with the
+        checkpoint's other files) and in the run's output folder; plain tensors only (safetensors:
+        nothing is unpickled on load). Default: nothing, and no file is written.
+        """
+        return {}
+
+    def load_training_state(self, state: dict[str, "torch.Tensor"]) -> None:
+        """Take back what ``training_state`` returned, on ``--resume``, on every process, before the
+        first step (``state`` is empty when the checkpoint holds none)."""
+
     def memory_estimate(self, model: "torch.nn.Module", parts: dict[str, int]) -> dict[str, int]:
         """The plan's peak training memory of ``model`` (wrapped by the strategy, possibly on the meta
         device), by part in bytes (weights, gradients, optimizer, step, activations, logits), as the

@@ -14,8 +14,15 @@ over both, asks the reference for its log-probs, and hands them to the objective
 The reference costs no second copy for adapter strategies: it is the same model with the adapter
 switched off (peft's ``disable_adapter``). For full fine-tuning it is a frozen copy, loaded again
 from the checkpoint (so a resumed run compares with the same reference), or made of the model
-before its first step when it was built from a config. ``reference: precompute`` computes every
-row's reference log-probs once, at the first step, and keeps no copy at all.
+before its first step when it was built from a config (a resume of such a run is refused: its
+first-step weights are gone). ``reference: precompute`` computes every row's reference log-probs
+once, at the first step, before any weight changes, and keeps no copy at all; the table is kept
+with the run (``training_state``: in every checkpoint, read back on ``--resume`` instead of being
+computed again from a model that has trained, and in the output folder). The model card and
+``metrics.json``'s ``task_notes`` say which reference the run used.
+
+While training, the loss's batches also report reward accuracy, chosen and rejected rewards, their
+margin and the answers' log-probs (``training_metrics``), averaged over each log interval by the loop.
 
 KTO rows carry their desirability in ``labels[:, 0]`` (1 desirable, -100 not): the label of a
 row's first token is never a prediction target of a causal LM (the loss shifts labels by one), so
@@ -33,6 +40,9 @@ from adaptkit import DataError, TaskOptions
 from adaptkit_tasks.causal_lm import CausalLM
 
 IGNORE = -100
+# Host bytes per entry of the precomputed reference table besides its token ids: a bytes object's
+# header, a float, and the dict's slot for them (CPython).
+TABLE_ENTRY_BYTES = 120
 
 
 class PreferenceOptions(TaskOptions):
@@ -153,6 +163,8 @@ class Preference(CausalLM):
         self._precomputed: Optional[dict[bytes, float]] = None
         self._tables: list[Any] = []
         self._source: Optional[tuple[str, dict[str, Any]]] = None
+        self._reference_used: Optional[str] = None  # what the reference was, in words, for the model card
+        self._resumed = False  # load_training_state ran: the weights are no longer the first step's
 
     # ------------------------------------------------------------------ what the task declares
     @property
@@ -226,11 +238,19 @@ class Preference(CausalLM):
         """For a strategy without an adapter to switch off, the frozen reference copy at the weights'
         size (none with ``reference: precompute`` except for KTO, whose KL estimate pairs rows anew in
         every batch, nor for reference-free objectives). A pair's two
-        answers are already counted: ``sequence_length`` is twice ``max_length`` for them."""
+        answers are already counted: ``sequence_length`` is twice ``max_length`` for them. With
+        ``reference: precompute`` the table of reference log-probs is a part of its own
+        (``reference_table``, its upper bound for the training rows)."""
         parts = dict(parts)
         keeps_copy = self.options.reference == "auto" or self.objective.kl  # KTO's KL pass needs it every step
         if self.objective.reference and keeps_copy and not hasattr(model, "disable_adapter"):
             parts["reference"] = sum(p.numel() * p.element_size() for p in model.parameters())
+        rows = len(getattr(self, "_train", None) or ())
+        if self.objective.reference and self.options.reference == "precompute" and rows:
+            # the table of reference log-probs, host memory: one entry per sequence, keyed by its token ids
+            # (at most max_length int64s); the training rows only (the eval rows are not known to plan)
+            sequences = rows * (2 if self.objective.paired else 1)
+            parts["reference_table"] = sequences * (8 * self.options.max_length + TABLE_ENTRY_BYTES)
         return parts
 
     # ------------------------------------------------------------------ data
@@ -359,6 +379,7 @@ class Preference(CausalLM):
             return forward
 
         if hasattr(inner, "disable_adapter"):
+            self._note_reference("the base model with the adapter switched off (peft's disable_adapter)")
             return run(inner, inner.disable_adapter, inner)
         if self._reference_model is None:
             self._reference_model = self._frozen_copy(inner)
@@ -370,13 +391,28 @@ class Preference(CausalLM):
             return run(with_snapshot, contextlib.nullcontext, inner)
         return run(self._reference_model, contextlib.nullcontext, self._reference_model)
 
+    def _note_reference(self, used: str) -> None:
+        """Record what the reference is, in words, the first time (a precomputed table's note wraps it)."""
+        self._reference_used = self._reference_used or used
+
     def _frozen_copy(self, model):
-        """The base reloaded from its checkpoint, or (built from a config) a snapshot of the weights."""
+        """The base reloaded from its checkpoint, or (built from a config) a snapshot of the weights,
+        which a resumed run no longer has: refused then, rather than comparing with trained weights."""
         if self._source is None:
+            if self._resumed:
+                from adaptkit import AdaptkitError
+
+                raise AdaptkitError(
+                    f"objective {self.objective.name} compares with the model as it was before its first step; a "
+                    f"resumed full fine-tune built from model.config no longer has those weights (the checkpoint "
+                    f"holds the trained ones). Start over with --overwrite, or set task.reference: precompute "
+                    f"(the reference log-probs are then kept with every checkpoint)")
+            self._note_reference("a frozen snapshot of the weights before the first step (built from model.config)")
             return {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
         import transformers
 
         source, kwargs = self._source
+        self._note_reference(f"a frozen copy of the base model, loaded again from {source}")
         reference = getattr(transformers, self.model_class).from_pretrained(source, **kwargs)
         reference.to(next(model.parameters()).device)
         reference.eval()
@@ -385,7 +421,11 @@ class Preference(CausalLM):
 
     @staticmethod
     def _keys(input_ids, attention_mask) -> list[bytes]:
-        return [ids[mask.bool()].cpu().numpy().tobytes() for ids, mask in zip(input_ids, attention_mask)]
+        """Each sequence's token ids (padding left out) as int64 bytes: the table's keys."""
+        import torch
+
+        return [ids[mask.bool()].to(torch.int64).cpu().numpy().tobytes()
+                for ids, mask in zip(input_ids, attention_mask)]
 
     def _precompute(self, model) -> None:
         """Every known row's reference log-probs, once, before the first step changes the weights."""
@@ -400,6 +440,8 @@ class Preference(CausalLM):
                 values = forward(batch["input_ids"], batch["attention_mask"], batch["labels"])
                 cache.update(zip(self._keys(batch["input_ids"], batch["attention_mask"]), values.tolist()))
         self._precomputed = cache
+        self._reference_used = (f"reference log-probs of every row computed once before the first step from "
+                                f"{self._reference_used}, kept with the run (task-state.safetensors)")
         if not self.objective.kl:  # KTO's KL estimate pairs rows per batch: its reference runs every step
             self._reference_model = None  # the copy (if one was made) is needed no more
 
@@ -452,7 +494,68 @@ class Preference(CausalLM):
         return loss, SimpleNamespace(loss=loss, rewards=rewards, logps=policy.detach(), desirable=desirable,
                                      logits=None)
 
+    # ------------------------------------------------------------------ kept with the run
+    def training_state(self) -> dict[str, Any]:
+        """``reference: precompute``'s table as plain tensors: every sequence's token ids end to end
+        (``reference_tokens``), each one's length (``reference_lengths``), its reference log-prob
+        (``reference_logps``, float64: the float32 values exactly) and, as UTF-8 bytes, what the
+        reference was (``reference_used``, for the model card of a resumed run)."""
+        import torch
+
+        if not self._precomputed:
+            return {}
+        keys = list(self._precomputed)
+        tokens = [torch.frombuffer(bytearray(key), dtype=torch.int64) for key in keys]
+        return {"reference_tokens": torch.cat(tokens),
+                "reference_lengths": torch.tensor([len(t) for t in tokens], dtype=torch.int64),
+                "reference_logps": torch.tensor([self._precomputed[key] for key in keys], dtype=torch.float64),
+                "reference_used": torch.tensor(list((self._reference_used or "").encode()), dtype=torch.uint8)}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """A resumed run's table, as it was computed before the first step; from here on the model
+        holds trained weights, so a reference that would snapshot them is refused (``_frozen_copy``)."""
+        import torch
+
+        self._resumed = True
+        if "reference_logps" not in state:
+            return
+        tokens, lengths = state["reference_tokens"].to(torch.int64), state["reference_lengths"].tolist()
+        keys, start = [], 0
+        for length in lengths:
+            keys.append(tokens[start:start + length].numpy().tobytes())
+            start += length
+        self._precomputed = dict(zip(keys, state["reference_logps"].tolist()))
+        used = bytes(state["reference_used"].tolist()).decode() if "reference_used" in state else ""
+        self._reference_used = used or None
+
+    def card_notes(self) -> list[str]:
+        """Which reference the run compared with (none for a reference-free objective)."""
+        objective = self.objective
+        if not objective.reference:
+            return [f"Preference objective {objective.name}: reference-free, no reference model."]
+        used = self._reference_used or ("reference log-probs computed once before the first step"
+                                        if self.options.reference == "precompute" else "none was run")
+        return [f"Preference objective {objective.name}; reference: {used}."]
+
     # ------------------------------------------------------------------ metrics
+    def training_metrics(self, outputs, batch) -> dict[str, Any]:
+        """Each training batch's reward accuracy, mean chosen and rejected rewards, their margin and the
+        answers' mean log-probs, as device tensors (the loop averages them over its log interval).
+        Masked sums, not boolean indexing: indexing by a mask waits on the device for its size."""
+        rewards, logps = outputs.rewards.float(), outputs.logps.float()
+        if self.objective.paired:
+            half = rewards.shape[0] // 2
+            chosen, rejected = rewards[:half], rewards[half:]
+            return {"reward_accuracy": (chosen > rejected).float().mean(), "rewards_chosen": chosen.mean(),
+                    "rewards_rejected": rejected.mean(), "reward_margin": (chosen - rejected).mean(),
+                    "logps_chosen": logps[:half].mean(), "logps_rejected": logps[half:].mean()}
+        good = outputs.desirable.float()
+        bad = 1 - good
+        chosen, rejected = (rewards * good).sum() / good.sum(), (rewards * bad).sum() / bad.sum()  # NaN if none
+        return {"reward_accuracy": ((rewards > 0).float() == good).float().mean(), "rewards_chosen": chosen,
+                "rewards_rejected": rejected, "reward_margin": chosen - rejected,
+                "logps_chosen": (logps * good).sum() / good.sum(), "logps_rejected": (logps * bad).sum() / bad.sum()}
+
     def batch_outputs(self, outputs, batch):
         """Per pair: the implicit rewards and log-probs of both answers (per row for KTO)."""
         if not hasattr(outputs, "rewards"):

@@ -1,0 +1,222 @@
+"""What a task keeps with the run and what it logs while training (``Task.training_state``,
+``Task.training_metrics``), on the preference task and on a task that uses neither.
+
+- ``reference: precompute``: a run interrupted after its first checkpoint and resumed reads the
+  reference table back from the checkpoint, bit for bit the table computed before the first step,
+  and never computes it again (from a model that has trained by then, it would differ: checked);
+- the trackers, ``loss_curve`` and history get reward accuracy, rewards and margin, finite;
+- a task without the hooks logs and checkpoints exactly what it did before, and the loop never
+  touches the metric sums for it.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adaptkit.engine.checkpoint import STATE_FILE, TASK_STATE_FILE, Checkpointer
+from adaptkit.engine.runner import run
+from adaptkit.engine.train_metrics import MetricSums
+from conftest import tiny_recipe_dict
+from test_instruct_kit import tiny_config, write_jsonl
+from test_task_preference import colour_rows, tokenizer_dir  # noqa: F401 (a module-scoped fixture)
+
+SAVE = Checkpointer.save
+METRICS = ("reward_accuracy", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen", "logps_rejected")
+
+
+class _Stop(Exception):
+    """Stands for a kill right after the first checkpoint."""
+
+
+def _record_saves(monkeypatch, stop_after: int | None = None) -> list[dict]:
+    """Wrap ``Checkpointer.save``: record each checkpoint's files, trainer state and task state
+    (they are deleted when the run succeeds), and raise ``_Stop`` after ``stop_after`` saves."""
+    saved: list[dict] = []
+
+    def save(self, trainer_state):
+        path = SAVE(self, trainer_state)
+        task_file = path / TASK_STATE_FILE
+        saved.append({"files": sorted(p.name for p in path.iterdir()),
+                      "state": json.loads((path / STATE_FILE).read_text()),
+                      "task": load_file(str(task_file)) if task_file.is_file() else None})
+        if stop_after is not None and len(saved) >= stop_after:
+            raise _Stop
+        return path
+
+    monkeypatch.setattr(Checkpointer, "save", save)
+    return saved
+
+
+def _record_tracker_logs(monkeypatch) -> list[dict]:
+    from accelerate import Accelerator
+
+    logged: list[dict] = []
+    monkeypatch.setattr(Accelerator, "log", lambda self, values, step=None, log_kwargs=None: logged.append(
+        {**values, "_step": step}))
+    return logged
+
+
+def _preference_spec(tmp_path, tokenizer_dir, rows, **training) -> dict:
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
+    return {"model": {"config": tiny_config("llama", vocab), "tokenizer": str(tokenizer_dir)},
+            "task": {"type": "preference", "objective": "dpo", "reference": "precompute", "chat_template": "chatml",
+                     "max_length": 64, "max_new_tokens": 4},
+            "data": {"train": str(write_jsonl(tmp_path / "train.jsonl", rows)),
+                     "eval": str(write_jsonl(tmp_path / "eval.jsonl", rows[:8]))},
+            "strategy": {"name": "full"},
+            "training": {"epochs": 1, "max_steps": 4, "batch_size": 8, "learning_rate": 1e-2, "seed": 0,
+                         "warmup_ratio": 0.0, "checkpoint_every_steps": 2, "num_threads": 1, **training},
+            "output": {"dir": str(tmp_path / "run")}}
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory, tokenizer_dir):  # noqa: F811 (the imported fixture)
+    """DPO, full fine-tuning of a tiny Llama built from a config (the reference is the weights before
+    the first step: no checkpoint to reload them from), ``reference: precompute``: stopped after the
+    checkpoint at step 2, then resumed to step 4 with a tracker on."""
+    from adaptkit_tasks.preference import Preference
+
+    tmp_path = tmp_path_factory.mktemp("pref_resume")
+    spec = _preference_spec(tmp_path, tokenizer_dir, colour_rows(32, 4))
+    computed, loaded = [], []
+    original_precompute, original_load = Preference._precompute, Preference.load_training_state
+
+    def precompute(self, model):
+        original_precompute(self, model)
+        computed.append(self.training_state())  # the table as it is before the first optimizer step
+
+    def load(self, state):
+        loaded.append(state)
+        original_load(self, state)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Preference, "_precompute", precompute)
+        patch.setattr(Preference, "load_training_state", load)
+        first = _record_saves(patch, stop_after=1)
+        with pytest.raises(_Stop):
+            run(spec, progress=False, log=lambda _: None)
+        assert len(computed) == 1
+        second = _record_saves(patch)
+        logged = _record_tracker_logs(patch)
+        result = run({**spec, "training": {**spec["training"], "report_to": ["tensorboard"]}},
+                              progress=False, log=lambda _: None, resume=True)
+    return {"before": computed[0], "computed": computed, "loaded": loaded, "first": first, "second": second,
+            "logged": logged, "result": result, "spec": spec}
+
+
+def test_resumed_run_reads_the_reference_table_from_before_training_bit_for_bit(resumed):
+    before, result = resumed["before"], resumed["result"]
+    assert resumed["first"][0]["state"]["step"] == 2 and TASK_STATE_FILE in resumed["first"][0]["files"]
+    assert len(resumed["computed"]) == 1, "the resumed run computed the reference table again"
+    assert result.metrics["resumed_from_step"] == 2 and result.metrics["steps"] == 4
+    (loaded,) = resumed["loaded"]
+    after = resumed["second"][-1]["task"]  # what the resumed run holds at its last checkpoint (step 4)
+    assert set(before) == set(loaded) == set(after) >= {"reference_tokens", "reference_lengths", "reference_logps"}
+    for name in before:
+        assert torch.equal(loaded[name], before[name]) and torch.equal(after[name], before[name]), name
+    assert before["reference_logps"].dtype == torch.float64 and before["reference_logps"].numel() >= 16
+    # the output folder keeps it too
+    kept = load_file(str(result.output_dir / TASK_STATE_FILE))
+    assert all(torch.equal(kept[name], before[name]) for name in before)
+    notes = " ".join(result.metrics["task_notes"])
+    assert "computed once before the first step" in notes and "snapshot of the weights" in notes
+    assert "computed once before the first step" in (result.output_dir / "README.md").read_text()
+
+
+def test_the_table_differs_from_what_the_trained_model_would_give(resumed, tokenizer_dir):  # noqa: F811
+    """Why the table must be kept: the trained model's log-probs of the same answers are not the
+    reference's, so a table computed again at the resume would have changed the reference silently."""
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adaptkit_tasks.chat_templates import install_template
+    from adaptkit_tasks.preference import Preference
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    install_template(tokenizer, "chatml", "test")
+    task = Preference({"chat_template": "chatml", "max_length": 64})
+    task.load_training_state(resumed["before"])
+    rows = [json.loads(line) for line in open(resumed["spec"]["data"]["train"])]
+    encoded = task.preprocess(datasets.Dataset.from_list(rows[:8]), tokenizer)
+    batch = task.sequences(task.collate(tokenizer)([encoded[i] for i in range(len(encoded))]))
+    keys = task._keys(batch["input_ids"], batch["attention_mask"])
+    reference = torch.tensor([task._precomputed[key] for key in keys], dtype=torch.float64)  # every key read back
+    trained = AutoModelForCausalLM.from_pretrained(str(resumed["result"].output_dir / "model")).eval()
+    with torch.no_grad():
+        now = task._answer_logps(trained, batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+    assert (now.double() - reference).abs().max() > 1e-2
+
+
+def test_trackers_history_and_loss_curve_show_the_preference_metrics(resumed):
+    logged, metrics = resumed["logged"], resumed["result"].metrics
+    train = [entry for entry in logged if "train/loss" in entry]
+    assert [entry["_step"] for entry in train] == [4]  # LOG_EVERY is 10: the last step only
+    for name in METRICS:
+        assert math.isfinite(train[0][f"train/{name}"]), name
+    assert 0.0 <= train[0]["train/reward_accuracy"] <= 1.0
+    assert train[0]["train/reward_margin"] == pytest.approx(
+        train[0]["train/rewards_chosen"] - train[0]["train/rewards_rejected"], abs=1e-5)
+    curve = metrics["loss_curve"][-1]
+    assert curve["step"] == 4 and all(curve[name] == train[0][f"train/{name}"] for name in METRICS)
+    # steps 3-4 ran in the resumed process, 1-2 before the stop: the epoch's mean spans both
+    assert all(math.isfinite(metrics["history"][-1][f"train_{name}"]) for name in METRICS)
+    assert "task_metrics" in resumed["first"][0]["state"]
+
+
+def test_a_resumed_full_fine_tune_from_a_config_refuses_a_reference_it_no_longer_has(tmp_path, tokenizer_dir):  # noqa: F811
+    """reference: auto snapshots the weights at the first step; after a resume those are trained."""
+    from adaptkit.errors import AdaptkitError
+
+    spec = _preference_spec(tmp_path, tokenizer_dir, colour_rows(16, 4), max_steps=4)
+    spec["task"]["reference"] = "auto"
+    with pytest.MonkeyPatch.context() as patch:
+        _record_saves(patch, stop_after=1)
+        with pytest.raises(_Stop):
+            run(spec, progress=False, log=lambda _: None)
+    with pytest.raises(AdaptkitError, match="no longer has those weights.*task.reference: precompute"):
+        run(spec, progress=False, log=lambda _: None, resume=True)
+
+
+def test_a_task_without_the_hooks_logs_and_checkpoints_what_it_did_before(tmp_path, monkeypatch):
+    """Sequence classification: trackers get the loss and learning rate only, the loss curve and history
+    no task figures, a checkpoint no task file; the metric sums are never touched."""
+
+    def untouched(self, values):
+        raise AssertionError("MetricSums.add ran for a task without training_metrics")
+
+    monkeypatch.setattr(MetricSums, "add", untouched)
+    saved = _record_saves(monkeypatch)
+    logged = _record_tracker_logs(monkeypatch)
+    recipe = tiny_recipe_dict(tmp_path, "lora", training={"epochs": 1, "max_steps": 3, "checkpoint_every_steps": 2,
+                                                          "report_to": ["tensorboard"], "num_threads": 1})
+    metrics = run(recipe, progress=False, log=lambda _: None).metrics
+    train = [entry for entry in logged if any(key.startswith("train/") for key in entry)]
+    assert [sorted(entry) for entry in train] == [["_step", "train/learning_rate", "train/loss"]]
+    assert [sorted(entry) for entry in metrics["loss_curve"]] == [["loss", "step"]]
+    assert not [key for key in metrics["history"][0] if key.startswith("train_") and key != "train_loss"]
+    assert saved and all(TASK_STATE_FILE not in s["files"] and "task_metrics" not in s["state"] for s in saved)
+    assert not (tmp_path / "run" / TASK_STATE_FILE).exists()
+
+
+def test_metric_sums_average_finite_values_per_window_and_survive_a_checkpoint():
+    sums = MetricSums(torch.device("cpu"))
+    t = torch.tensor
+    sums.add({"accuracy": t(1.0), "margin": t(2.0)})
+    sums.add({"accuracy": t(0.0), "margin": t(float("nan"))})  # a batch where the margin is undefined
+    assert sums.read_window(None) == {"accuracy": 0.5, "margin": 2.0}
+    sums.add({"accuracy": t(0.5), "margin": t(4.0), "late": t(3.0)})  # a name first seen now
+    saved = json.loads(json.dumps(sums.state()))
+    restored = MetricSums(torch.device("cpu"))
+    restored.load(saved)
+    for each in (sums, restored):
+        assert each.read_epoch(None) == {"accuracy": 0.5, "margin": 3.0, "late": 3.0}
+        assert each.read_window(None) == {"accuracy": 0.5, "margin": 4.0, "late": 3.0}
+        assert each.read_window(None) == {}  # nothing counted since the last read
+        each.reset_epoch()
+        assert each.read_epoch(None) == {}
