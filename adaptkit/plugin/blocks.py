@@ -8,8 +8,9 @@ whose items share one class. Strategies that treat "early" and "late" layers dif
 An encoder–decoder model (``config.is_encoder_decoder``: T5, BART, a ``VisionEncoderDecoderModel``)
 has two stacks, one on each side; ``part="encoder"`` or ``part="decoder"`` finds the one under the
 module the model's own ``get_encoder()`` / ``get_decoder()`` return, so "the encoder's first blocks"
-means the same on ViT+GPT-2 (``encoder.layers``), T5 (``encoder.block``) and BART
-(``model.encoder.layers``). Without ``part`` the longest stack of the whole model is returned, as before.
+means the same on ViT+GPT-2 (``encoder.layers``), T5 (``encoder.block``), BART
+(``model.encoder.layers``) and BLIP (``vision_model.encoder.layers``: ``families.SIDES`` names its
+sides). Without ``part`` the longest stack of the whole model is returned, as before.
 """
 from __future__ import annotations
 
@@ -17,13 +18,20 @@ from typing import Literal, Optional
 
 import torch
 
+from adaptkit.plugin.families import SIDES
+
 PARTS = ("encoder", "decoder")
 
 
 def _side_root(model: torch.nn.Module, part: str) -> Optional[str]:
     """Qualified name of the module holding ``part`` ("" for the model itself), or None where the model
-    has no separate encoder and decoder."""
+    has no separate encoder and decoder. A family in ``families.SIDES`` (BLIP: ``vision_model`` and
+    ``text_decoder``) names its sides there: its config does not call it an encoder-decoder."""
     config = getattr(model, "config", None)
+    sides = SIDES.get(getattr(config, "model_type", None))
+    if sides is not None:
+        name = sides[PARTS.index(part)]
+        return name if isinstance(getattr(model, name, None), torch.nn.Module) else None
     if not getattr(config, "is_encoder_decoder", False):
         return None
     getter = getattr(model, f"get_{part}", None)

@@ -192,6 +192,14 @@ register_family("vit", config=TINY_VIT_CONFIG, head_modules=["classifier"], moda
 register_family("vision-encoder-decoder", modality="image-text", config={
     "model_type": "vision-encoder-decoder", "encoder": TINY_VIT_CONFIG,
     "decoder": {**TINY_GPT2_CONFIG, "add_cross_attention": True}})
+# BLIP's captioner: a tiny vision tower and a tiny BERT-style text decoder (check_task only); its
+# token ids are the word tokenizer's, which the captioning task writes into the text config.
+register_family("blip", modality="image-text", config={
+    "model_type": "blip",
+    "vision_config": {"image_size": 16, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
+                      "num_attention_heads": 2, "intermediate_size": 48},
+    "text_config": {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                    "intermediate_size": 48, "max_position_embeddings": 64}})
 # A text-to-text encoder-decoder (seq2seq): a tiny T5 whose pad (0, also its decoder start) and eos
 # (4) are the word tokenizer's [PAD] and [EOS] (check_task only).
 TINY_T5_CONFIG: dict[str, Any] = {

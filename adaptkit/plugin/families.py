@@ -36,6 +36,10 @@ PROJECTIONS: dict[str, list[str]] = {
     "mt5": ["q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"],
     "bart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
     "mbart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    # BLIP's captioner: the vision blocks' fused qkv, projection and MLP; the text decoder's (cross-)attention
+    # and feed-forward. Not a bare "dense": it would adapt the LM head's transform (cls.predictions.transform),
+    # and peft's "all-linear" its tied output layer (BLIP declares no output embeddings).
+    "blip": ["qkv", "projection", "fc1", "fc2", "query", "key", "value", "output.dense", "intermediate.dense"],
 }
 
 # Families whose projections are transformers' Conv1D (weights stored input-major).
@@ -60,6 +64,13 @@ BLOCK_OUTPUTS: dict[str, tuple[str, str]] = {
     # decoder: no one pair serves both, so T5 is left to the structural guess.
     "bart": ("self_attn.out_proj", "fc2"),
     "mbart": ("self_attn.out_proj", "fc2"),
+}
+
+# Encoder-decoder models whose config does not say so (``is_encoder_decoder`` False) and whose
+# ``get_encoder`` returns the model itself: the modules holding the (image) encoder and the (text)
+# decoder, each with its own block stack (``adaptkit.find_block_list(part=...)``).
+SIDES: dict[str, tuple[str, str]] = {
+    "blip": ("vision_model", "text_decoder"),
 }
 
 # Module names of the task head or output layer across families: a 4-bit base keeps them in

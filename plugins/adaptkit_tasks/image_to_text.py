@@ -1,5 +1,10 @@
-"""Image captioning: an image encoder and a text decoder (``VisionEncoderDecoderModel``) learn to
-write the captions of images.
+"""Image captioning: an image encoder and a text decoder learn to write the captions of images.
+
+The model is what ``AutoModelForImageTextToText`` maps the config's ``model_type`` to, among the
+captioners ``adaptkit_tasks.captioners`` knows: ``vision-encoder-decoder`` (``VisionEncoderDecoderModel``,
+e.g. ViT + GPT-2) and ``blip`` (``BlipForConditionalGeneration``). The class follows the config, never
+a recipe flag; what differs between the two (input names, label alignment, generation ids) is the
+captioner's.
 
 Data: a table (CSV, TSV, JSONL) whose image column holds file paths (absolute, or relative to
 ``task.image_folder``) and whose caption column holds the caption; an image with several captions
@@ -26,9 +31,9 @@ from typing import Any, Optional
 from pydantic import Field, PositiveInt
 
 from adaptkit import DataError, Task, TaskOptions
-from adaptkit_tasks.captions import IGNORE
+from adaptkit_tasks.captioners import CAPTIONERS, Captioner, captioner_for
 
-SUPPORTED = ("vision-encoder-decoder",)
+SUPPORTED = tuple(CAPTIONERS)
 
 
 class ImageToTextOptions(TaskOptions):
@@ -47,18 +52,18 @@ class ImageToTextOptions(TaskOptions):
 
 
 class ImageToText(Task):
-    """Caption images with an encoder-decoder vision model (ViT + GPT-2 / BERT decoder)."""
+    """Caption images with a vision encoder-decoder (ViT + GPT-2 / BERT decoder) or BLIP."""
 
     name = "image_to_text"
     description = "Image captioning: a vision encoder-decoder learns captions; BLEU, ROUGE-L, CIDEr by generation."
     Options = ImageToTextOptions
-    model_class = "VisionEncoderDecoderModel"
+    model_class = "AutoModelForImageTextToText"  # resolves the config's model_type (build_model)
     peft_task_type = None  # peft's SEQ_2_SEQ_LM wrapper expects input_ids; a plain PeftModel forwards pixel_values
     pipeline_tag = "image-to-text"
     primary_metric = "bleu"
     greater_is_better = True
     metric_names = ("token_loss", "bleu", "chrf", "rougeL", "cider", "exact_match")
-    families = ("vision-encoder-decoder",)  # the conformance kit's tiny ViT + GPT-2
+    families = ("vision-encoder-decoder", "blip")  # the conformance kit's tiny ViT + GPT-2, and tiny BLIP
     # No head_names: the decoder's lm_head follows the vocabulary, not the task.
 
     def __init__(self, options=None):
@@ -66,6 +71,16 @@ class ImageToText(Task):
         self.folder: Optional[Path] = None
         self._processor: Any = None
         self._from_config = False
+        self._captioner: Optional[Captioner] = None
+
+    def captioner(self, config: Any = None) -> Captioner:
+        """The captioning family of the model (``config.model_type``), known once the processor or the
+        model was loaded."""
+        if config is not None:
+            self._captioner = captioner_for(getattr(config, "model_type", None))
+        if self._captioner is None:
+            raise RuntimeError("image_to_text: the model's family is known once load_processor or build_model ran")
+        return self._captioner
 
     # ------------------------------------------------------------------ data
     def required_columns(self) -> list[str]:
@@ -128,6 +143,8 @@ class ImageToText(Task):
             folder = Path(opts.image_folder).expanduser()
             self.folder = (folder if folder.is_absolute() else base / folder).resolve()
         section = recipe.model
+        config = load_config(recipe, source)
+        family = self.captioner(config)  # refuses a model that is no captioner before anything is read
         if section.tokenizer is not None and (Path(section.tokenizer) / "processor_config.json").is_file():
             self._processor = VisionTextDualEncoderProcessor.from_pretrained(section.tokenizer)
             return self._processor
@@ -140,8 +157,7 @@ class ImageToText(Task):
             except (OSError, ValueError):
                 image_processor = None  # no preprocessor_config.json: sized from the config below
         if image_processor is None:
-            config = load_config(recipe, source)
-            size = opts.image_size or getattr(getattr(config, "encoder", config), "image_size", None)
+            size = opts.image_size or getattr(family.vision(config) or config, "image_size", None)
             if not size:
                 from adaptkit import ModelSourceError
 
@@ -200,24 +216,22 @@ class ImageToText(Task):
         (the contract's output checks, ``advise``); an unlabelled batch holds the start token alone."""
         import torch
 
+        from adaptkit_tasks.captions import IGNORE
+
         start = self.start_id(processor.tokenizer)
         pad = processor.tokenizer.pad_token_id
         pad = pad if pad is not None else self.end_id(processor.tokenizer)
+        family = self.captioner()
 
         def collate(rows):
-            batch = {"pixel_values": torch.stack([torch.as_tensor(row["pixel_values"], dtype=torch.float32)
-                                                  for row in rows])}
+            pixels = torch.stack([torch.as_tensor(row["pixel_values"], dtype=torch.float32) for row in rows])
+            labels = None
             if all("labels" in row for row in rows):
                 width = max(len(row["labels"]) for row in rows)
                 labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
                 for i, row in enumerate(rows):
                     labels[i, :len(row["labels"])] = torch.tensor(row["labels"], dtype=torch.long)
-                inputs = torch.cat([torch.full((len(rows), 1), start, dtype=torch.long), labels[:, :-1]], dim=1)
-                batch["decoder_input_ids"] = inputs.masked_fill(inputs == IGNORE, pad)
-                batch["labels"] = labels
-            else:
-                batch["decoder_input_ids"] = torch.full((len(rows), 1), start, dtype=torch.long)
-            return batch
+            return family.batch(pixels, labels, start, pad)
 
         return collate
 
@@ -241,35 +255,23 @@ class ImageToText(Task):
     def configure_model(self, config: Any) -> None:
         """The decoder attends to the image (cross-attention) and the generation ids come from the
         tokenizer; a decoder built from a config gets a vocabulary the tokenizer fits in."""
-        model_type = getattr(config, "model_type", None)
-        if model_type not in SUPPORTED:
-            from adaptkit import ModelSourceError
-
-            raise ModelSourceError(f"task image_to_text trains vision encoder-decoder models (model_type "
-                                   f"{', '.join(SUPPORTED)}: a ViT encoder with a GPT-2 or BERT decoder); this model "
-                                   f"is {model_type!r}")
-        config.decoder.is_decoder = True
-        config.decoder.add_cross_attention = True
+        family = self.captioner(config)
+        family.prepare(config)
         tokenizer = getattr(self._processor, "tokenizer", None)
         if tokenizer is None:
             return
-        if self._from_config and getattr(config.decoder, "vocab_size", 0) < len(tokenizer):
-            config.decoder.vocab_size = len(tokenizer)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id(tokenizer)
-        config.pad_token_id = pad
-        config.decoder_start_token_id = self.start_id(tokenizer)
-        config.eos_token_id = self.end_id(tokenizer)
-        config.decoder.pad_token_id = pad
+        end = self.end_id(tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
+        family.configure(config, self.start_id(tokenizer), end, pad, len(tokenizer) if self._from_config else None)
 
     def build_model(self, source: str, config: Any, from_config: bool, **kwargs: Any):
-        """``VisionEncoderDecoderModel`` has no ``from_config``: a model from a config is its constructor."""
-        import transformers
-
+        """``AutoModelForImageTextToText`` from a checkpoint (it picks the class from the config); from a
+        config, the captioner builds it (``VisionEncoderDecoderModel`` has no ``from_config``)."""
         self._from_config = from_config
         if not from_config:
             return super().build_model(source, config, from_config, **kwargs)
         self.configure_model(config)
-        return self.finish_model(transformers.VisionEncoderDecoderModel(config), source, kwargs)
+        return self.finish_model(self.captioner().build(config), source, kwargs)
 
     def finish_model(self, model, source, load_kwargs):
         """The generation settings go into ``generation_config``, which the export saves: a plain
@@ -294,9 +296,11 @@ class ImageToText(Task):
         """``generation_settings`` with ``max_new_tokens`` capped where the decoder's positions end."""
         from adaptkit import position_limit
 
-        settings = self.generation_settings()
+        family = self.captioner()
+        settings = family.generate_arguments(self.generation_settings())
         inner = getattr(model, "module", model)
-        decoder = getattr(getattr(inner, "config", None), "decoder", None)
+        config = getattr(inner, "config", None)
+        decoder = family.text(config) if config is not None else None
         limit = position_limit(decoder) if decoder is not None else None
         if limit is not None:
             settings["max_new_tokens"] = max(1, min(settings["max_new_tokens"], limit - 1))
@@ -322,10 +326,10 @@ class ImageToText(Task):
         and (in evaluation) the generated caption ids; O(rows x tokens), never the vocabulary."""
         import torch
 
-        from adaptkit_tasks.captions import image_key
+        from adaptkit_tasks.captions import IGNORE, image_key
 
-        labels = batch["labels"]
-        logits = outputs.logits[:, -labels.shape[1]:, :].float()
+        logits, labels = self.captioner().scored(outputs.logits, batch)
+        logits = logits.float()
         losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
                                                    reduction="none")
         kept = {"loss_sum": losses.sum(dim=1), "tokens": (labels != IGNORE).sum(dim=1), "references": labels,
@@ -375,8 +379,7 @@ class ImageToText(Task):
 
     def head_features(self, model, batch):
         """The encoder's last hidden state, mean-pooled over patches (what the decoder attends to)."""
-        inner = getattr(model, "module", model)
-        encoder = inner.get_encoder() if hasattr(inner, "get_encoder") else inner.encoder
+        encoder = self.captioner().encoder(getattr(model, "module", model))
         return encoder(pixel_values=batch["pixel_values"]).last_hidden_state.mean(dim=1)
 
     def describe_features(self) -> Optional[str]:
