@@ -10,8 +10,11 @@
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -22,7 +25,8 @@ from adaptkit.engine.runner import run
 from adaptkit.engine.train_metrics import MetricSums
 from conftest import tiny_recipe_dict
 from test_instruct_kit import tiny_config, write_jsonl
-from test_task_preference import colour_rows, tokenizer_dir  # noqa: F401 (a module-scoped fixture)
+from test_task_preference import (batch_of, colour_rows, make_task, models, tokenizer,  # noqa: F401 (fixtures)
+                                  tokenizer_dir)
 
 SAVE = Checkpointer.save
 METRICS = ("reward_accuracy", "rewards_chosen", "rewards_rejected", "reward_margin", "logps_chosen", "logps_rejected")
@@ -104,10 +108,12 @@ def resumed(tmp_path_factory, tokenizer_dir):  # noqa: F811 (the imported fixtur
         assert len(computed) == 1
         second = _record_saves(patch)
         logged = _record_tracker_logs(patch)
-        result = run({**spec, "training": {**spec["training"], "report_to": ["tensorboard"]}},
-                              progress=False, log=lambda _: None, resume=True)
+        piped = io.StringIO()  # not a terminal: the progress display prints a line per log step
+        with contextlib.redirect_stderr(piped):
+            result = run({**spec, "training": {**spec["training"], "report_to": ["tensorboard"]}},
+                         progress=True, log=lambda _: None, resume=True)
     return {"before": computed[0], "computed": computed, "loaded": loaded, "first": first, "second": second,
-            "logged": logged, "result": result, "spec": spec}
+            "logged": logged, "result": result, "spec": spec, "stderr": piped.getvalue()}
 
 
 def test_resumed_run_reads_the_reference_table_from_before_training_bit_for_bit(resumed):
@@ -167,6 +173,49 @@ def test_trackers_history_and_loss_curve_show_the_preference_metrics(resumed):
     # steps 3-4 ran in the resumed process, 1-2 before the stop: the epoch's mean spans both
     assert all(math.isfinite(metrics["history"][-1][f"train_{name}"]) for name in METRICS)
     assert "task_metrics" in resumed["first"][0]["state"]
+    (line,) = [line for line in resumed["stderr"].splitlines() if line.startswith("step 4/4")]
+    assert f"reward_accuracy {train[0]['train/reward_accuracy']:.4f}" in line and "reward_margin" in line
+    assert "│ train_reward_accuracy " in resumed["stderr"]  # a row of the summary table (too many for columns)
+
+
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+def test_a_batch_training_metrics_are_its_evaluation_metrics(tokenizer, models, objective):  # noqa: F811
+    """The training figures (masked sums on the device) agree with the evaluation's on the same batch
+    (gathered rows, boolean indexing): two computations of one definition."""
+    policy, reference = models
+    task = make_task(tokenizer, objective=objective)
+    task._reference_model = reference
+    rows = colour_rows(6, 9)
+    if objective == "kto":
+        rows = [{"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
+                for r, side in zip(rows, ["chosen", "rejected", "rejected", "chosen", "rejected", "rejected"])]
+    batch = batch_of(task, tokenizer, rows)
+    with torch.no_grad():
+        _, outputs = task.compute_loss(policy, batch)
+    training = {name: float(value) for name, value in task.training_metrics(outputs, batch).items()}
+    evaluation = task.compute_metrics(**task.batch_outputs(outputs, batch))
+    assert set(training) == set(evaluation) == set(METRICS)
+    assert 0.0 < evaluation["reward_accuracy"] < 1.0 or evaluation["reward_margin"] != 0.0
+    for name in METRICS:
+        assert training[name] == pytest.approx(evaluation[name], rel=1e-5, abs=1e-6), name
+
+
+def test_plan_counts_the_precomputed_table(resumed):
+    """plan's reference_table is at least what the table held in memory (its keys and values), for
+    any strategy; with reference: auto there is no table."""
+    import adaptkit
+    from adaptkit_tasks.preference import Preference
+
+    task = Preference({"chat_template": "chatml"})
+    task.load_training_state(resumed["before"])
+    held = sum(sys.getsizeof(key) + sys.getsizeof(value) for key, value in task._precomputed.items())
+    spec = resumed["spec"]
+    for strategy in ("full", "lora"):
+        memory = adaptkit.plan({**spec, "strategy": {"name": strategy}}).strategies[0].memory
+        assert memory["reference_table"] >= held and memory["total"] == sum(v for k, v in memory.items()
+                                                                             if k != "total")
+    auto = adaptkit.plan({**spec, "task": {**spec["task"], "reference": "auto"}}).strategies[0].memory
+    assert "reference_table" not in auto
 
 
 def test_a_resumed_full_fine_tune_from_a_config_refuses_a_reference_it_no_longer_has(tmp_path, tokenizer_dir):  # noqa: F811

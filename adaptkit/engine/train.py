@@ -343,18 +343,29 @@ class _Progress:
             self.bar.stop()
 
     def summary(self, history: list[dict[str, Any]]) -> None:
-        """A table of the epochs (train loss, every eval metric), printed once training ends."""
+        """A table of the epochs (train loss, a task's training metrics, every eval metric), printed once
+        training ends: a row per epoch, or a row per figure where a row per epoch would not fit the width
+        (a preference task's 14 figures cut every header to ``train_…``)."""
         if not self.enabled or not history:
             return
         from rich.console import Console
         from rich.table import Table
 
+        console = Console(file=sys.stderr, width=None if sys.stderr.isatty() else 160)
         keys = [k for k in history[-1] if k not in ("epoch", "step")]
-        table = Table("epoch", "step", *keys, title="training summary")
-        for entry in history:
-            table.add_row(str(entry["epoch"]), str(entry["step"]),
-                          *(f"{entry[k]:.4f}" if isinstance(entry.get(k), float) else str(entry.get(k, "")) for k in keys))
-        Console(file=sys.stderr, width=None if sys.stderr.isatty() else 160).print(table)
+
+        def cell(entry: dict[str, Any], key: str) -> str:
+            return f"{entry[key]:.4f}" if isinstance(entry.get(key), float) else str(entry.get(key, ""))
+
+        if sum(max(len(k), 9) + 3 for k in ["epoch", "step", *keys]) > console.width:
+            table = Table("", *(f"epoch {e['epoch']} (step {e['step']})" for e in history), title="training summary")
+            for key in keys:
+                table.add_row(key, *(cell(entry, key) for entry in history))
+        else:
+            table = Table("epoch", "step", *keys, title="training summary")
+            for entry in history:
+                table.add_row(str(entry["epoch"]), str(entry["step"]), *(cell(entry, key) for key in keys))
+        console.print(table)
 
 
 class _Best:
