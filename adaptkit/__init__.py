@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers (nothing i
     from adaptkit.judge.compare import CompareReport
     from adaptkit.plugin.conformance import ConformanceReport, ModelFamily
     from adaptkit.engine.merge import MergeResult
+    from adaptkit.engine.serving import RunAdapters
     from adaptkit.plugin.blocks import find_block_list
 
 #: What the public functions accept as a recipe: a ``Recipe``, a YAML file's path, or its dict.
@@ -49,6 +50,8 @@ __all__ = [
     "ModelFamily", "RecipeLike", "check_task", "register_family",
     # baselines trained without pretraining, which compare and advise judge transfer against
     "Baseline", "BaselineRows", "list_baselines", "merge",
+    # many runs' adapters on one base, switched per call
+    "load_runs",
 ]
 
 # What plugin authors build with. A plugin imports only from ``adaptkit`` itself, never from a
@@ -88,6 +91,7 @@ _LAZY.update({
     "ConformanceReport": "adaptkit.plugin.conformance",
     "ModelFamily": "adaptkit.plugin.conformance",
     "MergeResult": "adaptkit.engine.merge",
+    "RunAdapters": "adaptkit.engine.serving",
 })
 
 __all__ += [name for name in (
@@ -143,6 +147,18 @@ def load(run_dir: Union[str, "PathLike[str]"], trust_remote_code: bool = False) 
     from adaptkit.engine.predict import load_run
 
     return load_run(run_dir, trust_remote_code=trust_remote_code)
+
+
+def load_runs(runs: Sequence[Union[str, "PathLike[str]"]], trust_remote_code: bool = False) -> RunAdapters:
+    """Load several peft runs on one base as a ``RunAdapters``: the base is built once and each run's
+    adapter is switched in per call, ``.predict(rows, adapter=i)`` (peft ``load_adapter``/``set_adapter``).
+
+    Whole-model runs (full fine-tune, partial freeze), different peft types and different bases are
+    refused with the reason before any weight is read. See ``adaptkit.engine.serving.load_runs``.
+    """
+    from adaptkit.engine.serving import load_runs as _load_runs
+
+    return _load_runs(runs, trust_remote_code=trust_remote_code)
 
 
 def merge(runs: Sequence[Union[str, "PathLike[str]"]], method: str, output: Union[str, "PathLike[str]"],

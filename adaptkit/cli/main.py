@@ -210,11 +210,17 @@ def _check_plugins(args) -> int:
 
 def _cmd_predict(args) -> int:
     from adaptkit.engine.predict import predict_file
+    from adaptkit.engine.serving import predict_files
 
-    output = args.output or str(Path(args.run_dir) / "predictions.csv")
-    count = predict_file(args.run_dir, args.input, output, overwrite=args.overwrite,
-                         trust_remote_code=args.trust_remote_code)
-    print(f"wrote {count} predictions to {output}")
+    outputs = args.output or [str(Path(run) / "predictions.csv") for run in args.run_dir]
+    if len(args.run_dir) == 1 and len(args.input) == 1 and len(outputs) == 1:
+        counts = [predict_file(args.run_dir[0], args.input[0], outputs[0], overwrite=args.overwrite,
+                               trust_remote_code=args.trust_remote_code)]
+    else:  # one base, each run's adapter switched in for its own input
+        counts = predict_files(args.run_dir, args.input, outputs, overwrite=args.overwrite,
+                               trust_remote_code=args.trust_remote_code)
+    for count, output in zip(counts, outputs):
+        print(f"wrote {count} predictions to {output}")
     return 0
 
 

@@ -53,9 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "strategy, or on the listed ones; exit 1 if any fails")
 
     predict = commands.add_parser("predict", help="predict with a finished run")
-    predict.add_argument("run_dir")
-    predict.add_argument("--input", required=True, help="CSV/TSV/JSON/JSONL/Parquet rows")
-    predict.add_argument("--output", help="where to write predictions (default: predictions.csv in run_dir)")
+    predict.add_argument("run_dir", nargs="+",
+                         help="a run folder; several peft runs on one base share it, their adapters switched per "
+                              "input (the i-th --input is predicted by the i-th run)")
+    predict.add_argument("--input", required=True, action="append", help="CSV/TSV/JSON/JSONL/Parquet rows; once per run")
+    predict.add_argument("--output", action="append",
+                         help="where to write predictions, once per run (default: predictions.csv in each run_dir)")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     predict.add_argument("--trust-remote-code", action="store_true",
                          help="let the run's own code run (a tokenizer's auto_map, the model repository's code); "

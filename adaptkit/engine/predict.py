@@ -110,9 +110,27 @@ def load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Pred
         return _load_run(run_dir, trust_remote_code)
 
 
-def _load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Predictor:
-    from adaptkit.engine.models import quiet_hf_logging, resolve_model_source, build_model
+@dataclass
+class _RunParts:
+    """What rebuilding a run needs, read from its folder, before any weight is loaded."""
+
+    folder: Path
+    summary: dict
+    recipe: Any
+    task: Any
+    strategy: Any
+    source: Any
+    tokenizer: Any
+
+    @property
+    def export(self) -> Path:
+        return self.folder / Path(self.summary["export"]["path"]).name
+
+
+def _run_parts(run_dir: Union[str, Path], trust_remote_code: bool = False) -> _RunParts:
+    from adaptkit.engine.models import quiet_hf_logging
     from adaptkit.engine.session import strategy_for
+    from adaptkit.engine.stacking import resolve_base_source
     from adaptkit.plugin.registry import get_registry
     from adaptkit.recipe.schema import Recipe
 
@@ -132,13 +150,20 @@ def _load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Pre
     task.load_state(summary["task_state"])
     strategy = strategy_for(registry, recipe)
     recipe.model.tokenizer = str(folder / "tokenizer")
-    source = (resolve_model_source(recipe.model.name, recipe.model.revision, recipe.model.allow_pickle)
-              if recipe.model.name else None)
+    source = (resolve_base_source(recipe.model.name, recipe.model.revision, recipe.model.allow_pickle,
+                                  trust_remote_code) if recipe.model.name else None)  # a run as base: merged
     tokenizer = task.load_processor(recipe, source)
-    base = build_model(recipe, task, tokenizer, source, recipe.training.seed)
-    model = strategy.load(base, folder / Path(summary["export"]["path"]).name)
-    model = task.prepare_loaded(model)  # what save_pretrained does not keep: the head's pooling
-    return Predictor(model=model, tokenizer=tokenizer, task=task)
+    return _RunParts(folder, summary, recipe, task, strategy, source, tokenizer)
+
+
+def _load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Predictor:
+    from adaptkit.engine.models import build_model
+
+    parts = _run_parts(run_dir, trust_remote_code)
+    base = build_model(parts.recipe, parts.task, parts.tokenizer, parts.source, parts.recipe.training.seed)
+    model = parts.strategy.load(base, parts.export)
+    model = parts.task.prepare_loaded(model)  # what save_pretrained does not keep: the head's pooling
+    return Predictor(model=model, tokenizer=parts.tokenizer, task=parts.task)
 
 
 def _cell(value: Any) -> Any:
@@ -156,23 +181,46 @@ def predict_file(run_dir: Union[str, Path], input_path: Union[str, Path], output
     predict on the wrong field) and a file lacking a column the task reads, each named.
     ``trust_remote_code`` is passed to ``load_run``: only the caller can allow the run's code.
     """
-    from adaptkit.engine.data import load_table
-    from adaptkit.recipe.datafiles import scan_rows
-    from adaptkit.engine.outputs import atomic_file, check_output_file, record_in_manifest
-    from adaptkit.recipe.datafiles import data_format
+    check_output_path(input_path, output_path, overwrite)
+    predictor = load_run(run_dir, trust_remote_code=trust_remote_code)
+    return write_predictions(predictor, input_path, output_path, overwrite)
+
+
+def check_output_path(input_path: Union[str, Path], output_path: Union[str, Path], overwrite: bool) -> None:
+    """Refuse, before any model loads, an ``output_path`` that is the input, a folder, a run's own file,
+    or an existing file without ``overwrite``."""
+    from adaptkit.engine.outputs import check_output_file
 
     source, output = Path(input_path), Path(output_path)
     if output.exists() and source.exists() and os.path.samefile(output, source):
         raise AdaptkitError(f"--output {output} is the input file; give another path")
     check_output_file(output, overwrite)
-    predictor = load_run(run_dir, trust_remote_code=trust_remote_code)
+
+
+def read_input(input_path: Union[str, Path], task: Any) -> Any:
+    """The rows of ``input_path`` as a ``datasets.Dataset``, ragged CSV/TSV/JSONL rows refused with their line."""
+    from adaptkit.engine.data import load_table
+    from adaptkit.recipe.datafiles import data_format, scan_rows
+
+    source = Path(input_path)
     kind = data_format(source)
     if kind in ("csv", "tsv", "jsonl") and source.is_file():  # ragged rows, with their line
-        scan_rows(source, kind, input_columns(predictor.task), {}, None, is_train=False)
+        scan_rows(source, kind, input_columns(task), {}, None, is_train=False)
     table = load_table(source)
     index_columns = [c for c in table.column_names if c.startswith(_INDEX_COLUMN_PREFIX)]
     if index_columns:
         table = table.remove_columns(index_columns)
+    return table
+
+
+def write_predictions(predictor: Any, input_path: Union[str, Path], output_path: Union[str, Path],
+                      overwrite: bool = False) -> int:
+    """Predict the rows of ``input_path`` with ``predictor`` (anything with ``task`` and ``predict``) and
+    write them with a prediction column to ``output_path``; returns the row count."""
+    from adaptkit.engine.outputs import atomic_file, check_output_file, record_in_manifest
+
+    source, output = Path(input_path), Path(output_path)
+    table = read_input(source, predictor.task)
     predictions = predictor.predict(table, source=str(source))
     columns = list(table.column_names)
     check_output_file(output, overwrite)  # again: predicting took a while, the path may be taken now

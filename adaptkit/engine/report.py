@@ -90,6 +90,21 @@ def model_card(summary: dict[str, Any], recipe_dir: Optional[Path] = None) -> st
     return str(ModelCard(f"---\n{card_data(summary).to_yaml()}\n---\n\n{body}"))
 
 
+def _chain_lines(chain: Optional[list[dict[str, Any]]]) -> list[str]:
+    """The card's "Built on a finished run" section: each run under this one (folder name, strategy,
+    metric), oldest first; none when the base is no run. Folder names only: the card travels."""
+    if not chain:
+        return []
+    from adaptkit.engine.stacking import describe_chain
+
+    shown = [{**link, "run": Path(str(link["run"])).name} if "run" in link else link for link in chain]
+    return ["## Built on a finished run", "",
+            f"Chain: {describe_chain(shown)}.", "",
+            "Each run's change was merged into the base before the next trained on it, so this export applies to "
+            "the last run's merged model, not to the first base alone: `adaptkit.load` on this folder rebuilds "
+            "the chain.", ""]
+
+
 def _card_body(summary: dict[str, Any]) -> str:
     recipe = summary["recipe"]
     metrics = summary["eval"]
@@ -113,6 +128,7 @@ def _card_body(summary: dict[str, Any]) -> str:
         f"Base model: [{base_id}](https://huggingface.co/{base_id})" if base_id else
         "Base model: none on the Hub (built from a config or a local folder).",
         "",
+        *_chain_lines(summary.get("chain")),
         "## Contract",
         "",
         *[f"- {check}" for check in summary["contract"]],

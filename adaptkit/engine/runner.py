@@ -23,6 +23,7 @@ import yaml
 
 from adaptkit._version import __version__
 from adaptkit.engine.session import RecipeLike, Session, as_recipe
+from adaptkit.engine.stacking import chain_comment, chain_of
 from adaptkit.errors import AdaptkitError, ContractViolation
 
 # The merged model is compared with the trained one on this many real eval rows, in batches of
@@ -153,7 +154,8 @@ def _run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
         write_json(staging / "metrics.json", summary)
         from adaptkit.engine.checkpoint import save_task_state  # Task.training_state is kept with the run too
         save_task_state(session.task, staging)
-        (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved_dict(), sort_keys=False))
+        (staging / "recipe.yaml").write_text(chain_comment(summary["chain"])  # a run as base: the chain, as comments
+                                             + yaml.safe_dump(recipe.resolved_dict(), sort_keys=False))
         (staging / "README.md").write_text(model_card(summary, recipe.base_dir()))  # paths relative to the recipe
     # The run is complete: nothing left to resume. Its trackers' files are recorded first (the folder
     # held none of the user's when the run started), and only recorded files and checkpoints are removed.
@@ -355,6 +357,7 @@ def _summary(session: Session, prepared: _Prepared, trained: _Trained, accelerat
         "device": str(accelerator.device),
         "export": {"kind": strategy.export_kind, "path": str(export_path), "loader": strategy.export_loader},
         "contract": contract,
+        "chain": chain_of(session.source),  # base -> run A -> ... when model.name is a finished run
         "recipe": recipe.resolved_dict(),
     }
 

@@ -60,7 +60,8 @@ class Session:
 
     def __init__(self, recipe: RecipeLike, log: Callable[[str], None] = print):
         from adaptkit.engine.data import load_splits
-        from adaptkit.engine.models import quiet_hf_logging, resolve_model_source
+        from adaptkit.engine.models import quiet_hf_logging
+        from adaptkit.engine.stacking import check_task_fits, resolve_base_source, run_folder
         from adaptkit.plugin.registry import get_registry
 
         quiet_hf_logging()
@@ -74,7 +75,11 @@ class Session:
                                           label_rules=self.task.label_rules())
         self.task.setup(self.splits.train)
         section = self.recipe.model
-        self.source: Optional[ModelSource] = (resolve_model_source(section.name, section.revision, section.allow_pickle)
+        folder = run_folder(section.name)
+        if folder is not None:  # a finished run as the base: its task must fit this recipe's
+            check_task_fits(folder, self.task, self.recipe.where("model", "name"))
+        self.source: Optional[ModelSource] = (resolve_base_source(section.name, section.revision, section.allow_pickle,
+                                                                  section.trust_remote_code)
                                               if section.name else None)
 
     # ------------------------------------------------------------------ data

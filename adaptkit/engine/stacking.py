@@ -1,0 +1,202 @@
+"""A finished run as the base of a new recipe: ``model.name: runs/a`` (issue 25, item 4).
+
+A folder is a run folder when it holds what every finished run writes: ``metrics.json`` (with the
+recipe, task state and export it records) beside its ``adapter/`` or ``model/`` export. Such a base
+is resolved to a plain transformers model folder, so everything downstream (``plan``'s meta model,
+a 4-bit ``from_pretrained`` for qlora, ``device_map``, the contract's fresh base for the export
+check, ``adaptkit predict`` of the new run) reads it like any local model:
+
+- a run that exported a whole model (full fine-tune, partial freeze, frozen head) *is* a model
+  folder: its ``model/``;
+- an adapter run with ``output.merge: true`` already wrote its merged ``model/``, which the run's
+  own contract checked against the trained model;
+- any other adapter run is loaded (base + adapter, as ``adaptkit predict`` loads it), merged with
+  its strategy's ``unwrap`` (peft's ``merge_and_unload``) and written once to adaptkit's cache
+  (``$ADAPTKIT_CACHE``, default ``~/.cache/adaptkit``), under a key made of the run's metrics.json
+  and adapter files, so a second ``plan``/``run``/``predict`` reuses it. The write is atomic (a
+  temporary folder renamed into place): an interrupted merge never leaves a half model behind.
+
+Only mergeable adapters become a base: a strategy whose ``unwrap`` removes what it learned (prompt
+tuning, bottleneck adapters) would hand the new recipe the old base, not run A, and is refused.
+The new run records the chain (base -> run A (strategy, metric) -> this run) in metrics.json, its
+recipe copy and its card; ``chain_of`` builds it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from adaptkit.errors import AdaptkitError, ModelSourceError
+from adaptkit.plugin.sources import ModelSource, resolve_model_source
+
+RUN_ORIGIN = "run"  # ModelSource.origin of a base that is a finished adaptkit run
+
+
+def run_folder(name: Optional[str]) -> Optional[Path]:
+    """``name`` as a finished adaptkit run folder (metrics.json beside adapter/ or model/), else None."""
+    if not name:
+        return None
+    folder = Path(name).expanduser()
+    if not (folder / "metrics.json").is_file():
+        return None
+    if not ((folder / "adapter").is_dir() or (folder / "model").is_dir()):
+        return None
+    return folder
+
+
+def read_run(folder: Path) -> dict[str, Any]:
+    """The run's summary (metrics.json), checked to hold what a base needs: its export and task."""
+    from adaptkit.engine.outputs import read_run_summary
+
+    summary = read_run_summary(folder)
+    export = summary["export"]
+    if export.get("kind") not in ("adapter", "model"):
+        raise ModelSourceError(f"{folder}/metrics.json: export kind {export.get('kind')!r} is neither an adapter "
+                               f"nor a model; this run cannot be the base of a recipe")
+    return summary
+
+
+def cache_root() -> Path:
+    """Where merged run bases are kept: ``$ADAPTKIT_CACHE``, else ``~/.cache/adaptkit`` (XDG_CACHE_HOME)."""
+    given = os.environ.get("ADAPTKIT_CACHE")
+    if given:
+        return Path(given).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "adaptkit"
+
+
+def _cache_key(folder: Path) -> str:
+    """The merged base's identity: the run's metrics.json and every file of its adapter (a re-run that
+    wrote another adapter into the same folder gets another key, never the stale merge)."""
+    digest = hashlib.sha256()
+    digest.update((folder / "metrics.json").read_bytes())
+    for path in sorted((folder / "adapter").rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(folder).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def merged_run_folder(folder: Path, trust_remote_code: bool = False) -> Path:
+    """A transformers model folder computing what the run in ``folder`` computes (see the module doc)."""
+    summary = read_run(folder)
+    export = summary["export"]
+    if export["kind"] == "model" or (folder / "model" / "config.json").is_file():
+        return (folder / "model").resolve()
+    strategy = summary.get("strategy")
+    from adaptkit.plugin.registry import get_registry
+
+    strategy_cls = get_registry().strategies.get(str(strategy))
+    if strategy_cls is not None and not strategy_cls.mergeable:
+        raise ModelSourceError(
+            f"{folder}: strategy {strategy!r} cannot be merged into its base (its unwrap removes what it learned "
+            f"instead of folding it into the weights), so the run cannot be the base of a new recipe. Use a "
+            f"mergeable strategy (lora, full, ...) for the run you build on")
+    target = cache_root() / "run-bases" / _cache_key(folder)
+    if (target / "config.json").is_file():
+        return target
+    from adaptkit.engine.predict import load_run
+
+    predictor = load_run(folder, trust_remote_code=trust_remote_code)
+    unwrap = (strategy_cls(None).unwrap if strategy_cls is not None else (lambda model: model.merge_and_unload()))
+    model = unwrap(predictor.model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".adaptkit-tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        predictor.tokenizer.save_pretrained(staging)
+        (staging / "adaptkit-run.json").write_text(json.dumps({"run": str(folder.resolve())}) + "\n")
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process merged the same run first: its folder is the same model
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_base_source(name: str, revision: Optional[str] = None, allow_pickle: bool = False,
+                        trust_remote_code: bool = False) -> ModelSource:
+    """``model.name``'s files: a finished run's merged model (origin "run"), else ``resolve_model_source``."""
+    folder = run_folder(name)
+    if folder is None:
+        return resolve_model_source(name, revision, allow_pickle)
+    return ModelSource(name, str(merged_run_folder(folder, trust_remote_code)), RUN_ORIGIN, True)
+
+
+def _model_class(task_type: Optional[str]) -> Optional[str]:
+    from adaptkit.plugin.registry import get_registry
+
+    task_cls = get_registry().tasks.get(str(task_type))
+    return getattr(task_cls, "model_class", None) if task_cls is not None else None
+
+
+def check_task_fits(folder: Path, task: Any, where: str = "model.name") -> None:
+    """Refuse a run whose model the new task cannot continue: another model class (a classifier run under
+    a causal LM recipe), or another label set; the message names both sides."""
+    summary = read_run(folder)
+    before, now = summary.get("task"), task.name
+    before_class, now_class = _model_class(before), getattr(task, "model_class", None)
+    if before != now and (not before_class or before_class != now_class):
+        raise AdaptkitError(f"{where}: {folder} is a {before!r} run ({before_class or 'its own model class'}) and "
+                            f"this recipe's task is {now!r} ({now_class or 'its own model class'}): a run is the "
+                            f"base of a recipe only for a task on the same model class")
+    old_labels = (summary.get("task_state") or {}).get("labels")
+    new_labels = (task.state() or {}).get("labels") if hasattr(task, "state") else None
+    if old_labels is not None and new_labels is not None and list(old_labels) != list(new_labels):
+        raise AdaptkitError(f"{where}: {folder} was trained on the labels {list(old_labels)} and this recipe's data "
+                            f"has the labels {list(new_labels)}: continuing a run keeps its head, so the label sets "
+                            f"must be the same (in the same order)")
+
+
+def _headline(summary: dict[str, Any]) -> Optional[str]:
+    """The run's eval figure on the metric that chose its epoch (``best.metric``), else its first eval metric."""
+    metrics = summary.get("eval")
+    if not isinstance(metrics, dict) or not metrics:
+        return None
+    chosen = (summary.get("best") or {}).get("metric")
+    key = chosen if chosen in metrics else next((k for k in metrics if k != "loss"), next(iter(metrics)))
+    value = metrics[key]
+    return f"{key} {value:.4f}" if isinstance(value, (int, float)) else f"{key} {value}"
+
+
+def chain_of(source: Optional[ModelSource]) -> list[dict[str, Any]]:
+    """The chain of bases under a run built on ``source``: the first base, then each run built on it, oldest
+    first (empty when the base is no run). Each run's entry: folder, strategy, task, headline eval metric."""
+    if source is None or source.origin != RUN_ORIGIN:
+        return []
+    folder = run_folder(source.name)
+    summary = read_run(folder)
+    chain = list(summary.get("chain") or [])
+    if not chain:
+        recipe_model = (summary.get("recipe") or {}).get("model") or {}
+        chain.append({"base": summary.get("base_model_id") or recipe_model.get("name") or
+                      f"{(recipe_model.get('config') or {}).get('model_type', 'model')} built from model.config"})
+    chain.append({"run": str(folder.resolve()), "strategy": summary.get("strategy"), "task": summary.get("task"),
+                  "metric": _headline(summary)})
+    return chain
+
+
+def describe_chain(chain: list[dict[str, Any]], this: str = "this run") -> str:
+    """One line: ``base -> run A (lora, accuracy 0.8125) -> this run``."""
+    parts = []
+    for link in chain:
+        if "base" in link:
+            parts.append(str(link["base"]))
+        else:
+            detail = ", ".join(str(x) for x in (link.get("strategy"), link.get("metric")) if x)
+            parts.append(f"{link['run']} ({detail})" if detail else str(link["run"]))
+    return " -> ".join(parts + [this])
+
+
+def chain_comment(chain: list[dict[str, Any]]) -> str:
+    """The header a run's recipe.yaml carries when its base is a run: the chain as YAML comments, so the
+    recipe copy records it and still loads as a recipe (a key would be refused as unknown)."""
+    if not chain:
+        return ""
+    return f"# base chain: {describe_chain(chain)}\n"

@@ -1,0 +1,209 @@
+"""A finished run reused (issue 25, items 4 and 5): as the base of a new recipe (adaptkit.engine.stacking),
+and beside other runs' adapters on one base model (adaptkit.engine.serving).
+
+One tiny BERT (config, seed 0) and a handful of short runs on it, shared by the module: two LoRA runs on
+different rows, an IA3 run, a full fine-tune, and a LoRA run whose ``model.name`` is the first run.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import adaptkit
+from adaptkit import AdaptkitError
+from adaptkit.cli import main
+from conftest import sentiment_rows, tiny_recipe_dict, write_table
+
+ROWS = [{"text": row["text"]} for row in sentiment_rows(12, seed=9)]
+
+
+def _recipe(root: Path, folder_name: str, strategy: str, data_seed: int, **model) -> dict:
+    folder = root / folder_name
+    folder.mkdir()
+    recipe = tiny_recipe_dict(folder, strategy=strategy)
+    recipe["data"]["train"] = str(write_table(folder / "train.csv", sentiment_rows(48, seed=data_seed)))
+    recipe["training"].update(epochs=1, learning_rate=1e-2)
+    if model:
+        recipe["model"] = dict(model)
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The module's runs; the merged bases go to a cache folder of the module's own ($ADAPTKIT_CACHE)."""
+    root = tmp_path_factory.mktemp("reuse")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ADAPTKIT_CACHE", str(root / "cache"))
+        found = {name: adaptkit.run(_recipe(root, name, strategy, seed), progress=False).output_dir
+                 for name, strategy, seed in (("a", "lora", 1), ("b", "lora", 2), ("ia3", "ia3", 1), ("full", "full", 1))}
+        found["stacked_recipe"] = _recipe(root, "stacked", "lora", 3, name=str(found["a"]))
+        found["stacked"] = adaptkit.run(found["stacked_recipe"], progress=False).output_dir
+        found["root"] = root
+        yield found
+
+
+def _logits(predictor, rows=ROWS) -> torch.Tensor:
+    import datasets
+
+    encoded = predictor.task.preprocess(datasets.Dataset.from_list(rows), predictor.tokenizer)
+    batch = predictor.task.collate(predictor.tokenizer)([encoded[i] for i in range(len(encoded))])
+    batch.pop("labels", None)
+    with torch.no_grad():
+        return predictor.model.eval()(**batch).logits
+
+
+# ---------------------------------------------------------------------------- a run as the base of a recipe
+
+def test_a_run_as_base_records_the_chain_in_metrics_recipe_and_card(runs):
+    stacked, a = runs["stacked"], runs["a"]
+    summary = json.loads((stacked / "metrics.json").read_text())
+    first = json.loads((a / "metrics.json").read_text())
+    assert summary["chain"] == [
+        {"base": "bert built from model.config"},
+        {"run": str(a.resolve()), "strategy": "lora", "task": "sequence_classification",
+         "metric": f"accuracy {first['eval']['accuracy']:.4f}"}]
+    recipe_text = (stacked / "recipe.yaml").read_text()
+    assert recipe_text.splitlines()[0] == (f"# base chain: bert built from model.config -> {a.resolve()} "
+                                           f"(lora, accuracy {first['eval']['accuracy']:.4f}) -> this run")
+    assert yaml.safe_load(recipe_text)["model"]["name"] == str(a)  # comments only: the copy still loads as a recipe
+    card = (stacked / "README.md").read_text()
+    assert "## Built on a finished run" in card and f"-> run (lora, accuracy {first['eval']['accuracy']:.4f})" in card
+    assert summary["base_model_id"] is None  # no Hub model holds the base with run a's change in it
+    rules = {line.split(":", 1)[0] for line in summary["contract"]}
+    assert {"frozen", "export", "signature", "equivalence"} <= rules
+    assert (Path(summary["base_model"]) / "config.json").is_file()
+    assert Path(summary["base_model"]).parent.parent == runs["root"] / "cache"
+
+
+def test_the_base_is_run_a_merged_with_its_architecture_and_outputs(runs, monkeypatch):
+    """What the stacked recipe builds as its base computes what run a computes, and has the architecture of
+    run a's model with its adapter merged; a second session reads the cached merge without loading run a."""
+    from adaptkit.engine import predict
+    from adaptkit.engine.session import Session
+    from adaptkit.plugin.contract import architecture_signature
+
+    monkeypatch.setenv("ADAPTKIT_CACHE", str(runs["root"] / "cache"))
+    run_a = adaptkit.load(runs["a"])
+    expected = _logits(run_a)
+    merged_a = run_a.model.merge_and_unload()
+
+    def no_reload(*args, **kwargs):
+        raise AssertionError("the merged base should come from the cache")
+
+    monkeypatch.setattr(predict, "load_run", no_reload)
+    session = Session(runs["stacked_recipe"], log=lambda message: None)
+    assert session.source.origin == "run"
+    base = session.build_base()
+    assert architecture_signature(base) == architecture_signature(merged_a)
+    torch.testing.assert_close(_logits(predict.Predictor(base, session.tokenizer, session.task)), expected,
+                               rtol=0, atol=1e-5)
+
+
+def test_the_stacked_run_reloads_to_its_own_eval_score(runs):
+    """adaptkit.load rebuilds the chain (run a merged, then the stacked adapter): its predictions on the eval
+    rows score exactly what the run recorded."""
+    stacked = runs["stacked"]
+    summary = json.loads((stacked / "metrics.json").read_text())
+    import csv
+
+    with open(summary["recipe"]["data"]["eval"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    predictions = adaptkit.load(stacked).predict([{"text": row["text"]} for row in rows])
+    accuracy = sum(p["label"] == row["label"] for p, row in zip(predictions, rows)) / len(rows)
+    assert accuracy == pytest.approx(summary["eval"]["accuracy"], abs=1e-9)
+
+
+def test_a_full_fine_tune_run_is_its_model_folder(runs, tmp_path):
+    from adaptkit.engine.session import Session
+    from adaptkit.engine.stacking import chain_of
+
+    recipe = tiny_recipe_dict(tmp_path, strategy="lora")
+    recipe["model"] = {"name": str(runs["full"])}
+    session = Session(recipe, log=lambda message: None)
+    assert (session.source.origin, Path(session.source.location)) == ("run", (runs["full"] / "model").resolve())
+    assert chain_of(session.source)[-1]["strategy"] == "full"
+
+
+def test_a_run_of_another_task_or_label_set_is_refused_naming_both(runs, tmp_path):
+    causal = tiny_recipe_dict(tmp_path, strategy="lora")
+    causal["model"] = {"name": str(runs["a"])}
+    causal["task"] = {"type": "causal_lm", "text_column": "text", "max_length": 32}
+    with pytest.raises(AdaptkitError) as refused:
+        adaptkit.plan(causal)
+    message = str(refused.value)
+    assert "'sequence_classification' run" in message and "task is 'causal_lm'" in message
+    assert "AutoModelForSequenceClassification" in message and "AutoModelForCausalLM" in message
+
+    three = tiny_recipe_dict(tmp_path, strategy="lora")
+    three["model"] = {"name": str(runs["a"])}
+    rows = [{**row, "label": index % 3} for index, row in enumerate(sentiment_rows(30, seed=4))]
+    three["data"]["train"] = str(write_table(tmp_path / "three.csv", rows))
+    with pytest.raises(AdaptkitError, match=r"labels \['0', '1'\] and this recipe's data has the labels "
+                                            r"\['0', '1', '2'\]"):
+        adaptkit.plan(three)
+
+
+def test_a_run_whose_change_cannot_be_merged_is_refused(runs, tmp_path):
+    """A strategy whose unwrap removes what it learned (prompt tuning) would hand the new recipe the old base."""
+    copy = tmp_path / "prompt_run"
+    shutil.copytree(runs["ia3"], copy)
+    summary = json.loads((copy / "metrics.json").read_text())
+    summary["strategy"] = "prompt_tuning"
+    (copy / "metrics.json").write_text(json.dumps(summary))
+    recipe = tiny_recipe_dict(tmp_path, strategy="lora")
+    recipe["model"] = {"name": str(copy)}
+    with pytest.raises(AdaptkitError, match="strategy 'prompt_tuning' cannot be merged into its base"):
+        adaptkit.plan(recipe)
+
+
+# ---------------------------------------------------------------------------- many adapters on one base
+
+def test_load_runs_builds_the_base_once_and_each_adapter_predicts_what_its_run_alone_does(runs, monkeypatch):
+    from adaptkit.engine import models
+
+    built = []
+    original = models.build_model
+    monkeypatch.setattr(models, "build_model", lambda *args, **kwargs: built.append(1) or original(*args, **kwargs))
+    served = adaptkit.load_runs([runs["a"], runs["b"]])
+    assert len(built) == 1  # one base for both runs
+    alone = {name: adaptkit.load(runs[name]) for name in ("a", "b")}
+    assert len(built) == 3
+    for index, name in enumerate(("a", "b")):
+        assert served.predict(ROWS, adapter=index) == alone[name].predict(ROWS)
+        assert torch.equal(_logits(served.predictor(runs[name])), _logits(alone[name]))
+    assert not torch.equal(_logits(alone["a"]), _logits(alone["b"]))  # the switch is real: the runs differ
+    assert served.predict(ROWS, adapter=str(runs["a"])) == alone["a"].predict(ROWS)  # back to the first, by path
+    with pytest.raises(AdaptkitError, match="no loaded run is 5; the loaded runs are 0: "):
+        served.predict(ROWS, adapter=5)
+
+
+def test_cli_predict_with_several_runs_writes_what_each_run_alone_writes(runs, tmp_path, capsys):
+    inputs = [write_table(tmp_path / f"in{i}.csv", [{"text": r["text"]} for r in sentiment_rows(7, seed=20 + i)])
+              for i in range(2)]
+    together = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    assert main(["predict", str(runs["a"]), str(runs["b"]), "--input", str(inputs[0]), "--input", str(inputs[1]),
+                 "--output", str(together[0]), "--output", str(together[1])]) == 0
+    for name, source, output in zip(("a", "b"), inputs, together):
+        alone = tmp_path / f"alone-{name}.csv"
+        assert main(["predict", str(runs[name]), "--input", str(source), "--output", str(alone)]) == 0
+        assert output.read_bytes() == alone.read_bytes() and len(output.read_text().splitlines()) == 8
+    assert main(["predict", str(runs["a"]), str(runs["b"]), "--input", str(inputs[0]),
+                 "--output", str(tmp_path / "x.csv")]) == 2
+    error = capsys.readouterr().err
+    assert "2 runs and 1 --input files: give one --input per run" in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize("other, fragment", [
+    ("full", "strategy 'full' exported a whole model"),
+    ("ia3", "its adapter is peft IA3 (strategy 'ia3')"),
+    ("stacked", "was trained on another base than"),
+    ("a", "the same run is named twice"),
+])
+def test_runs_that_cannot_share_a_base_are_refused_with_the_reason(runs, other, fragment):
+    with pytest.raises(AdaptkitError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        adaptkit.load_runs([runs["a"], runs[other]])
