@@ -269,3 +269,22 @@ def test_metric_sums_average_finite_values_per_window_and_survive_a_checkpoint()
         assert each.read_window(None) == {}  # nothing counted since the last read
         each.reset_epoch()
         assert each.read_epoch(None) == {}
+
+
+def test_a_reward_model_batch_training_metrics_are_its_evaluation_metrics(tokenizer):  # noqa: F811
+    import datasets
+
+    from test_task_reward import make_task as reward_task, tiny_scorer
+
+    task = reward_task(tokenizer)
+    table = datasets.Dataset.from_list(colour_rows(6, 9))
+    task.setup(table)
+    encoded = task.preprocess(table, tokenizer)
+    batch = task.collate(tokenizer)([encoded[i] for i in range(len(encoded))])
+    with torch.no_grad():
+        _, outputs = task.compute_loss(tiny_scorer(len(tokenizer)), batch)
+    training = {name: float(value) for name, value in task.training_metrics(outputs, batch).items()}
+    evaluation = task.compute_metrics(**task.batch_outputs(outputs, batch))
+    assert set(training) == set(evaluation) and evaluation["margin"] != 0.0
+    for name in evaluation:
+        assert training[name] == pytest.approx(evaluation[name], rel=1e-5, abs=1e-6), name

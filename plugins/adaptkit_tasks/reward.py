@@ -12,7 +12,8 @@ prompt and a ``completion`` per row and returns its score.
 A batch row is one pair, its chosen and rejected conversations side by side along the tokens (as
 ``preference`` lays pairs out: a split across processes keeps pairs whole), and ``labels`` holds
 each pair's margin, a float per row the model's own regression loss could read, so the contract's
-checks see an ordinary classifier batch.
+checks see an ordinary classifier batch. The training log shows the evaluation's figures for the
+training batches too (``training_metrics``).
 """
 from __future__ import annotations
 
@@ -193,6 +194,13 @@ class Reward(Task):
         margin = batch["labels"].to(scores.dtype) if "labels" in batch else 0.0
         loss = -F.logsigmoid(chosen - rejected - margin).mean()
         return loss, SimpleNamespace(loss=loss, chosen=chosen.detach(), rejected=rejected.detach())
+
+    def training_metrics(self, outputs, batch) -> dict[str, Any]:
+        """The evaluation's figures for each training batch, left on the device (the loop averages
+        them over its log interval): the training log shows whether the pairs are being ranked."""
+        chosen, rejected = outputs.chosen, outputs.rejected
+        return {"accuracy": (chosen > rejected).float().mean(), "margin": (chosen - rejected).mean(),
+                "chosen_score": chosen.mean(), "rejected_score": rejected.mean()}
 
     def batch_outputs(self, outputs, batch):
         """Per pair: both conversations' scores."""
