@@ -144,13 +144,13 @@ def test_the_table_differs_from_what_the_trained_model_would_give(resumed, token
     from adaptkit_tasks.chat_templates import install_template
     from adaptkit_tasks.preference import Preference
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    install_template(tokenizer, "chatml", "test")
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    install_template(tok, "chatml", "test")
     task = Preference({"chat_template": "chatml", "max_length": 64})
     task.load_training_state(resumed["before"])
     rows = [json.loads(line) for line in open(resumed["spec"]["data"]["train"])]
-    encoded = task.preprocess(datasets.Dataset.from_list(rows[:8]), tokenizer)
-    batch = task.sequences(task.collate(tokenizer)([encoded[i] for i in range(len(encoded))]))
+    encoded = task.preprocess(datasets.Dataset.from_list(rows[:8]), tok)
+    batch = task.sequences(task.collate(tok)([encoded[i] for i in range(len(encoded))]))
     keys = task._keys(batch["input_ids"], batch["attention_mask"])
     reference = torch.tensor([task._precomputed[key] for key in keys], dtype=torch.float64)  # every key read back
     trained = AutoModelForCausalLM.from_pretrained(str(resumed["result"].output_dir / "model")).eval()
@@ -218,7 +218,8 @@ def test_plan_counts_the_precomputed_table(resumed):
     assert "reference_table" not in auto
 
 
-def test_a_resumed_full_fine_tune_from_a_config_refuses_a_reference_it_no_longer_has(tmp_path, tokenizer_dir):  # noqa: F811
+def test_a_resumed_full_fine_tune_from_a_config_refuses_a_reference_it_no_longer_has(
+        tmp_path, tokenizer_dir):  # noqa: F811
     """reference: auto snapshots the weights at the first step; after a resume those are trained."""
     from adaptkit.errors import AdaptkitError
 

@@ -225,7 +225,8 @@ class Preference(CausalLM):
         if not objective.reference:
             return [f"objective {objective.name}: reference-free, no reference model"]
         if self.options.reference == "precompute":
-            return [f"objective {objective.name}: reference log-probs computed once before the first step, no copy"]
+            return [f"objective {objective.name}: reference log-probs computed once before the first step and kept "
+                    f"with every checkpoint (a resume reads them back), no copy"]
         return [f"objective {objective.name}: the reference is the base with the adapter switched off, or a "
                 f"frozen copy of the model for strategies without one"]
 
