@@ -129,6 +129,28 @@ def test_a_full_fine_tune_run_is_its_model_folder(runs, tmp_path):
     assert chain_of(session.source)[-1]["strategy"] == "full"
 
 
+def test_a_run_built_on_a_run_is_a_base_too_and_the_chain_grows(runs, tmp_path, monkeypatch):
+    """The stacked run as the base of a third recipe: its merge rebuilds run a's merged base first (cached),
+    the chain lists both runs, and a relative model.name is recorded absolute in the run's recipe."""
+    from adaptkit.engine.session import Session
+    from adaptkit.engine.stacking import chain_of, describe_chain
+
+    recipe = tiny_recipe_dict(tmp_path, strategy="lora")
+    monkeypatch.chdir(runs["stacked"].parent)
+    recipe["model"] = {"name": runs["stacked"].name}  # "run", relative to the working folder
+    session = Session(recipe, log=lambda message: None)
+    chain = chain_of(session.source)
+    assert [link.get("run") for link in chain] == [None, str(runs["a"].resolve()), str(runs["stacked"].resolve())]
+    assert describe_chain(chain).startswith("bert built from model.config -> ") and \
+        describe_chain(chain).endswith(" (lora, accuracy " + f"{json.loads((runs['stacked'] / 'metrics.json').read_text())['eval']['accuracy']:.4f}) -> this run")
+    assert session.recipe.resolved_dict()["model"]["name"] == str(runs["stacked"].resolve())
+    stacked_base = adaptkit.load(runs["stacked"]).model.merge_and_unload()
+    built = session.build_base()
+    probe = {"input_ids": torch.tensor([[101, 2204, 3185, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad():
+        torch.testing.assert_close(built.eval()(**probe).logits, stacked_base.eval()(**probe).logits, rtol=0, atol=1e-5)
+
+
 def test_a_run_of_another_task_or_label_set_is_refused_naming_both(runs, tmp_path):
     causal = tiny_recipe_dict(tmp_path, strategy="lora")
     causal["model"] = {"name": str(runs["a"])}

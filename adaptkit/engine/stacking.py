@@ -69,11 +69,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "adaptkit"
 
 
-def _cache_key(folder: Path) -> str:
-    """The merged base's identity: the run's metrics.json and every file of its adapter (a re-run that
-    wrote another adapter into the same folder gets another key, never the stale merge)."""
+def _cache_key(folder: Path, summary: dict[str, Any], trust_remote_code: bool = False) -> str:
+    """The merged base's identity: the run's metrics.json, every file of its adapter (a re-run that wrote
+    another adapter into the same folder gets another key, never the stale merge) and, when the run was
+    itself built on a run, that run's merged base (so re-running any run of a chain renews the ones above)."""
     digest = hashlib.sha256()
     digest.update((folder / "metrics.json").read_bytes())
+    below = run_folder(((summary.get("recipe") or {}).get("model") or {}).get("name"))
+    if below is not None:
+        digest.update(str(merged_run_folder(below, trust_remote_code)).encode())
     for path in sorted((folder / "adapter").rglob("*")):
         if path.is_file():
             digest.update(path.relative_to(folder).as_posix().encode())
@@ -96,7 +100,7 @@ def merged_run_folder(folder: Path, trust_remote_code: bool = False) -> Path:
             f"{folder}: strategy {strategy!r} cannot be merged into its base (its unwrap removes what it learned "
             f"instead of folding it into the weights), so the run cannot be the base of a new recipe. Use a "
             f"mergeable strategy (lora, full, ...) for the run you build on")
-    target = cache_root() / "run-bases" / _cache_key(folder)
+    target = cache_root() / "run-bases" / _cache_key(folder, summary, trust_remote_code)
     if (target / "config.json").is_file():
         return target
     from adaptkit.engine.predict import load_run
