@@ -289,3 +289,27 @@ def test_a_reward_model_batch_training_metrics_are_its_evaluation_metrics(tokeni
     assert set(training) == set(evaluation) and evaluation["margin"] != 0.0
     for name in evaluation:
         assert training[name] == pytest.approx(evaluation[name], rel=1e-5, abs=1e-6), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a host sync exists only with an accelerator")
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+def test_training_metrics_never_wait_on_the_gpu(objective):
+    """The per-step part (the task's figures, their sums) runs with CUDA's sync check set to error."""
+    from types import SimpleNamespace
+
+    from adaptkit_tasks.preference import Preference
+
+    device = torch.device("cuda")
+    task = Preference({"objective": objective})
+    outputs = SimpleNamespace(rewards=torch.randn(8, device=device), logps=-torch.rand(8, device=device),
+                              desirable=torch.arange(8, device=device) % 3 == 0)
+    sums = MetricSums(device)
+    sums.add(task.training_metrics(outputs, {}))  # the first batch sizes the sums
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            sums.add(task.training_metrics(outputs, {}))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert set(sums.read_window(None)) == set(METRICS)

@@ -22,6 +22,7 @@ class MetricSums:
         self.device = device
         self.names: list[str] = []
         self._sums: Optional[torch.Tensor] = None  # [2 windows (log, epoch), 2 (sum, count), names]
+        self._nan: Optional[torch.Tensor] = None  # made once, in _grow
 
     def add(self, values: dict[str, torch.Tensor]) -> None:
         """Fold one batch's scalars in on the device (no host sync). A NaN value, or a name this
@@ -30,9 +31,8 @@ class MetricSums:
             return
         if self._sums is None or any(name not in self.names for name in values):
             self._grow(values)
-        nan = torch.tensor(float("nan"), device=self.device)
-        batch = torch.stack([values[name].detach().float().reshape(()).to(self.device) if name in values else nan
-                             for name in self.names])
+        batch = torch.stack([values[name].detach().float().reshape(()).to(self.device) if name in values
+                             else self._nan for name in self.names])
         finite = torch.isfinite(batch)
         self._sums += torch.stack([torch.where(finite, batch, torch.zeros_like(batch)), finite.float()])
 
@@ -40,6 +40,8 @@ class MetricSums:
         """Start the sums, or widen them for a metric not seen before (earlier batches count it as undefined)."""
         names = self.names + [name for name in values if name not in self.names]
         grown = torch.zeros((2, 2, len(names)), device=self.device)
+        # a fill on the device, once: torch.tensor(nan, device=...) in add would copy from the host every step
+        self._nan = torch.full((), float("nan"), device=self.device)
         if self._sums is not None:
             grown[..., :len(self.names)] = self._sums
         self.names, self._sums = names, grown
