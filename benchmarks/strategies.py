@@ -1,156 +1,424 @@
-"""Every installed strategy side by side on the same data, model and budget.
+"""Every installed strategy on the same data, model and budget, each at its own tuned learning rate.
 
-Each strategy in ``adaptkit.list_strategies()`` (none skipped: a strategy that fails gets a
-row saying why) trains through ``adaptkit.run`` on all-MiniLM-L6-v2, the same seeded rows of
-data/sst2/train_2k.tsv, evaluated on data/sst2/dev.tsv, with the same epochs, batch size and
-max length. Each runs in its own fresh subprocess so its peak memory is its own. The learning
-rate is the strategy's ``default_learning_rate`` unless ``LEARNING_RATES`` or ``--lr`` says
-otherwise: one shared rate would favour whichever method it happens to suit.
+A table a user can choose a method from (issue 25 item 6): for every strategy adaptkit lists
+(``adaptkit.list_strategies()``: the first-party ones and every peft method the installed peft
+registers), on all-MiniLM-L6-v2 sequence classification of SST-2:
 
-Prints a markdown table (strategy, dev accuracy, trainable parameters, train time, examples/s,
-peak memory) and writes benchmarks/results/strategies.md and strategies.json.
+1. ``adaptkit.plan`` on the meta device: a method that refuses the BERT family (peft's own reason,
+   or adaptkit's) is listed under "not run here" with the reason, and not trained.
+2. The learning rate is tuned exactly as ``adaptkit compare`` tunes an arm, by calling it
+   (``adaptkit.compare(recipe, [method], trials=..., baselines=[])``): ``trials`` rates log-spaced a
+   factor of 3 either side of the rate a run of this strategy would use (``tuning.arm_learning_rate``),
+   each trained on the rows minus a 20 % validation split carved from them and chosen on that split,
+   never on the dev set the table reports.
+3. One ``adaptkit.run`` at the chosen rate on all the rows measures what the table shows: dev
+   accuracy (the full 872-row SST-2 dev split, last epoch's weights), trainable parameters, seconds
+   per epoch (the loop's own clock), examples/s and peak memory (the process's peak RSS on a CPU,
+   imports included; the CUDA allocator's peak on a GPU).
 
-Usage: python benchmarks/strategies.py [--strategies a,b] [--max-train-samples 500] [--epochs 5] [--batch-size 16]
-       [--lr lora=1e-3]
+Each step runs in its own fresh subprocess, so a method's peak memory is its own and a crash is a
+row saying why. Every finished method is written at once to the JSON file (keyed by method, with the
+settings and the adaptkit/peft/torch/transformers versions) and the markdown table is regenerated
+from it, so the table fills over several sessions: a rerun skips every method already measured (or
+refused) with the same settings and options, and retries failed ones; ``--redo`` measures again.
+``--only a,b`` picks methods; ``--quick`` (200 rows, 1 trial, 1 epoch, no step floor) is for
+development and writes to a temporary folder unless ``--out`` says otherwise, never over the table.
+
+Usage: python benchmarks/strategies.py [--only lora,vera] [--trials 3] [--redo] [--quick] [--out FILE.json]
+       python benchmarks/strategies.py --render      (the markdown again from the JSON, nothing trained)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-TRAIN = ROOT / "data" / "sst2" / "train_2k.tsv"
-DEV = ROOT / "data" / "sst2" / "dev.tsv"
+TRAIN = ROOT / "data" / "sst2" / "train_2k.tsv"  # the first 2,000 rows of ../shared/data/sst2_train_4k.tsv
+DEV = ROOT / "data" / "sst2" / "dev.tsv"  # the full 872-row SST-2 dev split
 RESULTS = ROOT / "benchmarks" / "results"
-BATCH, MAX_LEN, SEED = 32, 128, 42
-# Per-strategy learning rates where the strategy's own default is not the right one for this
-# budget (a few hundred steps on a small encoder). Empty: every default is used as is.
-LEARNING_RATES: dict[str, float] = {}
+TABLE = RESULTS / "strategies.json"
+
+# The table's settings; --quick replaces some (QUICK), --rows/--trials/--epochs any.
+FULL = {"rows": 1000, "trials": None, "epochs": 3, "min_steps": None, "batch_size": 32, "max_length": 128,
+        "seed": 42}  # None: adaptkit's defaults (compare's DEFAULT_TRIALS, the recipe's step floor)
+QUICK = {"rows": 200, "trials": 1, "epochs": 1, "min_steps": 0}
+
+# What a user reads the table by: how each method adapts the model. A method a newer peft adds is
+# "other" until it is placed here.
+FAMILIES = {
+    "full & partial": ("full", "partial_freeze"),
+    "head only": ("frozen_head",),
+    "LoRA-kin": ("lora", "qlora", "adalora", "loha", "lokr", "vera", "pvera", "randlora", "vblora", "tinylora",
+                 "unilora", "delora", "gralora", "hira", "lily", "miss", "glora", "adamss", "deft", "peanut"),
+    "orthogonal": ("oft", "boft", "hra", "road", "psoft", "osf"),
+    "spectral & structured": ("fourierft", "waveft", "c3a"),
+    "sparse": ("shira", "frod", "supertuning"),
+    "scaling & bias": ("ia3", "beft", "ln_tuning"),
+    "adapters & side networks": ("adapters", "shadow"),
+    "prompt": ("prompt_tuning", "p_tuning", "prefix_tuning", "adaption_prompt"),
+    "token embeddings": ("trainable_tokens",),
+}
+
+# Options the table gives methods that cannot run without them (peft declares no default); every other
+# method runs with its defaults. TRAIN_TOKENS: every token id the training file uses (``train_tokens``).
+TRAIN_TOKENS = "<train tokens>"
+OPTIONS: dict[str, dict[str, Any]] = {
+    "p_tuning": {"num_virtual_tokens": 20},  # prompt_tuning's default
+    "prefix_tuning": {"num_virtual_tokens": 20},
+    "adaption_prompt": {"adapter_len": 10, "adapter_layers": 1},
+    "trainable_tokens": {"token_indices": TRAIN_TOKENS},
+    # peft's Shadow looks for a decoder stack (``.layers``/``.h``) and refuses BERT without targets; BERT's
+    # blocks named, it keeps adaptkit's contract on a tiny BERT (frozen, export, signature, removal)
+    "shadow": {"target_modules": r".*\.encoder\.layer\.\d+$"},
+}
 
 
-def recipe_for(strategy: str, rows: int, epochs: int, learning_rate: float, output: Path) -> dict[str, Any]:
+# ------------------------------------------------------------ pure parts (tests/test_strategies_benchmark.py)
+
+def family(method: str) -> str:
+    """The family a method is listed under ("other" for one not placed in ``FAMILIES``)."""
+    return next((name for name, members in FAMILIES.items() if method in members), "other")
+
+
+def settings_for(quick: bool = False, **given: Any) -> dict[str, Any]:
+    """The run's settings: the table's (or --quick's), with the ones given (None: not given) replacing them,
+    and adaptkit's defaults written out, so two runs compare equal exactly when they train alike."""
+    from adaptkit.judge.tuning import DEFAULT_TRIALS
+    from adaptkit.recipe.schema import DEFAULT_MIN_STEPS
+
+    settings = {**FULL, **(QUICK if quick else {})}
+    settings.update({k: v for k, v in given.items() if v is not None})
+    settings["trials"] = settings["trials"] or DEFAULT_TRIALS
+    settings["min_steps"] = DEFAULT_MIN_STEPS if settings["min_steps"] is None else settings["min_steps"]
+    settings.update(model=MODEL, train=TRAIN.relative_to(ROOT).as_posix(), dev=DEV.relative_to(ROOT).as_posix(),
+                    task="sequence_classification", quick=quick)
+    return settings
+
+
+def versions() -> dict[str, str]:
+    """The versions a figure was measured with (read from the installed distributions, nothing imported)."""
+    found = {}
+    for name in ("adaptkit", "peft", "torch", "transformers"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def load_store(path: Path) -> dict[str, Any]:
+    """The results file, in this script's format. The first format (one run of the 8 first-party
+    strategies: ``{"train_rows", "epochs", ..., "results": [...]}``) is kept whole under ``legacy``:
+    measured data is never dropped, only moved where the table says what it was."""
+    if not path.exists():
+        return {"methods": {}}
+    data = json.loads(path.read_text())
+    if "methods" in data:
+        return data
+    return {"methods": {}, "legacy": data}
+
+
+def is_done(entry: Optional[dict[str, Any]], settings: dict[str, Any], options: dict[str, Any]) -> bool:
+    """Whether a stored entry answers this run: measured or refused with the same settings and options.
+    A failed one is retried (a crash or a killed session is not an answer)."""
+    return (entry is not None and entry.get("status") in ("measured", "refused")
+            and entry.get("settings") == settings and entry.get("options", {}) == options)
+
+
+def pending(store: dict[str, Any], methods: list[str], settings: dict[str, Any],
+            options_of: Callable[[str], dict[str, Any]], redo: bool = False) -> list[str]:
+    """The methods this run must measure, in the given order: all with ``redo``, else those not done."""
+    return [m for m in methods if redo or not is_done(store["methods"].get(m), settings, options_of(m))]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def record(store: dict[str, Any], method: str, entry: dict[str, Any], path: Path) -> None:
+    """Put one method's entry in the store and write the JSON and the markdown beside it at once."""
+    store["methods"][method] = entry
+    store["methods"] = dict(sorted(store["methods"].items()))
+    write_atomic(path, json.dumps(store, indent=2) + "\n")
+    write_atomic(path.with_suffix(".md"), render(store))
+
+
+def _settings_line(settings: dict[str, Any]) -> str:
+    floor = f", at least {settings['min_steps']} optimizer steps" if settings["min_steps"] else ""
+    return (f"{settings['model']}, SST-2: {settings['rows']:,} training rows of `{settings['train']}` (seed "
+            f"{settings['seed']}), dev accuracy on the full dev split (`{settings['dev']}`); {settings['epochs']} "
+            f"epoch(s){floor}, batch {settings['batch_size']}, max_length {settings['max_length']}; learning rate "
+            f"tuned as `adaptkit compare` tunes an arm ({settings['trials']} trial(s), chosen on a 20 % validation "
+            f"split of the training rows), then one run at that rate on all the rows"
+            + (" (QUICK: a development check, not figures to compare)" if settings.get("quick") else ""))
+
+
+def _legacy(legacy: dict[str, Any]) -> list[str]:
+    lines = ["", f"## Legacy: the first table (8 first-party strategies, {legacy.get('train_rows')} rows, "
+                 f"{legacy.get('epochs')} epochs, batch {legacy.get('batch_size')}, each at its own default rate, "
+                 f"untuned)", "",
+             "Measured by the first version of this script; kept until the table above has every one of them.", "",
+             "| strategy | lr | dev accuracy | trainable params | train time (s) | examples/s | peak memory (MiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in legacy.get("results", []):
+        if "error" in row:
+            lines.append(f"| {row['strategy']} | | failed: {row['error']} | | | | |")
+            continue
+        lines.append(f"| {row['strategy']} | {row['learning_rate']:g} | {row['accuracy']:.4f} | "
+                     f"{row['trainable_parameters']:,} | {row['train_seconds']:.1f} | {row['examples_per_second']:.1f} "
+                     f"| {row['peak_memory_mib']:.0f} |")
+    return lines
+
+
+def render(store: dict[str, Any]) -> str:
+    """The markdown table from the store: the entries of the latest settings, best dev accuracy first;
+    the methods not run (refused at plan, or failed) with the reason; entries measured under other
+    settings named; the legacy table while some strategy of it has no new figure."""
+    entries = store["methods"]
+    settings = store.get("settings") or next((e["settings"] for e in entries.values()), None)
+    current = {m: e for m, e in entries.items() if e.get("settings") == settings}
+    measured = sorted(((m, e) for m, e in current.items() if e["status"] == "measured"),
+                      key=lambda item: (-item[1]["accuracy"], item[0]))
+    lines = ["# Every strategy on MiniLM / SST-2", ""]
+    if settings:
+        lines += [_settings_line(settings) + ".", ""]
+    lines += ["| method | family | trainable params | peak memory (MiB) | s/epoch | lr | dev accuracy |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for method, e in measured:
+        lines.append(f"| {method} | {family(method)} | {e['trainable_parameters']:,} | {e['peak_memory_mib']:,.0f} | "
+                     f"{e['seconds_per_epoch']:.1f} | {e['learning_rate']:.3g} | {e['accuracy']:.4f} |")
+    if not measured:
+        lines.append("| (none measured yet) | | | | | | |")
+    devices = sorted({e.get("device", "?") for _, e in measured})
+    shown_versions = sorted({json.dumps(e.get("versions", {}), sort_keys=True) for _, e in measured})
+    if measured:
+        lines += ["", f"Device: {', '.join(devices)}. Versions: "
+                      + "; ".join(", ".join(f"{k} {v}" for k, v in json.loads(v).items()) for v in shown_versions)
+                      + ". Options other than a method's defaults: "
+                      + (", ".join(f"{m} {json.dumps(e.get('options'))}" for m, e in measured if e.get("options"))
+                         or "none") + "." + (f" {TRAIN_TOKENS}: every token id the training file uses."
+                                             if any(TRAIN_TOKENS in json.dumps(e.get("options")) for _, e in measured)
+                                             else "")]
+    not_run = sorted((m, e) for m, e in current.items() if e["status"] != "measured")
+    if not_run:
+        lines += ["", "## Not run here", ""]
+        for method, e in not_run:
+            why = "refused at plan" if e["status"] == "refused" else "failed (retried by the next run)"
+            lines.append(f"- **{method}** ({family(method)}), {why}: {e['reason']}")
+    other = sorted(m for m, e in entries.items() if e.get("settings") != settings)
+    if other:
+        lines += ["", f"Measured under other settings (in the JSON file, not shown): {', '.join(other)}."]
+    legacy = store.get("legacy")
+    if legacy and any(r.get("strategy") not in dict(measured) for r in legacy.get("results", [])):
+        lines += _legacy(legacy)
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- measuring (subprocesses)
+
+def train_tokens() -> list[int]:
+    """Every token id the training file's sentences use (special tokens excluded): what
+    ``trainable_tokens`` retrains here, the embeddings of the words the classifier reads."""
+    import csv
+
+    import adaptkit
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adaptkit.resolve_model_source(MODEL).location)
+    with TRAIN.open(newline="") as handle:
+        sentences = [row["sentence"] for row in csv.DictReader(handle, delimiter="\t")]
+    ids = {i for text in sentences for i in tokenizer(text, add_special_tokens=False)["input_ids"]}
+    return sorted(ids - set(tokenizer.all_special_ids))
+
+
+def options_for(method: str, tokens: Callable[[], list[int]] = train_tokens) -> dict[str, Any]:
+    """The strategy options a recipe gives ``method``: ``OPTIONS``, placeholders filled (the results keep
+    the placeholders: the same file gives the same ids, and thousands of them would fill the table)."""
+    return {k: (tokens() if v == TRAIN_TOKENS else v) for k, v in OPTIONS.get(method, {}).items()}
+
+
+def recipe_for(method: str, options: dict[str, Any], settings: dict[str, Any], output: Path,
+               learning_rate: Optional[float] = None) -> dict[str, Any]:
+    training = {"epochs": settings["epochs"], "batch_size": settings["batch_size"], "seed": settings["seed"],
+                "min_steps": settings["min_steps"]}
+    if learning_rate is not None:
+        training["learning_rate"] = learning_rate
     return {
-        "model": {"name": MODEL},
+        "model": {"name": settings["model"]},
         "task": {"type": "sequence_classification", "text_column": "sentence", "label_column": "label",
-                 "max_length": MAX_LEN},
-        "data": {"train": str(TRAIN), "eval": str(DEV), "max_train_samples": rows},
-        "strategy": {"name": strategy},
-        "training": {"epochs": epochs, "batch_size": BATCH, "learning_rate": learning_rate, "seed": SEED},
+                 "max_length": settings["max_length"]},
+        "data": {"train": str(ROOT / settings["train"]), "eval": str(ROOT / settings["dev"]),
+                 "max_train_samples": settings["rows"]},
+        "strategy": {"name": method, **options},
+        "training": training,
         "output": {"dir": str(output)},
     }
 
 
-def run_one(strategy: str, rows: int, epochs: int, learning_rate: float, result_path: Path) -> None:
-    """Child process: train one strategy and write the figures the table needs."""
+def child_tune(job: dict[str, Any], work: Path) -> dict[str, Any]:
+    """The learning rate ``compare`` chooses for this method (its search, validation split and pruner)."""
     import adaptkit
 
-    with tempfile.TemporaryDirectory() as tmp:
-        result = adaptkit.run(recipe_for(strategy, rows, epochs, learning_rate, Path(tmp) / "run"), progress=False)
-    metrics = result.metrics
-    result_path.write_text(json.dumps({
-        "strategy": strategy,
-        "accuracy": metrics["eval"].get("accuracy"),
-        "trainable_parameters": metrics["parameters"]["trainable"],
-        "total_parameters": metrics["parameters"]["total"],
-        "learning_rate": metrics["learning_rate"],
-        "train_seconds": metrics["train_seconds"],
-        "examples_per_second": metrics["train_examples_per_second"],
-        "peak_memory_mib": round(metrics["peak_memory_bytes"] / 2**20, 1),
-        "contract": metrics["contract"],
-    }))
+    recipe = recipe_for(job["method"], job["options"], job["settings"], work / "run")
+    report = adaptkit.compare(recipe, [job["method"]], trials=job["settings"]["trials"], baselines=[],
+                              output_dir=work / "compare", bootstrap_rounds=100,
+                              log=lambda line: print(line, file=sys.stderr, flush=True))
+    run = report.runs[0]
+    return {"learning_rate": run.learning_rate, "grid": run.search.get("grid"),
+            "trials": [{"learning_rate": t["learning_rate"], "state": t["state"], "validation": t["validation"]}
+                       for t in run.trials],
+            "tuning_dev_accuracy": run.metrics.get("accuracy"), "tuning_train_rows": run.train_examples,
+            "validation_rows": run.validation_examples}
 
 
-def run_isolated(strategy: str, rows: int, epochs: int, learning_rate: Optional[float]) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
+def child_measure(job: dict[str, Any], work: Path) -> dict[str, Any]:
+    """One run at the chosen rate on all the rows: the table's figures."""
+    import adaptkit
+
+    recipe = recipe_for(job["method"], job["options"], job["settings"], work / "run", job["learning_rate"])
+    metrics = adaptkit.run(recipe, progress=False).metrics
+    per_epoch = math.ceil(metrics["train_examples"] / job["settings"]["batch_size"])
+    return {"accuracy": metrics["eval"]["accuracy"], "trainable_parameters": metrics["parameters"]["trainable"],
+            "total_parameters": metrics["parameters"]["total"], "learning_rate": metrics["learning_rate"],
+            "train_seconds": metrics["train_seconds"], "steps": metrics["steps"],
+            "seconds_per_epoch": round(metrics["train_seconds"] * per_epoch / max(metrics["steps"], 1), 2),
+            "examples_per_second": metrics["train_examples_per_second"],
+            "peak_memory_mib": round(metrics["peak_memory_bytes"] / 2**20, 1), "device": metrics["device"],
+            "train_examples": metrics["train_examples"], "eval_examples": metrics["eval_examples"],
+            "contract": metrics["contract"]}
+
+
+def in_subprocess(kind: str, job: dict[str, Any]) -> dict[str, Any]:
+    """``child_<kind>(job)`` in a fresh interpreter; ``{"error": last line}`` when it fails."""
+    with tempfile.TemporaryDirectory(prefix="strategies-bench-") as tmp:
+        job_file, out = Path(tmp) / "job.json", Path(tmp) / "out.json"
+        job_file.write_text(json.dumps(job))
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--child", strategy, "--max-train-samples", str(rows),
-                               "--epochs", str(epochs), "--batch-size", str(BATCH), "--child-out", str(out),
-                               *(["--child-lr", repr(learning_rate)] if learning_rate is not None else [])],
+        proc = subprocess.run([sys.executable, __file__, "--child", kind, str(job_file), str(out)],
                               capture_output=True, text=True)
-        if proc.returncode != 0 or not out.exists():
+        result = json.loads(out.read_text()) if out.exists() else {}
+        if proc.returncode != 0 or not result or "error" in result:
             lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
-            return {"strategy": strategy, "learning_rate": learning_rate,
-                    "error": lines[-1] if lines else f"exit status {proc.returncode}",
-                    "wall_seconds": round(time.perf_counter() - started, 1)}
-        return {**json.loads(out.read_text()), "wall_seconds": round(time.perf_counter() - started, 1)}
+            return {"error": result.get("error") or (lines[-1] if lines else f"exit status {proc.returncode}")}
+        return {**result, "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
-def table(rows: list[dict[str, Any]], samples: int, epochs: int) -> str:
-    lines = [f"# Strategies on {MODEL}: SST-2, {samples} train rows, {epochs} epoch(s), batch {BATCH}, "
-             f"max_length {MAX_LEN}", "",
-             "| strategy | lr | dev accuracy | trainable params | train time (s) | examples/s | peak memory (MiB) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        if "error" in row:
-            rate = "default" if row["learning_rate"] is None else f"{row['learning_rate']:g}"
-            lines.append(f"| {row['strategy']} | {rate} | failed: {row['error']} | | | | |")
-            continue
-        lines.append(f"| {row['strategy']} | {row['learning_rate']:g} | {row['accuracy']:.4f} | "
-                     f"{row['trainable_parameters']:,} | {row['train_seconds']:.1f} | "
-                     f"{row['examples_per_second']:.1f} | {row['peak_memory_mib']:.0f} |")
-    return "\n".join(lines) + "\n"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategies", help="comma-separated subset (default: every installed strategy)")
-    parser.add_argument("--max-train-samples", type=int, default=500)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", action="append", default=[], metavar="NAME=RATE", help="learning-rate override")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--child-lr", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    global BATCH
-    BATCH = args.batch_size
-    if args.child:
-        run_one(args.child, args.max_train_samples, args.epochs, args.child_lr, args.child_out)
-        return
-
+def refusal(method: str, options: dict[str, Any], settings: dict[str, Any]) -> Optional[str]:
+    """Why ``adaptkit.plan`` refuses this method on the table's model and task, or None when it plans."""
     import adaptkit
 
-    installed = adaptkit.list_strategies()
-    names = sorted(installed)
-    if args.strategies:
-        names = [n.strip() for n in args.strategies.split(",") if n.strip()]
-        unknown = [n for n in names if n not in installed]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            adaptkit.plan(recipe_for(method, options, settings, Path(tmp) / "run"))
+        except adaptkit.AdaptkitError as exc:  # a refusal (pre-flight, targets, a recipe option); others raise
+            return str(exc).strip().splitlines()[0]
+    return None
+
+
+def measure(method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """One method's entry: refused at plan, failed (tuning or measuring), or measured."""
+    entry: dict[str, Any] = {"settings": settings, "options": OPTIONS.get(method, {}), "versions": versions(),
+                             "family": family(method), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                    time.gmtime())}
+    options = options_for(method)
+    try:
+        reason = refusal(method, options, settings)
+    except Exception as exc:  # not a refusal: a failure, retried by the next run
+        return {**entry, "status": "failed", "reason": f"plan: {type(exc).__name__}: {str(exc).strip()[:300]}"}
+    if reason:
+        return {**entry, "status": "refused", "reason": reason}
+    job = {"method": method, "options": options, "settings": settings}
+    tuned = in_subprocess("tune", job)
+    if "error" in tuned:
+        return {**entry, "status": "failed", "reason": f"tuning: {tuned['error']}"}
+    measured = in_subprocess("measure", {**job, "learning_rate": tuned["learning_rate"]})
+    if "error" in measured:
+        return {**entry, "status": "failed", "reason": f"measuring at lr {tuned['learning_rate']:.3g}: "
+                                                       f"{measured['error']}", "tuning": tuned}
+    return {**entry, "status": "measured", **measured, "tuning": tuned}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated methods (default: every installed strategy)")
+    parser.add_argument("--redo", action="store_true", help="measure again methods already in the results")
+    parser.add_argument("--quick", action="store_true", help="200 rows, 1 trial, 1 epoch: a development check")
+    parser.add_argument("--trials", type=int, help="learning rates tried per method (default: compare's)")
+    parser.add_argument("--rows", type=int, help=f"training rows (default {FULL['rows']})")
+    parser.add_argument("--epochs", type=int, help=f"epochs (default {FULL['epochs']}; the step floor may add some)")
+    parser.add_argument("--out", type=Path, help=f"results JSON, markdown beside it (default "
+                                                 f"{TABLE.relative_to(ROOT)}; --quick: a temporary folder)")
+    parser.add_argument("--render", action="store_true", help="write the markdown from the JSON, train nothing")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        kind, job_file, out = args.child
+        job = json.loads(Path(job_file).read_text())
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"strategies-{kind}-") as work:
+                result = {"tune": child_tune, "measure": child_measure}[kind](job, Path(work))
+        except Exception as exc:  # the row says why; the table goes on with the next method
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            Path(out).write_text(json.dumps({"error": f"{type(exc).__name__}: {message}"}))
+            raise
+        Path(out).write_text(json.dumps(result))
+        return 0
+    path = args.out or (Path(tempfile.mkdtemp(prefix="strategies-quick-")) / "strategies.json" if args.quick
+                        else TABLE)
+    if args.quick and path.resolve() == TABLE.resolve():
+        parser.error("--quick does not write into the table (its figures are a development check)")
+    store = load_store(path)
+    if args.render:
+        write_atomic(path.with_suffix(".md"), render(store))
+        print(render(store))
+        return 0
+    import adaptkit
+
+    settings = settings_for(args.quick, rows=args.rows, trials=args.trials, epochs=args.epochs)
+    installed = sorted(adaptkit.list_strategies())
+    methods = installed
+    if args.only:
+        methods = [m.strip() for m in args.only.split(",") if m.strip()]
+        unknown = [m for m in methods if m not in installed]
         if unknown:
-            parser.error(f"not installed: {', '.join(unknown)} (installed: {', '.join(sorted(installed))})")
-    rates = dict(LEARNING_RATES)
-    for item in args.lr:
-        key, _, value = item.partition("=")
-        rates[key] = float(value)
-    rows = []
-    for name in names:
-        rate = rates.get(name)  # None: the strategy's own default for this model (frozen_head's depends on it)
-        print(f"{name}: training at lr {'default' if rate is None else f'{rate:g}'} ...", flush=True)
-        row = run_isolated(name, args.max_train_samples, args.epochs, rate)
-        print("  " + json.dumps({k: v for k, v in row.items() if k != "contract"}), flush=True)
-        rows.append(row)
-    previous = RESULTS / "strategies.json"
-    if args.strategies and previous.exists():  # a subset re-run keeps the other rows of the same setting
-        old = json.loads(previous.read_text())
-        if (old.get("train_rows"), old.get("epochs"), old.get("batch_size")) == (args.max_train_samples, args.epochs,
-                                                                              BATCH):
-            rows = sorted([r for r in old["results"] if r["strategy"] not in names] + rows,
-                          key=lambda r: r["strategy"])
-    text = table(rows, args.max_train_samples, args.epochs)
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "strategies.md").write_text(text)
-    (RESULTS / "strategies.json").write_text(json.dumps({
-        "model": MODEL, "train_rows": args.max_train_samples, "epochs": args.epochs, "batch_size": BATCH,
-        "max_length": MAX_LEN, "seed": SEED, "results": rows}, indent=2) + "\n")
+            parser.error(f"not installed: {', '.join(unknown)} (installed: {', '.join(installed)})")
+    todo = pending(store, methods, settings, lambda method: OPTIONS.get(method, {}), args.redo)
+    print(f"{len(methods) - len(todo)} of {len(methods)} already in {path} with these settings; measuring "
+          f"{len(todo)}: {', '.join(todo) or 'none'}", flush=True)
+    store["settings"] = settings
+    for number, method in enumerate(todo, 1):
+        started = time.perf_counter()
+        print(f"[{number}/{len(todo)}] {method} ({family(method)}) ...", flush=True)
+        entry = measure(method, settings)
+        record(store, method, entry, path)
+        figures = (f"dev accuracy {entry['accuracy']:.4f} at lr {entry['learning_rate']:.3g}, "
+                   f"{entry['seconds_per_epoch']:.1f} s/epoch, {entry['peak_memory_mib']:.0f} MiB"
+                   if entry["status"] == "measured" else f"{entry['status']}: {entry['reason']}")
+        print(f"  {figures} [{time.perf_counter() - started:.0f} s]", flush=True)
+    write_atomic(path, json.dumps(store, indent=2) + "\n")  # the settings of this run head the table
+    write_atomic(path.with_suffix(".md"), render(store))
+    print(render(store))
+    print(f"written: {path}, {path.with_suffix('.md')}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
