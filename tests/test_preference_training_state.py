@@ -131,7 +131,7 @@ def test_resumed_run_reads_the_reference_table_from_before_training_bit_for_bit(
     kept = load_file(str(result.output_dir / TASK_STATE_FILE))
     assert all(torch.equal(kept[name], before[name]) for name in before)
     notes = " ".join(result.metrics["task_notes"])
-    assert "computed once before the first step" in notes and "snapshot of the weights" in notes
+    assert "computed once before the first step" in notes and "snapshot of the starting weights" in notes
     assert "computed once before the first step" in (result.output_dir / "README.md").read_text()
 
 

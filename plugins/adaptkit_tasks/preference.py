@@ -408,7 +408,7 @@ class Preference(CausalLM):
                     f"resumed full fine-tune built from model.config no longer has those weights (the checkpoint "
                     f"holds the trained ones). Start over with --overwrite, or set task.reference: precompute "
                     f"(the reference log-probs are then kept with every checkpoint)")
-            self._note_reference("a frozen snapshot of the weights before the first step (built from model.config)")
+            self._note_reference("a frozen snapshot of the starting weights (the model was built from model.config)")
             return {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
         import transformers
 
