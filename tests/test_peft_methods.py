@@ -276,15 +276,18 @@ def test_plugins_lists_the_methods_with_peft_version(capsys):
 
 def test_a_run_gives_adalora_its_rank_allocation_after_each_step(tmp_path):
     """The training loop calls ``Strategy.after_step``: a real AdaLoRA run ends with ranks masked by its
-    budget (peft's rank_pattern in the exported adapter), and keeps the contract."""
+    budget (peft's rank_pattern in the exported adapter), and keeps the contract. The recipe gives no
+    total_step: the run's own count is used (WrapContext.total_steps), here 6, the small-data floor's
+    (32 rows at batch 16 is 2 steps an epoch; 1 epoch raised to 3), not the 2 the epochs give."""
     from conftest import sentiment_rows, tiny_recipe_dict, write_table
 
     recipe = tiny_recipe_dict(tmp_path, strategy="adalora")
     recipe["data"]["train"] = str(write_table(tmp_path / "small.csv", sentiment_rows(32, seed=1)))
-    recipe["strategy"].update(total_step=6, tinit=1, tfinal=1, deltaT=1, init_r=6, target_r=2)
-    recipe["training"].update(epochs=3, learning_rate=1e-2)
+    recipe["strategy"].update(tinit=1, tfinal=1, deltaT=1, init_r=6, target_r=2)
+    recipe["training"].update(epochs=1, min_steps=6, learning_rate=1e-2)
     result = adaptkit.run(recipe, progress=False)
     config = json.loads((result.output_dir / "adapter" / "adapter_config.json").read_text())
+    assert config["total_step"] == result.metrics["steps"] == result.metrics["budget"]["total_steps"] == 6
     kept = [sum(mask) for mask in config["rank_pattern"].values()]
     assert kept and all(k < 6 for k in kept), config["rank_pattern"]
     contract = json.loads((result.output_dir / "metrics.json").read_text())["contract"]

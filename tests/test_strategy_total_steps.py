@@ -1,10 +1,10 @@
 """A strategy learns the run's optimizer steps before it builds its config (``WrapContext.total_steps``):
 AdaLoRA's ``total_step`` (the steps its rank budget is scheduled over) is the run's real count unless the
-recipe sets it, on a tiny BERT."""
+recipe sets it, on a tiny BERT. A real run's count: tests/test_peft_methods.py
+(test_a_run_gives_adalora_its_rank_allocation_after_each_step)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import pytest
@@ -36,24 +36,6 @@ def test_a_wrap_told_no_step_count_is_refused_naming_the_option(bert_context):
     assert context.total_steps is None  # the conformance kit's context knows no run
     with pytest.raises(PreflightError, match=r"'adalora' needs total_step.*set strategy.total_step in the recipe"):
         ADALORA().wrap(model, context)
-
-
-def test_a_run_gives_adalora_its_real_step_count(tmp_path):
-    """96 rows at batch 16 is 6 steps an epoch; 2 epochs would be 12, and the small-data floor of 30 raises
-    them to 5 epochs: AdaLoRA is scheduled over the 30 steps the loop takes, not the epochs' 12."""
-    from conftest import tiny_recipe_dict
-
-    recipe = tiny_recipe_dict(tmp_path, strategy="adalora")
-    recipe["strategy"].update(init_r=6, target_r=2, tinit=2, tfinal=4)
-    recipe["training"].update(epochs=2, min_steps=30, learning_rate=1e-2)
-    result = adaptkit.run(recipe, progress=False)
-    metrics = json.loads((result.output_dir / "metrics.json").read_text())
-    config = json.loads((result.output_dir / "adapter" / "adapter_config.json").read_text())
-    expected = math.ceil(96 / 16) * 5
-    assert metrics["steps"] == metrics["budget"]["total_steps"] == expected
-    assert config["total_step"] == expected
-    kept = [sum(mask) for mask in config["rank_pattern"].values()]  # the schedule ran to its final phase
-    assert kept and all(k < 6 for k in kept), config["rank_pattern"]
 
 
 def test_plan_and_compare_tell_adalora_the_step_count(tmp_path):
