@@ -38,9 +38,9 @@ def test_a_wrap_told_no_step_count_is_refused_naming_the_option(bert_context):
         ADALORA().wrap(model, context)
 
 
-def test_plan_and_compare_tell_adalora_the_step_count(tmp_path):
+def test_plan_compare_and_advise_tell_adalora_the_step_count(tmp_path):
     """``adaptkit plan`` of an AdaLoRA recipe without total_step plans (it counts the raw training rows);
-    compare's arm model for one training-set size is built with that size's steps."""
+    compare's arm model for one training-set size is built with that size's steps; advise sizes it."""
     from conftest import tiny_recipe_dict
 
     from adaptkit.engine.session import Session
@@ -56,3 +56,8 @@ def test_plan_and_compare_tell_adalora_the_step_count(tmp_path):
     assert ArmModel(session, arm, seed=0, total_steps=11).model.peft_config["default"].total_step == 11
     with pytest.raises(PreflightError, match="needs total_step"):
         ArmModel(session, arm, seed=0)
+    from adaptkit.judge.advise import strategy_advice
+
+    sized = strategy_advice(session, ["adalora"], probe_steps=0, power_watts=None, grid_g_per_kwh=None,
+                            log=lambda _: None)[0]
+    assert sized.skipped is None and sized.trainable > 0  # advise sizes it as a run would wrap it

@@ -274,7 +274,7 @@ def time_one_step(session: Any, base: Any, name: str) -> tuple[float, float, int
     training = session.recipe.training
     device = training_device(training)
     model = copy.deepcopy(base)
-    context = session.context(model)
+    context = session.context(model, total_steps=session.planned_steps())  # as a run tells it
     strategy = session.strategy(name)
     rate = session.learning_rate(strategy, context)
     model = session.wrap(strategy, model, context).to(device)
@@ -338,7 +338,7 @@ def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watt
             strategy = session.strategy(name)
             with session.on_meta_device():  # the pre-flight runs too: a strategy that cannot run is skipped
                 meta = session.build_meta()
-                model = session.wrap(strategy, meta, session.context(meta))
+                model = session.wrap(strategy, meta, session.context(meta, total_steps=session.planned_steps()))
             entry.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             entry.total = sum(p.numel() for p in model.parameters())
             if entry.trainable == 0:

@@ -62,7 +62,7 @@ class WrapContext:
     ``total_steps`` is the number of optimizer steps the run will take (``adaptkit.engine.budget``,
     the count the training loop uses), for a method that schedules something over the run
     (AdaLoRA's rank budget); None where the wrap is not for a run of known length (the
-    conformance kit, ``advise``'s sizing, ``compare`` over several training-set sizes).
+    conformance kit, ``compare`` over several training-set sizes).
     """
 
     model_type: str
