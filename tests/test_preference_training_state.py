@@ -313,3 +313,40 @@ def test_training_metrics_never_wait_on_the_gpu(objective):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert set(sums.read_window(None)) == set(METRICS)
+
+
+def test_check_task_holds_the_training_hooks_to_what_the_loop_relies_on():
+    """check_task: training_metrics must give device tensors (a Python number is refused), and
+    training_state must come back through safetensors and load_training_state."""
+    from adaptkit.errors import TaskContractViolation
+    from adaptkit.testing import check_task
+    from test_task_conformance import _cases, _first_party_tasks
+
+    base = _first_party_tasks()["sequence_classification"]
+    options, rows = _cases()["sequence_classification"]
+
+    class ReadsBack(base):  # type: ignore[misc, valid-type]
+        def training_metrics(self, outputs, batch):
+            return {"hits": float((outputs.logits.argmax(-1) == batch["labels"]).float().mean())}
+
+    class Keeps(base):  # type: ignore[misc, valid-type]
+        def __init__(self, options=None):
+            super().__init__(options)
+            self.kept = torch.arange(4, dtype=torch.float64)
+
+        def training_state(self):
+            return {"kept": self.kept}
+
+        def load_training_state(self, state):
+            self.kept = state.get("kept", self.kept)
+
+    class Forgets(Keeps):
+        def load_training_state(self, state):
+            self.kept = torch.zeros(4, dtype=torch.float64)
+
+    with pytest.raises(TaskContractViolation, match=r"rule 'metrics'.*0-dim floating tensors.*'hits': float"):
+        check_task(ReadsBack, options, rows=rows, families=["bert"])
+    report = check_task(Keeps, options, rows=rows, families=["bert"])
+    assert any("training_state round-trips (1 tensors)" in line for line in report.passed)
+    with pytest.raises(TaskContractViolation, match=r"rule 'state'.*after load_training_state"):
+        check_task(Forgets, options, rows=rows, families=["bert"])

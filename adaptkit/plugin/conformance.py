@@ -23,9 +23,10 @@ rule: reason}`` declares the ones known to fail.
 ``check_task(MyTask, rows=[...])`` is its twin for task plugins (scikit-learn's ``check_estimator``
 is the model): on a tiny config-built model of each family the task runs on, ``preprocess`` and
 ``collate`` must give a batch the model accepts, ``batch_outputs`` + ``compute_metrics`` must report
-the declared ``metric_names``, ``predict_batch`` one prediction per row, ``state()``/``load_state()``
-must round-trip through JSON (a restored task predicts the same), and ``head_modules`` must name
-modules the model has. It raises ``TaskContractViolation`` naming every failed rule and family;
+the declared ``metric_names`` (and an overridden ``training_metrics`` 0-dim floating tensors by name),
+``predict_batch`` one prediction per row, ``state()``/``load_state()`` must round-trip through JSON
+(a restored task predicts the same), ``training_state()`` through safetensors and
+``load_training_state()``, and ``head_modules`` must name modules the model has. It raises ``TaskContractViolation`` naming every failed rule and family;
 ``task_checks`` yields its checks one by one.
 
 Families are registered with ``register_family(name, build, head_modules=[...], peft_task_type=...,
@@ -801,7 +802,24 @@ class _TaskTrial:
         if bad:
             raise _fail(self.name, "metrics", f"compute_metrics gave non-numbers for {bad}", self.family)
         shown = ", ".join(f"{k}={v:.3g}" for k, v in sorted(metrics.items()) if not math.isnan(v))
-        return f"{self.family}: metrics - {shown}" + ("" if declared else " (metric_names not declared)")
+        return (f"{self.family}: metrics - {shown}" + ("" if declared else " (metric_names not declared)")
+                + self._training_metrics())
+
+    def _training_metrics(self) -> str:
+        """An overridden ``Task.training_metrics`` gives 0-dim floating tensors by name: the loop adds
+        them up on the device (a Python number would have been read back from it every step)."""
+        task = self.prepared().task
+        if type(task).training_metrics is Task.training_metrics:
+            return ""
+        figures = task.training_metrics(self.ran(), self.collated().batch)
+        wrong = ([f"{k!r}: {type(v).__name__}" + (f" {tuple(v.shape)}" if isinstance(v, torch.Tensor) else "")
+                  for k, v in figures.items()
+                  if not isinstance(k, str) or not isinstance(v, torch.Tensor) or v.dim() or not v.is_floating_point()]
+                 if isinstance(figures, dict) else [type(figures).__name__])
+        if wrong:
+            raise _fail(self.name, "metrics", f"training_metrics must return a dict of 0-dim floating tensors left "
+                                              f"on the device; got {', '.join(wrong)}", self.family)
+        return f"; training_metrics {', '.join(sorted(figures))}"
 
     def check_predict(self) -> str:
         predictions, count = self.predicted(), self.collated().count
@@ -830,7 +848,29 @@ class _TaskTrial:
         if again != self.predicted():
             raise _fail(self.name, "state", "a task restored with load_state predicts differently from the one "
                                             "that learnt the state (setup)", self.family)
-        return f"{self.family}: state - round-trips through JSON, same predictions after load_state"
+        return f"{self.family}: state - round-trips through JSON, same predictions after load_state" + \
+            self._training_state(restored)
+
+    def _training_state(self, restored: Task) -> str:
+        """``training_state()`` (what checkpoints keep) is saved as safetensors and, loaded into a fresh
+        task with ``load_training_state``, comes back equal. Empty (the default, or nothing computed
+        yet): nothing to check."""
+        tensors = self.prepared().task.training_state()
+        if not tensors:
+            return ""
+        from safetensors.torch import load, save
+
+        try:
+            loaded = load(save(dict(tensors)))
+        except Exception as exc:
+            raise _fail(self.name, "state", f"training_state() cannot be saved as safetensors, as checkpoints "
+                                            f"keep it ({type(exc).__name__}: {exc})", self.family) from None
+        restored.load_training_state(loaded)
+        again = restored.training_state()
+        if set(again) != set(tensors) or any(not torch.equal(again[k], tensors[k]) for k in tensors):
+            raise _fail(self.name, "state", f"after load_training_state(training_state()), training_state() holds "
+                                            f"other tensors ({sorted(again)}, was {sorted(tensors)})", self.family)
+        return f"; training_state round-trips ({len(tensors)} tensors)"
 
 
 TASK_RULES = ("head", "batch", "metrics", "predict", "state")
