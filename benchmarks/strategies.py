@@ -93,7 +93,7 @@ def family(method: str) -> str:
 def settings_for(quick: bool = False, **given: Any) -> dict[str, Any]:
     """The run's settings: the table's (or --quick's), with the ones given (None: not given) replacing them,
     and adaptkit's defaults written out, so two runs compare equal exactly when they train alike."""
-    from adaptkit.judge.tuning import DEFAULT_TRIALS
+    from adaptkit.judge.tuning import DEFAULT_TRIALS, VALIDATION_FRACTION
     from adaptkit.recipe.schema import DEFAULT_MIN_STEPS
 
     settings = {**FULL, **(QUICK if quick else {})}
@@ -101,7 +101,7 @@ def settings_for(quick: bool = False, **given: Any) -> dict[str, Any]:
     settings["trials"] = settings["trials"] or DEFAULT_TRIALS
     settings["min_steps"] = DEFAULT_MIN_STEPS if settings["min_steps"] is None else settings["min_steps"]
     settings.update(model=MODEL, train=TRAIN.relative_to(ROOT).as_posix(), dev=DEV.relative_to(ROOT).as_posix(),
-                    task="sequence_classification", quick=quick)
+                    task="sequence_classification", validation_fraction=VALIDATION_FRACTION, quick=quick)
     return settings
 
 
@@ -166,8 +166,8 @@ def _settings_line(settings: dict[str, Any]) -> str:
     return (f"{settings['model']}, SST-2: {settings['rows']:,} training rows of `{settings['train']}` (seed "
             f"{settings['seed']}), dev accuracy on the full dev split (`{settings['dev']}`); {settings['epochs']} "
             f"epoch(s){floor}, batch {settings['batch_size']}, max_length {settings['max_length']}; learning rate "
-            f"tuned as `adaptkit compare` tunes an arm ({settings['trials']} trial(s), chosen on a 20 % validation "
-            f"split of the training rows), then one run at that rate on all the rows"
+            f"tuned as `adaptkit compare` tunes an arm ({settings['trials']} trial(s), chosen on a "
+            f"{settings['validation_fraction']:.0%} validation split of the training rows), then one run at that rate on all the rows"
             + (" (QUICK: a development check, not figures to compare)" if settings.get("quick") else ""))
 
 
@@ -279,6 +279,7 @@ def child_tune(job: dict[str, Any], work: Path) -> dict[str, Any]:
 
     recipe = recipe_for(job["method"], job["options"], job["settings"], work / "run")
     report = adaptkit.compare(recipe, [job["method"]], trials=job["settings"]["trials"], baselines=[],
+                              validation_fraction=job["settings"]["validation_fraction"],
                               output_dir=work / "compare", bootstrap_rounds=100,
                               log=lambda line: print(line, file=sys.stderr, flush=True))
     run = report.runs[0]
