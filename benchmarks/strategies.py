@@ -13,8 +13,12 @@ registers), on all-MiniLM-L6-v2 sequence classification of SST-2:
    never on the dev set the table reports.
 3. One ``adaptkit.run`` at the chosen rate on all the rows measures what the table shows: dev
    accuracy (the full 872-row SST-2 dev split, last epoch's weights), trainable parameters, seconds
-   per epoch (the loop's own clock), examples/s and peak memory (the process's peak RSS on a CPU,
-   imports included; the CUDA allocator's peak on a GPU).
+   per epoch (the loop's own clock), examples/s and memory: on a GPU the CUDA allocator's peak; on a
+   CPU the process's peak resident set above the one after the libraries are imported (as
+   ``speed.py`` measures training memory; the same ~0.7 GiB of libraries for every method), with
+   glibc's default allocator, so a method of many short-lived activation copies can look larger
+   than its live tensors (benchmarks/README.md, "Memory measurement on a CPU"). The peak with the
+   imports is in the JSON.
 
 Each step runs in its own fresh subprocess, so a method's peak memory is its own and a crash is a
 row saying why. Every finished method is written at once to the JSON file (keyed by method, with the
@@ -200,17 +204,19 @@ def render(store: dict[str, Any]) -> str:
     lines = ["# Every strategy on MiniLM / SST-2", ""]
     if settings:
         lines += [_settings_line(settings) + ".", ""]
-    lines += ["| method | family | trainable params | peak memory (MiB) | s/epoch | lr | dev accuracy |",
+    lines += ["| method | family | trainable params | memory (MiB) | s/epoch | lr | dev accuracy |",
               "|---|---|---:|---:|---:|---:|---:|"]
     for method, e in measured:
-        lines.append(f"| {method} | {family(method)} | {e['trainable_parameters']:,} | {e['peak_memory_mib']:,.0f} | "
+        lines.append(f"| {method} | {family(method)} | {e['trainable_parameters']:,} | {e['memory_mib']:,.0f} | "
                      f"{e['seconds_per_epoch']:.1f} | {e['learning_rate']:.3g} | {e['accuracy']:.4f} |")
     if not measured:
         lines.append("| (none measured yet) | | | | | | |")
     devices = sorted({e.get("device", "?") for _, e in measured})
     shown_versions = sorted({json.dumps(e.get("versions", {}), sort_keys=True) for _, e in measured})
     if measured:
-        lines += ["", f"Device: {', '.join(devices)}. Versions: "
+        lines += ["", f"Device: {', '.join(devices)}. Memory: the CUDA allocator's peak on a GPU; on a CPU the "
+                      f"process's peak resident set above the one after the imports (glibc's default allocator). "
+                      f"s/epoch: the training loop's clock (evaluation excluded). Versions: "
                       + "; ".join(", ".join(f"{k} {v}" for k, v in json.loads(v).items()) for v in shown_versions)
                       + ". Options other than a method's defaults: "
                       + (", ".join(f"{m} {json.dumps(e.get('options'))}" for m, e in measured if e.get("options"))
@@ -292,17 +298,30 @@ def child_tune(job: dict[str, Any], work: Path) -> dict[str, Any]:
 
 def child_measure(job: dict[str, Any], work: Path) -> dict[str, Any]:
     """One run at the chosen rate on all the rows: the table's figures."""
-    import adaptkit
+    import psutil
 
+    import accelerate  # noqa: F401  (the libraries every method imports, before the baseline)
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
+    import adaptkit
+    import adaptkit.engine.runner  # noqa: F401
+    import adaptkit.engine.train  # noqa: F401
+
+    baseline = psutil.Process().memory_info().rss / 2**20
     recipe = recipe_for(job["method"], job["options"], job["settings"], work / "run", job["learning_rate"])
     metrics = adaptkit.run(recipe, progress=False).metrics
     per_epoch = math.ceil(metrics["train_examples"] / job["settings"]["batch_size"])
+    peak = metrics["peak_memory_bytes"] / 2**20
     return {"accuracy": metrics["eval"]["accuracy"], "trainable_parameters": metrics["parameters"]["trainable"],
             "total_parameters": metrics["parameters"]["total"], "learning_rate": metrics["learning_rate"],
             "train_seconds": metrics["train_seconds"], "steps": metrics["steps"],
             "seconds_per_epoch": round(metrics["train_seconds"] * per_epoch / max(metrics["steps"], 1), 2),
             "examples_per_second": metrics["train_examples_per_second"],
-            "peak_memory_mib": round(metrics["peak_memory_bytes"] / 2**20, 1), "device": metrics["device"],
+            "peak_memory_mib": round(peak, 1), "imports_rss_mib": round(baseline, 1),
+            "memory_mib": round(peak if metrics["device"].startswith("cuda") else peak - baseline, 1),
+            "device": metrics["device"],
             "train_examples": metrics["train_examples"], "eval_examples": metrics["eval_examples"],
             "contract": metrics["contract"]}
 
@@ -411,7 +430,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         entry = measure(method, settings)
         record(store, method, entry, path)
         figures = (f"dev accuracy {entry['accuracy']:.4f} at lr {entry['learning_rate']:.3g}, "
-                   f"{entry['seconds_per_epoch']:.1f} s/epoch, {entry['peak_memory_mib']:.0f} MiB"
+                   f"{entry['seconds_per_epoch']:.1f} s/epoch, {entry['memory_mib']:.0f} MiB"
                    if entry["status"] == "measured" else f"{entry['status']}: {entry['reason']}")
         print(f"  {figures} [{time.perf_counter() - started:.0f} s]", flush=True)
     write_atomic(path, json.dumps(store, indent=2) + "\n")  # the settings of this run head the table

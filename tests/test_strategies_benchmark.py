@@ -23,7 +23,7 @@ LEGACY = {"model": bench.MODEL, "train_rows": 500, "epochs": 5, "batch_size": 16
 
 def measured(settings, accuracy, trainable, options=None):
     return {"settings": settings, "options": options or {}, "versions": bench.versions(), "status": "measured",
-            "accuracy": accuracy, "trainable_parameters": trainable, "peak_memory_mib": 900.0 + trainable / 1e4,
+            "accuracy": accuracy, "trainable_parameters": trainable, "memory_mib": 100.0 + trainable / 1e4,
             "seconds_per_epoch": 12.5, "learning_rate": 1e-3, "device": "cpu"}
 
 
@@ -93,7 +93,7 @@ def test_the_table_is_sorted_by_accuracy_with_families_and_the_methods_not_run(s
     text = bench.render(store)
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     assert [row.split(" | ")[0].strip("| ") for row in rows] == ["lora", "ia3", "vera", "trainable_tokens"]
-    assert rows[0] == "| lora | LoRA-kin | 338,690 | 934 | 12.5 | 0.001 | 0.8000 |"
+    assert rows[0] == "| lora | LoRA-kin | 338,690 | 134 | 12.5 | 0.001 | 0.8000 |"
     assert "| ia3 | scaling & bias |" in rows[1]
     assert "- **shadow** (adapters & side networks), refused at plan: strategy 'shadow' cannot adapt" in text
     assert "- **boft** (orthogonal), failed (retried by the next run): tuning: RuntimeError: boom" in text
