@@ -15,7 +15,7 @@ registers), on all-MiniLM-L6-v2 sequence classification of SST-2:
    accuracy (the full 872-row SST-2 dev split, last epoch's weights), trainable parameters, seconds
    per epoch (the loop's own clock), examples/s and memory: on a GPU the CUDA allocator's peak; on a
    CPU the process's peak resident set above the one after the libraries are imported (as
-   ``speed.py`` measures training memory; the same ~0.7 GiB of libraries for every method), with
+   ``speed.py`` measures training memory; the same ~0.45 GiB of libraries for every method), with
    glibc's default allocator, so a method of many short-lived activation copies can look larger
    than its live tensors (benchmarks/README.md, "Memory measurement on a CPU"). The peak with the
    imports is in the JSON.
