@@ -39,8 +39,10 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("reuse")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ADAPTKIT_CACHE", str(root / "cache"))
-        found = {name: adaptkit.run(_recipe(root, name, strategy, seed), progress=False).output_dir
-                 for name, strategy, seed in (("a", "lora", 1), ("b", "lora", 2), ("ia3", "ia3", 1), ("full", "full", 1))}
+        recipes = {name: _recipe(root, name, strategy, seed)
+                   for name, strategy, seed in (("a", "lora", 1), ("b", "lora", 2), ("ia3", "ia3", 1), ("full", "full", 1))}
+        recipes["a"]["task"]["pooling"] = "mean"  # not BERT's pooler: what a base made from run a must keep
+        found = {name: adaptkit.run(recipe, progress=False).output_dir for name, recipe in recipes.items()}
         found["stacked_recipe"] = _recipe(root, "stacked", "lora", 3, name=str(found["a"]))
         found["stacked"] = adaptkit.run(found["stacked_recipe"], progress=False).output_dir
         found["root"] = root
@@ -98,6 +100,7 @@ def test_the_base_is_run_a_merged_with_its_architecture_and_outputs(runs, monkey
     monkeypatch.setattr(predict, "load_run", no_reload)
     session = Session(runs["stacked_recipe"], log=lambda message: None)
     assert session.source.origin == "run"
+    assert adaptkit.declared_pooling(session.source.location)[0] == "mean"  # run a's head read the mean
     base = session.build_base()
     assert architecture_signature(base) == architecture_signature(merged_a)
     torch.testing.assert_close(_logits(predict.Predictor(base, session.tokenizer, session.task)), expected,
@@ -202,6 +205,8 @@ def test_load_runs_builds_the_base_once_and_each_adapter_predicts_what_its_run_a
     assert served.predict(ROWS, adapter=str(runs["a"])) == alone["a"].predict(ROWS)  # back to the first, by path
     with pytest.raises(AdaptkitError, match="no loaded run is 5; the loaded runs are 0: "):
         served.predict(ROWS, adapter=5)
+    with pytest.raises(AdaptkitError, match="'run' is the folder name of 2 loaded runs"):
+        served.predict(ROWS, adapter="run")  # both runs' folders are called run
 
 
 def test_cli_predict_with_several_runs_writes_what_each_run_alone_writes(runs, tmp_path, capsys):

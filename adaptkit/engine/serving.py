@@ -57,25 +57,33 @@ class RunAdapters:
                 return self.adapters[adapter]
         else:
             wanted = str(adapter)
-            for candidate in self.adapters:
-                if wanted in (str(candidate.run), candidate.run.name) or Path(wanted).resolve() == candidate.run.resolve():
+            for candidate in self.adapters:  # the folder itself, however it is spelt
+                if wanted == str(candidate.run) or Path(wanted).resolve() == candidate.run.resolve():
                     return candidate
+            named = [candidate for candidate in self.adapters if candidate.run.name == wanted]
+            if len(named) > 1:
+                raise AdaptkitError(f"{wanted!r} is the folder name of {len(named)} loaded runs "
+                                    f"({', '.join(str(c.run) for c in named)}); name the run by its index or path")
+            if named:
+                return named[0]
         raise AdaptkitError(f"no loaded run is {adapter!r}; the loaded runs are "
                             f"{', '.join(f'{i}: {a.run}' for i, a in enumerate(self.adapters))}")
 
     def predictor(self, adapter: Union[int, str, Path]) -> Any:
-        """A ``Predictor`` for one run on the shared model (its adapter is made active when it predicts)."""
+        """A ``Predictor`` for one run on the shared model: its adapter is made active each time it predicts,
+        so predictors of different runs can be used in any order (``write_predictions`` takes one)."""
         from adaptkit.engine.predict import Predictor
 
         chosen = self.adapter(adapter)
-        owner = self
+        model = self.model
 
-        class _Switching(Predictor):
-            def predict(self, rows, source="the rows to predict"):
-                owner.model.set_adapter(chosen.name)
-                return Predictor.predict(self, rows, source)
+        class _Switching(Predictor):  # made here: predict (engine.predict) is imported lazily, like torch
+            def predict(self, rows: Any, source: str = "the rows to predict") -> list[Any]:
+                model.set_adapter(chosen.name)
+                chosen.task.prepare_loaded(model)  # this run's pooling (runs on one base may pool differently)
+                return super().predict(rows, source)
 
-        return _Switching(model=self.model, tokenizer=chosen.tokenizer, task=chosen.task, batch_size=self.batch_size)
+        return _Switching(model=model, tokenizer=chosen.tokenizer, task=chosen.task, batch_size=self.batch_size)
 
     def predict(self, rows: Any, adapter: Union[int, str, Path] = 0, source: str = "the rows to predict") -> list[Any]:
         """One prediction per row with run ``adapter``'s adapter active (see ``Predictor.predict``)."""

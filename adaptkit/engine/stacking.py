@@ -14,7 +14,9 @@ check, ``adaptkit predict`` of the new run) reads it like any local model:
   its strategy's ``unwrap`` (peft's ``merge_and_unload``) and written once to adaptkit's cache
   (``$ADAPTKIT_CACHE``, default ``~/.cache/adaptkit``), under a key made of the run's metrics.json
   and adapter files, so a second ``plan``/``run``/``predict`` reuses it. The write is atomic (a
-  temporary folder renamed into place): an interrupted merge never leaves a half model behind.
+  temporary folder renamed into place): an interrupted merge never leaves a half model behind. The
+  pooling the run's head was trained with (``apply_pooling``: not kept by ``save_pretrained``) is
+  declared beside the weights (``declare_pooling``), so ``task.pooling: auto`` continues with it.
 
 Only mergeable adapters become a base: a strategy whose ``unwrap`` removes what it learned (prompt
 tuning, bottleneck adapters) would hand the new recipe the old base, not run A, and is refused.
@@ -105,7 +107,10 @@ def merged_run_folder(folder: Path, trust_remote_code: bool = False) -> Path:
         return target
     from adaptkit.engine.predict import load_run
 
+    from adaptkit.plugin.pooling import declare_pooling, model_pooling
+
     predictor = load_run(folder, trust_remote_code=trust_remote_code)
+    pooling = model_pooling(predictor.model)  # how the run's head reads the tokens: not kept by save_pretrained
     unwrap = (strategy_cls(None).unwrap if strategy_cls is not None else (lambda model: model.merge_and_unload()))
     model = unwrap(predictor.model)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +118,7 @@ def merged_run_folder(folder: Path, trust_remote_code: bool = False) -> Path:
     try:
         model.save_pretrained(staging, safe_serialization=True)
         predictor.tokenizer.save_pretrained(staging)
+        declare_pooling(staging, pooling, getattr(model.config, "hidden_size", None))  # auto pooling reads it back
         (staging / "adaptkit-run.json").write_text(json.dumps({"run": str(folder.resolve())}) + "\n")
         try:
             os.replace(staging, target)

@@ -96,6 +96,29 @@ def declared_pooling(location: Optional[str], revision: Optional[str] = None,
                   f"cannot reproduce as one head input")
 
 
+def declare_pooling(folder: Path, mode: str, width: Optional[int] = None) -> None:
+    """Write beside the weights in ``folder`` the sentence-transformers files ``declared_pooling`` reads
+    (``modules.json``, ``1_Pooling/config.json``) for ``mode`` (cls, mean, last); ``pooler`` declares nothing.
+
+    A model folder adaptkit writes from a trained model (a finished run merged to become the base of a
+    new recipe) keeps the pooling that model was trained with: ``task.pooling: auto`` reads it back.
+    """
+    keys = {value: key for key, value in _SENTENCE_TRANSFORMERS.items()}
+    if mode == NATIVE:
+        return
+    if mode not in keys:
+        raise ValueError(f"declare_pooling: {mode!r} has no sentence-transformers declaration ({', '.join(keys)})")
+    folder = Path(folder)
+    (folder / "1_Pooling").mkdir(parents=True, exist_ok=True)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    config: dict[str, Any] = {key: key == keys[mode] for key in _SENTENCE_TRANSFORMERS}
+    if width is not None:
+        config = {"word_embedding_dimension": int(width), **config}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def pool_hidden(hidden: Any, attention_mask: Optional[Any], mode: str) -> Any:
     """One vector per row from token states ``[rows, tokens, width]``; padding (mask 0) is ignored.
 
