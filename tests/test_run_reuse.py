@@ -42,6 +42,8 @@ def runs(tmp_path_factory):
         recipes = {name: _recipe(root, name, strategy, seed)
                    for name, strategy, seed in (("a", "lora", 1), ("b", "lora", 2), ("ia3", "ia3", 1), ("full", "full", 1))}
         recipes["a"]["task"]["pooling"] = "mean"  # not BERT's pooler: what a base made from run a must keep
+        recipes["full"]["task"]["pooling"] = "mean"
+        recipes["b"]["output"]["merge"] = True  # also writes its merged model/
         found = {name: adaptkit.run(recipe, progress=False).output_dir for name, recipe in recipes.items()}
         found["stacked_recipe"] = _recipe(root, "stacked", "lora", 3, name=str(found["a"]))
         found["stacked"] = adaptkit.run(found["stacked_recipe"], progress=False).output_dir
@@ -121,15 +123,29 @@ def test_the_stacked_run_reloads_to_its_own_eval_score(runs):
     assert accuracy == pytest.approx(summary["eval"]["accuracy"], abs=1e-9)
 
 
-def test_a_full_fine_tune_run_is_its_model_folder(runs, tmp_path):
+def test_a_whole_model_run_is_its_model_folder(runs, tmp_path):
+    """run b (lora with output.merge: true) wrote model/, which is the base as it is; the full fine-tune's head
+    read the mean of the tokens, so its base is a cached folder of links to model/'s files plus that declaration,
+    and computes what the run computes."""
     from adaptkit.engine.session import Session
     from adaptkit.engine.stacking import chain_of
 
-    recipe = tiny_recipe_dict(tmp_path, strategy="lora")
-    recipe["model"] = {"name": str(runs["full"])}
-    session = Session(recipe, log=lambda message: None)
-    assert (session.source.origin, Path(session.source.location)) == ("run", (runs["full"] / "model").resolve())
-    assert chain_of(session.source)[-1]["strategy"] == "full"
+    def session_on(run: Path) -> Session:
+        recipe = tiny_recipe_dict(tmp_path, strategy="lora")
+        recipe["model"] = {"name": str(run)}
+        return Session(recipe, log=lambda message: None)
+
+    merged = session_on(runs["b"])
+    assert (merged.source.origin, Path(merged.source.location)) == ("run", (runs["b"] / "model").resolve())
+    full = session_on(runs["full"])
+    location = Path(full.source.location)
+    assert location.parent.parent == runs["root"] / "cache"
+    assert (location / "model.safetensors").resolve() == (runs["full"] / "model" / "model.safetensors").resolve()
+    assert adaptkit.declared_pooling(str(location))[0] == "mean"
+    assert chain_of(full.source)[-1]["strategy"] == "full"
+    run_full = adaptkit.load(runs["full"])
+    torch.testing.assert_close(_logits(type(run_full)(full.build_base(), full.tokenizer, full.task)), _logits(run_full),
+                               rtol=0, atol=1e-6)
 
 
 def test_a_run_built_on_a_run_is_a_base_too_and_the_chain_grows(runs, tmp_path, monkeypatch):

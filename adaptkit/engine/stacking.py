@@ -7,9 +7,10 @@ a 4-bit ``from_pretrained`` for qlora, ``device_map``, the contract's fresh base
 check, ``adaptkit predict`` of the new run) reads it like any local model:
 
 - a run that exported a whole model (full fine-tune, partial freeze, frozen head) *is* a model
-  folder: its ``model/``;
+  folder: its ``model/`` (when its head read another pooling than the architecture's, a cached
+  folder of links to those files plus the pooling's declaration: the weights are not copied);
 - an adapter run with ``output.merge: true`` already wrote its merged ``model/``, which the run's
-  own contract checked against the trained model;
+  own contract checked against the trained model, and is read the same way;
 - any other adapter run is loaded (base + adapter, as ``adaptkit predict`` loads it), merged with
   its strategy's ``unwrap`` (peft's ``merge_and_unload``) and written once to adaptkit's cache
   (``$ADAPTKIT_CACHE``, default ``~/.cache/adaptkit``), under a key made of the run's metrics.json
@@ -90,9 +91,9 @@ def _cache_key(folder: Path, summary: dict[str, Any], trust_remote_code: bool = 
 def merged_run_folder(folder: Path, trust_remote_code: bool = False) -> Path:
     """A transformers model folder computing what the run in ``folder`` computes (see the module doc)."""
     summary = read_run(folder)
-    export = summary["export"]
-    if export["kind"] == "model" or (folder / "model" / "config.json").is_file():
-        return (folder / "model").resolve()
+    whole = folder / "model"
+    if summary["export"]["kind"] == "model" or (whole / "config.json").is_file():
+        return _whole_model_folder(folder, whole, trust_remote_code)
     strategy = summary.get("strategy")
     from adaptkit.plugin.registry import get_registry
 
@@ -106,19 +107,71 @@ def merged_run_folder(folder: Path, trust_remote_code: bool = False) -> Path:
     if (target / "config.json").is_file():
         return target
     from adaptkit.engine.predict import load_run
-
     from adaptkit.plugin.pooling import declare_pooling, model_pooling
 
     predictor = load_run(folder, trust_remote_code=trust_remote_code)
     pooling = model_pooling(predictor.model)  # how the run's head reads the tokens: not kept by save_pretrained
     unwrap = (strategy_cls(None).unwrap if strategy_cls is not None else (lambda model: model.merge_and_unload()))
     model = unwrap(predictor.model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".adaptkit-tmp-", dir=target.parent))
-    try:
+
+    def write(staging: Path) -> None:
         model.save_pretrained(staging, safe_serialization=True)
         predictor.tokenizer.save_pretrained(staging)
         declare_pooling(staging, pooling, getattr(model.config, "hidden_size", None))  # auto pooling reads it back
+
+    return _publish(target, folder, write)
+
+
+def _whole_model_folder(folder: Path, whole: Path, trust_remote_code: bool) -> Path:
+    """A run's whole-model export (full fine-tune, or ``output.merge: true``) as a base: the folder itself,
+    unless the run's head read a pooling other than the architecture's; then a cached folder of links to its
+    files plus the pooling's declaration (the weights are never copied)."""
+    from adaptkit.plugin.pooling import NATIVE, declare_pooling
+
+    pooling = _whole_model_pooling(folder, whole, trust_remote_code)
+    if pooling == NATIVE:
+        return whole.resolve()
+    digest = hashlib.sha256((folder / "metrics.json").read_bytes())
+    for path in sorted(whole.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.relative_to(whole).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    target = cache_root() / "run-bases" / digest.hexdigest()[:24]
+    if (target / "config.json").is_file():
+        return target
+
+    def write(staging: Path) -> None:
+        for entry in whole.iterdir():
+            if entry.name not in ("modules.json", "1_Pooling"):
+                os.symlink(entry.resolve(), staging / entry.name)
+        config = json.loads((whole / "config.json").read_text())
+        declare_pooling(staging, pooling, config.get("hidden_size"))
+
+    return _publish(target, folder, write)
+
+
+def _whole_model_pooling(folder: Path, whole: Path, trust_remote_code: bool) -> str:
+    """The pooling the run's head reads, asked of its task on a weightless copy of the model (no weight read)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    from adaptkit.engine.predict import _run_parts
+    from adaptkit.plugin.pooling import model_pooling
+
+    parts = _run_parts(folder, trust_remote_code)
+    config = AutoConfig.from_pretrained(whole, trust_remote_code=trust_remote_code)
+    with init_empty_weights():
+        meta = parts.task.build_model("", config, True, trust_remote_code=trust_remote_code)
+    return model_pooling(parts.task.prepare_loaded(meta))
+
+
+def _publish(target: Path, folder: Path, write: Any) -> Path:
+    """``write(staging)`` into a temporary folder beside ``target``, then renamed into place: a killed merge
+    leaves no half model where the next session would read it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".adaptkit-tmp-", dir=target.parent))
+    try:
+        write(staging)
         (staging / "adaptkit-run.json").write_text(json.dumps({"run": str(folder.resolve())}) + "\n")
         try:
             os.replace(staging, target)
