@@ -78,6 +78,7 @@ def test_a_run_as_base_records_the_chain_in_metrics_recipe_and_card(runs):
     card = (stacked / "README.md").read_text()
     assert "## Built on a finished run" in card and f"-> run (lora, accuracy {first['eval']['accuracy']:.4f})" in card
     assert summary["base_model_id"] is None  # no Hub model holds the base with run a's change in it
+    assert "predictor = adaptkit.load('.')" in card and summary["base_model"] not in card  # no cache path to copy
     rules = {line.split(":", 1)[0] for line in summary["contract"]}
     assert {"frozen", "export", "signature", "equivalence"} <= rules
     assert (Path(summary["base_model"]) / "config.json").is_file()
@@ -250,3 +251,14 @@ def test_cli_predict_with_several_runs_writes_what_each_run_alone_writes(runs, t
 def test_runs_that_cannot_share_a_base_are_refused_with_the_reason(runs, other, fragment):
     with pytest.raises(AdaptkitError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         adaptkit.load_runs([runs["a"], runs[other]])
+
+
+def test_runs_on_two_versions_of_one_base_run_are_refused(runs, tmp_path):
+    """Two runs built on run a, one of them when run a held other weights (its merged base differs)."""
+    earlier = tmp_path / "earlier"
+    shutil.copytree(runs["stacked"], earlier)
+    summary = json.loads((earlier / "metrics.json").read_text())
+    summary["base_model"] = str(tmp_path / "cache" / "run-bases" / "0123456789abcdef01234567")
+    (earlier / "metrics.json").write_text(json.dumps(summary))
+    with pytest.raises(AdaptkitError, match="as it was at different times"):
+        adaptkit.load_runs([runs["stacked"], earlier])

@@ -140,7 +140,12 @@ def _card_body(summary: dict[str, Any]) -> str:
     loader = summary["export"].get("loader", "peft" if summary["export"]["kind"] == "adapter" else "transformers")
     folder = summary["export"]["path"].replace("\\", "/").rsplit("/", 1)[-1]  # relative: the card travels
     base = base_id or summary["base_model"]
-    if loader not in ("peft", "transformers"):
+    if summary.get("chain"):  # the base is a finished run merged in adaptkit's cache: adaptkit rebuilds it
+        lines += [
+            "import adaptkit",
+            "predictor = adaptkit.load('.')  # this folder: its base run merged, then this run's export",
+        ]
+    elif loader not in ("peft", "transformers"):
         lines += [
             "import adaptkit",
             "predictor = adaptkit.load('.')  # this folder"

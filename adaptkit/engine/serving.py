@@ -94,6 +94,7 @@ def _check_runs(runs: Sequence[Union[str, Path]]) -> list[tuple[Path, dict[str, 
     """Each run's folder, summary and adapter config, refused (with the reason) where they cannot share a base."""
     from adaptkit.engine.merge import _base_identity
     from adaptkit.engine.outputs import read_run_summary
+    from adaptkit.engine.stacking import run_folder
     from adaptkit.plugin.registry import get_registry
 
     folders = [Path(run) for run in runs]
@@ -134,6 +135,10 @@ def _check_runs(runs: Sequence[Union[str, Path]]) -> list[tuple[Path, dict[str, 
                                 f"{identity[key]!r} against {reference[key]!r}"
                                 + (f" (also differs: {', '.join(differs[1:])})" if len(differs) > 1 else "")
                                 + "; only runs on the same base share one")
+        if run_folder(identity["model"]) is not None and summary.get("base_model") != first.get("base_model"):
+            raise AdaptkitError(f"{folder} and {first_folder} were built on the run {identity['model']} as it was at "
+                                f"different times (its merged base differs: it was trained again in between); only "
+                                f"runs on the same base share one")
         other = getattr(strategies.get(str(summary.get("strategy"))), "quantization", None)
         if other != quantized:
             raise AdaptkitError(f"{folder}: strategy {summary.get('strategy')!r} loads its base "
