@@ -80,6 +80,22 @@ def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
     return path
 
 
+def as_checkpoint(recipe: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``recipe`` with its ``model.config`` built once (seed 0) and saved in ``folder`` (save_pretrained),
+    named by ``model.name``: fixed weights standing in for a pretrained checkpoint where a test needs one.
+    ``compare`` refuses a model built from a config (it has no pretraining to judge)."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    settings = dict(recipe["model"]["config"])
+    if not (folder / "config.json").is_file():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings)).save_pretrained(folder)
+    model = {key: value for key, value in recipe["model"].items() if key != "config"}
+    return {**recipe, "model": {**model, "name": str(folder)}}
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path):
     """Factory: ``tiny_recipe(strategy="lora", training={...})`` -> recipe dict."""

@@ -11,7 +11,7 @@ from adaptkit import BaselineRows
 from adaptkit.judge.compare import SCRATCH, Row
 from adaptkit.judge.verdicts import verdict_metric, verdicts_by_size
 from adaptkit.recipe.schema import Recipe
-from conftest import FILLER, tiny_recipe_dict, write_table
+from conftest import FILLER, as_checkpoint, tiny_recipe_dict, write_table
 from plugin_fixtures import fake_distribution
 
 WORDS = FILLER + ["alpha", "beta", "gamma", "delta"]
@@ -152,7 +152,8 @@ def test_a_third_party_baseline_registers_through_the_hook_and_compare_trains_it
         assert main(["plugins", "--json"]) == 0
         listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
         assert listed["majority"]["baselines"] == ["majority_vote"]  # adaptkit plugins lists it
-        recipe = Recipe.from_dict(tiny_recipe_dict(tmp_path, "frozen_head", training={"epochs": 1, "num_threads": 1}))
+        recipe = Recipe.from_dict(as_checkpoint(tiny_recipe_dict(tmp_path, "frozen_head", training={
+            "epochs": 1, "num_threads": 1}), tmp_path / "pretrained"))
         # naming a baseline among the strategies chooses exactly that one
         report = compare(recipe, ["frozen_head", "majority_vote"], trials=1, bootstrap_rounds=100, log=lambda _: None)
         assert [r.strategy for r in report.rows] == ["frozen_head", "majority_vote"]

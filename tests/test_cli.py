@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from adaptkit.cli import main
-from conftest import write_recipe
+from conftest import as_checkpoint, write_recipe
 
 
 def test_help_answers_without_importing_torch():
@@ -138,8 +138,8 @@ def test_sigterm_during_compare_prints_no_optuna_traceback(tiny_recipe, tmp_path
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step_then_sigterm)
     level = logging.getLogger("optuna").level
-    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe("full", training={
-        "epochs": 1, "batch_size": 16, "seed": 0, "num_threads": 1, "min_steps": 0}))
+    recipe = write_recipe(tmp_path / "recipe.yaml", as_checkpoint(tiny_recipe("full", training={
+        "epochs": 1, "batch_size": 16, "seed": 0, "num_threads": 1, "min_steps": 0}), tmp_path / "pretrained"))
     try:
         assert main(["compare", str(recipe), "--strategies", "full", "--trials", "2", "--bootstrap", "50",
                      "--output", str(tmp_path / "cmp")]) == 143

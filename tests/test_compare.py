@@ -11,7 +11,7 @@ from adaptkit.cli import main
 from adaptkit.judge.compare import SCRATCH, Row, make_arm
 from adaptkit.judge.verdicts import compute_saved, verdicts_by_size
 from adaptkit.recipe.schema import Recipe
-from conftest import REPO, THREADS, tiny_recipe_dict, write_recipe, write_table
+from conftest import REPO, THREADS, as_checkpoint, tiny_recipe_dict, write_recipe, write_table
 from test_advise import negative_recipe, sentiment_blind_model
 
 
@@ -137,8 +137,8 @@ def test_an_arm_that_predicts_one_class_is_flagged_not_counted(tmp_path):
     def rows(count):
         return [{"text": " ".join(rng.sample(words, 4)), "label": int(rng.random() < 0.15)} for _ in range(count)]
 
-    recipe = tiny_recipe_dict(tmp_path, "frozen_head", training={"epochs": 1, "min_steps": 30, "batch_size": 16,
-                                                                  "num_threads": 1})
+    recipe = as_checkpoint(tiny_recipe_dict(tmp_path, "frozen_head", training={
+        "epochs": 1, "min_steps": 30, "batch_size": 16, "num_threads": 1}), tmp_path / "pretrained")
     write_table(tmp_path / "train.csv", rows(120))
     write_table(tmp_path / "eval.csv", rows(80))
     report = compare(Recipe.from_dict(recipe), ["frozen_head", SCRATCH], trials=1, bootstrap_rounds=200,
@@ -155,8 +155,8 @@ def test_an_arm_that_predicts_one_class_is_flagged_not_counted(tmp_path):
 
 
 def test_cli_compare_writes_table_plot_json_and_html(tmp_path, capsys):
-    path = write_recipe(tmp_path / "recipe.yaml", tiny_recipe_dict(
-        tmp_path, "full", training={"epochs": 1, "batch_size": 32, "seed": 0, "num_threads": 1}))
+    recipe = tiny_recipe_dict(tmp_path, "full", training={"epochs": 1, "batch_size": 32, "seed": 0, "num_threads": 1})
+    path = write_recipe(tmp_path / "recipe.yaml", as_checkpoint(recipe, tmp_path / "pretrained"))
     out = tmp_path / "cmp"
     code = main(["compare", str(path), "--strategies", "frozen_head,scratch", "--sizes", "48,96", "--output", str(out),
                  "--bootstrap", "200", "--power-watts", "36", "--trials", "2"])
@@ -204,7 +204,8 @@ def test_a_shared_optuna_storage_resumes_a_finished_search_without_training_agai
 
     from adaptkit.judge.compare import compare
 
-    recipe = Recipe.from_dict(tiny_recipe_dict(tmp_path, "frozen_head", training={"epochs": 1, "num_threads": 1}))
+    recipe = Recipe.from_dict(as_checkpoint(tiny_recipe_dict(tmp_path, "frozen_head", training={
+        "epochs": 1, "num_threads": 1}), tmp_path / "pretrained"))
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
     first = compare(recipe, ["frozen_head"], trials=2, storage=storage, study_name="shared",
                     output_dir=tmp_path / "cmp", bootstrap_rounds=50, log=lambda _: None, baselines=[])

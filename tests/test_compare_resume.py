@@ -17,12 +17,12 @@ import time
 import pytest
 
 from adaptkit.recipe.schema import Recipe
-from conftest import REPO, tiny_recipe_dict
+from conftest import REPO, as_checkpoint, tiny_recipe_dict
 
 
 def _recipe(tmp_path, **training):
-    return Recipe.from_dict(tiny_recipe_dict(tmp_path, "frozen_head",
-                                             training={"epochs": 1, "num_threads": 1, **training}))
+    return Recipe.from_dict(as_checkpoint(tiny_recipe_dict(tmp_path, "frozen_head", training={
+        "epochs": 1, "num_threads": 1, **training}), tmp_path / "pretrained"))
 
 
 def _compare(recipe, out, lines=None, **kwargs):
@@ -68,8 +68,8 @@ def test_cli_max_minutes_that_cannot_fit_exits_2_before_training(tmp_path, capsy
     from adaptkit.cli import main
     from conftest import write_recipe
 
-    path = write_recipe(tmp_path / "recipe.yaml", tiny_recipe_dict(tmp_path, "frozen_head",
-                                                                   training={"epochs": 1, "num_threads": 1}))
+    path = write_recipe(tmp_path / "recipe.yaml", as_checkpoint(tiny_recipe_dict(
+        tmp_path, "frozen_head", training={"epochs": 1, "num_threads": 1}), tmp_path / "pretrained"))
     out = tmp_path / "cmp"
     assert main(["compare", str(path), "--strategies", "frozen_head", "--output", str(out), "--trials", "2",
                  "--baselines", "none", "--max-minutes", "0.00001"]) == 2
@@ -239,7 +239,8 @@ def _running_trial(storage: str, timeout: float = 180.0) -> bool:
 def test_a_compare_killed_with_sigkill_is_resumed_without_waiting_for_its_trial(tmp_path):
     import optuna
 
-    recipe = tiny_recipe_dict(tmp_path, "frozen_head", training={"epochs": 1, "num_threads": 1, "min_steps": 400})
+    recipe = as_checkpoint(tiny_recipe_dict(tmp_path, "frozen_head", training={
+        "epochs": 1, "num_threads": 1, "min_steps": 400}), tmp_path / "pretrained")
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
     process = _spawn(tmp_path, recipe, storage, tmp_path / "cmp")
     try:
@@ -261,7 +262,8 @@ def test_two_processes_on_one_storage_and_one_output_share_the_work(tmp_path):
     """As the README describes a sweep over several machines: same --storage, same --output."""
     import optuna
 
-    recipe = tiny_recipe_dict(tmp_path, "frozen_head", training={"epochs": 1, "num_threads": 1, "min_steps": 150})
+    recipe = as_checkpoint(tiny_recipe_dict(tmp_path, "frozen_head", training={
+        "epochs": 1, "num_threads": 1, "min_steps": 150}), tmp_path / "pretrained")
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
     other = _spawn(tmp_path, recipe, storage, tmp_path / "cmp")
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import MINILM, TINY_BERT, write_table
+from conftest import MINILM, TINY_BERT, as_checkpoint, write_table
 from test_task_regression import scored_rows
 
 
@@ -28,8 +28,9 @@ def test_compare_judges_in_the_task_metric_in_its_direction(tmp_path, metric, gr
     from adaptkit.judge.compare import compare
     from adaptkit.judge.tuning import SCRATCH
 
-    report = compare(regression_recipe(tmp_path, metric), ["full", SCRATCH], trials=1, bootstrap_rounds=200,
-                     output_dir=tmp_path / "compare", log=lambda _: None)
+    recipe = as_checkpoint(regression_recipe(tmp_path, metric), tmp_path / "pretrained")
+    report = compare(recipe, ["full", SCRATCH], trials=1, bootstrap_rounds=200, output_dir=tmp_path / "compare",
+                     log=lambda _: None)
     assert report.metric == metric and report.greater_is_better is greater
     assert {row.strategy for row in report.rows} == {"full", SCRATCH, "ngram_ridge"}
     assert report.arm_kinds["ngram_ridge"] == "baseline"

@@ -13,7 +13,7 @@ from adaptkit.cli import main
 from adaptkit.errors import AdaptkitError
 from adaptkit.engine.outputs import MANIFEST, check_output_dir, foreign_entries, replace_folder, staged_output
 from adaptkit.engine.runner import run
-from conftest import tiny_recipe_dict, write_recipe
+from conftest import as_checkpoint, tiny_recipe_dict, write_recipe
 
 QUIET = {"progress": False, "log": lambda _: None}
 
@@ -114,7 +114,8 @@ def test_checkpoint_folder_with_user_files_is_refused_for_overwrite_and_resume(t
 
 
 def test_compare_overwrite_into_a_folder_of_user_files_is_refused(tmp_path, capsys):
-    path = write_recipe(tmp_path / "recipe.yaml", tiny_recipe_dict(tmp_path, "full"))
+    path = write_recipe(tmp_path / "recipe.yaml", as_checkpoint(tiny_recipe_dict(tmp_path, "full"),
+                                                                 tmp_path / "pretrained"))
     out = tmp_path / "cmp"
     files = _user_files(out)
     assert main(["compare", str(path), "--strategies", "frozen_head,scratch", "--output", str(out),

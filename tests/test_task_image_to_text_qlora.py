@@ -28,7 +28,8 @@ def checkpoint(tmp_path_factory):
     from adaptkit_tasks.image_to_text import ImageToText
 
     folder = tmp_path_factory.mktemp("qlora-captions")
-    data = {"folder": folder, "train": caption_table(folder, "train", 24, 1), "eval": caption_table(folder, "eval", 8, 2),
+    data = {"folder": folder, "train": caption_table(folder, "train", 24, 1),
+            "eval": caption_table(folder, "eval", 8, 2),
             "tokenizer": word_tokenizer([{"caption": f"there is a the picture shows {' '.join(COLOURS)} "
                                                      f"{' '.join(SHAPES)}"}], folder / "tokenizer")}
     config = recipe(data, folder)["model"]["config"]

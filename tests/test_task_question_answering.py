@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import MINILM, TINY_BERT, write_recipe
+from conftest import MINILM, TINY_BERT, as_checkpoint, write_recipe
 
 NAMES = ["zelda", "marco", "priya", "oslo", "kenji", "amara", "lucia", "tariq", "ingrid", "pablo"]
 FILLER = ["the ship sailed north .", "rain fell all night .", "the crew was tired .", "a bird sang loudly .",
@@ -249,7 +249,7 @@ def test_compare_judges_question_answering_in_f1(tmp_path):
     from adaptkit.judge.compare import compare
     from adaptkit.judge.tuning import SCRATCH
 
-    recipe = qa_recipe(tmp_path, "full", train=64, max_steps=4)
+    recipe = as_checkpoint(qa_recipe(tmp_path, "full", train=64, max_steps=4), tmp_path / "pretrained")
     report = compare(recipe, ["full", SCRATCH], trials=1, bootstrap_rounds=100, output_dir=tmp_path / "compare",
                      log=lambda _: None)
     assert report.metric == "f1" and report.greater_is_better is True

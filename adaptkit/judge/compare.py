@@ -55,7 +55,7 @@ from adaptkit.engine.session import Session, as_recipe
 from adaptkit.errors import AdaptkitError
 from adaptkit.judge import compare_state as state
 from adaptkit.judge.baselines import aligned, installed_for, targets_of, train_baseline
-from adaptkit.judge.compare_checks import check_compare_arguments
+from adaptkit.judge.compare_checks import check_compare_arguments, check_pretrained
 from adaptkit.judge.energy import describe_power, grid_intensity
 from adaptkit.plugin.baseline import BaselineRows
 from adaptkit.plugin.registry import get_strategy, list_baselines, list_strategies, recipe_plugins
@@ -461,6 +461,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     started = time.perf_counter()
     strategies, baseline_names = split_arms(strategies, baseline_names)
     check_strategies(strategies, scratch_strategy)
+    check_pretrained(recipe)  # no pretrained weights, nothing to judge: refused before any work
     if trials < 1:
         raise AdaptkitError(f"trials must be at least 1, got {trials}")
     state.check_max_minutes(max_minutes)

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
-from adaptkit.errors import AdaptkitError
-from adaptkit.recipe.schema import MAX_COUNT, MAX_SEED
+from adaptkit.errors import AdaptkitError, RecipeError
+from adaptkit.recipe.schema import MAX_COUNT, MAX_SEED, Recipe
 
 # sqlalchemy (optuna's, for --storage URLs) is imported inside the check that reads such a URL:
 # the other checks run without it.
@@ -67,6 +67,32 @@ def check_compare_arguments(seeds: Optional[Iterable[int]] = None, sizes: Option
             check_learning_rate(name, rate, known)
     if storage is not None:
         check_storage(storage)
+
+
+def check_pretrained(recipe: Recipe) -> None:
+    """Refuse a recipe that names no pretrained weights: ``compare`` judges pretraining.
+
+    Its verdicts ask whether the pretrained model beats the same architecture from random weights
+    (``scratch``) and a model trained without pretraining (the baselines). A model built from
+    ``model.config``, or loaded with ``model.init: random``, has no pretraining: every arm starts
+    from random weights, ``scratch`` is a second random draw of the same thing, and a "negative
+    transfer" between them was noise reported as a finding. Refused rather than run with the
+    verdict dropped: what would remain (strategies from random weights against the baselines) is
+    a table of training runs, which ``adaptkit run`` gives per strategy without the search's cost.
+    """
+    model = recipe.model
+    if model.config is not None:
+        where, what = recipe.where("model", "config"), "the model is built from model.config (random weights)"
+    elif model.init == "random":
+        where, what = recipe.where("model", "init"), "model.init is random"
+    else:
+        return
+    raise RecipeError(
+        f"{where}: compare judges pretraining (does the pretrained model beat the same architecture from random "
+        f"weights, and a model trained without pretraining?), but {what}: every arm would start from random weights "
+        f"and scratch would be a second random initialisation, so there is no transfer to judge. Name the pretrained "
+        f"weights in model.name (a Hub id, or a folder saved with save_pretrained), or train each strategy with "
+        f"adaptkit run")
 
 
 def check_learning_rate(name: str, rate: float, strategies: Optional[set] = None) -> None:
