@@ -151,6 +151,8 @@ def test_blip_learns_the_captions_and_its_export_captions_with_plain_transformer
     import adaptkit
 
     assert trained.eval["exact_match"] >= 0.75 and trained.eval["bleu"] >= 0.6, trained.eval
+    card = (trained.output_dir / "README.md").read_text()  # the model card says how plain transformers generates
+    assert "generation_config=model.generation_config" in card and "max_new_tokens=8" in card
     rng = random.Random(5)
     shown = [("red", "bar"), ("blue", "square"), ("green", "bar")]
     rows = [{"image": str(draw(tmp_path / f"{c}-{s}.png", c, s, rng))} for c, s in shown]

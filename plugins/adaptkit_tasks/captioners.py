@@ -88,6 +88,10 @@ class Captioner:
         """The image encoder module (what ``advise``'s probe reads)."""
         return model.get_encoder() if hasattr(model, "get_encoder") else model.encoder
 
+    def generate_call(self) -> str:
+        """The plain transformers call that writes the captions ``adaptkit predict`` writes (model card)."""
+        return "model.generate(pixel_values=pixel_values)"
+
 
 class BlipCaptioner(Captioner):
     """BLIP's captioner: a ViT-style image encoder (``vision_model``) and a BERT-style text decoder
@@ -140,6 +144,11 @@ class BlipCaptioner(Captioner):
 
     def encoder(self, model: Any) -> Any:
         return model.vision_model
+
+    def generate_call(self) -> str:
+        """BlipForConditionalGeneration.generate hands its text decoder the decoder's own generation
+        settings, not the model's ``generation_config.json``: they must be passed."""
+        return "model.generate(pixel_values=pixel_values, generation_config=model.generation_config)"
 
 
 CAPTIONERS: dict[str, Captioner] = {c.model_type: c for c in (Captioner(), BlipCaptioner())}

@@ -280,6 +280,16 @@ class ImageToText(Task):
             setattr(model.generation_config, key, value)
         return model
 
+    def card_notes(self) -> list[str]:
+        """How the export writes the captions ``predict`` writes, with plain transformers."""
+        if self._captioner is None:
+            return []
+        settings = {k: self.generation_settings()[k] for k in ("max_new_tokens", "num_beams", "do_sample")}
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+        return [f"Generation settings ({shown}) are saved in `generation_config.json`: "
+                f"`{self._captioner.generate_call()}` with the processor's `pixel_values` writes the captions "
+                f"`adaptkit predict` writes."]
+
     def generation_settings(self) -> dict[str, Any]:
         """The ``generate`` arguments of evaluation, ``predict`` and the export's generation_config."""
         tokenizer = getattr(self._processor, "tokenizer", None)
