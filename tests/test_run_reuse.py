@@ -262,3 +262,19 @@ def test_runs_on_two_versions_of_one_base_run_are_refused(runs, tmp_path):
     (earlier / "metrics.json").write_text(json.dumps(summary))
     with pytest.raises(AdaptkitError, match="as it was at different times"):
         adaptkit.load_runs([runs["stacked"], earlier])
+
+
+def test_qlora_trains_on_a_run_base_loaded_directly_in_4bit(runs, tmp_path):
+    """The merged base is a plain model folder, so qlora's 4-bit from_pretrained reads it like any checkpoint."""
+    from adaptkit.engine.session import Session
+
+    recipe = json.loads(json.dumps(runs["stacked_recipe"]))
+    recipe["strategy"] = {"name": "qlora"}
+    recipe["output"] = {"dir": str(tmp_path / "qlora")}
+    session = Session(recipe, log=lambda message: None)
+    base = session.build_base(session.strategy())
+    assert base.config.quantization_config.load_in_4bit and session.source.origin == "run"
+    result = adaptkit.run(recipe, progress=False)
+    assert [link.get("run") for link in result.metrics["chain"]] == [None, str(runs["a"].resolve())]
+    assert {"frozen", "export", "signature", "equivalence"} <= {line.split(":", 1)[0]
+                                                               for line in result.metrics["contract"]}
