@@ -8,8 +8,6 @@ convolution), and every norm and position table (no matmul to quantize).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 

@@ -18,7 +18,8 @@ Evaluation generates a caption per image (greedy, or ``num_beams``) and scores i
 that image's references: BLEU and chrF (sacrebleu), ROUGE-L (rouge-score), CIDEr, exact match
 (``adaptkit_tasks.generation_metrics``), with the token loss. ``predict`` writes one caption per
 image with the same generation settings, which ``build_model`` also writes into the model's
-``generation_config``: the export generates the same captions with a plain ``model.generate``.
+``generation_config``: the export generates the same captions with a plain ``model.generate`` (BLIP's
+with ``generation_config=model.generation_config``: its ``generate`` reads its text decoder's settings).
 
 The processor is transformers' ``VisionTextDualEncoderProcessor`` (an image processor and a
 tokenizer in one folder, saved with ``save_pretrained`` and reloaded from it by ``predict``).
@@ -31,9 +32,7 @@ from typing import Any, Optional
 from pydantic import Field, PositiveInt
 
 from adaptkit import DataError, Task, TaskOptions
-from adaptkit_tasks.captioners import CAPTIONERS, Captioner, captioner_for
-
-SUPPORTED = tuple(CAPTIONERS)
+from adaptkit_tasks.captioners import Captioner, captioner_for
 
 
 class ImageToTextOptions(TaskOptions):
@@ -55,7 +54,7 @@ class ImageToText(Task):
     """Caption images with a vision encoder-decoder (ViT + GPT-2 / BERT decoder) or BLIP."""
 
     name = "image_to_text"
-    description = "Image captioning: a vision encoder-decoder learns captions; BLEU, ROUGE-L, CIDEr by generation."
+    description = "Image captioning: a vision encoder-decoder or BLIP learns captions; BLEU, ROUGE-L, CIDEr generated."
     Options = ImageToTextOptions
     model_class = "AutoModelForImageTextToText"  # resolves the config's model_type (build_model)
     peft_task_type = None  # peft's SEQ_2_SEQ_LM wrapper expects input_ids; a plain PeftModel forwards pixel_values
