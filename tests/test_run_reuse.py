@@ -7,6 +7,7 @@ different rows, an IA3 run, a full fine-tune, and a LoRA run whose ``model.name`
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import yaml
 import adaptkit
 from adaptkit import AdaptkitError
 from adaptkit.cli import main
-from conftest import sentiment_rows, tiny_recipe_dict, write_table
+from conftest import MINILM, TINY_GPT2, sentiment_rows, tiny_recipe_dict, write_table
 
 ROWS = [{"text": row["text"]} for row in sentiment_rows(12, seed=9)]
 
@@ -70,7 +71,7 @@ def test_a_run_as_base_records_the_chain_in_metrics_recipe_and_card(runs):
     assert summary["chain"] == [
         {"base": "bert built from model.config"},
         {"run": str(a.resolve()), "strategy": "lora", "task": "sequence_classification",
-         "metric": f"accuracy {first['eval']['accuracy']:.4f}"}]
+         "metric": f"accuracy {first['eval']['accuracy']:.4f}", "previous_adapter": "merge"}]
     recipe_text = (stacked / "recipe.yaml").read_text()
     assert recipe_text.splitlines()[0] == (f"# base chain: bert built from model.config -> {a.resolve()} "
                                            f"(lora, accuracy {first['eval']['accuracy']:.4f}) -> this run")
@@ -278,3 +279,75 @@ def test_qlora_trains_on_a_run_base_loaded_directly_in_4bit(runs, tmp_path):
     assert [link.get("run") for link in result.metrics["chain"]] == [None, str(runs["a"].resolve())]
     assert {"frozen", "export", "signature", "equivalence"} <= {line.split(":", 1)[0]
                                                                for line in result.metrics["contract"]}
+
+
+# ---------------------------------------------------------------------------- previous_adapter: keep
+
+def _lm_recipe(root: Path, folder_name: str, strategy: str = "lora", **model) -> dict:
+    recipe = _recipe(root, folder_name, strategy, 5, **(model or {"config": {**TINY_GPT2, "vocab_size": 30522},
+                                                                   "tokenizer": MINILM}))
+    recipe["task"] = {"type": "causal_lm", "text_column": "text", "max_length": 32}
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def lm_runs(runs):
+    """A LoRA run on a tiny GPT-2 (no task head), and a LoRA run trained beside its adapter (keep)."""
+    root = runs["root"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ADAPTKIT_CACHE", str(root / "cache"))
+        first = adaptkit.run(_lm_recipe(root, "lm"), progress=False).output_dir
+        kept_recipe = _lm_recipe(root, "lm_kept", name=str(first), previous_adapter="keep")
+        yield {"lm": first, "kept": adaptkit.run(kept_recipe, progress=False).output_dir, "kept_recipe": kept_recipe}
+
+
+def test_keep_trains_beside_the_runs_frozen_adapter_and_saves_both(runs, lm_runs):
+    from safetensors.torch import load_file
+
+    first, kept = lm_runs["lm"], lm_runs["kept"]
+    summary = json.loads((kept / "metrics.json").read_text())
+    before = json.loads((first / "metrics.json").read_text())
+    previous = load_file(str(first / "adapter" / "adapter_model.safetensors"))
+    saved = load_file(str(kept / "adapter" / "previous" / "adapter_model.safetensors"))
+    assert saved.keys() == previous.keys() and all(torch.equal(saved[k], previous[k]) for k in previous)
+    frozen = [int(line.split()[1]) for line in (summary["contract"][0], before["contract"][0])]
+    assert frozen[0] == frozen[1] + len(previous)  # the base's tensors and, frozen too, the run's adapter
+    assert summary["chain"][-1]["previous_adapter"] == "keep"
+    assert "(lora, perplexity" in (kept / "README.md").read_text() and "kept beside, frozen" in (kept / "README.md").read_text()
+    assert {"frozen", "export", "signature", "equivalence"} <= {line.split(":", 1)[0] for line in summary["contract"]}
+    assert adaptkit.load(kept).model.active_adapters == ["previous", "default"]
+
+
+def test_keep_export_computes_what_its_adapter_does_on_the_run_merged(runs, lm_runs, monkeypatch):
+    """The kept run's own adapter, loaded with plain peft onto run lm merged (what merge would have trained on),
+    gives what adaptkit.load of the kept run (both adapters unmerged) gives."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adaptkit.engine.stacking import merged_run_folder
+
+    monkeypatch.setenv("ADAPTKIT_CACHE", str(runs["root"] / "cache"))
+    kept = adaptkit.load(lm_runs["kept"])
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(merged_run_folder(lm_runs["lm"])),
+                                       str(lm_runs["kept"] / "adapter"))
+    probe = kept.tokenizer(["the film was lovely", "a dreadful plot"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(merged.eval()(**probe).logits, kept.model.eval()(**probe).logits,
+                                   rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("base, strategy, fragment", [
+    ("a", "lora", "both runs train the task head (classifier, score) and peft makes one adapter's copy"),
+    ("lm", "ia3", "the run's adapter is peft LORA and strategy 'ia3' builds peft IA3"),
+    ("lm", "full", "strategy 'full' does not build a peft adapter"),
+    ("full", "lora", "strategy 'full' exported a whole model"),
+    (None, "lora", "applies when model.name is a finished adaptkit run folder"),
+])
+def test_keep_is_refused_at_plan_where_peft_cannot_hold_both(runs, lm_runs, tmp_path, base, strategy, fragment):
+    recipe = tiny_recipe_dict(tmp_path, strategy=strategy)
+    if base == "lm":
+        recipe["task"] = {"type": "causal_lm", "text_column": "text", "max_length": 32}
+    folder = lm_runs["lm"] if base == "lm" else runs[base] if base else runs["a"] / "adapter"
+    recipe["model"] = {"name": str(folder), "previous_adapter": "keep", **({} if base else {"tokenizer": MINILM})}
+    with pytest.raises(AdaptkitError, match=re.escape(fragment)):
+        adaptkit.plan(recipe)

@@ -149,9 +149,14 @@ def _run_parts(run_dir: Union[str, Path], trust_remote_code: bool = False) -> _R
     task = registry.tasks[recipe.task.type](recipe.task_options)
     task.load_state(summary["task_state"])
     strategy = strategy_for(registry, recipe)
+    if recipe.model.previous_adapter == "keep":  # trained beside a run's frozen adapter, saved in previous/
+        from adaptkit.engine.stacking import keep_beside, run_folder
+
+        strategy = keep_beside(strategy, run_folder(recipe.model.name) or Path(str(recipe.model.name)))
     recipe.model.tokenizer = str(folder / "tokenizer")
     source = (resolve_base_source(recipe.model.name, recipe.model.revision, recipe.model.allow_pickle,
-                                  trust_remote_code) if recipe.model.name else None)  # a run as base: merged
+                                  trust_remote_code, recipe.model.previous_adapter)
+              if recipe.model.name else None)  # a run as base: merged, or the model it started from (keep)
     tokenizer = task.load_processor(recipe, source)
     return _RunParts(folder, summary, recipe, task, strategy, source, tokenizer)
 

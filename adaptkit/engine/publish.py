@@ -52,7 +52,7 @@ def model_hub_id(name: Optional[str], source: Any) -> Optional[str]:
     MiniLM does), or else the recipe named it by Hub id; a local folder has one only when its
     config.json names one in ``_name_or_path``. A model built from a config has none.
     """
-    if source is None or source.origin == "run":  # a finished run as the base: no Hub model holds base + its change
+    if source is None or source.origin in ("run", "run-kept"):  # a run as the base: no Hub model holds base + its change
         return None
     if source.origin in ("hub", "hub-cache"):
         return source.location

@@ -78,8 +78,10 @@ class Session:
         folder = run_folder(section.name)
         if folder is not None:  # a finished run as the base: its task must fit this recipe's
             check_task_fits(folder, self.task, self.recipe.where("model", "name"))
+        # previous_adapter: keep trains beside the run's adapter, loaded frozen onto the model it started from
+        self.kept_run: Optional[Path] = folder if section.previous_adapter == "keep" else None
         self.source: Optional[ModelSource] = (resolve_base_source(section.name, section.revision, section.allow_pickle,
-                                                                  section.trust_remote_code)
+                                                                  section.trust_remote_code, section.previous_adapter)
                                               if section.name else None)
 
     # ------------------------------------------------------------------ data
@@ -119,8 +121,14 @@ class Session:
     # ------------------------------------------------------------------ strategies and models
 
     def strategy(self, name: Optional[str] = None, options: Any = None) -> "Strategy":
-        """A strategy instance: the recipe's own with the recipe's options, another with ``options`` or its defaults."""
-        return strategy_for(self.registry, self.recipe, name, options)
+        """A strategy instance: the recipe's own with the recipe's options, another with ``options`` or its defaults;
+        with ``model.previous_adapter: keep``, made to train beside the base run's frozen adapter."""
+        chosen = strategy_for(self.registry, self.recipe, name, options)
+        if self.kept_run is not None:
+            from adaptkit.engine.stacking import keep_beside
+
+            chosen = keep_beside(chosen, self.kept_run)
+        return chosen
 
     @functools.cached_property
     def config(self) -> Any:

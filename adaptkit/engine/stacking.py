@@ -37,7 +37,9 @@ from typing import Any, Optional
 from adaptkit.errors import AdaptkitError, ModelSourceError
 from adaptkit.plugin.sources import ModelSource, resolve_model_source
 
-RUN_ORIGIN = "run"  # ModelSource.origin of a base that is a finished adaptkit run
+RUN_ORIGIN = "run"  # ModelSource.origin of a base that is a finished adaptkit run, its adapter merged
+KEPT_ORIGIN = "run-kept"  # ... the run's own base, its adapter to be loaded frozen beside (previous_adapter: keep)
+PREVIOUS = "previous"  # the peft adapter name of the kept run's adapter (and its subfolder in the export)
 
 
 def run_folder(name: Optional[str]) -> Optional[Path]:
@@ -184,12 +186,120 @@ def _publish(target: Path, folder: Path, write: Any) -> Path:
 
 
 def resolve_base_source(name: str, revision: Optional[str] = None, allow_pickle: bool = False,
-                        trust_remote_code: bool = False) -> ModelSource:
-    """``model.name``'s files: a finished run's merged model (origin "run"), else ``resolve_model_source``."""
+                        trust_remote_code: bool = False, previous_adapter: str = "merge") -> ModelSource:
+    """``model.name``'s files: a finished run's merged model (origin "run"), or with ``previous_adapter: keep``
+    the model the run started from (origin "run-kept"), else ``resolve_model_source``."""
     folder = run_folder(name)
     if folder is None:
+        if previous_adapter == "keep":
+            raise ModelSourceError(f"model.previous_adapter: keep applies when model.name is a finished adaptkit run "
+                                   f"folder (metrics.json beside adapter/), and {name!r} is not one")
         return resolve_model_source(name, revision, allow_pickle)
+    if previous_adapter == "keep":
+        return ModelSource(name, str(kept_base_folder(folder, trust_remote_code)), KEPT_ORIGIN, True)
     return ModelSource(name, str(merged_run_folder(folder, trust_remote_code)), RUN_ORIGIN, True)
+
+
+def _peft_adapter(folder: Path, summary: dict[str, Any]) -> Path:
+    """The run's peft adapter folder, or a refusal saying why ``previous_adapter: keep`` has nothing to keep."""
+    export = summary["export"]
+    if export.get("kind") != "adapter" or export.get("loader") != "peft":
+        raise ModelSourceError(f"{folder}: model.previous_adapter: keep loads the run's peft adapter beside the new "
+                               f"one, and strategy {summary.get('strategy')!r} exported a whole {export.get('kind')}: "
+                               f"use previous_adapter: merge (the run's model is the base)")
+    return folder / Path(export["path"]).name
+
+
+def kept_base_folder(folder: Path, trust_remote_code: bool = False) -> Path:
+    """The model the run in ``folder`` started from (its adapter taken out, its head the base's own), written
+    once to the cache like a merged base, with the run's tokenizer and pooling: what ``keep`` trains beside."""
+    summary = read_run(folder)
+    _peft_adapter(folder, summary)
+    target = cache_root() / "run-bases" / f"{_cache_key(folder, summary, trust_remote_code)}-base"
+    if (target / "config.json").is_file():
+        return target
+    from adaptkit.engine.merge import _unwrapped_base
+    from adaptkit.engine.predict import load_run
+    from adaptkit.plugin.pooling import declare_pooling, model_pooling
+
+    predictor = load_run(folder, trust_remote_code=trust_remote_code)
+    pooling = model_pooling(predictor.model)
+    model = _unwrapped_base(predictor.model.get_base_model())
+
+    def write(staging: Path) -> None:
+        model.save_pretrained(staging, safe_serialization=True)
+        predictor.tokenizer.save_pretrained(staging)
+        declare_pooling(staging, pooling, getattr(model.config, "hidden_size", None))
+
+    return _publish(target, folder, write)
+
+
+def keep_beside(strategy: Any, folder: Path) -> Any:
+    """``strategy`` (an instance) made to train beside the run in ``folder``, whose adapter stays loaded, frozen.
+
+    The result is an instance of a subclass of the strategy's own class, so everything else (options,
+    parameter groups, per-step hooks, loading arguments) is the strategy's. Its ``wrap`` loads the run's
+    adapter onto the base (peft ``PeftModel.from_pretrained`` as ``previous``), adds the strategy's own
+    (``add_adapter``, its ``peft_config``) and makes both active, the run's frozen; ``unwrap`` (peft's
+    ``merge_and_unload``) merges both, so the unwrapped model has the base's architecture; ``save`` writes
+    both (the run's in ``previous/``), and ``load`` puts both back. ``preflight`` refuses, before any weight is
+    read, what peft cannot hold: another kind of strategy, another peft type, a method that does not merge,
+    and a task head trained by both runs (peft's ``ModulesToSaveWrapper`` makes one adapter's head active at a
+    time: "Only one adapter can be set at a time for ModulesToSaveWrapper").
+    """
+    from adaptkit.errors import PreflightError
+    from adaptkit.plugin.strategy import PeftStrategy
+
+    summary = read_run(folder)
+    previous = _peft_adapter(folder, summary)
+    try:
+        previous_config = json.loads((previous / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"{previous}/adapter_config.json cannot be read ({exc}); the run folder is damaged") from None
+    where = f"model.previous_adapter: keep ({folder})"
+
+    class Kept(type(strategy)):  # type: ignore[misc, valid-type]
+        export_loader = f"peft PeftModel.from_pretrained with {PREVIOUS}/ loaded beside (load_adapter)"
+
+        def preflight(self, context: Any) -> None:
+            if not isinstance(self, PeftStrategy):
+                raise PreflightError(f"{where}: strategy {self.name!r} does not build a peft adapter, so the run's "
+                                     f"adapter cannot be held beside what it trains; use previous_adapter: merge")
+            if not self.mergeable:
+                raise PreflightError(f"{where}: strategy {self.name!r} cannot be merged, and peft runs two adapters "
+                                     f"in one forward pass only for mergeable methods; use previous_adapter: merge")
+            super().preflight(context)
+            config = self.peft_config(context)
+            kind = str(getattr(config.peft_type, "value", config.peft_type))
+            if kind != str(previous_config.get("peft_type")):
+                raise PreflightError(f"{where}: the run's adapter is peft {previous_config.get('peft_type')} and "
+                                     f"strategy {self.name!r} builds peft {kind}; one peft model holds adapters of one "
+                                     f"type, so use previous_adapter: merge")
+            if previous_config.get("modules_to_save") and getattr(config, "modules_to_save", None):
+                raise PreflightError(
+                    f"{where}: both runs train the task head ({', '.join(sorted(set(previous_config['modules_to_save'])))}) and "
+                    f"peft makes one adapter's copy of a head active at a time (ModulesToSaveWrapper), so the head "
+                    f"cannot be kept beside; use previous_adapter: merge")
+
+        def wrap(self, model: Any, context: Any) -> Any:
+            from peft import PeftModel
+
+            wrapped = PeftModel.from_pretrained(model, str(previous), adapter_name=PREVIOUS)
+            wrapped.add_adapter("default", self.peft_config(context))
+            wrapped.base_model.set_adapter([PREVIOUS, "default"])
+            for name, parameter in wrapped.named_parameters():
+                if f".{PREVIOUS}." in name:
+                    parameter.requires_grad_(False)
+            return wrapped
+
+        def load(self, base_model: Any, directory: Path) -> Any:
+            model = super().load(base_model, directory)
+            model.load_adapter(str(Path(directory) / PREVIOUS), adapter_name=PREVIOUS)
+            model.base_model.set_adapter([PREVIOUS, "default"])
+            return model
+
+    Kept.__name__ = Kept.__qualname__ = f"{type(strategy).__name__}KeptBeside"
+    return Kept(strategy.options)
 
 
 def _model_class(task_type: Optional[str]) -> Optional[str]:
@@ -231,7 +341,7 @@ def _headline(summary: dict[str, Any]) -> Optional[str]:
 def chain_of(source: Optional[ModelSource]) -> list[dict[str, Any]]:
     """The chain of bases under a run built on ``source``: the first base, then each run built on it, oldest
     first (empty when the base is no run). Each run's entry: folder, strategy, task, headline eval metric."""
-    if source is None or source.origin != RUN_ORIGIN:
+    if source is None or source.origin not in (RUN_ORIGIN, KEPT_ORIGIN):
         return []
     folder = run_folder(source.name)
     summary = read_run(folder)
@@ -241,7 +351,7 @@ def chain_of(source: Optional[ModelSource]) -> list[dict[str, Any]]:
         chain.append({"base": summary.get("base_model_id") or recipe_model.get("name") or
                       f"{(recipe_model.get('config') or {}).get('model_type', 'model')} built from model.config"})
     chain.append({"run": str(folder.resolve()), "strategy": summary.get("strategy"), "task": summary.get("task"),
-                  "metric": _headline(summary)})
+                  "metric": _headline(summary), "previous_adapter": "keep" if source.origin == KEPT_ORIGIN else "merge"})
     return chain
 
 
@@ -252,7 +362,8 @@ def describe_chain(chain: list[dict[str, Any]], this: str = "this run") -> str:
         if "base" in link:
             parts.append(str(link["base"]))
         else:
-            detail = ", ".join(str(x) for x in (link.get("strategy"), link.get("metric")) if x)
+            kept = "kept beside, frozen" if link.get("previous_adapter") == "keep" else None
+            detail = ", ".join(str(x) for x in (link.get("strategy"), link.get("metric"), kept) if x)
             parts.append(f"{link['run']} ({detail})" if detail else str(link["run"]))
     return " -> ".join(parts + [this])
 

@@ -146,6 +146,10 @@ class ModelSection(_Section):
     device_map: Optional[Union[str, dict[str, Union[int, str]]]] = Field(
         None, description="Spread a model too large for one device over the GPUs (and CPU) of one process: 'auto', "
                           "'sequential', or {module: device}. Single process only; pretrained weights (model.name) only.")
+    previous_adapter: Literal["merge", "keep"] = Field(
+        "merge", description="When model.name is a finished adapter run: merge its adapter into the base before the "
+                             "new strategy trains (merge), or load it frozen beside the new strategy's adapter (keep: "
+                             "the same mergeable peft method, and no task head trained by both runs).")
 
     @field_validator("attn_implementation")
     @classmethod
