@@ -45,3 +45,16 @@ def test_a_saved_checkpoint_passes_the_check():
         recipe = Recipe.from_dict({"model": model, "data": {"train": "t.csv"}, "strategy": {"name": "full"},
                                    "output": {"dir": "o"}}, check_files=False)
         check_pretrained(recipe)  # no error: pretrained weights are named
+
+
+def test_advise_does_not_judge_transferability_of_random_weights(tmp_path):
+    from types import SimpleNamespace
+
+    from adaptkit.judge.transferability import transfer_verdict, transferability
+    from adaptkit.recipe.schema import Recipe
+
+    recipe = Recipe.from_dict(tiny_recipe_dict(tmp_path, "full") | {
+        "model": {"name": "sentence-transformers/all-MiniLM-L6-v2", "init": "random"}})
+    found = transferability(SimpleNamespace(recipe=recipe, train_data=None), 100, 3, lambda _: None)
+    assert found == {"skipped": "model.init is random: there are no pretrained weights to judge"}
+    assert transfer_verdict(found)[0] == "not assessed"

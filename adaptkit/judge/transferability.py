@@ -189,6 +189,8 @@ def transferability(session: Any, max_rows: int, folds: int, log: Callable[[str]
     data = session.train_data
     if recipe.model.name is None:
         return {"skipped": "the model is built from model.config: there are no pretrained weights to judge"}
+    if recipe.model.init == "random":  # its "pretrained" features would be a second random draw (as compare refuses)
+        return {"skipped": "model.init is random: there are no pretrained weights to judge"}
     if "labels" not in data.column_names or not data or not isinstance(data[0]["labels"], (int, float)):
         return {"skipped": "needs one class label or one number per example (classification or regression)"}
     if len(data) > max_rows:
