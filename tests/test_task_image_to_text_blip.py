@@ -133,6 +133,18 @@ def test_lora_and_partial_freeze_train_blip_and_predict(data, tmp_path):
         assert len(captions) == 1 and isinstance(captions[0], str)
 
 
+@pytest.mark.slow
+def test_qlora_trains_blip_in_4bit_and_keeps_the_contract(data, tmp_path):
+    pytest.importorskip("bitsandbytes", reason="qlora needs bitsandbytes")
+    import adaptkit
+
+    result = adaptkit.run(recipe(data, tmp_path, "qlora", max_steps=2), progress=False)
+    contract = " | ".join(result.metrics["contract"])
+    assert all(rule in contract for rule in ("frozen:", "export:", "signature:", "equivalence:")), contract
+    captions = adaptkit.load(result.output_dir).predict([{"image": str(data["folder"] / "eval-0.png")}])
+    assert len(captions) == 1 and isinstance(captions[0], str)
+
+
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
     import adaptkit
