@@ -1,4 +1,8 @@
-"""The ``adaptkit`` command: parse arguments, call the library, print. Nothing else lives here."""
+"""The ``adaptkit`` command: parse arguments, call the library, print. Nothing else lives here.
+
+Each command imports the library layer it calls inside its own function: ``adaptkit --help``,
+``validate``, ``schema`` and ``plugins`` answer without importing torch (tests/test_cli.py).
+"""
 from __future__ import annotations
 
 import json

@@ -16,6 +16,10 @@ Semantics that make N processes compute what one does:
   (``InitProcessGroupKwargs``): a process stuck on a dead peer fails instead of hanging, and
   the launcher stops the rest as soon as one process dies.
 * A failed launch is reported with the rank that failed first (``DistributedRunError``).
+
+torch, accelerate and the recipe and strategy types are imported inside the functions that use
+them: the launching command (``adaptkit run --num-processes N``) asks this module whether and how
+to launch before anything heavy is imported, and its worker processes do the importing.
 """
 from __future__ import annotations
 

@@ -28,7 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+import torch
+from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import ModulesToSaveWrapper
+
 from adaptkit.errors import AdaptkitError
+from adaptkit.engine.data import load_table
+from adaptkit.engine.outputs import check_output_dir, read_run_summary, staged_output, write_json
+from adaptkit.engine.predict import check_input, load_run
+from adaptkit.engine.train import eval_loader, evaluate
+from adaptkit.plugin.contract import architecture_signature, check_close, check_signature, model_outputs
+from adaptkit.recipe.loading import closest
 
 METHODS = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 # Methods that prune each adapter to a share of its values first: they need --density.
@@ -73,7 +84,6 @@ def _base_identity(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_source(folder: Path) -> _Source:
-    from adaptkit.engine.outputs import read_run_summary
 
     summary = read_run_summary(folder)
     export = summary.get("export") or {}
@@ -95,7 +105,6 @@ def check_merge(runs: Sequence[Union[str, Path]], method: str, weights: Optional
     if len(runs) < 2:
         raise AdaptkitError(f"merge needs at least two runs, got {len(runs)}")
     if method not in METHODS:
-        from adaptkit.recipe.loading import closest
 
         near = closest(method, list(METHODS))
         raise AdaptkitError(f"--method {method!r} is not a merge method ({', '.join(METHODS)})"
@@ -146,7 +155,6 @@ def check_merge(runs: Sequence[Union[str, Path]], method: str, weights: Optional
 
 
 def _heads(model: Any) -> list[Any]:
-    from peft.utils import ModulesToSaveWrapper
 
     return [m for m in model.modules() if isinstance(m, ModulesToSaveWrapper)]
 
@@ -154,7 +162,6 @@ def _heads(model: Any) -> list[Any]:
 def _merge_heads(model: Any, names: list[str], weights: list[float]) -> None:
     """Each task head (a peft ``ModulesToSaveWrapper``) becomes the weighted mean of the runs' heads, kept
     under the first run's name only, so peft's ``add_weighted_adapter`` sees one head per module."""
-    import torch
 
     total = sum(weights)
     if abs(total) < 1e-12:
@@ -174,7 +181,6 @@ def _merge_heads(model: Any, names: list[str], weights: list[float]) -> None:
 
 
 def _copy_head_into(model: Any, source: str, target: str) -> None:
-    import torch
 
     for wrapper in _heads(model):
         if source in wrapper.modules_to_save and target in wrapper.modules_to_save:
@@ -184,8 +190,6 @@ def _copy_head_into(model: Any, source: str, target: str) -> None:
 
 def _probe_batch(predictor: Any, folder: Path, rows: int = 8) -> dict[str, Any]:
     """Real rows to compare outputs on: the first run's eval (or train) data, as the task encodes them."""
-    from adaptkit.engine.data import load_table
-    from adaptkit.engine.outputs import read_run_summary
 
     data = read_run_summary(folder).get("recipe", {}).get("data") or {}
     for key in ("eval", "train"):
@@ -201,7 +205,6 @@ def _probe_batch(predictor: Any, folder: Path, rows: int = 8) -> dict[str, Any]:
 
 
 def _outputs(model: Any, batch: dict[str, Any]) -> Any:
-    from adaptkit.plugin.contract import model_outputs
 
     return model_outputs(model, batch)
 
@@ -231,9 +234,6 @@ def _card(summary: dict[str, Any]) -> str:
 
 def evaluate_run(run_dir: Union[str, Path], eval_file: Union[str, Path], batch_size: int = 32) -> dict[str, float]:
     """The task's metrics and mean loss of the run in ``run_dir`` on the labelled rows of ``eval_file``."""
-    from adaptkit.engine.data import load_table
-    from adaptkit.engine.predict import check_input, load_run
-    from adaptkit.engine.train import eval_loader, evaluate
 
     path = Path(eval_file)
     if not path.is_file():
@@ -257,8 +257,6 @@ def merge_runs(runs: Sequence[Union[str, Path]], method: str, output: Union[str,
     ``eval_file`` (labelled rows in the runs' format) is evaluated with the merged adapter and its
     metrics are recorded in the folder's metrics.json and card.
     """
-    from adaptkit.engine.outputs import check_output_dir, staged_output, write_json
-    from adaptkit.engine.predict import load_run
 
     output_dir = Path(output)
     sources = check_merge(runs, method, weights, density)
@@ -309,10 +307,7 @@ def merge_runs(runs: Sequence[Union[str, Path]], method: str, output: Union[str,
 def _verify(adapter: Path, merged_outputs: Any, batch: dict[str, Any], first: _Source) -> list[str]:
     """The written adapter on a fresh base with plain peft computes what the merged model did; merged
     into the base it has the base architecture and computes the same."""
-    from peft import PeftModel
 
-    from adaptkit.engine.predict import load_run
-    from adaptkit.plugin.contract import architecture_signature, check_close, check_signature
 
     first_run, label = first.folder, str(first.summary.get("strategy") or "merge")
     fresh = load_run(first_run).model.get_base_model()  # the same base, built anew (its own adapter removed below)
@@ -334,8 +329,6 @@ def _verify(adapter: Path, merged_outputs: Any, batch: dict[str, Any], first: _S
 
 def _unwrapped_base(model: Any) -> Any:
     """A base model taken out of a loaded run: its peft layers unloaded and heads restored to the base's."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils import ModulesToSaveWrapper
 
     found = [(name, module) for name, module in model.named_modules()
              if isinstance(module, (ModulesToSaveWrapper, BaseTunerLayer))]

@@ -13,10 +13,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from adaptkit.errors import AdaptkitError, PreflightError, RecipeError
-from adaptkit.recipe.schema import Recipe
-from adaptkit.plugin.families import OUTPUT_LAYERS
+import torch
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
 from adaptkit.engine.distributed import distributed_setting  # noqa: F401 (decided there; the runner asks here)
+from adaptkit.engine import models  # half_training_on_cpu_problem through the module: tests replace it there
+from adaptkit.engine.models import check_device_map, gradient_checkpointing_problem
+from adaptkit.engine.session import Session
+from adaptkit.errors import AdaptkitError, PreflightError, RecipeError
+from adaptkit.plugin.families import OUTPUT_LAYERS
+from adaptkit.plugin.registry import recipe_plugins
+from adaptkit.plugin.task import position_limit
+from adaptkit.recipe.schema import Recipe
 
 BYTES = {"torch.float32": 4, "torch.float16": 2, "torch.bfloat16": 2, "torch.uint8": 1, "torch.int8": 1}
 
@@ -87,15 +97,13 @@ def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, se
     and float16 weights to train on a CPU, which diverge (``half_training_on_cpu_problem``).
     """
     if recipe.training.gradient_checkpointing:
-        from adaptkit.engine.models import gradient_checkpointing_problem
 
         problem = gradient_checkpointing_problem(model)
         if problem:
             raise RecipeError(f"{recipe.where('training', 'gradient_checkpointing')}: with strategy {name!r}, "
                               f"{problem}")
-    from adaptkit.engine.models import half_training_on_cpu_problem
 
-    problem = half_training_on_cpu_problem(model, recipe)
+    problem = models.half_training_on_cpu_problem(model, recipe)
     if problem:
         raise RecipeError(f"{recipe.where('model', 'dtype')}: with strategy {name!r}, {problem}")
     memory = estimate_memory(model, config, recipe.training.batch_size, length, recipe.training.mixed_precision,
@@ -192,7 +200,6 @@ def estimate_memory(model, config, batch_size: int, sequence_length: int, precis
     - ``shards``: FSDP full sharding / ZeRO-3 split weights, gradients and optimizer state over
       that many processes (activations are per process); 1 = no sharding.
     """
-    import torch
 
     weights = gradients = states = step = 0.0
     half = precision in ("fp16", "bf16")
@@ -251,7 +258,6 @@ def check_sequence_length(session: Any, strategy: Any, config: Any) -> None:
     (prompt tuning's virtual tokens, ``Strategy.positions_added``) count too. Checked by
     ``adaptkit plan`` and again when a run starts.
     """
-    from adaptkit.plugin.task import position_limit
 
     length = session.task.sequence_length()
     limit = position_limit(config)
@@ -285,7 +291,6 @@ def plan(recipe: Recipe, strategies: Optional[list[str]] = None, strict: bool = 
     that cannot be planned keeps its error so the others still show. ``strict`` then raises
     what stops the recipe's own strategy (``Plan.raise_for_recipe_strategy``), as a run would.
     """
-    from adaptkit.plugin.registry import recipe_plugins
 
     with recipe_plugins(recipe):
         return _plan(recipe, strategies, strict)
@@ -293,14 +298,12 @@ def plan(recipe: Recipe, strategies: Optional[list[str]] = None, strict: bool = 
 
 def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan:
     """``plan`` under the recipe's plugin allow-list."""
-    from adaptkit.engine.session import Session
 
     session = Session(recipe, log=lambda _: None)
     section = recipe.model
     notes = session.task.preflight(recipe, session.source)
     names = strategies or [recipe.strategy.name]
     distributed = distributed_setting(recipe)
-    from adaptkit.engine.models import check_device_map
 
     check_device_map(recipe)  # the run asks the same rule, with its processes
     results: list[StrategyPlan] = []
@@ -342,7 +345,6 @@ def render(result: Plan) -> Any:
     strategy (``--all``) has long refusals, and as a column they squeezed the figures to "23,052,6…"
     on an 80-column terminal. The figures never wrap or shorten.
     """
-    from rich.table import Table
 
     table = Table(title=f"{result.model} ({result.model_type}), batch {result.batch_size} x "
                         f"{result.sequence_length} tokens")
@@ -367,8 +369,6 @@ def render(result: Plan) -> Any:
             more = f", ... ({len(entry.frozen)} in all)" if len(entry.frozen) > 6 else ""
             notes.append(f"{entry.strategy} keeps frozen: {', '.join(entry.frozen[:6])}{more}")
     if notes:
-        from rich.console import Group
-        from rich.text import Text
 
         lines = [(line, "") if isinstance(line, str) else line for line in notes]  # wrapped at the terminal's width
         return Group(table, *(Text(text, style=style) for text, style in lines))
@@ -377,7 +377,6 @@ def render(result: Plan) -> Any:
 
 def render_text(result: Plan, width: int = 160) -> str:
     """The plan table as plain text, for a run's log function."""
-    from rich.console import Console
 
     buffer = io.StringIO()
     Console(file=buffer, width=width, color_system=None, force_terminal=False).print(render(result))

@@ -5,8 +5,9 @@ frozen weights, save, reload what was saved with the standard tools, unwrap, ver
 architecture and the merged outputs. Any broken promise stops the run before the output
 folder appears, with the rule and the parameter named.
 
-The engine modules that import torch (train, contract, models, ...) are imported inside the functions
-that use them: ``adaptkit.RunResult`` is imported from here and must stay a light import.
+The layer below is imported once, at the top. The contract's comparisons, the evaluation and the card
+are called through their modules (``contract.model_outputs``, ``train.evaluate``, ``report.model_card``),
+so the fault-injection tests that replace them on the module reach this code too.
 """
 from __future__ import annotations
 
@@ -22,9 +23,22 @@ from typing import Any, Callable
 import yaml
 
 from adaptkit._version import __version__
+from adaptkit.engine import report, train
+from adaptkit.engine.budget import budget_for, too_short
+from adaptkit.engine.checkpoint import plan_checkpoints
+from adaptkit.engine.models import full_precision_reference, merge_tolerance
+from adaptkit.engine.outputs import (check_output_dir, check_output_location, record_checkpoint_logs,
+                                     remove_checkpoint_dir, run_lock, staged_output, write_json)
+from adaptkit.engine.planning import distributed_setting, plan_of_model, render_text, setup_line
+from adaptkit.engine.publish import finish_exports, model_hub_id, push
 from adaptkit.engine.session import RecipeLike, Session, as_recipe
 from adaptkit.engine.stacking import chain_comment, chain_of
 from adaptkit.errors import AdaptkitError, ContractViolation
+from adaptkit.plugin import contract
+from adaptkit.plugin.contract import (FrozenWeights, architecture_signature, check_close, check_equivalence,
+                                      check_removal, check_signature, reload_export, removal_reference,
+                                      trained_head_state)
+from adaptkit.plugin.registry import blame, get_registry, name_plugin, plugin_error, recipe_plugins
 
 # The merged model is compared with the trained one on this many real eval rows, in batches of
 # at most EQUIVALENCE_BATCH: several batches (so padding and lengths vary) at a bounded cost.
@@ -61,8 +75,6 @@ def run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
     recipe's ``plugins:`` list allows are loaded; and an unexpected exception raised inside a
     plugin's code becomes a ``PluginError`` that names the plugin and its distribution.
     """
-    from adaptkit.engine.outputs import check_output_location, run_lock
-    from adaptkit.plugin.registry import blame, get_registry, name_plugin, plugin_error, recipe_plugins
 
     recipe = as_recipe(recipe)
     check_output_location(Path(recipe.output.dir))  # before the lock beside it is made, and any work
@@ -125,11 +137,6 @@ def _run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
     complete one after building and wrapping the model exactly once. The steps: prepare (build,
     record the base, wrap, plan), train, verify and export, summarise.
     """
-    from adaptkit.engine.checkpoint import plan_checkpoints
-    from adaptkit.engine.outputs import (check_output_dir, record_checkpoint_logs, remove_checkpoint_dir,
-                                         staged_output, write_json)
-    from adaptkit.engine.report import model_card
-    from adaptkit.engine.train import make_accelerator
 
     recipe = as_recipe(recipe)
     output_dir = Path(recipe.output.dir)
@@ -138,7 +145,7 @@ def _run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
     checkpoints = plan_checkpoints(recipe, output_dir, overwrite, resume)
     session = Session(recipe, log)
     logs_dir = checkpoints.root / "logs"
-    accelerator = make_accelerator(recipe.training, log, logging_dir=logs_dir, distributed=recipe.distributed,
+    accelerator = train.make_accelerator(recipe.training, log, logging_dir=logs_dir, distributed=recipe.distributed,
                                    base_dir=recipe.base_dir())
     prepared = _prepare(session, accelerator)
     trained = _train(session, prepared, accelerator, checkpoints, progress)
@@ -146,17 +153,18 @@ def _run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
         return RunResult(output_dir, {})
     with staged_output(output_dir, overwrite, kind="run") as staging:
         accelerator.free_memory()  # the optimizer and accelerate's model references: not needed to export
-        contract, export_dir, described, base_model_id = _verify_and_export(session, prepared, trained, staging)
+        contract_lines, export_dir, described, base_model_id = _verify_and_export(session, prepared, trained, staging)
         if logs_dir.is_dir():  # copied, not moved: a failure from here on can still --resume
             shutil.copytree(logs_dir, staging / "logs")
-        summary = _summary(session, prepared, trained, accelerator, contract, output_dir / export_dir.name,
+        summary = _summary(session, prepared, trained, accelerator, contract_lines, output_dir / export_dir.name,
                            described, base_model_id, time.perf_counter() - wall_started)
         write_json(staging / "metrics.json", summary)
         from adaptkit.engine.checkpoint import save_task_state  # Task.training_state is kept with the run too
         save_task_state(session.task, staging)
         (staging / "recipe.yaml").write_text(chain_comment(summary["chain"])  # a run as base: the chain, as comments
                                              + yaml.safe_dump(recipe.resolved_dict(), sort_keys=False))
-        (staging / "README.md").write_text(model_card(summary, recipe.base_dir()))  # paths relative to the recipe
+        card = report.model_card(summary, recipe.base_dir())  # paths relative to the recipe
+        (staging / "README.md").write_text(card)
     # The run is complete: nothing left to resume. Its trackers' files are recorded first (the folder
     # held none of the user's when the run started), and only recorded files and checkpoints are removed.
     record_checkpoint_logs(checkpoints.root)
@@ -170,9 +178,6 @@ def _run(recipe: RecipeLike, overwrite: bool = False, progress: bool = True,
 
 def _prepare(session: Session, accelerator: Any) -> _Prepared:
     """Build the base, record what the contract compares with, wrap (pre-flight included) and plan."""
-    from adaptkit.engine.models import full_precision_reference
-    from adaptkit.engine.planning import distributed_setting, plan_of_model, render_text, setup_line
-    from adaptkit.plugin.contract import FrozenWeights, architecture_signature, removal_reference
 
     recipe, log = session.recipe, session.log
     strategy = session.strategy()
@@ -210,9 +215,6 @@ def _prepare(session: Session, accelerator: Any) -> _Prepared:
 def _train(session: Session, prepared: _Prepared, accelerator: Any, checkpoints: Any, progress: bool) -> _Trained:
     """Train under the budget, score the eval set once when a validation split chose the epoch, and keep
     the trained model's outputs on the probes (the export and merge are compared with them)."""
-    from adaptkit.engine.budget import budget_for, too_short
-    from adaptkit.engine.train import eval_loader, evaluate, fit, peak_memory_bytes
-    from adaptkit.plugin.contract import model_outputs
 
     recipe, log, hook = session.recipe, session.log, session.registry.manager.hook
     hook.adaptkit_on_event(event="run_start", payload={"recipe": recipe.resolved_dict()})
@@ -224,7 +226,7 @@ def _train(session: Session, prepared: _Prepared, accelerator: Any, checkpoints:
             log(f"warning: {warning}")
     selection = session.validation_data if session.validation_data is not None else session.eval_data
     model = prepared.model
-    result = fit(model, prepared.strategy, session.task, session.train_data, selection, session.tokenizer,
+    result = train.fit(model, prepared.strategy, session.task, session.train_data, selection, session.tokenizer,
                  recipe.training, accelerator, prepared.learning_rate, progress=progress,
                  on_epoch_end=lambda epoch, metrics: hook.adaptkit_on_event(
                      event="epoch_end", payload={"epoch": epoch, "metrics": metrics}),
@@ -237,16 +239,16 @@ def _train(session: Session, prepared: _Prepared, accelerator: Any, checkpoints:
         validation_metrics = result.final_metrics
         collate = session.task.collate(session.tokenizer)
         size = -(-recipe.training.eval_batch_size // accelerator.num_processes) * accelerator.num_processes
-        result.final_metrics = evaluate(model, accelerator.prepare(eval_loader(session.eval_data, size, collate)),
-                                        accelerator, session.task)
+        loader = accelerator.prepare(train.eval_loader(session.eval_data, size, collate))
+        result.final_metrics = train.evaluate(model, loader, accelerator, session.task)
     model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # contract checks run in fp32
-    peak = peak_memory_bytes(accelerator.device)
+    peak = train.peak_memory_bytes(accelerator.device)
     model = model.cpu() if accelerator.device.type != "cpu" else model
     prepared.frozen.verify(prepared.strategy.name, model)
     wrapped_outs = []
     # kept until the merge is checked (main process only: it alone exports); stop once the logits reach the cap
     for batch in prepared.probes if accelerator.is_main_process else []:
-        wrapped_outs.append(model_outputs(model, batch))
+        wrapped_outs.append(contract.model_outputs(model, batch))
         if sum(out.numel() for out in wrapped_outs) >= EQUIVALENCE_MAX_VALUES:
             break
     return _Trained(model, result, budget, validation_metrics, peak, wrapped_outs, prepared.probes[:len(wrapped_outs)])
@@ -263,15 +265,11 @@ def _verify_and_export(session: Session, prepared: _Prepared, trained: _Trained,
     with the same outputs. Returns the contract lines, the export folder, what the summary records
     of the unwrapped model, and the base model's Hub id.
     """
-    from adaptkit.engine.models import merge_tolerance
-    from adaptkit.engine.publish import finish_exports, model_hub_id
-    from adaptkit.plugin.contract import (architecture_signature, check_close, check_equivalence, check_removal,
-                                          check_signature, model_outputs, reload_export, trained_head_state)
 
     recipe, log = session.recipe, session.log
     strategy, model, name = prepared.strategy, trained.model, prepared.strategy.name
     head, probes, wrapped_outs = prepared.context.head_modules, trained.probes, trained.wrapped_outs
-    contract = [f"frozen: {len(prepared.frozen)} frozen parameter tensors bit-identical after training"]
+    contract_lines = [f"frozen: {len(prepared.frozen)} frozen parameter tensors bit-identical after training"]
     tolerance = merge_tolerance(strategy, model)  # wider on a bf16/fp16 base: merged weights are rounded to it
     export_dir = staging / ("adapter" if strategy.export_kind == "adapter" else "model")
     strategy.save(model, export_dir)
@@ -305,20 +303,20 @@ def _verify_and_export(session: Session, prepared: _Prepared, trained: _Trained,
         reloaded, how = reload_export(strategy, export_dir, session.build_base, prepared.base_class,
                                       trust_remote_code=recipe.model.trust_remote_code, task=session.task)
         for index, batch in enumerate(probes):
-            check_close(name, "export", wrapped_outs[index], model_outputs(reloaded, batch),
+            check_close(name, "export", wrapped_outs[index], contract.model_outputs(reloaded, batch),
                         tolerance, f"the {strategy.export_kind} saved in {export_dir.name}/ "
                                    f"and reloaded with {how}, on eval batch {index + 1}")
-        contract.append(f"export: {export_dir.name}/ reloads with {how} and gives the same outputs")
+        contract_lines.append(f"export: {export_dir.name}/ reloads with {how} and gives the same outputs")
         del reloaded
         gc.collect()
-    contract += [signature_line, merge_line]
+    contract_lines += [signature_line, merge_line]
     session.tokenizer.save_pretrained(staging / "tokenizer")
     base_model_id = model_hub_id(recipe.model.name, session.source)  # what loads elsewhere, never a path
     finish_exports([staging / "adapter", staging / "model"], session.tokenizer, base_model_id)
-    return contract, export_dir, described, base_model_id
+    return contract_lines, export_dir, described, base_model_id
 
 
-def _summary(session: Session, prepared: _Prepared, trained: _Trained, accelerator: Any, contract: list[str],
+def _summary(session: Session, prepared: _Prepared, trained: _Trained, accelerator: Any, contract_lines: list[str],
              export_path: Path, described: dict[str, Any], base_model_id: Any, wall_seconds: float) -> dict[str, Any]:
     """metrics.json: every figure of the run, the contract lines and the resolved recipe."""
     recipe, strategy, result, budget = session.recipe, prepared.strategy, trained.result, trained.budget
@@ -356,7 +354,7 @@ def _summary(session: Session, prepared: _Prepared, trained: _Trained, accelerat
         "peak_memory_bytes": trained.peak,
         "device": str(accelerator.device),
         "export": {"kind": strategy.export_kind, "path": str(export_path), "loader": strategy.export_loader},
-        "contract": contract,
+        "contract": contract_lines,
         "chain": chain_of(session.source),  # base -> run A -> ... when model.name is a finished run
         "recipe": recipe.resolved_dict(),
     }
@@ -364,7 +362,6 @@ def _summary(session: Session, prepared: _Prepared, trained: _Trained, accelerat
 
 def _push(output_dir: Path, recipe: Any, log: Callable[[str], None]) -> None:
     """``output.push_to_hub``: upload the finished folder; a failure says how to push it later."""
-    from adaptkit.engine.publish import push
 
     try:
         plan = push(output_dir, recipe.output.push_to_hub, private=recipe.output.hub_private)

@@ -27,9 +27,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+import torch
+from rich.panel import Panel
+from rich.table import Table
+
 from adaptkit.engine.device import training_device
+from adaptkit.engine.planning import estimate_memory
+from adaptkit.engine.session import Session, as_recipe
+from adaptkit.judge.baselines import aligned, cross_validated, installed_for, targets_of
+from adaptkit.judge.compare_checks import check_advise_arguments
+from adaptkit.judge.energy import describe_power, energy_of_cpu_seconds, given_power, grid_intensity
+from adaptkit.judge.transferability import curve_finding, transfer_verdict, transferability
+from adaptkit.judge.verdicts import verdict_metric
 from adaptkit.plugin.baseline import BaselineRows
-from adaptkit.plugin.registry import get_strategy, list_strategies
+from adaptkit.plugin.registry import get_strategy, list_strategies, recipe_plugins
 from adaptkit.recipe.schema import Recipe
 
 FEW_EXAMPLES = 300  # below this, say plainly that results swing with the seed
@@ -175,7 +186,6 @@ def _non_embedding_counts(model) -> tuple[int, int, int]:
     ``N_backprop`` counts parameters from the first trainable one onwards (in the model's
     parameter order, inputs to outputs): activation gradients flow back only that far.
     """
-    import torch
 
     embedding_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     total = backprop = trainable = 0
@@ -220,7 +230,6 @@ class _GradientTrace:
     """
 
     def __init__(self, model):
-        import torch
 
         self.ran: dict[int, int] = {}
         self.backprop: dict[int, int] = {}
@@ -237,7 +246,6 @@ class _GradientTrace:
             self.handles.append(module.register_forward_hook(self._hook(id(module), size), with_kwargs=True))
 
     def _hook(self, key: int, size: int):
-        import torch
 
         def hook(module, args, kwargs, output):
             self.ran[key] = size
@@ -269,7 +277,6 @@ def time_one_step(session: Any, base: Any, name: str) -> tuple[float, float, int
     grouped by length, random rows otherwise. A strategy that caches
     per-example work (frozen_head) pays its uncached cost here, an upper bound for later epochs.
     """
-    import torch
 
     training = session.recipe.training
     device = training_device(training)
@@ -317,8 +324,6 @@ def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watt
     read); with ``probe_steps`` > 0 one real step per strategy, on a copy of one loaded base
     model, counts FLOPs and times the machine.
     """
-    from adaptkit.engine.planning import estimate_memory
-    from adaptkit.judge.energy import energy_of_cpu_seconds, given_power, grid_intensity
 
     recipe = session.recipe
     training = recipe.training
@@ -389,9 +394,6 @@ def advise(recipe: Union[Recipe, str, Path, dict], strategies: Optional[list[str
     ``probe_steps`` > 0 times one real optimizer step per strategy (0 skips timing).
     ``max_feature_rows`` caps the rows whose features LogME and the probe use.
     """
-    from adaptkit.engine.session import as_recipe
-    from adaptkit.judge.compare_checks import check_advise_arguments
-    from adaptkit.plugin.registry import recipe_plugins
 
     check_advise_arguments(max_feature_rows=max_feature_rows, probe_steps=probe_steps)  # before any work
     recipe = as_recipe(recipe)
@@ -402,9 +404,6 @@ def advise(recipe: Union[Recipe, str, Path, dict], strategies: Optional[list[str
 def _advise(recipe: Recipe, strategies: Optional[list[str]], probe_steps: int, max_feature_rows: int, folds: int,
             power_watts: Optional[float], grid_g_per_kwh: Optional[float], log: Callable[[str], None]
             ) -> AdviceReport:
-    from adaptkit.judge.energy import describe_power
-    from adaptkit.engine.session import Session
-    from adaptkit.judge.transferability import curve_finding, transfer_verdict, transferability
 
     started = time.perf_counter()
     names = strategies if strategies else sorted(list_strategies())
@@ -445,8 +444,6 @@ def baseline_scores(session: Any, max_rows: int, folds: int, log: Callable[[str]
     ``max_rows``), so the bag-of-words score and the pretrained features' probe sit side by side.
     Seconds of work: a baseline is what fine-tuning must beat to pay.
     """
-    from adaptkit.judge.baselines import aligned, cross_validated, installed_for, targets_of
-    from adaptkit.judge.verdicts import verdict_metric
 
     task, encoded = session.task, session.train_data
     serving, notes = installed_for(task)
@@ -498,8 +495,6 @@ def _baseline_findings(baselines: dict[str, Any], transfer: dict[str, Any]) -> l
 
 def render(report: AdviceReport) -> list[Any]:
     """Rich renderables: findings, the data table, transferability and the per-strategy table."""
-    from rich.panel import Panel
-    from rich.table import Table
 
     parts: list[Any] = []
     colour = {"features favour transfer": "green", "features suggest harm": "red"}.get(report.transfer_verdict,

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import optuna
+
 from adaptkit.errors import AdaptkitError
+from adaptkit.engine.checkpoint import NOT_HASHED, identity_hash, recipe_identity
+from adaptkit.engine.outputs import check_output_dir, foreign_entries, foreign_entries_error, manifest_kind, write_json
+from adaptkit.judge.advise import time_one_step
+from adaptkit.judge.tuning import middle_out, open_storage
 
 LOCAL_STORAGE = "optuna.db"  # under the compare folder's trials/: the study when no --storage is given
 # A forward pass over a row costs about a third of a training step's share for it (forward, backward
@@ -35,7 +41,6 @@ TIMED_STEPS = 2  # steps timed per strategy for the estimate; the fastest counts
 
 def trial_meaning(recipe: Any, arm: Any, searched: Any, validation_fraction: float) -> str:
     """A short hash of what decides a trial's score besides its rate, size and seed."""
-    from adaptkit.engine.checkpoint import NOT_HASHED, identity_hash
 
     training = {k: v for k, v in recipe.training.model_dump(mode="json").items() if k not in NOT_HASHED | {"seed"}}
     options = arm.options.model_dump(mode="json") if hasattr(arm.options, "model_dump") else repr(arm.options)
@@ -53,7 +58,6 @@ def compare_identity(recipe: Any, strategies: list[str], sizes: list[Optional[in
                      validation_fraction: float, scratch_strategy: Optional[str], learning_rates: dict[str, float],
                      baselines: Optional[list[str]]) -> str:
     """What the same command would compute: a rerun with this identity resumes the folder."""
-    from adaptkit.engine.checkpoint import identity_hash, recipe_identity
 
     return identity_hash({"recipe": recipe_identity(recipe), "strategies": strategies, "sizes": sizes,
                           "seeds": seeds, "trials": trials, "validation_fraction": validation_fraction,
@@ -68,9 +72,7 @@ def local_storage(folder: Path) -> str:
 def _clear_local_studies(folder: Path) -> None:
     """Delete the studies of the folder's own storage (through the storage, which this process may
     hold open: deleting the file under an open connection leaves it read-only)."""
-    import optuna
 
-    from adaptkit.judge.tuning import open_storage
 
     if not (Path(folder) / "trials" / LOCAL_STORAGE).is_file():
         return
@@ -103,7 +105,6 @@ def open_folder(folder: Path, overwrite: bool, identity: str, files: tuple[str, 
     which replaces compare's own files and refuses a folder holding the user's. Anything else
     goes through ``check_output_dir``.
     """
-    from adaptkit.engine.outputs import check_output_dir, foreign_entries, foreign_entries_error, manifest_kind
 
     folder = Path(folder)
     if not folder.is_dir() or not any(folder.iterdir()) or manifest_kind(folder) != "compare":
@@ -133,7 +134,6 @@ def open_folder(folder: Path, overwrite: bool, identity: str, files: tuple[str, 
 def save_progress(folder: Path, identity: str, runs: list[dict[str, Any]], cells: int) -> None:
     """compare.json while the compare runs: the finished cells so far (merged with those another
     process sharing the folder wrote), so a rerun resumes from them."""
-    from adaptkit.engine.outputs import write_json
 
     merged = {}
     saved = _saved(folder)
@@ -197,7 +197,6 @@ def time_steps(session: Any, base: Any, strategies: set[str], log: Callable[[str
                ) -> dict[str, Optional[float]]:
     """Seconds per padded token of an optimizer step of each strategy on this machine, on a copy of
     ``base`` (``advise``'s measurement: a real step, its batch as the training loop forms it)."""
-    from adaptkit.judge.advise import time_one_step
 
     out: dict[str, Optional[float]] = {}
     for name in sorted(strategies):
@@ -276,7 +275,6 @@ def trim(plan: Plan, max_minutes: Optional[float]) -> list[str]:
                             f"{_minutes(plan.seconds(1))} ({len(plan.cells)} cell(s) to train); give more minutes, "
                             f"or fewer arms, sizes or seeds. Nothing was trained")
     plan.tried = fitting[0]
-    from adaptkit.judge.tuning import middle_out
 
     dropped = sorted({f"{c.arm} {', '.join(f'{r:.2g}' for r in middle_out(c.grid)[plan.tried:])}"
                       for c in plan.cells if len(c.grid) > plan.tried})
