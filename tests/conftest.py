@@ -24,6 +24,21 @@ if WORKERS > 1:
         os.environ[_name] = str(THREADS)
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # resolved offline to the packaged copy
 
+# The files holding the suite's long end-to-end tests (MiniLM learning, compare, several processes),
+# longest first, as measured with --durations. Under xdist's --dist loadfile a worker takes whole files
+# in collection order, so these start first: one started last would leave the other worker idle at the
+# end. A scheduling hint only: a stale entry costs time, never a result; unlisted files keep their order.
+LONG_FILES = ["test_compare.py", "test_budget.py", "test_compare_resume.py", "test_distributed.py",
+              "test_quickstart.py", "test_resume.py", "test_task_regression.py", "test_advise.py",
+              "test_outputs.py", "test_example_plugin.py", "test_fsdp.py", "test_task_image_to_text.py",
+              "test_task_causal_lm.py", "test_baselines.py", "test_task_token_classification.py",
+              "test_judge_regression.py", "test_fsdp_qlora.py", "test_trackers.py", "test_gpu_benchmark.py"]
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    rank = {name: index for index, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: in-file order kept
+
 TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
              "intermediate_size": 64, "max_position_embeddings": 128}
 TINY_GPT2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}

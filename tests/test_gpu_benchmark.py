@@ -20,7 +20,8 @@ def test_smoke_run_writes_every_row_and_target(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # main() sets it; kept to this test
-    code = gpu.main(["--smoke", "--out", str(tmp_path)])  # the threads it sets: conftest restores them
+    # --budget: the row budget guards a GPU lease; a loaded CI machine must not skip rows this test checks
+    code = gpu.main(["--smoke", "--budget", "3600", "--out", str(tmp_path)])  # conftest restores the threads it sets
     assert code == 0, capsys.readouterr().err[-3000:]
     result = json.loads((tmp_path / "gpu.json").read_text())
     names = [r["row"] for r in result["rows"]]
