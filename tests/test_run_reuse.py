@@ -351,3 +351,8 @@ def test_keep_is_refused_at_plan_where_peft_cannot_hold_both(runs, lm_runs, tmp_
     recipe["model"] = {"name": str(folder), "previous_adapter": "keep", **({} if base else {"tokenizer": MINILM})}
     with pytest.raises(AdaptkitError, match=re.escape(fragment)):
         adaptkit.plan(recipe)
+
+
+def test_load_runs_refuses_a_run_trained_beside_a_kept_adapter(lm_runs):
+    with pytest.raises(AdaptkitError, match="model.previous_adapter: keep"):
+        adaptkit.load_runs([lm_runs["kept"], lm_runs["lm"]])

@@ -108,7 +108,16 @@ def _check_runs(runs: Sequence[Union[str, Path]]) -> list[tuple[Path, dict[str, 
         summary = read_run_summary(folder)
         export = summary["export"]
         strategy = summary.get("strategy")
-        if export.get("kind") != "adapter" or export.get("loader") != "peft":
+        kept = ((summary.get("recipe") or {}).get("model") or {}).get("previous_adapter") == "keep"
+        if kept and len(folders) > 1:
+            raise AdaptkitError(f"{folder} trained beside the frozen adapter of the run it was built on "
+                                f"(model.previous_adapter: keep), and predicts only with both active; one base "
+                                f"serves one active adapter per run here: predict it alone with adaptkit predict {folder}")
+        if export.get("kind") == "adapter" and export.get("loader") != "peft":
+            raise AdaptkitError(f"{folder}: strategy {strategy!r} exported an adapter that {export.get('loader')} "
+                                f"loads, not peft, so peft's load_adapter cannot put it beside others; predict it "
+                                f"alone with adaptkit predict {folder}")
+        if export.get("kind") != "adapter":
             raise AdaptkitError(f"{folder}: strategy {strategy!r} exported a whole {export.get('kind')} (its "
                                 f"weights are a base of their own, not an adapter on a shared one); predict it "
                                 f"alone with adaptkit predict {folder}")
