@@ -313,7 +313,8 @@ def test_keep_trains_beside_the_runs_frozen_adapter_and_saves_both(runs, lm_runs
     frozen = [int(line.split()[1]) for line in (summary["contract"][0], before["contract"][0])]
     assert frozen[0] == frozen[1] + len(previous)  # the base's tensors and, frozen too, the run's adapter
     assert summary["chain"][-1]["previous_adapter"] == "keep"
-    assert "(lora, perplexity" in (kept / "README.md").read_text() and "kept beside, frozen" in (kept / "README.md").read_text()
+    card = (kept / "README.md").read_text()
+    assert "(lora, perplexity" in card and "kept beside, frozen" in card and "`adapter/previous/`" in card
     assert {"frozen", "export", "signature", "equivalence"} <= {line.split(":", 1)[0] for line in summary["contract"]}
     assert adaptkit.load(kept).model.active_adapters == ["previous", "default"]
 

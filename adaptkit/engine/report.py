@@ -98,11 +98,14 @@ def _chain_lines(chain: Optional[list[dict[str, Any]]]) -> list[str]:
     from adaptkit.engine.stacking import describe_chain
 
     shown = [{**link, "run": Path(str(link["run"])).name} if "run" in link else link for link in chain]
-    return ["## Built on a finished run", "",
-            f"Chain: {describe_chain(shown)}.", "",
-            "Each run's change was merged into the base before the next trained on it, so this export applies to "
-            "the last run's merged model, not to the first base alone: `adaptkit.load` on this folder rebuilds "
-            "the chain.", ""]
+    if chain[-1].get("previous_adapter") == "keep":
+        how = ("The last run's adapter was loaded frozen beside this run's (`model.previous_adapter: keep`) and is "
+               "saved with it in `adapter/previous/`; both are active when `adaptkit.load` loads this folder.")
+    else:
+        how = ("Each run's change was merged into the base before the next trained on it, so this export applies "
+               "to the last run's merged model, not to the first base alone: `adaptkit.load` on this folder "
+               "rebuilds the chain.")
+    return ["## Built on a finished run", "", f"Chain: {describe_chain(shown)}.", "", how, ""]
 
 
 def _card_body(summary: dict[str, Any]) -> str:
