@@ -191,6 +191,13 @@ def test_a_run_of_another_task_or_label_set_is_refused_naming_both(runs, tmp_pat
         adaptkit.plan(three)
 
 
+def test_a_run_and_a_config_together_are_refused(runs, tmp_path):
+    recipe = tiny_recipe_dict(tmp_path, strategy="lora")
+    recipe["model"]["name"] = str(runs["a"])  # beside the tiny BERT's model.config
+    with pytest.raises(AdaptkitError, match="model.config builds a model from a config and would ignore the run"):
+        adaptkit.plan(recipe)
+
+
 def test_a_run_whose_change_cannot_be_merged_is_refused(runs, tmp_path):
     """A strategy whose unwrap removes what it learned (prompt tuning) would hand the new recipe the old base."""
     copy = tmp_path / "prompt_run"

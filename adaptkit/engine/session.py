@@ -77,6 +77,9 @@ class Session:
         section = self.recipe.model
         folder = run_folder(section.name)
         if folder is not None:  # a finished run as the base: its task must fit this recipe's
+            if section.config is not None:
+                raise AdaptkitError(f"{self.recipe.where('model', 'config')}: model.config builds a model from a config "
+                                    f"and would ignore the run {folder} that model.name names; remove one of them")
             check_task_fits(folder, self.task, self.recipe.where("model", "name"))
         # previous_adapter: keep trains beside the run's adapter, loaded frozen onto the model it started from
         self.kept_run: Optional[Path] = folder if section.previous_adapter == "keep" else None
