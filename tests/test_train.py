@@ -68,7 +68,7 @@ def test_bf16_on_cpu_trains_and_tensorboard_gets_loss_and_metrics(tmp_path):
         "epochs": 2, "batch_size": 16, "seed": 0, "num_threads": 1, "mixed_precision": "bf16", "device": "cpu",
         "report_to": ["tensorboard"]})
     result = run(recipe, **QUIET)
-    assert result.metrics["device"] == "cpu"
+    assert result.metrics["device"] == "cpu" and result.metrics["mixed_precision"] == "bf16"
     assert all(torch.isfinite(torch.tensor(entry["train_loss"])) for entry in result.metrics["history"])
     events = list((result.output_dir / "logs").rglob("events.out.tfevents.*"))
     assert events, "no tensorboard event file in the run folder"
@@ -91,6 +91,20 @@ def test_fp16_on_cpu_falls_back_to_fp32_with_a_clear_message():
     assert any("fp16 needs a GPU" in m and "bf16" in m for m in messages)
     # A second accelerator with another precision in the same process must not be refused.
     assert make_accelerator(TrainingSection(mixed_precision="bf16", device="cpu"), messages.append).mixed_precision == "bf16"
+
+
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
+    from adaptkit.engine import device
+
+    for amx, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        section = TrainingSection(mixed_precision="auto", device="cpu")
+        assert device.mixed_precision(section) == expected
+        assert make_accelerator(section, print).mixed_precision == expected
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probe: no bf16 guess
+    assert device.mixed_precision(TrainingSection(mixed_precision="auto", device="cpu")) == "no"
+    # an explicit choice is kept whatever the hardware
+    assert device.mixed_precision(TrainingSection(mixed_precision="bf16", device="cpu")) == "bf16"
 
 
 def test_second_run_reuses_the_tokenized_cache(tmp_path, monkeypatch):

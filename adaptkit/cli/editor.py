@@ -42,7 +42,8 @@ DESCRIPTIONS = {
     "eval_batch_size": "Rows per evaluation batch.",
     "gradient_accumulation_steps": "Batches summed before each optimizer step.",
     "max_grad_norm": "Clip the gradient norm to this value before each step; null: no clipping.",
-    "mixed_precision": "no, fp16 (GPU only) or bf16: compute in reduced precision through accelerate.",
+    "mixed_precision": "no, fp16 (GPU only), bf16, or auto (bf16 where the device computes it natively: Ampere+ GPUs, "
+                       "CPUs with AMX; else fp32): compute in reduced precision through accelerate.",
     "scheduler": "Learning-rate schedule after warmup: linear decay, cosine, or constant.",
     "warmup_ratio": "Share of the optimizer steps spent warming the learning rate up from 0.",
     "weight_decay": "AdamW weight decay on matrices (biases and norms get none).",

@@ -115,7 +115,13 @@ def _launch_run(args) -> int:
                                       ("--resume", args.resume)) if on]
     return launch(args.recipe, run_args, num_processes, num_machines=args.num_machines or 1,
                   machine_rank=args.machine_rank, main_process_ip=args.main_process_ip,
-                  main_process_port=args.main_process_port, mixed_precision=recipe.training.mixed_precision)
+                  main_process_port=args.main_process_port, mixed_precision=launcher_precision(recipe.training))
+
+
+def launcher_precision(training) -> str:
+    """The launcher's ``--mixed_precision``: ``auto`` is resolved by each launched process on its own
+    device (``make_accelerator``; an explicit precision there wins over the launcher's), so "no" here."""
+    return "no" if training.mixed_precision == "auto" else training.mixed_precision
 
 
 def _cmd_validate(args) -> int:

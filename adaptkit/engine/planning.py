@@ -18,6 +18,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from adaptkit.engine.device import mixed_precision
 from adaptkit.engine.distributed import distributed_setting  # noqa: F401 (decided there; the runner asks here)
 from adaptkit.engine import models  # half_training_on_cpu_problem through the module: tests replace it there
 from adaptkit.engine.models import check_device_map, gradient_checkpointing_problem
@@ -106,7 +107,7 @@ def describe(name: str, model: Any, config: Any, recipe: Recipe, length: int, se
     problem = models.half_training_on_cpu_problem(model, recipe)
     if problem:
         raise RecipeError(f"{recipe.where('model', 'dtype')}: with strategy {name!r}, {problem}")
-    memory = estimate_memory(model, config, recipe.training.batch_size, length, recipe.training.mixed_precision,
+    memory = estimate_memory(model, config, recipe.training.batch_size, length, mixed_precision(recipe.training),
                              quantized=quantization_bits == 4,
                              gradient_checkpointing=recipe.training.gradient_checkpointing,
                              optimizer=recipe.training.optimizer)
@@ -320,7 +321,7 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
                 # steps, which shifts a strategy's schedule (AdaLoRA's total_step), never a size
                 steps = session.planned_steps(len(session.splits.train))
                 context = session.context(base, distributed, total_steps=steps)
-                setup = setup_line(strategy, context, recipe.training.mixed_precision)
+                setup = setup_line(strategy, context, mixed_precision(recipe.training))
                 entry.setup = setup
                 model = session.wrap(strategy, base, context)
             entry = describe(name, model, config, recipe, session.sequence_length, setup,

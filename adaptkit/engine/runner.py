@@ -26,6 +26,7 @@ from adaptkit._version import __version__
 from adaptkit.engine import report, train
 from adaptkit.engine.budget import budget_for, too_short
 from adaptkit.engine.checkpoint import plan_checkpoints
+from adaptkit.engine.device import mixed_precision
 from adaptkit.engine.models import full_precision_reference, merge_tolerance
 from adaptkit.engine.outputs import (check_output_dir, check_output_location, record_checkpoint_logs,
                                      remove_checkpoint_dir, run_lock, staged_output, write_json)
@@ -194,7 +195,7 @@ def _prepare(session: Session, accelerator: Any) -> _Prepared:
     learning_rate = session.learning_rate(strategy, context)
     # The plan, on the model this run built anyway: combination checks and target resolution
     # (the pre-flight in session.wrap) stop a run that cannot work before any training.
-    setup = setup_line(strategy, context, recipe.training.mixed_precision)
+    setup = setup_line(strategy, context, mixed_precision(recipe.training))
     base_class = type(base)
     model = session.wrap(strategy, base, context)
     planned = plan_of_model(session, strategy, model, base.config, setup)
@@ -353,6 +354,7 @@ def _summary(session: Session, prepared: _Prepared, trained: _Trained, accelerat
         "wall_seconds": round(wall_seconds, 3),
         "peak_memory_bytes": trained.peak,
         "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,  # what the run computed in (training.mixed_precision resolved)
         "export": {"kind": strategy.export_kind, "path": str(export_path), "loader": strategy.export_loader},
         "contract": contract_lines,
         "chain": chain_of(session.source),  # base -> run A -> ... when model.name is a finished run

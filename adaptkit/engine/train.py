@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from adaptkit.engine.budget import step_budget
 from adaptkit.engine.checkpoint import (CheckpointConfig, Checkpointer, capture_rng, gathered_trainable_state,
                                         latest_checkpoint, load_trainable_state, restore_rng)
-from adaptkit.engine.device import runs_on_cpu
+from adaptkit.engine.device import mixed_precision, runs_on_cpu
 from adaptkit.engine.distributed import (accelerator_options, become_unsharded, check_global_batch, meta_skeleton,
                                          shard_on_cpus, sharded, world_size)
 from adaptkit.engine.models import enable_gradient_checkpointing
@@ -112,11 +112,10 @@ def make_accelerator(training: TrainingSection, log: Callable[[str], None] = pri
     """
     from accelerate import Accelerator
 
-    precision = training.mixed_precision
-    if runs_on_cpu(training) and precision == "fp16":
+    precision = mixed_precision(training)
+    if training.mixed_precision == "fp16" and precision == "no":
         log("training.mixed_precision: fp16 needs a GPU; this run uses full precision (fp32) on the CPU. "
-            "Set mixed_precision: bf16 for reduced precision on a CPU.")
-        precision = "no"
+            "Set mixed_precision: bf16 (or auto) for reduced precision on a CPU.")
     if training.num_threads:
         torch.set_num_threads(training.num_threads)
     # accelerate keeps one process-wide state and refuses a second Accelerator with another

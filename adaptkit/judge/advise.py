@@ -31,7 +31,7 @@ import torch
 from rich.panel import Panel
 from rich.table import Table
 
-from adaptkit.engine.device import training_device
+from adaptkit.engine.device import mixed_precision, training_device
 from adaptkit.engine.planning import estimate_memory
 from adaptkit.engine.session import Session, as_recipe
 from adaptkit.judge.baselines import aligned, cross_validated, installed_for, targets_of
@@ -350,7 +350,7 @@ def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watt
                 raise ValueError("leaves no parameter trainable on this model")
             entry.params_per_example = round(entry.trainable / max(n, 1), 1)
             entry.peak_memory_estimate_bytes = estimate_memory(model, config, training.batch_size, sequence_length,
-                                                               training.mixed_precision)["total"]
+                                                               mixed_precision(training))["total"]
             if epoch_tokens is not None:
                 entry.flops_per_epoch = flops_per_token(model) * epoch_tokens
             del model, meta

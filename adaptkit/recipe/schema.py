@@ -342,7 +342,9 @@ class TrainingSection(_Section):
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     gradient_accumulation_steps: PositiveInt = 1
     max_grad_norm: Optional[PositiveFloat] = 1.0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = Field(
+        "no", description="no (fp32), fp16 (GPU only), bf16, or auto: bf16 where the device computes it natively "
+                          "(Ampere+ GPUs, CPUs with AMX), else fp32.")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Seeds data order, initialisation and dropout; "
                                                         "0 to 2**32 - 1 (what torch and numpy accept).")
     group_by_length: bool = Field(True, description="Batch rows of similar length: far less padding.")
