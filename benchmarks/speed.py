@@ -7,7 +7,8 @@ the shipped SST-2 subset, seed, batch size, learning rate and number of optimize
   adaptkit        adaptkit.run on a recipe (length-grouped batches, dynamic padding)
   plain-same      a plain torch + peft loop over exactly the batches adaptkit uses
   plain-random    the same loop over random batches (what most hand-written loops do)
-  trainer         transformers.Trainer with group_by_length sampling, its best comparable setting
+  trainer         transformers.Trainer with group_by_length sampling at its defaults (fp32)
+  trainer-bf16    the same Trainer with bf16=True: like for like where adaptkit trains in bf16
   adaptkit-memory adaptkit.run LoRA again, one epoch, for memory only (see MEMORY_ENV)
   adaptkit-full   adaptkit.run with full fine-tuning on the same rows, one epoch: the memory
                   reference for "LoRA's peak memory at most 0.8x full fine-tuning's"
@@ -28,6 +29,12 @@ repeats (forward, then reversed, ...) so that neither side always runs first on 
 machine. A ratio is formed within each repeat (the two sides ran minutes apart) and the report
 gives the median ratio with its min-max; a target is judged on the median. ``--quick`` (300 rows,
 one epoch) is for development; the committed results come from the full setting.
+
+Precision: adaptkit runs the quick start's ``training.mixed_precision: auto`` (``--precision``): bf16
+where the device computes it natively (this repository's CPU has AMX), fp32 elsewhere. The plain
+loops compute in the same precision as adaptkit (``torch.autocast``), so adaptkit / plain-same stays
+a measure of the loop's own cost. The Trainer runs twice: at its default (fp32), what its users get
+unless they choose, and with ``bf16=True``, the like-for-like figure. Both ratios are reported.
 
 Usage: python benchmarks/speed.py [--rows 2000] [--epochs 2] [--repeats 3] [--quick] [--only adaptkit,trainer]
 """
@@ -50,6 +57,22 @@ TRAIN = ROOT / "data" / "sst2" / "train_2k.tsv"
 DEV = ROOT / "data" / "sst2" / "dev.tsv"
 LR, BATCH, MAX_LEN, SEED = 1e-3, 32, 128, 42
 DROPOUT = float(os.environ.get("SPEED_LORA_DROPOUT", "0.0"))
+PRECISION = os.environ.get("SPEED_PRECISION", "auto")  # adaptkit's training.mixed_precision (--precision)
+
+
+def bf16_like_adaptkit() -> bool:
+    """Whether adaptkit's run computes in bf16 here: the plain loops then autocast the same way."""
+    from types import SimpleNamespace
+
+    from adaptkit.engine.device import mixed_precision
+
+    return mixed_precision(SimpleNamespace(mixed_precision=PRECISION, device="cpu")) == "bf16"
+
+
+def autocast(enabled: bool):
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 TARGETS = ["query", "key", "value", "dense"]
 
 
@@ -115,7 +138,7 @@ def _model():
     return get_peft_model(base, config)
 
 
-def _accuracy(model, tokenizer, dev) -> float:
+def _accuracy(model, tokenizer, dev, bf16: bool = False) -> float:
     import torch
     from transformers import DataCollatorWithPadding
 
@@ -123,7 +146,7 @@ def _accuracy(model, tokenizer, dev) -> float:
     data = _tokenized(tokenizer, dev)
     model.eval()
     correct = 0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(bf16):
         for start in range(0, len(data), 64):
             batch = collate([data[i] for i in range(start, min(start + 64, len(data)))])
             correct += (model(**batch).logits.argmax(-1) == batch["labels"]).sum().item()
@@ -152,11 +175,13 @@ def run_plain(rows: int, epochs: int, same_batches: bool) -> dict:
     steps = len(loader) * epochs
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(0.06 * steps), num_training_steps=steps)
     model.train()
+    bf16 = bf16_like_adaptkit()
     real = padded = examples = 0
     started = time.perf_counter()
     for _ in range(epochs):
         for batch in loader:
-            loss = model(**batch).loss
+            with autocast(bf16):
+                loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -167,10 +192,10 @@ def run_plain(rows: int, epochs: int, same_batches: bool) -> dict:
             examples += batch["input_ids"].shape[0]
     seconds = time.perf_counter() - started
     return {"examples": examples, "seconds": seconds, "real_tokens": real, "padded_tokens": padded,
-            "flops": training_flops(model, real), "accuracy": _accuracy(model, tokenizer, dev)}
+            "flops": training_flops(model, real), "accuracy": _accuracy(model, tokenizer, dev, bf16), "bf16": bf16}
 
 
-def run_trainer(rows: int, epochs: int) -> dict:
+def run_trainer(rows: int, epochs: int, bf16: bool = False) -> dict:
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
     from adaptkit.engine.models import resolve_model_source
@@ -183,14 +208,14 @@ def run_trainer(rows: int, epochs: int) -> dict:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=BATCH, learning_rate=LR,
                                  num_train_epochs=epochs, warmup_steps=0.06, weight_decay=0.01, seed=SEED,
                                  train_sampling_strategy="group_by_length", logging_steps=10, save_strategy="no", report_to=[],
-                                 disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
+                                 disable_tqdm=True, use_cpu=True, dataloader_num_workers=0, bf16=bf16)
         trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer))
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
     real = sum(len(x) for x in data["input_ids"]) * epochs
-    return {"examples": len(data) * epochs, "seconds": seconds, "real_tokens": real,
-            "flops": training_flops(model, real), "accuracy": _accuracy(model, tokenizer, dev)}
+    return {"examples": len(data) * epochs, "seconds": seconds, "real_tokens": real, "bf16": bf16,
+            "flops": training_flops(model, real), "accuracy": _accuracy(model, tokenizer, dev, bf16)}
 
 
 def run_adaptkit(rows: int, epochs: int, strategy: str = "lora") -> dict:
@@ -207,7 +232,9 @@ def run_adaptkit(rows: int, epochs: int, strategy: str = "lora") -> dict:
             "data": {"train": str(TRAIN), "eval": str(DEV), "max_train_samples": rows},
             "strategy": ({"name": "lora", "r": 8, "alpha": 16, "dropout": DROPOUT, "target_modules": TARGETS}
                          if strategy == "lora" else {"name": strategy}),
-            "training": {"epochs": epochs, "batch_size": BATCH, "seed": SEED,
+            # min_steps 0: the small-data floor would give --quick's 300 rows 100 steps, the others 10
+            "training": {"epochs": epochs, "batch_size": BATCH, "seed": SEED, "mixed_precision": PRECISION,
+                         "min_steps": 0,
                          "learning_rate": LR if strategy == "lora" else None},
             "output": {"dir": str(Path(tmp) / "run"), "verify_export": False},
         }
@@ -222,6 +249,7 @@ def run_adaptkit(rows: int, epochs: int, strategy: str = "lora") -> dict:
     train, _ = _data(rows)
     real = sum(len(x) for x in _tokenized(tokenizer, train)["input_ids"]) * epochs
     return {"examples": rows * epochs, "seconds": metrics["train_seconds"], "real_tokens": real,
+            "bf16": metrics["mixed_precision"] == "bf16",
             "flops": training_flops(_model(), real), "accuracy": metrics["eval"]["accuracy"]}
 
 
@@ -230,6 +258,7 @@ CONTENDERS = {
     "plain-same": lambda a: run_plain(a.rows, a.epochs, same_batches=True),
     "plain-random": lambda a: run_plain(a.rows, a.epochs, same_batches=False),
     "trainer": lambda a: run_trainer(a.rows, a.epochs),
+    "trainer-bf16": lambda a: run_trainer(a.rows, a.epochs, bf16=True),
     "adaptkit-memory": lambda a: run_adaptkit(a.rows, 1),
     "adaptkit-full": lambda a: run_adaptkit(a.rows, 1, strategy="full"),
 }
@@ -282,11 +311,17 @@ def main() -> None:
     parser.add_argument("--child", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--only", help="comma-separated contenders")
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per contender (median reported)")
+    parser.add_argument("--precision", choices=["auto", "no", "bf16"], default=None,
+                        help="adaptkit's training.mixed_precision (default auto, the quick start's); the plain loops follow it")
     parser.add_argument("--quick", action="store_true", help="300 rows x 1 epoch: for development, not for results")
     parser.add_argument("--profile", action="store_true",
                         help="once per contender, with per-step phase hooks: where a step's time goes "
                              "(results/step_profile.md); hooks slow every module call, so no speed figures")
     args = parser.parse_args()
+    if args.precision:
+        os.environ["SPEED_PRECISION"] = args.precision  # the children inherit it
+        global PRECISION
+        PRECISION = args.precision
     if args.child:
         child(args)
         return
@@ -306,13 +341,15 @@ def main() -> None:
     results = {name: median_run(found) for name, found in runs.items() if found}
     lines = [f"{args.rows} SST-2 rows x {args.epochs} epoch(s), batch {BATCH}, all-MiniLM-L6-v2 (LoRA r=8 unless "
              f"noted), {os.cpu_count()} cores; each contender {args.repeats} times in fresh processes, order "
-             f"alternating; medians, [min-max]", "",
-             "| contender | examples/s (median [min-max]) | train s | peak RSS MiB | training memory MiB | dev accuracy | MFU |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"alternating; medians, [min-max]; adaptkit's training.mixed_precision: {PRECISION} (MFU is against "
+             f"the fp32 matmul rate)", "",
+             "| contender | precision | examples/s (median [min-max]) | train s | peak RSS MiB | training memory MiB | "
+             "dev accuracy | MFU |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
         spread = [x["examples_per_s"] for x in runs[name]]
-        lines.append(f"| {name} | {r['examples_per_s']:.1f} [{min(spread):.1f}-{max(spread):.1f}] | {r['seconds']:.1f} | "
+        lines.append(f"| {name} | {'bf16' if r.get('bf16') else 'fp32'} | {r['examples_per_s']:.1f} [{min(spread):.1f}-{max(spread):.1f}] | {r['seconds']:.1f} | "
                      f"{r['peak_rss_mib']:.0f} | {r['training_mib']:.0f} | {r['accuracy']:.4f} | {mfu} |")
     checks = targets(results, runs)
     lines += ["", "| measure | median | min-max over repeats | target | met (median) |", "|---|---:|---:|---|---|"]
@@ -387,7 +424,8 @@ def targets(results: dict, runs: dict | None = None) -> list[tuple[str, float, b
     ours = results.get("adaptkit")
     if ours:
         for other, target, text in (("plain-random", 2.0, ">= 2x the random-batch plain loop"),
-                                    ("trainer", 1.1, ">= 1.1x transformers Trainer (group_by_length)"),
+                                    ("trainer", 1.1, ">= 1.1x transformers Trainer at its defaults (group_by_length, fp32)"),
+                                    ("trainer-bf16", 0.99, ">= 0.99x the Trainer with bf16=True (like for like)"),
                                     ("plain-same", 0.99, ">= 0.99x the plain loop over the same batches")):
             if other in results:
                 values = ratios(runs["adaptkit"], runs[other])
@@ -397,6 +435,9 @@ def targets(results: dict, runs: dict | None = None) -> list[tuple[str, float, b
         if "plain-same" in results:
             gap = 100 * abs(ours["accuracy"] - results["plain-same"]["accuracy"])
             checks.append(("dev accuracy gap to the plain loop (points)", gap, gap <= 1.0, "<= 1 point", None))
+        if "trainer" in results:  # reduced precision must not cost accuracy against the fp32 Trainer
+            gap = 100 * (results["trainer"]["accuracy"] - ours["accuracy"])
+            checks.append(("dev accuracy below the fp32 Trainer's (points)", gap, gap <= 1.0, "<= 1 point", None))
     if all(name in results for name in MEMORY_PAIR):
         values = ratios(runs[MEMORY_PAIR[0]], runs[MEMORY_PAIR[1]], "training_mib")
         value = statistics.median(values)
