@@ -68,7 +68,21 @@ class _Source:
     config: dict[str, Any]
 
 
-def _base_identity(summary: dict[str, Any]) -> dict[str, Any]:
+def check_same_base(first_folder: Any, first: dict[str, Any], folder: Any, summary: dict[str, Any],
+                    purpose: str) -> None:
+    """Refuse ``folder``'s run unless its base is ``first_folder``'s (``base_identity``), naming the first
+    key that differs; ``purpose`` ends the message ("merge", "share one"). merge and serving ask here."""
+    reference, identity = base_identity(first), base_identity(summary)
+    differs = [key for key in reference if reference[key] != identity[key]]
+    if differs:
+        key = differs[0]
+        raise AdaptkitError(f"{folder} was trained on another base than {first_folder}: {key} "
+                            f"{identity[key]!r} against {reference[key]!r}"
+                            + (f" (also differs: {', '.join(differs[1:])})" if len(differs) > 1 else "")
+                            + f"; only runs on the same base {purpose}")
+
+
+def base_identity(summary: dict[str, Any]) -> dict[str, Any]:
     """What makes two runs' bases the same model: the model (name and revision, or config and seed,
     which builds the same random weights), the model class, the task and its labels."""
     recipe = summary.get("recipe") or {}
@@ -132,16 +146,8 @@ def check_merge(runs: Sequence[Union[str, Path]], method: str, weights: Optional
         if source.config.get("use_dora"):
             raise AdaptkitError(f"{source.folder}: its adapter uses DoRA, whose magnitude vectors peft's "
                                 f"add_weighted_adapter does not merge")
-    reference = _base_identity(first.summary)
     for source in sources[1:]:
-        identity = _base_identity(source.summary)
-        differs = [key for key in reference if reference[key] != identity[key]]
-        if differs:
-            key = differs[0]
-            raise AdaptkitError(f"{source.folder} was trained on another base than {first.folder}: {key} "
-                                f"{identity[key]!r} against {reference[key]!r}"
-                                + (f" (also differs: {', '.join(differs[1:])})" if len(differs) > 1 else "")
-                                + "; only runs on the same base merge")
+        check_same_base(first.folder, first.summary, source.folder, source.summary, "merge")
     ranks = [int(s.config.get("r", 0)) for s in sources]
     if method in EQUAL_RANKS and len(set(ranks)) != 1:
         raise AdaptkitError(f"--method {method} needs adapters of equal rank (peft's rule); the runs have ranks "
@@ -311,7 +317,7 @@ def _verify(adapter: Path, merged_outputs: Any, batch: dict[str, Any], first: _S
 
     first_run, label = first.folder, str(first.summary.get("strategy") or "merge")
     fresh = load_run(first_run).model.get_base_model()  # the same base, built anew (its own adapter removed below)
-    base = _unwrapped_base(fresh)
+    base = unwrapped_base(fresh)
     signature = architecture_signature(base)
     reloaded = PeftModel.from_pretrained(base, str(adapter))
     check_close(label, "export", merged_outputs, _outputs(reloaded, batch), 1e-4,
@@ -327,7 +333,7 @@ def _verify(adapter: Path, merged_outputs: Any, batch: dict[str, Any], first: _S
             f"equivalence: merged into the base it matches the merged adapter within 0.0001 on {rows} rows"]
 
 
-def _unwrapped_base(model: Any) -> Any:
+def unwrapped_base(model: Any) -> Any:
     """A base model taken out of a loaded run: its peft layers unloaded and heads restored to the base's."""
 
     found = [(name, module) for name, module in model.named_modules()

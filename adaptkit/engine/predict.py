@@ -111,7 +111,7 @@ def load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Pred
 
 
 @dataclass
-class _RunParts:
+class RunParts:
     """What rebuilding a run needs, read from its folder, before any weight is loaded."""
 
     folder: Path
@@ -127,7 +127,7 @@ class _RunParts:
         return self.folder / Path(self.summary["export"]["path"]).name
 
 
-def _run_parts(run_dir: Union[str, Path], trust_remote_code: bool = False) -> _RunParts:
+def run_parts(run_dir: Union[str, Path], trust_remote_code: bool = False) -> RunParts:
     from adaptkit.engine.models import quiet_hf_logging
     from adaptkit.engine.session import strategy_for
     from adaptkit.engine.stacking import resolve_base_source
@@ -158,13 +158,13 @@ def _run_parts(run_dir: Union[str, Path], trust_remote_code: bool = False) -> _R
                                   trust_remote_code, recipe.model.previous_adapter)
               if recipe.model.name else None)  # a run as base: merged, or the model it started from (keep)
     tokenizer = task.load_processor(recipe, source)
-    return _RunParts(folder, summary, recipe, task, strategy, source, tokenizer)
+    return RunParts(folder, summary, recipe, task, strategy, source, tokenizer)
 
 
 def _load_run(run_dir: Union[str, Path], trust_remote_code: bool = False) -> Predictor:
     from adaptkit.engine.models import build_model
 
-    parts = _run_parts(run_dir, trust_remote_code)
+    parts = run_parts(run_dir, trust_remote_code)
     base = build_model(parts.recipe, parts.task, parts.tokenizer, parts.source, parts.recipe.training.seed)
     model = parts.strategy.load(base, parts.export)
     model = parts.task.prepare_loaded(model)  # what save_pretrained does not keep: the head's pooling

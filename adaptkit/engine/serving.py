@@ -11,6 +11,9 @@ What cannot share a base is refused before any weight is read, with the reason:
 - adapters of different peft types (peft holds one type per ``PeftModel``);
 - runs on different bases (model, revision or config and seed, model class, task, labels, dtype:
   the same identity ``adaptkit merge`` requires) or one quantizing its base and another not.
+
+Its engine imports are inside the functions: ``adaptkit.RunAdapters`` is a lazy export of a light
+``import adaptkit``, and predict and stacking import each other through the functions they call.
 """
 from __future__ import annotations
 
@@ -92,7 +95,7 @@ class RunAdapters:
 
 def _check_runs(runs: Sequence[Union[str, Path]]) -> list[tuple[Path, dict[str, Any], dict[str, Any]]]:
     """Each run's folder, summary and adapter config, refused (with the reason) where they cannot share a base."""
-    from adaptkit.engine.merge import _base_identity
+    from adaptkit.engine.merge import base_identity, check_same_base
     from adaptkit.engine.outputs import read_run_summary
     from adaptkit.engine.stacking import run_folder
     from adaptkit.plugin.registry import get_registry
@@ -128,7 +131,6 @@ def _check_runs(runs: Sequence[Union[str, Path]]) -> list[tuple[Path, dict[str, 
             raise AdaptkitError(f"{config_path}: cannot be read ({exc}); the run folder is damaged") from None
         found.append((folder, summary, config))
     first_folder, first, first_config = found[0]
-    reference = _base_identity(first)
     quantized = getattr(strategies.get(str(first.get("strategy"))), "quantization", None)
     for folder, summary, config in found[1:]:
         if config.get("peft_type") != first_config.get("peft_type"):
@@ -136,14 +138,8 @@ def _check_runs(runs: Sequence[Union[str, Path]]) -> list[tuple[Path, dict[str, 
                                 f"{summary.get('strategy')!r}) and {first_folder}'s is peft "
                                 f"{first_config.get('peft_type')} ({first.get('strategy')!r}); one peft model holds "
                                 f"adapters of one type, so these runs cannot share a base")
-        identity = _base_identity(summary)
-        differs = [key for key in reference if reference[key] != identity[key]]
-        if differs:
-            key = differs[0]
-            raise AdaptkitError(f"{folder} was trained on another base than {first_folder}: {key} "
-                                f"{identity[key]!r} against {reference[key]!r}"
-                                + (f" (also differs: {', '.join(differs[1:])})" if len(differs) > 1 else "")
-                                + "; only runs on the same base share one")
+        check_same_base(first_folder, first, folder, summary, "share one")
+        identity = base_identity(summary)
         if run_folder(identity["model"]) is not None and summary.get("base_model") != first.get("base_model"):
             raise AdaptkitError(f"{folder} and {first_folder} were built on the run {identity['model']} as it was at "
                                 f"different times (its merged base differs: it was trained again in between); only "
@@ -162,14 +158,14 @@ def load_runs(runs: Sequence[Union[str, Path]], trust_remote_code: bool = False)
     Refused before any weight is read where they cannot share it (see the module docstring).
     ``trust_remote_code`` is the caller's decision, as in ``adaptkit.load``.
     """
-    from adaptkit.engine.predict import _run_parts, load_run
+    from adaptkit.engine.predict import run_parts, load_run
 
     checked = _check_runs(runs)
     first = load_run(checked[0][0], trust_remote_code=trust_remote_code)
     model = first.model
     adapters = [_Adapter(checked[0][0], FIRST, first.task, first.tokenizer)]
     for index, (folder, _, _) in enumerate(checked[1:], start=1):
-        parts = _run_parts(folder, trust_remote_code)
+        parts = run_parts(folder, trust_remote_code)
         name = f"run{index}"
         try:
             model.load_adapter(str(parts.export), adapter_name=name)

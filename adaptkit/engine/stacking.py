@@ -23,6 +23,10 @@ Only mergeable adapters become a base: a strategy whose ``unwrap`` removes what 
 tuning, bottleneck adapters) would hand the new recipe the old base, not run A, and is refused.
 The new run records the chain (base -> run A (strategy, metric) -> this run) in metrics.json, its
 recipe copy and its card; ``chain_of`` builds it.
+
+The engine modules this one uses are imported inside its functions: ``predict`` asks this module to
+resolve a run-folder base while this module loads runs through ``predict`` (and ``merge`` loads
+through ``predict`` too), so top-level imports would be a cycle.
 """
 from __future__ import annotations
 
@@ -157,10 +161,10 @@ def _whole_model_pooling(folder: Path, whole: Path, trust_remote_code: bool) -> 
     from accelerate import init_empty_weights
     from transformers import AutoConfig
 
-    from adaptkit.engine.predict import _run_parts
+    from adaptkit.engine.predict import run_parts
     from adaptkit.plugin.pooling import model_pooling
 
-    parts = _run_parts(folder, trust_remote_code)
+    parts = run_parts(folder, trust_remote_code)
     config = AutoConfig.from_pretrained(whole, trust_remote_code=trust_remote_code)
     with init_empty_weights():
         meta = parts.task.build_model("", config, True, trust_remote_code=trust_remote_code)
@@ -218,13 +222,13 @@ def kept_base_folder(folder: Path, trust_remote_code: bool = False) -> Path:
     target = cache_root() / "run-bases" / f"{_cache_key(folder, summary, trust_remote_code)}-base"
     if (target / "config.json").is_file():
         return target
-    from adaptkit.engine.merge import _unwrapped_base
+    from adaptkit.engine.merge import unwrapped_base
     from adaptkit.engine.predict import load_run
     from adaptkit.plugin.pooling import declare_pooling, model_pooling
 
     predictor = load_run(folder, trust_remote_code=trust_remote_code)
     pooling = model_pooling(predictor.model)
-    model = _unwrapped_base(predictor.model.get_base_model())
+    model = unwrapped_base(predictor.model.get_base_model())
 
     def write(staging: Path) -> None:
         model.save_pretrained(staging, safe_serialization=True)
