@@ -28,7 +28,7 @@ class ImageClassificationOptions(TaskOptions):
                                 "defaults to the model config's image_size.")
 
 
-def _open(value: Any):
+def open_image(value: Any):
     """An RGB PIL image from whatever a datasets image column holds."""
     from PIL import Image
 
@@ -147,7 +147,7 @@ class ImageClassification(Task):
 
         def encode(batch, indices):
             try:
-                images = [_open(value) for value in batch[opts.image_column]]
+                images = [open_image(value) for value in batch[opts.image_column]]
             except (OSError, ValueError) as exc:
                 raise DataError(f"rows {indices[0] + 1}-{indices[-1] + 1}: cannot open an image: {exc}") from None
             encoded = {"pixel_values": processor(images, return_tensors="np")["pixel_values"]}

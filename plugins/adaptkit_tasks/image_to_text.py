@@ -172,7 +172,7 @@ class ImageToText(Task):
         import datasets
 
         from adaptkit_tasks.captions import caption_labels, caption_problem, captions_of, resolve_image
-        from adaptkit_tasks.image_classification import _open
+        from adaptkit_tasks.image_classification import open_image
 
         opts = self.options
         tokenizer, images = processor.tokenizer, processor.image_processor
@@ -187,7 +187,7 @@ class ImageToText(Task):
             for row, value, cell in zip(indices, batch[opts.image_column], cells):
                 where = f"row {row + 1}"
                 try:
-                    picture = _open(resolve_image(value, self.folder))
+                    picture = open_image(resolve_image(value, self.folder))
                 except (OSError, ValueError, AttributeError) as exc:
                     shown = value.get("path") if isinstance(value, dict) else value
                     raise DataError(f"{where}: cannot open image {shown!r}: {exc}") from None

@@ -21,7 +21,7 @@ DEFAULT_ROLE_MAP = {"human": "user", "gpt": "assistant", "bot": "assistant", "mo
                     "chatgpt": "assistant", "System": "system", "User": "user", "Assistant": "assistant"}
 
 
-def _text(value: Any, what: str) -> str:
+def cell_text(value: Any, what: str) -> str:
     if value is None:
         raise DataError(f"{what} is empty")
     if isinstance(value, (dict, list)):
@@ -29,7 +29,7 @@ def _text(value: Any, what: str) -> str:
     return str(value)
 
 
-def _as_messages(value: Any, options: Any, what: str) -> list[dict[str, str]]:
+def as_messages(value: Any, options: Any, what: str) -> list[dict[str, str]]:
     """A list of ``{role, content}`` dicts from a cell (a list, or JSON text of one in CSV files)."""
     if isinstance(value, str):
         try:
@@ -55,13 +55,13 @@ def _as_messages(value: Any, options: Any, what: str) -> list[dict[str, str]]:
         if role not in ROLES:
             raise DataError(f"{where}: role {item[options.role_key]!r} is not one of {', '.join(ROLES)}; map it "
                             f"with task.role_map (e.g. {{{item[options.role_key]!r}: assistant}})")
-        messages.append({"role": role, "content": _text(item[options.content_key], f"{where} content")})
+        messages.append({"role": role, "content": cell_text(item[options.content_key], f"{where} content")})
     if not messages:
         raise DataError(f"{what} holds no messages")
     return messages
 
 
-def _with_system(messages: list[dict[str, str]], system: Optional[str]) -> list[dict[str, str]]:
+def with_system(messages: list[dict[str, str]], system: Optional[str]) -> list[dict[str, str]]:
     if system and messages[0]["role"] != "system":
         return [{"role": "system", "content": system}] + messages
     return messages
@@ -76,27 +76,27 @@ def row_messages(row: dict[str, Any], options: Any, where: str) -> tuple[list[di
     if layout == "prompt_completion":
         prompt = row.get(options.prompt_column)
         if isinstance(prompt, list):
-            messages = _as_messages(prompt, options, f"{where}: {options.prompt_column}")
+            messages = as_messages(prompt, options, f"{where}: {options.prompt_column}")
         else:
-            messages = [{"role": "user", "content": _text(prompt, f"{where}: {options.prompt_column}")}]
+            messages = [{"role": "user", "content": cell_text(prompt, f"{where}: {options.prompt_column}")}]
         completion = row.get(options.completion_column)
         if completion is not None:
             if isinstance(completion, list):
-                messages += _as_messages(completion, options, f"{where}: {options.completion_column}")
+                messages += as_messages(completion, options, f"{where}: {options.completion_column}")
             else:
-                messages.append({"role": "assistant", "content": _text(completion, f"{where}: "
+                messages.append({"role": "assistant", "content": cell_text(completion, f"{where}: "
                                                                                     f"{options.completion_column}")})
     elif layout == "alpaca":
-        instruction = _text(row.get(options.instruction_column), f"{where}: {options.instruction_column}")
+        instruction = cell_text(row.get(options.instruction_column), f"{where}: {options.instruction_column}")
         extra = row.get(options.input_column)
         content = f"{instruction}\n\n{extra}" if extra not in (None, "") else instruction
         messages = [{"role": "user", "content": content}]
         output = row.get(options.output_column)
         if output is not None:
-            messages.append({"role": "assistant", "content": _text(output, f"{where}: {options.output_column}")})
+            messages.append({"role": "assistant", "content": cell_text(output, f"{where}: {options.output_column}")})
     elif layout == "messages":
-        messages = _as_messages(row.get(options.messages_column), options, f"{where}: {options.messages_column}")
+        messages = as_messages(row.get(options.messages_column), options, f"{where}: {options.messages_column}")
     else:  # pragma: no cover - the options model allows no other value
         raise ValueError(layout)
-    messages = _with_system(messages, options.system_prompt)
+    messages = with_system(messages, options.system_prompt)
     return messages, messages[-1]["role"] == "assistant"

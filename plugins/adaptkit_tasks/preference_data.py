@@ -25,7 +25,7 @@ import json
 from typing import Any, Optional
 
 from adaptkit import DataError
-from adaptkit_tasks.instruct_formats import _as_messages, _text, _with_system
+from adaptkit_tasks.instruct_formats import as_messages, cell_text, with_system
 
 IGNORE = -100
 TRUE_WORDS = {"true", "1", "yes", "desirable", "good", "chosen"}
@@ -46,18 +46,18 @@ def _message_list(value: Any) -> Optional[list]:
     return None
 
 
-def _answer(value: Any, options: Any, what: str) -> list[dict[str, str]]:
+def answer_messages(value: Any, options: Any, what: str) -> list[dict[str, str]]:
     turns = _message_list(value)
     if turns is not None:
-        return _as_messages(turns, options, what)
-    return [{"role": "assistant", "content": _text(value, what)}]
+        return as_messages(turns, options, what)
+    return [{"role": "assistant", "content": cell_text(value, what)}]
 
 
 def _prompt(value: Any, options: Any, what: str) -> list[dict[str, str]]:
     turns = _message_list(value)
     if turns is not None:
-        return _as_messages(turns, options, what)
-    return [{"role": "user", "content": _text(value, what)}]
+        return as_messages(turns, options, what)
+    return [{"role": "user", "content": cell_text(value, what)}]
 
 
 def _check_answer(messages: list[dict[str, str]], what: str) -> None:
@@ -74,10 +74,10 @@ def pair_messages(row: dict[str, Any], options: Any, where: str
     prompt_value = row.get(options.prompt_column)
     chosen_value = row.get(options.chosen_column)
     if chosen_value is None and options.rejected_column not in row:
-        return _with_system(_prompt(prompt_value, options, f"{where}: {options.prompt_column}"),
+        return with_system(_prompt(prompt_value, options, f"{where}: {options.prompt_column}"),
                             options.system_prompt), [], None
-    chosen = _answer(chosen_value, options, f"{where}: {options.chosen_column}")
-    rejected = _answer(row.get(options.rejected_column), options, f"{where}: {options.rejected_column}")
+    chosen = answer_messages(chosen_value, options, f"{where}: {options.chosen_column}")
+    rejected = answer_messages(row.get(options.rejected_column), options, f"{where}: {options.rejected_column}")
     if prompt_value is None:  # shared conversation: the turns both sides open with are the prompt
         shared = 0
         while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
@@ -93,7 +93,7 @@ def pair_messages(row: dict[str, Any], options: Any, where: str
         rejected = rejected[len(prompt):] if rejected[:len(prompt)] == prompt else rejected
     _check_answer(chosen, f"{where}: {options.chosen_column}")
     _check_answer(rejected, f"{where}: {options.rejected_column}")
-    return _with_system(prompt, options.system_prompt), chosen, rejected
+    return with_system(prompt, options.system_prompt), chosen, rejected
 
 
 def desirable_label(value: Any, what: str) -> bool:
@@ -114,12 +114,12 @@ def unpaired_messages(row: dict[str, Any], options: Any, where: str
                       ) -> tuple[list[dict[str, str]], list[dict[str, str]], Optional[bool]]:
     """The prompt's turns, the completion's turns and whether it is desirable (KTO rows); a row
     without completion is a ``predict`` input."""
-    prompt = _with_system(_prompt(row.get(options.prompt_column), options, f"{where}: {options.prompt_column}"),
+    prompt = with_system(_prompt(row.get(options.prompt_column), options, f"{where}: {options.prompt_column}"),
                           options.system_prompt)
     value = row.get(options.completion_column)
     if value is None:
         return prompt, [], None
-    completion = _answer(value, options, f"{where}: {options.completion_column}")
+    completion = answer_messages(value, options, f"{where}: {options.completion_column}")
     completion = completion[len(prompt):] if completion[:len(prompt)] == prompt else completion
     _check_answer(completion, f"{where}: {options.completion_column}")
     return prompt, completion, desirable_label(row.get(options.label_column), f"{where}: {options.label_column}")

@@ -93,12 +93,12 @@ class Reward(Task):
 
     def _row(self, row: dict[str, Any], where: str):
         """(prompt, chosen, rejected, margin); a predict row (prompt and completion): (prompt, completion, None, 0)."""
-        from adaptkit_tasks.preference_data import _answer, pair_messages
+        from adaptkit_tasks.preference_data import answer_messages, pair_messages
 
         opts = self.options
         if opts.chosen_column not in row and opts.completion_column in row:
             prompt, _, _ = pair_messages({opts.prompt_column: row.get(opts.prompt_column)}, opts, where)
-            return prompt, _answer(row[opts.completion_column], opts, f"{where}: {opts.completion_column}"), None, 0.0
+            return prompt, answer_messages(row[opts.completion_column], opts, f"{where}: {opts.completion_column}"), None, 0.0
         prompt, chosen, rejected = pair_messages(row, opts, where)
         if rejected is None:
             raise DataError(f"{where}: a reward model scores a {opts.completion_column!r} after its prompt; the row "
