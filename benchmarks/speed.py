@@ -266,8 +266,12 @@ CONTENDERS = {
 # the peak resident set follows the peak of live tensors rather than the allocator's
 # fragmentation (with the default arenas LoRA's many short-lived activation copies left RSS
 # looking larger than full fine-tuning's real peak). The speed contenders keep the defaults.
+# The pair trains in fp32, the precision the memory target was stated and first measured in: under
+# CPU bf16 autocast (training.mixed_precision: auto on an AMX CPU) LoRA's training memory grew from
+# 538 to 750 MiB (autocast's bf16 copies of the frozen weights, and bf16 casts of inputs saved for
+# backward beside their fp32 originals) and the pair's ratio from 0.77 to 0.96 (results/speed.md).
 MEMORY_PAIR = ("adaptkit-memory", "adaptkit-full")
-MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "SPEED_PRECISION": "no"}
 
 
 def child(args) -> None:
