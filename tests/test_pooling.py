@@ -287,6 +287,20 @@ def test_predict_equals_the_export_loaded_the_documented_way(tiny_recipe, strate
         assert "pooled = (hidden * mask).sum(1) / mask.sum(1)" in card
 
 
+@pytest.mark.parametrize("strategy", ["adapters", "frozen_head"])
+def test_strategies_with_their_own_wrapper_reload_a_mean_pooled_head(tiny_recipe, strategy):
+    """Bottleneck adapters and the frozen-head cache wrap the model themselves (not peft): the run's
+    export check and adaptkit.load re-apply the head's pooling through that wrapper."""
+    import adaptkit
+
+    recipe = tiny_recipe(strategy, task={"pooling": "mean"}, training={"epochs": 1, "min_steps": 0})
+    result = adaptkit.run(recipe, progress=False)
+    assert result.metrics["task_state"]["pooling"] == "mean"
+    assert any(line.startswith("export") for line in result.metrics["contract"]), result.metrics["contract"]
+    rows = [{"text": "a good film"}, {"text": "a bad and boring film"}]
+    assert len(adaptkit.load(result.output_dir).predict(rows)) == 2
+
+
 def _fresh_base(recipe):
     """The recipe's base model as adaptkit builds it (seeded: the same random head), without pooling."""
     from adaptkit import apply_pooling

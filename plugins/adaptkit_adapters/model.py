@@ -147,6 +147,13 @@ class AdapterModel(nn.Module):
     def config(self) -> Any:
         return self.base.config
 
+    def get_base_model(self) -> nn.Module:
+        """The transformers model the adapters hook into, under peft's name for it: what reaches through
+        a wrapper (a task's pooling on a reloaded export, gradient checkpointing, a head's features)
+        finds it the same way for peft's models and these. Without it, reloading a run whose head reads
+        mean pooling (MiniLM's declared default) failed: "AdapterModel has no separate backbone"."""
+        return self.base
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.base(*args, **kwargs)
 
