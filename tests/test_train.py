@@ -107,6 +107,31 @@ def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(monke
     assert device.mixed_precision(TrainingSection(mixed_precision="bf16", device="cpu")) == "bf16"
 
 
+def test_compile_sends_the_training_forward_through_torch_compile_and_trains_the_same(tmp_path, monkeypatch):
+    """training.compile: the training steps run a torch.compile'd forward of the same model. Inductor's
+    minutes of compilation are torch's to test: here dynamo traces with its eager backend, which must
+    reproduce the eager run's losses and weights."""
+
+    compiled: list = []
+    real_compile = torch.compile
+
+    def traced(model, **options):
+        compiled.append((type(model).__name__, options))
+        return real_compile(model, **{**options, "backend": "eager"})
+
+    training = {"epochs": 1, "batch_size": 16, "seed": 0, "num_threads": 1, "min_steps": 0, "max_steps": 4}
+    eager = run(tiny_recipe_dict(tmp_path, "lora", training=training, output={"dir": str(tmp_path / "eager")}),
+                **QUIET)
+    monkeypatch.setattr(torch, "compile", traced)
+    fast = run(tiny_recipe_dict(tmp_path, "lora", training={**training, "compile": True},
+                                output={"dir": str(tmp_path / "compiled")}), **QUIET)
+    assert len(compiled) == 1 and compiled[0][1] == {"dynamic": True}, compiled
+    assert [round(p["loss"], 6) for p in fast.metrics["loss_curve"]] == \
+        [round(p["loss"], 6) for p in eager.metrics["loss_curve"]]
+    assert fast.eval["accuracy"] == eager.eval["accuracy"]
+    assert any(line.startswith("export") for line in fast.metrics["contract"])
+
+
 def test_second_run_reuses_the_tokenized_cache(tmp_path, monkeypatch):
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 

@@ -40,6 +40,7 @@ DESCRIPTIONS = {
     "device": "auto: the GPU when there is one; cpu: always the CPU.",
     "epochs": "Passes over the training rows (raised when training.min_steps asks for more steps).",
     "eval_batch_size": "Rows per evaluation batch.",
+    "compile": "torch.compile the training forward: compilation takes minutes on a CPU, so it pays on long runs only.",
     "gradient_accumulation_steps": "Batches summed before each optimizer step.",
     "max_grad_norm": "Clip the gradient norm to this value before each step; null: no clipping.",
     "mixed_precision": "no, fp16 (GPU only), bf16, or auto (bf16 where the device computes it natively: Ampere+ GPUs, "

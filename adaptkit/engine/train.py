@@ -558,6 +558,9 @@ class _TrainingLoop:
         self.skeleton = meta_skeleton(model) if sharded(accelerator) else None
         self.model, self.optimizer, self.loader, self.evaluation, self.scheduler = accelerator.prepare(
             model, optimizer, loader, evaluation, scheduler)
+        # training.compile: only the training forward goes through torch.compile (same parameters);
+        # evaluation, checkpoints, unwrap and the contract keep the eager module they always had.
+        self.forward_model = torch.compile(self.model, dynamic=True) if training.compile else self.model
 
         self.result = FitResult()
         self.metric, greater = best_metric(training, task)
@@ -686,7 +689,7 @@ class _TrainingLoop:
         the gradient accumulates. The loss is summed on the device: no host sync here."""
         accelerator = self.accelerator
         with accelerator.accumulate(self.model):
-            loss, outputs = self.task.compute_loss(self.model, batch)  # Task's default: self.model(**batch).loss
+            loss, outputs = self.task.compute_loss(self.forward_model, batch)  # Task's default: model(**batch).loss
             if self.task_metrics is not None:  # kept on the device: no host sync
                 self.metric_sums.add(self.task_metrics(outputs, batch))
             accelerator.backward(loss)
