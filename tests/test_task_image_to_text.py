@@ -242,3 +242,34 @@ def test_frozen_head_is_refused_for_lack_of_a_head(data, tmp_path):
 
     with pytest.raises(AdaptkitError, match="head"):
         adaptkit.run(recipe(data, tmp_path, "frozen_head", max_steps=1), progress=False)
+
+
+def _judged_recipe(data, folder: Path, trained) -> dict:
+    """LoRA on the captioner that learned the toy captions, at 40 rows: the judge's "pretrained" model
+    (compare refuses a model built from a config: it judges pretraining)."""
+    judged = recipe(data, folder, "lora", epochs=3, learning_rate=5e-3)
+    judged["model"] = {"name": str(trained[1].output_dir / "model"), "tokenizer": str(data["tokenizer"])}
+    return judged
+
+
+@pytest.mark.slow
+def test_advise_and_compare_judge_a_captioner_in_bleu(trained, data, tmp_path):
+    """advise times the strategies on the captioner; compare trains lora on the pretrained captioner and
+    scratch (the same config, random weights) on the same 40 rows, and states the verdict in BLEU."""
+    import adaptkit
+
+    judged = _judged_recipe(data, tmp_path, trained)
+    advice = adaptkit.advise(judged, strategies=["lora", "partial_freeze"], log=lambda _: None)
+    assert advice.task == "image_to_text"
+    assert all(s.seconds_per_step and s.seconds_per_step > 0 for s in advice.strategies), \
+        [(s.strategy, s.skipped, s.probe_error) for s in advice.strategies]
+    report = adaptkit.compare(judged, ["lora", "scratch"], seeds=[0], sizes=[40], trials=1, bootstrap_rounds=200,
+                              output_dir=str(tmp_path / "compare"), log=lambda _: None)
+    assert report.metric == "bleu" and report.greater_is_better is True
+    rows = {row.strategy: row for row in report.rows}
+    # the toy captions are learnable from 40 rows: scratch gets there too (BLEU 0.87 against lora's 0.95
+    # measured), so the test holds the judge to its arithmetic, not to a verdict the data cannot give
+    assert rows["lora"].metric > 0.8 and rows["lora"].metric >= rows["scratch"].metric > 0.0, rows
+    assert rows["scratch"].kind == "scratch" and rows["lora"].trainable < rows["scratch"].trainable, rows
+    table = (tmp_path / "compare" / "table.md").read_text()
+    assert "bleu" in table and any(v in table for v in ("positive transfer", "no clear difference")), table

@@ -332,7 +332,7 @@ def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watt
     epoch_tokens = _epoch_padded_tokens(lengths, training.batch_size, training.group_by_length, training.seed) \
         if lengths else None
     sequence_length = session.sequence_length
-    base = session.build_base() if probe_steps > 0 and epoch_tokens is not None else None
+    base = session.build_base() if probe_steps > 0 else None
     watts = given_power(power_watts)
     results = []
     for name in names:
@@ -362,8 +362,11 @@ def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watt
             continue
         try:
             wall, cpu, tokens, peak, traced = time_one_step(session, base, name)
-            scale = epoch_tokens / max(tokens, 1)
-            entry.flops_per_epoch = traced * epoch_tokens  # traced beats the parameter-order estimate
+            # the epoch's padded tokens over the step's; a task without token lengths (images, captions:
+            # its step counts rows) scales by its steps per epoch. Such tasks were left untimed before.
+            scale = (epoch_tokens / max(tokens, 1) if epoch_tokens is not None
+                     else n / max(min(training.batch_size, n), 1))
+            entry.flops_per_epoch = traced * tokens * scale  # traced beats the parameter-order estimate
             entry.seconds_per_step = round(wall, 4)
             entry.seconds_per_epoch = round(wall * scale, 2)
             entry.cpu_seconds_per_epoch = round(cpu * scale, 2)
