@@ -45,13 +45,19 @@ class Captioner:
         decoder.is_decoder = True
         decoder.add_cross_attention = True
 
+    def fitted_text(self, config: Any, vocabulary: Optional[int]) -> Any:
+        """The text config, its vocabulary widened to hold the tokenizer's (``vocabulary``: a model built
+        from a config) where it is smaller; every family's ``configure`` starts here."""
+        text = self.text(config)
+        if vocabulary and getattr(text, "vocab_size", 0) < vocabulary:
+            text.vocab_size = vocabulary
+        return text
+
     def configure(self, config: Any, start: int, end: Optional[int], pad: Optional[int],
                   vocabulary: Optional[int]) -> None:
         """Write the tokenizer's ids (and, for a model built from a config, a vocabulary the tokenizer
         fits in: ``vocabulary``) into ``config``."""
-        decoder = self.text(config)
-        if vocabulary and getattr(decoder, "vocab_size", 0) < vocabulary:
-            decoder.vocab_size = vocabulary
+        decoder = self.fitted_text(config, vocabulary)
         config.pad_token_id = pad
         config.decoder_start_token_id = start
         config.eos_token_id = end
@@ -111,9 +117,7 @@ class BlipCaptioner(Captioner):
                   vocabulary: Optional[int]) -> None:
         """BLIP starts a caption with the text config's ``bos_token_id`` and stops generating at its
         ``sep_token_id`` (transformers hard-codes both in ``generate``): both become the tokenizer's."""
-        text = config.text_config
-        if vocabulary and text.vocab_size < vocabulary:
-            text.vocab_size = vocabulary
+        text = self.fitted_text(config, vocabulary)
         text.bos_token_id = start
         text.sep_token_id = end
         text.eos_token_id = end
