@@ -9,8 +9,10 @@ registers), on all-MiniLM-L6-v2 sequence classification of SST-2:
 2. The learning rate is tuned exactly as ``adaptkit compare`` tunes an arm, by calling it
    (``adaptkit.compare(recipe, [method], trials=..., baselines=[])``): ``trials`` rates log-spaced a
    factor of 3 either side of the rate a run of this strategy would use (``tuning.arm_learning_rate``),
-   each trained on the rows minus a 20 % validation split carved from them and chosen on that split,
-   never on the dev set the table reports.
+   and, when the best of them is an end of that grid, up to ``edge_rates`` more past it (the first
+   table, without that, had every peft method at the top of its grid), each trained on the rows minus
+   a 20 % validation split carved from them and chosen on that split, never on the dev set the table
+   reports. A rate still at an end of what was tried is marked "(end)" in the table.
 3. One ``adaptkit.run`` at the chosen rate on all the rows measures what the table shows: dev
    accuracy (the full 872-row SST-2 dev split, last epoch's weights), trainable parameters, seconds
    per epoch (the loop's own clock), examples/s and memory: on a GPU the CUDA allocator's peak; on a
@@ -97,13 +99,14 @@ def family(method: str) -> str:
 def settings_for(quick: bool = False, **given: Any) -> dict[str, Any]:
     """The run's settings: the table's (or --quick's), with the ones given (None: not given) replacing them,
     and adaptkit's defaults written out, so two runs compare equal exactly when they train alike."""
-    from adaptkit.judge.tuning import DEFAULT_TRIALS, VALIDATION_FRACTION
+    from adaptkit.judge.tuning import DEFAULT_TRIALS, EDGE_EXTENSIONS, VALIDATION_FRACTION
     from adaptkit.recipe.schema import DEFAULT_MIN_STEPS
 
     settings = {**FULL, **(QUICK if quick else {})}
     settings.update({k: v for k, v in given.items() if v is not None})
     settings["trials"] = settings["trials"] or DEFAULT_TRIALS
     settings["min_steps"] = DEFAULT_MIN_STEPS if settings["min_steps"] is None else settings["min_steps"]
+    settings["edge_rates"] = EDGE_EXTENSIONS  # compare's default: a best rate at a grid end is followed past it
     settings.update(model=MODEL, train=TRAIN.relative_to(ROOT).as_posix(), dev=DEV.relative_to(ROOT).as_posix(),
                     task="sequence_classification", validation_fraction=VALIDATION_FRACTION, quick=quick)
     return settings
@@ -170,8 +173,11 @@ def _settings_line(settings: dict[str, Any]) -> str:
     return (f"{settings['model']}, SST-2: {settings['rows']:,} training rows of `{settings['train']}` (seed "
             f"{settings['seed']}), dev accuracy on the full dev split (`{settings['dev']}`); {settings['epochs']} "
             f"epoch(s){floor}, batch {settings['batch_size']}, max_length {settings['max_length']}; learning rate "
-            f"tuned as `adaptkit compare` tunes an arm ({settings['trials']} trial(s), chosen on a "
-            f"{settings['validation_fraction']:.0%} validation split of the training rows), then one run at that rate on all the rows"
+            f"tuned as `adaptkit compare` tunes an arm ({settings['trials']} trial(s)"
+            + (f", up to {settings['edge_rates']} more past an end of the grid where the best lay"
+               if settings.get("edge_rates") else ", the grid only") +
+            f", chosen on a {settings['validation_fraction']:.0%} validation split of the training rows), then one "
+            f"run at that rate on all the rows"
             + (" (QUICK: a development check, not figures to compare)" if settings.get("quick") else ""))
 
 
@@ -192,6 +198,21 @@ def _legacy(legacy: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _rows(measured: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Table rows; a rate still at an end of the rates tried is marked "(end)": a bound, not the rate."""
+    return [f"| {method} | {family(method)} | {e['trainable_parameters']:,} | {e['memory_mib']:,.0f} | "
+            f"{e['seconds_per_epoch']:.1f} | {e['learning_rate']:.3g}"
+            f"{' (end)' if e.get('tuning', {}).get('at_edge') else ''} | {e['accuracy']:.4f} |"
+            for method, e in measured]
+
+
+def _difference(old: dict[str, Any], new: Optional[dict[str, Any]]) -> str:
+    """``edge_rates: none (now 2)``: the settings where an earlier entry differs from the current ones."""
+    new = new or {}
+    keys = sorted(set(old) | set(new))
+    return ", ".join(f"{k}: {old.get(k, 'none')} (now {new.get(k, 'none')})" for k in keys if old.get(k) != new.get(k))
+
+
 def render(store: dict[str, Any]) -> str:
     """The markdown table from the store: the entries of the latest settings, best dev accuracy first;
     the methods not run (refused at plan, or failed) with the reason; entries measured under other
@@ -206,9 +227,7 @@ def render(store: dict[str, Any]) -> str:
         lines += [_settings_line(settings) + ".", ""]
     lines += ["| method | family | trainable params | memory (MiB) | s/epoch | lr | dev accuracy |",
               "|---|---|---:|---:|---:|---:|---:|"]
-    for method, e in measured:
-        lines.append(f"| {method} | {family(method)} | {e['trainable_parameters']:,} | {e['memory_mib']:,.0f} | "
-                     f"{e['seconds_per_epoch']:.1f} | {e['learning_rate']:.3g} | {e['accuracy']:.4f} |")
+    lines += _rows(measured)
     if not measured:
         lines.append("| (none measured yet) | | | | | | |")
     devices = sorted({e.get("device", "?") for _, e in measured})
@@ -229,9 +248,17 @@ def render(store: dict[str, Any]) -> str:
         for method, e in not_run:
             why = "refused at plan" if e["status"] == "refused" else "failed (retried by the next run)"
             lines.append(f"- **{method}** ({family(method)}), {why}: {e['reason']}")
-    other = sorted(m for m, e in entries.items() if e.get("settings") != settings)
+    earlier = sorted(((m, e) for m, e in entries.items() if e.get("settings") != settings and e["status"] == "measured"),
+                     key=lambda item: (-item[1]["accuracy"], item[0]))
+    if earlier:
+        lines += ["", "## Measured under earlier settings", "",
+                  "Not comparable with the table above; kept until each is measured again. Differences: "
+                  + "; ".join(sorted({_difference(e["settings"], settings) for _, e in earlier})) + ".", "",
+                  "| method | family | trainable params | memory (MiB) | s/epoch | lr | dev accuracy |",
+                  "|---|---|---:|---:|---:|---:|---:|"] + _rows(earlier)
+    other = sorted(m for m, e in entries.items() if e.get("settings") != settings and e["status"] != "measured")
     if other:
-        lines += ["", f"Measured under other settings (in the JSON file, not shown): {', '.join(other)}."]
+        lines += ["", f"Not run under the current settings (in the JSON file, not shown): {', '.join(other)}."]
     legacy = store.get("legacy")
     if legacy and any(r.get("strategy") not in dict(measured) for r in legacy.get("results", [])):
         lines += _legacy(legacy)
@@ -285,11 +312,13 @@ def child_tune(job: dict[str, Any], work: Path) -> dict[str, Any]:
 
     recipe = recipe_for(job["method"], job["options"], job["settings"], work / "run")
     report = adaptkit.compare(recipe, [job["method"]], trials=job["settings"]["trials"], baselines=[],
+                              edge_rates=job["settings"]["edge_rates"],
                               validation_fraction=job["settings"]["validation_fraction"],
                               output_dir=work / "compare", bootstrap_rounds=100,
                               log=lambda line: print(line, file=sys.stderr, flush=True))
     run = report.runs[0]
     return {"learning_rate": run.learning_rate, "grid": run.search.get("grid"),
+            "extended": run.search.get("extended", []), "at_edge": run.search.get("at_edge", False),
             "trials": [{"learning_rate": t["learning_rate"], "state": t["state"], "validation": t["validation"]}
                        for t in run.trials],
             "tuning_dev_accuracy": run.metrics.get("accuracy"), "tuning_train_rows": run.train_examples,

@@ -40,6 +40,7 @@ COMPARE_ARGUMENTS = [
     pytest.param(["--sizes", "-5"], "--sizes: -5 is out of range", id="sizes-negative"),
     pytest.param(["--sizes", "0"], "--sizes: 0 is out of range", id="sizes-0"),
     pytest.param(["--trials", "0"], "--trials: 0 is out of range", id="trials-0"),
+    pytest.param(["--edge-rates", "-1"], "--edge-rates: -1 is out of range", id="edge-rates-negative"),
 ]
 
 

@@ -119,9 +119,11 @@ def test_conflicting_pretraining_is_judged_negative_transfer(tmp_path_factory, t
     assert by_name[SCRATCH].trainable > 1000 * by_name["frozen_head"].trainable
     saved = json.loads((report.output_dir / "compare.json").read_text())
     assert saved["verdict"] == "negative transfer" and len(saved["runs"]) == 2
-    # every arm was searched: two learning rates each, chosen on validation rows carved from the 200
+    # every arm was searched: two learning rates each (and those past an end where the best lay), chosen on
+    # validation rows carved from the 200
     for run in saved["runs"]:
-        assert len(run["trials"]) == 2 and run["validation_examples"] == 40 and run["train_examples"] == 160
+        assert len(run["trials"]) == 2 + len(run["search"]["extended"]) and run["validation_examples"] == 40
+        assert run["train_examples"] == 160
         assert run["learning_rate"] in [t["learning_rate"] for t in run["trials"] if t["state"] == "complete"]
 
 
@@ -207,13 +209,13 @@ def test_a_shared_optuna_storage_resumes_a_finished_search_without_training_agai
     recipe = Recipe.from_dict(as_checkpoint(tiny_recipe_dict(tmp_path, "frozen_head", training={
         "epochs": 1, "num_threads": 1}), tmp_path / "pretrained"))
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
-    first = compare(recipe, ["frozen_head"], trials=2, storage=storage, study_name="shared",
+    first = compare(recipe, ["frozen_head"], trials=2, storage=storage, study_name="shared", edge_rates=0,
                     output_dir=tmp_path / "cmp", bootstrap_rounds=50, log=lambda _: None, baselines=[])
     studies = optuna.get_all_study_summaries(storage)
     assert [s.study_name for s in studies] == [f"shared:{first.runs[0].trial_dir}"] and studies[0].n_trials == 2
     assert first.runs[0].trial_dir.startswith("frozen_head-nall-s0-v0.2-")
     lines: list[str] = []
-    second = compare(recipe, ["frozen_head"], trials=2, storage=storage, study_name="shared",
+    second = compare(recipe, ["frozen_head"], trials=2, storage=storage, study_name="shared", edge_rates=0,
                      output_dir=tmp_path / "cmp", overwrite=True, bootstrap_rounds=50, log=lines.append, baselines=[])
     assert not any(", trial " in line for line in lines)  # both trials came from the database
     assert optuna.get_all_study_summaries(storage)[0].n_trials == 2

@@ -43,8 +43,9 @@ class _Bench:
         self.range = search_range(self.arm, self.workbench.suggestion, trials, recipe.training)
         self.grid = self.range.grid
 
-    def tune(self, storage, trial_dir, study_name="s", lines=None, timeout=300.0):
-        """tune_arm in a thread: a search that would wait forever fails the test instead of hanging it."""
+    def tune(self, storage, trial_dir, study_name="s", lines=None, timeout=300.0, extend=0):
+        """tune_arm in a thread: a search that would wait forever fails the test instead of hanging it.
+        ``extend`` 0 by default: these tests are about the grid (a 2-rate grid's best is always an end)."""
         from adaptkit.judge.tuning import tune_arm
 
         out: dict = {}
@@ -53,7 +54,8 @@ class _Bench:
             try:
                 out["result"] = tune_arm(self.session, self.arm, self.workbench, None, 0, self.train, self.validation,
                                          self.trials, study_name, storage, trial_dir,
-                                         log=(lines.append if lines is not None else lambda _: None))
+                                         log=(lines.append if lines is not None else lambda _: None),
+                                         extend=extend)
             except BaseException as exc:  # noqa: BLE001 - reported below
                 out["error"] = exc
 

@@ -70,7 +70,7 @@ def _cmd_compare(args) -> int:
     strategies, seeds, sizes = parse_list(args.strategies), parse_list(args.seeds, int), parse_list(args.sizes, int)
     check_compare_arguments(seeds=seeds, sizes=sizes, learning_rates=rates, trials=args.trials,  # before any work
                             validation_fraction=args.validation_fraction, bootstrap_rounds=args.bootstrap,
-                            storage=args.storage, strategies=strategies)
+                            storage=args.storage, strategies=strategies, edge_rates=args.edge_rates)
     recipe = load_recipe(args.recipe)
     report = compare(recipe, strategies, seeds=seeds,
                      sizes=sizes, output_dir=args.output, overwrite=args.overwrite,
@@ -80,7 +80,7 @@ def _cmd_compare(args) -> int:
                      log=lambda line: print(line, file=sys.stderr), trials=args.trials,
                      validation_fraction=args.validation_fraction, storage=args.storage, study_name=args.study_name,
                      baselines=[] if args.baselines == "none" else parse_list(args.baselines),
-                     max_minutes=args.max_minutes)
+                     max_minutes=args.max_minutes, edge_rates=args.edge_rates)
     print((report.output_dir / "table.md").read_text())
     print(f"outputs: {report.output_dir} (compare.json, table.md, compare.png, report.html)")
     return 0

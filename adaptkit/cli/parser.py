@@ -127,6 +127,9 @@ def _add_transfer_commands(commands) -> None:
     compare.add_argument("--storage", help="Optuna storage URL (e.g. sqlite:///sweep.db, postgresql://...) shared "
                                            "by several compare processes; the output folder must be shared too")
     compare.add_argument("--study-name", help="prefix of the Optuna study names (default: from the recipe)")
+    compare.add_argument("--edge-rates", type=int, default=2,
+                         help="learning rates tried past an end of the grid where an arm's best rate lies, one grid "
+                              "step at a time (0: the grid only)")
     compare.add_argument("--max-minutes", type=float, help="fit the estimate printed before training into this many "
                                                             "minutes by trying fewer learning rates per arm")
     compare.add_argument("--power-watts", type=float, help="power draw for energy figures (default: RAPL or 15 W/core)")

@@ -63,8 +63,8 @@ from adaptkit.recipe.loading import closest
 from adaptkit.recipe.schema import Recipe
 from adaptkit.judge.compare_report import html_report, markdown_table, plot
 from adaptkit.judge.curves import curve_questions, percentile_interval
-from adaptkit.judge.tuning import (DEFAULT_TRIALS, RANDOM_INIT_LEARNING_RATE, SCRATCH, VALIDATION_FRACTION, Arm, ArmModel,
-                                   arm_learning_rate, search_range, tune_arm)
+from adaptkit.judge.tuning import (DEFAULT_TRIALS, EDGE_EXTENSIONS, EDGE_FLAG, RANDOM_INIT_LEARNING_RATE, SCRATCH,
+                                   VALIDATION_FRACTION, Arm, ArmModel, arm_learning_rate, search_range, tune_arm)
 from adaptkit.judge.verdicts import compute_saved, transfer_range, verdict_metric, verdicts_by_size
 
 SCRATCH_LEARNING_RATE = RANDOM_INIT_LEARNING_RATE  # the centre of scratch's search (tuning.search_range)
@@ -406,12 +406,16 @@ class _Progress:
         self.started = time.perf_counter()
 
     def trial(self, arm: str, size: Any, seed: int, trials: int, record: Any) -> None:
-        self.done += self.work[(arm, size, seed)] / trials
+        share = self.work[(arm, size, seed)] / trials
+        if record.past_grid:  # work the plan did not count: it adds to the total as it is done
+            self.total += share
+        self.done += share
         elapsed = time.perf_counter() - self.started
         left = elapsed / self.done * (self.total - self.done) if self.done else math.nan
         score = f"validation {record.validation:.4f}" if record.validation is not None else (record.error or "")
+        which = f"{record.number + 1} (past the grid's end)" if record.past_grid else f"{record.number + 1}/{trials}"
         self.log(f"compare: {arm} at {size if size is not None else 'all'} rows, seed {seed}, trial "
-                 f"{record.number + 1}/{trials}, lr {record.learning_rate:.3g}: {record.state} {score} "
+                 f"{which}, lr {record.learning_rate:.3g}: {record.state} {score} "
                  f"[{elapsed / 60:.1f} min elapsed, ~{left / 60:.1f} min left]")
 
 
@@ -423,7 +427,7 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
             log: Callable[[str], None] = print, trials: int = DEFAULT_TRIALS,
             validation_fraction: float = VALIDATION_FRACTION, storage: Optional[str] = None,
             study_name: Optional[str] = None, baselines: Optional[list[str]] = None,
-            max_minutes: Optional[float] = None) -> CompareReport:
+            max_minutes: Optional[float] = None, edge_rates: int = EDGE_EXTENSIONS) -> CompareReport:
     """Tune and train every arm at every size and seed, then write the table, plot, HTML and verdict.
 
     ``output_dir`` defaults to ``<output.dir>-compare``; an existing non-empty folder is refused
@@ -435,12 +439,15 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
     installed one that serves the task; []: none); baseline names in ``strategies`` count too.
     A rerun with the same arguments resumes the folder (finished cells reloaded, trials kept in
     the storage, the folder's own ``trials/optuna.db`` without one); ``max_minutes`` trims the
-    rates each arm tries to fit the estimate printed before the first trial.
+    rates each arm tries to fit the estimate printed before the first trial. ``edge_rates``: an arm
+    whose best rate is strictly the best and an end of its grid tries up to that many rates past the
+    end, one grid step at a time (0: the grid only; none with ``max_minutes``, whose estimate counts
+    the grid); an arm still best at an end is flagged.
     """
 
     check_compare_arguments(seeds=seeds, sizes=sizes, learning_rates=learning_rates or {}, trials=trials,  # before
                             validation_fraction=validation_fraction, bootstrap_rounds=bootstrap_rounds,  # any work
-                            storage=storage, strategies=strategies)
+                            storage=storage, strategies=strategies, edge_rates=edge_rates)
     recipe = as_recipe(recipe)
     with recipe_plugins(recipe):  # its plugins: allow-list and the distribution its strategy section names
         if scratch_strategy is None and SCRATCH in strategies:
@@ -448,7 +455,7 @@ def compare(recipe: Union[Recipe, str, Path, dict], strategies: list[str], seeds
         return _compare(recipe, list(strategies), seeds, sizes, output_dir, overwrite, scratch_strategy,
                         dict(learning_rates or {}), power_watts, grid_g_per_kwh, bootstrap_rounds, log, trials,
                         validation_fraction, storage, study_name, None if baselines is None else list(baselines),
-                        max_minutes)
+                        max_minutes, edge_rates)
 
 
 def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], sizes: Optional[list[int]],
@@ -456,7 +463,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
              learning_rates: dict[str, float], power_watts: Optional[float], grid_g_per_kwh: Optional[float],
              bootstrap_rounds: int, log: Callable[[str], None], trials: int, validation_fraction: float,
              storage: Optional[str], study_name: Optional[str], baseline_names: Optional[list[str]],
-             max_minutes: Optional[float] = None) -> CompareReport:
+             max_minutes: Optional[float] = None, edge_rates: int = EDGE_EXTENSIONS) -> CompareReport:
 
     started = time.perf_counter()
     strategies, baseline_names = split_arms(strategies, baseline_names)
@@ -465,6 +472,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
     if trials < 1:
         raise AdaptkitError(f"trials must be at least 1, got {trials}")
     state.check_max_minutes(max_minutes)
+    extend = edge_rates if max_minutes is None and trials > 1 else 0  # a time budget's estimate counts the grid only
     seeds = list(seeds) if seeds else [recipe.training.seed]
     size_list: list[Optional[int]] = sorted(set(sizes)) if sizes else [None]
     folder = Path(output_dir) if output_dir else Path(str(recipe.output.dir) + "-compare")
@@ -518,7 +526,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
             parts[size] = (train_part.remove_columns(ROW_INDEX), validation_part.remove_columns(ROW_INDEX))
         if plan is None:  # before the first trial: what will be trained, and what it will cost here
             plan = _plan(session, spec, arms, strategies, size_list, seeds, parts, trials, finished, max_minutes,
-                         log)
+                         log, extend)
             progress = _Progress({(a, s, sd): budget_for(len(parts[s][0]), spec.training).total_steps
                                   for a in strategies for s in size_list for sd in seeds}, log)
         eval_sizes[seed] = len(session.eval_data)
@@ -529,7 +537,8 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
             tags = {size: state.cell_tag(name, size, seed, validation_fraction,
                                          state.trial_meaning(recipe, arm, searched, validation_fraction))
                     for size in size_list}
-            reloaded = {size: _reload(finished.get((name, size, seed)), folder, plan.tried) for size in size_list}
+            reloaded = {size: _reload(finished.get((name, size, seed)), folder, plan.tried, extend)
+                        for size in size_list}
             arm_model = None
             with PeakMemory(device) as memory:
                 for size in size_list:
@@ -553,7 +562,8 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
                                           f"{prefix}:{tag}", study_storage, safe_join(folder / "trials", tag),
                                           on_trial=lambda record, n=name, s=size: progress.trial(
                                               n, s, seed, plan.tried, record),
-                                          power_watts=power_watts, log=log, limit=plan.tried)
+                                          power_watts=power_watts, log=log, limit=plan.tried,
+                                          extend=extend)
                         outputs_by_run[(name, size, seed)] = outputs = result.eval_outputs
                         chosen = result.chosen
                         runs.append(_record(
@@ -632,14 +642,17 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
         baseline_notes=baseline_notes,
         search={"trials": trials, "tried": plan.tried if plan else trials,
                 "grid": "log-spaced around each arm's suggestion: a factor of 3 either side from pretrained "
-                        "weights, of 6 from random weights (tuning.search_range)",
+                        "weights, of 6 from random weights (tuning.search_range)"
+                        + (f"; up to {extend} rate(s) past an end of the grid where the best rate lies, one grid "
+                           f"step at a time" if extend else "; not widened past its ends (--max-minutes)"),
+                "extension_limit": extend,
                 "ranges": ranges, "validation_fraction": validation_fraction,
                 "storage": storage or "trials/optuna.db (this folder's own)", "study_prefix": prefix,
                 "pruner": "successive halving (reduction factor 3) on the validation metric after each epoch",
                 "plan": plan.to_dict() if plan else None},
         seconds=round(time.perf_counter() - started, 2),
         notes=_notes(scratch_strategy, learning_rates, metric, bootstrap_rounds, seeds, trials, validation_fraction,
-                     baseline_classes, ranges, plan.tried if plan else trials))
+                     baseline_classes, ranges, plan.tried if plan else trials, extend))
     write_json(folder / "compare.json", report.to_dict() | {"identity": identity, "complete": True})
     (folder / "table.md").write_text(markdown_table(report))
     plot(report, folder / "compare.png")
@@ -650,7 +663,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
 
 def _plan(session: Any, spec: Recipe, arms: dict[str, Any], strategies: list[str], size_list: list[Optional[int]],
           seeds: list[int], parts: dict[Any, tuple], trials: int, finished: dict[tuple, dict[str, Any]],
-          max_minutes: Optional[float], log: Callable[[str], None]) -> Any:
+          max_minutes: Optional[float], log: Callable[[str], None], extend: int = EDGE_EXTENSIONS) -> Any:
     """The cells to train, their optimizer steps and estimated time (one timed step per strategy), trimmed
     to ``max_minutes``; printed before the first trial."""
 
@@ -685,7 +698,7 @@ def _plan(session: Any, spec: Recipe, arms: dict[str, Any], strategies: list[str
     del base
     plan = state.make_plan(todo, trials, timed, reused)
     plan.lines = state.describe(plan, [n for n in strategies if any(a.name == n for a, *_ in todo)], size_list,
-                                seeds, {n: arms[n].strategy for n in strategies})
+                                seeds, {n: arms[n].strategy for n in strategies}, extend)
     for line in plan.lines:
         log(line)
     said = state.trim(plan, max_minutes)  # may refuse: the plan was said first
@@ -695,12 +708,15 @@ def _plan(session: Any, spec: Recipe, arms: dict[str, Any], strategies: list[str
     return plan
 
 
-def _reload(run: Optional[dict[str, Any]], folder: Path, tried: int) -> Optional[tuple[RunRecord, dict[str, Any]]]:
+def _reload(run: Optional[dict[str, Any]], folder: Path, tried: int,
+            extend: int = EDGE_EXTENSIONS) -> Optional[tuple[RunRecord, dict[str, Any]]]:
     """A finished cell's record and eval predictions from an earlier process, or None to train it
-    (not finished, tried fewer rates than this run would, or its predictions are not in this folder)."""
+    (not finished, tried fewer rates or fewer past an end than this run would, or its predictions are
+    not in this folder). Retrained, it reuses the study's settled trials and trains only the new rates."""
     import torch
 
-    if not run or len(run.get("search", {}).get("grid", [])) < tried:
+    search = (run or {}).get("search", {})
+    if not run or len(search.get("grid", [])) < tried or search.get("extension_limit", 0) < extend:
         return None
     try:
         outputs = torch.load(folder / "trials" / run["trial_dir"] / f"trial-{run['chosen_trial']}.pt",
@@ -764,6 +780,8 @@ def _row(name: str, kind: str, size: Optional[int], cell: list[RunRecord], repli
     flags = []
     if all(r.predicted_classes == 1 for r in cell):
         flags.append("did not learn")
+    if any(r.search.get("at_edge") for r in cell):  # its search found a bound on its rate, not the rate
+        flags.append(EDGE_FLAG)
     for key, words in (("majority_class", "the majority class"), ("training_mean", "predicting the training mean")):
         constant = baselines.get(key)
         if constant is not None and (high <= constant if greater else low >= constant):
@@ -783,7 +801,7 @@ def _row(name: str, kind: str, size: Optional[int], cell: list[RunRecord], repli
 
 def _notes(scratch_strategy: Optional[str], learning_rates: dict[str, float], metric: str, rounds: int, seeds: list[int],
            trials: int, validation_fraction: float, baselines: dict[str, type], ranges: Optional[dict[str, str]] = None,
-           tried: Optional[int] = None) -> list[str]:
+           tried: Optional[int] = None, extend: int = 0) -> list[str]:
     ranges = ranges or {}
     return [
         *([f"{SCRATCH}: the same architecture from random weights (model.init: random), trained with strategy "
@@ -798,7 +816,9 @@ def _notes(scratch_strategy: Optional[str], learning_rates: dict[str, float], me
           for name, cls in baselines.items()],
         f"every arm: {trials} learning rate(s) log-spaced around its suggestion (the recipe's rate for its own "
         f"strategy, else the strategy's default), chosen on {validation_fraction:.0%} of the arm's rows held out "
-        f"as validation; train examples in the table exclude them; the best epoch's weights are kept",
+        f"as validation; train examples in the table exclude them; the best epoch's weights are kept"
+        + (f"; a best rate at an end of the grid is followed past it (up to {extend} more rate(s)), and an arm "
+           f"still best at an end is flagged \"{EDGE_FLAG}\"" if extend and trials > 1 else ""),
         "budget: the recipe's epochs, raised to at least training.min_steps optimizer steps on small data",
         f"metric: {metric} on the eval rows (never used to choose); 95% CI from {rounds} bootstrap "
         f"resamples of the eval rows (averaged over seeds)",

@@ -37,7 +37,8 @@ DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'"
 def check_compare_arguments(seeds: Optional[Iterable[int]] = None, sizes: Optional[Iterable[int]] = None,
                             learning_rates: Optional[Mapping[str, float]] = None, trials: Optional[int] = None,
                             validation_fraction: Optional[float] = None, bootstrap_rounds: Optional[int] = None,
-                            storage: Optional[str] = None, strategies: Optional[Iterable[str]] = None) -> None:
+                            storage: Optional[str] = None, strategies: Optional[Iterable[str]] = None,
+                            edge_rates: Optional[int] = None) -> None:
     """Refuse, with the option named, any compare argument that would fail late or mislead.
 
     Called by ``adaptkit.compare()`` and by ``adaptkit compare`` before the recipe's data or any
@@ -52,6 +53,8 @@ def check_compare_arguments(seeds: Optional[Iterable[int]] = None, sizes: Option
             _integer("--sizes", size, 1, MAX_COUNT, "a training-set size is a number of rows, at least 1")
     if trials is not None:
         _integer("--trials", trials, 1, 1000)
+    if edge_rates is not None:
+        _integer("--edge-rates", edge_rates, 0, 20, "rates tried past an end of the grid; 0 tries the grid only")
     if bootstrap_rounds is not None:
         _integer("--bootstrap", bootstrap_rounds, MIN_BOOTSTRAP, MAX_BOOTSTRAP,
                  f"a 95% interval needs at least {MIN_BOOTSTRAP} resamples")

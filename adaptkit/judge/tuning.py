@@ -16,6 +16,12 @@ looks like "no transfer" when it is under-training. So every arm gets the same s
   validation score trails the trials before it at a third of the budget.
 - The trial with the best validation score (ties: lower validation loss) is the arm's result;
   its predictions on the eval rows are what ``compare`` bootstraps.
+- A grid whose best rate is one of its two ends has not found the arm's rate, only a bound on it:
+  every peft method on MiniLM/SST-2 chose the top of its 3-rate grid (benchmarks/results/strategies.md).
+  So the search steps past that end, one grid step at a time (up to ``EDGE_EXTENSIONS`` rates), until
+  the best rate has a worse (pruned, diverged or lower-scoring) neighbour on both sides. An arm still
+  best at an end after that is flagged in the report (``ArmResult.search["at_edge"]``). Not with
+  ``compare --max-minutes``, whose estimate counts the grid only.
 
 The model is built and wrapped once per arm and seed (``ArmModel``); a trial restores its
 initial trainable tensors instead of building again. That is exact (same seed, same initial
@@ -60,6 +66,8 @@ PRUNER_REDUCTION = 3
 RANDOM_INIT_LEARNING_RATE = 5e-4
 RANDOM_INIT_SPAN = 6.0  # three trials: 8.3e-5, 5e-4, 3e-3
 RANDOM_INIT_WARMUP = 0.1  # a tenth of the steps (the recipe's own, when larger)
+EDGE_EXTENSIONS = 2  # rates tried past a grid end where the best rate lies, one grid step at a time
+EDGE_FLAG = "best at an end of its learning-rate search"  # a report's flag: a bound on its rate, not the rate
 # A RUNNING trial on a database storage beats every HEARTBEAT seconds; one silent for GRACE seconds
 # belongs to a process that died (SIGKILL, a lost machine) and is failed, then retried.
 HEARTBEAT_SECONDS = 20
@@ -93,6 +101,7 @@ class TrialRecord:
     cpu_seconds: float = 0.0
     energy_wh: float = 0.0
     error: Optional[str] = None
+    past_grid: bool = False  # a rate tried past an end of the grid (``beyond_edge``)
 
 
 @dataclass
@@ -134,6 +143,32 @@ def learning_rate_grid(suggestion: float, trials: int, span: float = GRID_SPAN) 
     return [float(f"{suggestion * span ** (-1 + 2 * i / (trials - 1)):.3g}") for i in range(trials)]
 
 
+def beyond_edge(tried: list[float], best: float, step: float) -> Optional[float]:
+    """The next rate past the end of ``tried`` where ``best`` lies (one ``step`` beyond it), or None
+    when the best rate has a tried rate on both sides (or only one rate was tried: no search, no edge)."""
+    if len(tried) < 2:
+        return None
+    low, high = min(tried), max(tried)
+    if _key(best) == _key(high):
+        return float(f"{high * step:.3g}")
+    if _key(best) == _key(low):
+        return float(f"{low / step:.3g}")
+    return None
+
+
+def edge_to_follow(finished: list["TrialRecord"], tried: list[float], key: Callable[["TrialRecord"], Any],
+                   step: float) -> Optional[float]:
+    """The rate to try past an end of ``tried``: when the best finished trial (by ``key``) is at that end
+    and strictly the best on the validation score. A tie is a plateau (a tiny validation split, an arm
+    that did not learn), not a slope, and following it would only spend trials."""
+    if not finished:
+        return None
+    best = max(finished, key=key)
+    if sum(1 for r in finished if r.validation == best.validation) > 1:
+        return None
+    return beyond_edge(tried, best.learning_rate, step)
+
+
 def middle_out(grid: list[float]) -> list[float]:
     """The grid from its middle outwards: [a, b, c, d] -> [b, c, a, d]."""
     centre = (len(grid) - 1) / 2
@@ -156,6 +191,11 @@ class SearchRange:
     @property
     def full_grid(self) -> list[float]:
         return learning_rate_grid(self.centre, self.trials, self.span)
+
+    @property
+    def step(self) -> float:
+        """The factor between neighbouring rates of the full grid (what an extension past an end steps by)."""
+        return self.span ** (2 / (self.trials - 1)) if self.trials > 1 else self.span
 
     @property
     def grid(self) -> list[float]:
@@ -357,13 +397,15 @@ def requeue_missing(study: Any, grid: list[float]) -> list[float]:
 def tune_arm(session: Any, arm: Arm, arm_model: ArmModel, size: Optional[int], seed: int, train_data: Any,
              validation_data: Any, trials: int, study_name: str, storage: Optional[str], trial_dir: Path,
              on_trial: Callable[[TrialRecord], None] = lambda _: None, power_watts: Optional[float] = None,
-             log: Callable[[str], None] = lambda _: None, limit: Optional[int] = None) -> ArmResult:
+             log: Callable[[str], None] = lambda _: None, limit: Optional[int] = None,
+             extend: int = EDGE_EXTENSIONS) -> ArmResult:
     """Search the learning rate of one arm at one size and seed; the best trial's eval predictions.
 
     Resumable: with ``storage`` the study's finished trials are reused, a dead process's running
     trial is failed and its rate trained again, and the chosen trial's predictions are read from
     ``trial_dir`` or, when missing there, recomputed by training that rate once more. ``limit``
-    tries only that many of the ``trials`` rates, those nearest the centre.
+    tries only that many of the ``trials`` rates, those nearest the centre. ``extend``: at most that many
+    rates past a grid end where the best rate lies (none when ``limit`` trimmed the grid).
     """
     import optuna
     import torch
@@ -377,7 +419,11 @@ def tune_arm(session: Any, arm: Arm, arm_model: ArmModel, size: Optional[int], s
     metric, greater = best_metric(recipe.training, task)
     searched = search_range(arm, arm_model.suggestion, trials, recipe.training, limit)
     grid = searched.grid
-    on_grid = {_key(rate) for rate in grid}
+    grid_keys = {_key(rate) for rate in grid}
+    on_grid = set(grid_keys)  # grows with the rates tried past an end (``extended``)
+    extended: list[float] = []
+    if len(grid) < len(searched.full_grid):
+        extend = 0  # a grid trimmed to fit a time budget is not widened past it
     training = searched.training(recipe.training).model_copy(update={
         "load_best_at_end": True, "report_to": [], "checkpoint_every_steps": None, "seed": seed})
     # Judged first at a third of the budget (in epochs, where validation is scored): earlier, on
@@ -389,7 +435,8 @@ def tune_arm(session: Any, arm: Arm, arm_model: ArmModel, size: Optional[int], s
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=len(grid)),
         pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, math.ceil(epochs / 3)),
                                                       reduction_factor=PRUNER_REDUCTION))
-    low, high = min(searched.full_grid) / searched.span, max(searched.full_grid) * searched.span
+    reach = searched.span * searched.step ** extend  # the sampler's range holds every rate an extension may try
+    low, high = min(searched.full_grid) / reach, max(searched.full_grid) * reach
     sign = 1.0 if greater else -1.0
     state = optuna.trial.TrialState
 
@@ -446,7 +493,8 @@ def tune_arm(session: Any, arm: Arm, arm_model: ArmModel, size: Optional[int], s
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        record = TrialRecord(number=trial.number, learning_rate=rate, state="failed")
+        record = TrialRecord(number=trial.number, learning_rate=rate, state="failed",
+                             past_grid=_key(rate) not in grid_keys)
         accelerator = accelerator_for(rate)
         with EnergyMeter(power_watts=power_watts, device=str(accelerator.device)) as meter:
             try:
@@ -480,19 +528,33 @@ def tune_arm(session: Any, arm: Arm, arm_model: ArmModel, size: Optional[int], s
         if failed:
             log(f"compare: {arm.name}: trial(s) {', '.join(str(n + 1) for n in failed)} of a process that died "
                 f"were failed; their rates are trained again")
-        requeue_missing(study, grid)
+        requeue_missing(study, grid + extended)
         if study.get_trials(deepcopy=False, states=(state.WAITING,)):
             study.optimize(objective, n_trials=1, catch=(_Diverged,))
         elif study.get_trials(deepcopy=False, states=(state.RUNNING,)):
             time.sleep(POLL_SECONDS)  # another process sharing the study is still training one of its trials
         else:
-            break
+            past = (edge_to_follow([r for r in grid_records() if r.state == "complete"], grid + extended,
+                                   choice_key, searched.step) if len(extended) < extend else None)
+            if past is None:
+                break
+            # the same decision in every process sharing the study: it reads only the settled trials
+            extended.append(past)
+            on_grid.add(_key(past))
+            log(f"compare: {arm.name}: the best rate so far is an end of the rates tried "
+                f"({_rates(grid + extended[:-1])}); trying lr {past:.3g} past it")
     records = grid_records()
     done = [r for r in records if r.state == "complete"]
     if not done:
         reasons = "; ".join(f"lr {r.learning_rate:g}: {r.error or r.state}" for r in records)
         raise AdaptkitError(f"arm {arm.name!r} at {size or 'all'} rows, seed {seed}: no trial finished ({reasons})")
     best = max(done, key=choice_key)
+    at_edge = edge_to_follow(done, grid + extended, choice_key, searched.step) is not None
+    search = {**searched.to_dict(), "extended": extended, "extension_limit": extend, "at_edge": at_edge}
+    if extended or at_edge:
+        search["described"] += (f"; past the grid's end: {_rates(extended)}" if extended else "") + (
+            f"; best at an end of the rates tried ({best.learning_rate:.2g}): it may train better beyond"
+            if at_edge else "")
     path = trial_dir / f"trial-{best.number}.pt"
     retrained = False
     try:
@@ -508,8 +570,12 @@ def tune_arm(session: Any, arm: Arm, arm_model: ArmModel, size: Optional[int], s
     return ArmResult(arm=arm.name, size=size, seed=seed, train_rows=len(train_data),
                      validation_rows=len(validation_data), learning_rate=best.learning_rate,
                      trials=sorted(records, key=lambda r: r.number), eval_outputs=outputs,
-                     chosen_trial=best.number, trainable=arm_model.trainable, search=searched.to_dict(),
+                     chosen_trial=best.number, trainable=arm_model.trainable, search=search,
                      retrained=retrained)
+
+
+def _rates(rates: list[float]) -> str:
+    return ", ".join(f"{rate:.2g}" for rate in sorted(rates))
 
 
 class _Diverged(Exception):
