@@ -313,3 +313,20 @@ def test_a_misspelt_target_is_refused_and_a_layer_kind_peft_knows_is_left_to_it(
     tuned = {n.split(".ln_tuning_layers")[0].rsplit(".", 1)[-1] for n, p in wrapped.named_parameters()
              if p.requires_grad and "ln_tuning_layers" in n}
     assert tuned == {"input_layernorm"}  # Llama's RMSNorm: a kind adaptkit's check does not list, peft adapts
+
+
+def test_c3a_block_size_is_fitted_to_the_model_when_the_recipe_leaves_it_out(tmp_path):
+    """peft's default block of 256 does not divide MiniLM's 384: C3A was refused on the shipped model."""
+    from adaptkit_peft_methods.strategy import dividing_block
+    from conftest import tiny_recipe_dict
+
+    minilm_shaped = torch.nn.ModuleDict({"query": torch.nn.Linear(384, 384), "up": torch.nn.Linear(384, 1536),
+                                         "down": torch.nn.Linear(1536, 384), "classifier": torch.nn.Linear(384, 2)})
+    assert dividing_block(minilm_shaped, ["classifier"], 256) == 192  # the head's 2 outputs are not adapted
+    assert dividing_block(minilm_shaped, [], 256) == 2
+    assert dividing_block(torch.nn.ModuleDict({"x": torch.nn.Linear(768, 3072)}), [], 256) == 256  # peft's default fits
+    recipe = tiny_recipe_dict(tmp_path, "c3a")  # 32-wide: 256 divides nothing
+    assert adaptkit.plan(recipe).strategies[0].error is None
+    recipe["strategy"]["block_size"] = 3  # the recipe's own value wins, and peft says why it cannot
+    with pytest.raises(PreflightError, match="block size should be a factor of the input size"):
+        adaptkit.plan(recipe)

@@ -44,6 +44,9 @@ class StrategyPlan:
     frozen: list[str] = field(default_factory=list)
     memory: dict[str, int] = field(default_factory=dict)
     error: Optional[str] = None
+    # The wrap needs weight values the meta device does not have (an SVD-initialised adapter): not a
+    # refusal, a figure plan cannot give; a run wraps the real model and its pre-flight decides there.
+    meta_limited: bool = False
     setup: str = ""
     # The exception behind ``error``; an AdaptkitError on the recipe's own strategy stops the run.
     failure: Optional[BaseException] = field(default=None, repr=False, compare=False)
@@ -297,6 +300,23 @@ def plan(recipe: Recipe, strategies: Optional[list[str]] = None, strict: bool = 
         return _plan(recipe, strategies, strict)
 
 
+META_VALUES = re.compile(r"\bmeta (tensor|device)|\bis_meta\b|out of meta", re.IGNORECASE)
+
+
+def needs_weight_values(exc: BaseException) -> bool:
+    """Whether a wrap on the meta device failed for the values it has not got (an adapter initialised
+    from an SVD of the weights: peft's AdaMSS, OSF, PiSSA-style inits), judged by the message of the
+    error or of what caused it. Such a strategy is not refused at ``plan``: it may well run."""
+    seen: Optional[BaseException] = exc
+    for _ in range(8):  # the cause chain, bounded
+        if seen is None:
+            return False
+        if META_VALUES.search(str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan:
     """``plan`` under the recipe's plugin allow-list."""
 
@@ -328,7 +348,12 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
                              quantization_bits=strategy.quantization_bits, task=session.task)
         except Exception as exc:  # one strategy that cannot be planned must not hide the others
             entry.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            entry.failure = exc
+            if needs_weight_values(exc):
+                entry.meta_limited = True
+                entry.error = (f"not planned on the meta device: its wrap reads the weights' values ({entry.error}); "
+                               f"a run wraps the real model and checks it there")
+            else:
+                entry.failure = exc
         results.append(entry)
     result = Plan(model=section.name or f"config:{model_type}", model_type=model_type,
                   batch_size=recipe.training.batch_size, sequence_length=session.sequence_length, strategies=results,
@@ -358,7 +383,8 @@ def render(result: Plan) -> Any:
             notes.append(f"{entry.strategy} runs as: {entry.setup} (quantization x distributed)")
         if entry.error:
             table.add_row(entry.strategy, "-", "-", "-", "-")
-            notes.append((f"{entry.strategy} cannot plan: {entry.error}", "red"))
+            notes.append((f"{entry.strategy}: {entry.error}", "yellow") if entry.meta_limited
+                         else (f"{entry.strategy} cannot plan: {entry.error}", "red"))
             continue
         leaves = sorted({".".join(t.split(" ")[0].replace(".default", "").split(".")[-2:]) for t in entry.touched})
         shown = ", ".join(leaves[:8]) + (f", ... ({len(leaves)} kinds)" if len(leaves) > 8 else "")

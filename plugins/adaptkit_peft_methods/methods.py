@@ -35,6 +35,11 @@ NEEDS: dict[str, dict[str, str]] = {
 # would end the schedule early (ranks frozen before training ends) or never reach its target ranks.
 RUN_STEPS: dict[str, str] = {"adalora": "total_step"}
 
+# Options whose peft default assumes widths a model may not have, fitted to the model when a recipe
+# leaves them out: method -> option. C3A's circulant blocks must divide the in and out features of every
+# adapted layer; peft's 256 divides 768 and 4096 but not MiniLM's 384, so C3A refused the shipped model.
+FITTED_TO_WIDTHS: dict[str, str] = {"c3a": "block_size"}
+
 # Methods that feed the backbone token ids (peft's Shadow builds its side network from input_ids;
 # trainable tokens retrains rows of the input embedding): a model whose input is not token ids
 # (an image model, main_input_name "pixel_values") is refused at wrap with this reason.

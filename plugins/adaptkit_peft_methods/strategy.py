@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Optional
 from adaptkit import PeftStrategy, PreflightError, WrapContext, families, resolve_targets
 
 from adaptkit_peft_methods.catalog import Method, peft_version
-from adaptkit_peft_methods.methods import KIT_OPTIONS, NEEDS, RUN_STEPS, TOKEN_INPUT
+from adaptkit_peft_methods.methods import FITTED_TO_WIDTHS, KIT_OPTIONS, NEEDS, RUN_STEPS, TOKEN_INPUT
 from adaptkit_peft_methods.options import HEAD_OPTION, config_kwargs, options_model
 
 # Layer kinds a recipe's target_modules entry may name: every kind some peft tuner adapts.
@@ -58,6 +58,25 @@ def put_back_heads(base: Any, freeze: bool = True) -> Any:
         parent, _, child = name.rpartition(".")
         setattr(base.get_submodule(parent) if parent else base, child, trained)
     return base
+
+
+def dividing_block(model: Any, heads: list[str], largest: int) -> Optional[int]:
+    """The largest size, at most ``largest``, that divides the in and out features of every linear layer
+    outside the heads (so whichever of them a method adapts, its blocks tile it); None without such layers.
+    Shapes only: it works on the meta device."""
+    import math
+
+    import torch
+
+    def in_head(name: str) -> bool:
+        return any(name == head or name.startswith(head + ".") for head in heads)
+
+    widths = [w for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and not in_head(name)
+              for w in (module.in_features, module.out_features)]
+    if not widths:
+        return None
+    common = math.gcd(*widths)
+    return max(d for d in range(1, min(common, largest) + 1) if common % d == 0)
 
 
 def restore_trained_heads(model: Any) -> Any:
@@ -120,6 +139,12 @@ class PeftMethod(PeftStrategy):
                 kwargs["exclude_modules"] = [*given, *[h for h in heads if h not in given]]
         if "fan_in_fan_out" in fields:
             kwargs["fan_in_fan_out"] = context.model_type in families.CONV1D_FAMILIES
+        fitted = FITTED_TO_WIDTHS.get(self.method.name)
+        if fitted in fields and fitted not in kwargs and model is not None:  # the recipe's own value wins
+            default = next((f.default for f in self.method.fields if f.name == fitted), None)
+            size = dividing_block(model, heads, default) if isinstance(default, int) else None
+            if size is not None:
+                kwargs[fitted] = size
         steps_option = RUN_STEPS.get(self.method.name)
         if steps_option in fields and kwargs.get(steps_option) is None:  # the recipe's own value wins
             if context.total_steps is None:
