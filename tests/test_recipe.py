@@ -321,3 +321,19 @@ def test_ordinary_aliases_still_work(recipe_dir):
         "data:\n", "data:\n  columns: {body: *col}\n")
     recipe = load_recipe(_recipe_with(recipe_dir, text))
     assert recipe.data.columns == {"body": "text"} and recipe.task_options.text_column == "text"
+
+
+def test_a_local_tokenizer_folder_is_recorded_absolute_like_the_model(tmp_path, monkeypatch):
+    """A run's recipe.yaml is read again by `adaptkit predict` from anywhere: a relative tokenizer folder
+    (found from the working folder, as transformers finds it) must not be lost there."""
+    from adaptkit.recipe.schema import Recipe
+    from conftest import tiny_recipe_dict
+
+    (tmp_path / "tok").mkdir()
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_recipe_dict(tmp_path, "full")
+    recipe["model"]["tokenizer"] = "tok"
+    resolved = Recipe.from_dict(recipe).resolved_dict()
+    assert resolved["model"]["tokenizer"] == str((tmp_path / "tok").resolve())
+    recipe["model"]["tokenizer"] = "sentence-transformers/all-MiniLM-L6-v2"  # a Hub id stays as written
+    assert Recipe.from_dict(recipe).resolved_dict()["model"]["tokenizer"] == "sentence-transformers/all-MiniLM-L6-v2"

@@ -639,11 +639,12 @@ class Recipe(_Section):
         for section in ("strategy", "task"):  # a chosen distribution goes with the run, so reloading picks it too
             if getattr(self, section).distribution is not None:
                 data[section]["distribution"] = getattr(self, section).distribution
-        name = self.model.name
-        if name and not os.path.isabs(os.path.expanduser(name)) and Path(name).expanduser().is_dir():
-            # a local folder (a model, a finished run as the base) is found from the working folder: recorded
-            # absolute, so `adaptkit predict` of this run finds it again from anywhere
-            data["model"]["name"] = str(Path(name).expanduser().resolve())
+        for key in ("name", "tokenizer"):
+            name = getattr(self.model, key)
+            if name and not os.path.isabs(os.path.expanduser(name)) and Path(name).expanduser().is_dir():
+                # a local folder (a model, a finished run as the base, a tokenizer) is found from the working
+                # folder: recorded absolute, so `adaptkit predict` of this run finds it again from anywhere
+                data["model"][key] = str(Path(name).expanduser().resolve())
         data["data"]["train"] = self.data.resolved("train", self.base_dir())
         if self.data.eval is not None:
             data["data"]["eval"] = self.data.resolved("eval", self.base_dir())

@@ -57,6 +57,13 @@ class PromptMethod(PeftMethod):
 
     def wrap(self, model: Any, context: WrapContext) -> Any:
         self.preflight(context)
+        if context.peft_task_type is None and getattr(model, "main_input_name", "input_ids") == "input_ids":
+            # (a model of other inputs is refused by the wrap for those, the more exact reason); else peft's
+            # get_peft_model fails with KeyError: None
+            raise PreflightError(
+                f"strategy {self.name!r} cannot train a {context.model_type} model for task {context.task!r}: peft "
+                f"builds prompt learning for a task type (sequence classification, causal or seq2seq LM, token "
+                f"classification, question answering, feature extraction) and this task has none")
         return super().wrap(model, context)
 
     def unwrap(self, model: Any) -> Any:

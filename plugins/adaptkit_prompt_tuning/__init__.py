@@ -5,10 +5,12 @@ weights, so the strategy is non-mergeable: ``unwrap`` removes the virtual tokens
 trained task head put back in its place (peft trains the head as a ``ModulesToSaveWrapper``
 copy), so the signature is exactly the base one and, apart from the head, so are the outputs.
 
-``prefix_tuning`` (learned keys and values in every attention layer) is not registered: with
-peft 0.21 and transformers 5, the sequence-classification models (BERT, GPT-2, ...) no longer
-accept ``past_key_values``, and peft refuses with "Model does not support past key values
-which are required for prefix tuning". ``_VirtualTokens`` is the base it would share.
+``prefix_tuning`` and ``p_tuning`` come from the peft-methods plugin (``adaptkit_peft_methods.prompt``),
+which says where they run.
+
+peft builds a prompt-learning model per task type (SEQ_CLS, CAUSAL_LM, SEQ_2_SEQ_LM, TOKEN_CLS,
+QUESTION_ANS, FEATURE_EXTRACTION); a task that maps to none (an image captioner) is refused at
+``plan`` with that reason, not with peft's ``KeyError: None`` from inside ``get_peft_model``.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt
 
-from adaptkit import PeftStrategy, StrategyOptions, hookimpl
+from adaptkit import PeftStrategy, PreflightError, StrategyOptions, WrapContext, hookimpl
 
 
 def restore_trained_heads(model):
@@ -39,6 +41,14 @@ class _VirtualTokens(PeftStrategy):
     """A peft prompt-learning method: peft builds the model, unwrap strips it, save/load are peft's."""
 
     mergeable = False
+
+    def preflight(self, context: WrapContext) -> None:
+        if context.peft_task_type is None:
+            raise PreflightError(
+                f"strategy {self.name!r} cannot train a {context.model_type} model for task {context.task!r}: peft "
+                f"builds prompt learning for a task type (sequence classification, causal or seq2seq LM, token "
+                f"classification, question answering, feature extraction) and this task has none; its virtual "
+                f"tokens are prepended to token inputs. Use lora, partial_freeze or full here")
 
     def unwrap(self, model):
         return restore_trained_heads(model)

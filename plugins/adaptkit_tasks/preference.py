@@ -57,7 +57,10 @@ class PreferenceOptions(TaskOptions):
     undesirable_weight: PositiveFloat = Field(1.0, description="kto: weight of undesirable rows' losses.")
     reference: Literal["auto", "precompute"] = Field(
         "auto", description="auto: the adapter switched off, or a frozen copy for full fine-tuning; precompute: "
-                            "every row's reference log-probs computed once at the first step, no copy kept.")
+                            "every row's reference log-probs computed once at the first step, no copy kept, and "
+                            "kept with every checkpoint: a resumed run reads that table back. A resumed full "
+                            "fine-tune of a config-built model with auto is refused (its copy would be trained "
+                            "weights); precompute resumes it.")
     prompt_column: str = Field("prompt", description="The prompt: text or a list of messages (absent: the turns "
                                                      "chosen and rejected share).")
     chosen_column: str = Field("chosen", description="The preferred answer: text or messages.")
