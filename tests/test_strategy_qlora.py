@@ -182,3 +182,46 @@ def test_run_on_a_4bit_loaded_base_keeps_the_contract_and_exports_a_plain_merged
 
     model = AutoModelForSequenceClassification.from_pretrained(result.output_dir / "model")
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+
+def _tiny_gpt2_lm():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=32)).eval()
+
+
+def test_tied_embeddings_stay_one_full_precision_tensor_through_wrap_and_merge():
+    """Before: with quantize_embeddings (the default) GPT-2's wte went 4-bit while the tied lm_head was
+    kept, and the merged model came out untied (a second 64x32 matrix, tie_word_embeddings false)."""
+    from adaptkit.plugin.contract import check_signature
+
+    base = _tiny_gpt2_lm()
+    signature = architecture_signature(base)
+    assert signature.shared == (("transformer.wte.weight", "lm_head.weight"),)
+    strategy = QLora()
+    context = adaptkit.WrapContext(model_type="gpt2", task="causal_lm", head_modules=[], peft_task_type="CAUSAL_LM")
+    model = strategy.wrap(base, context)
+    inner = model.get_base_model()
+    assert type(inner.transformer.wte) is torch.nn.Embedding and inner.lm_head.weight is inner.transformer.wte.weight
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in inner.modules())  # the blocks are still 4-bit
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for step in range(2):  # the LoRA factors move, so the merge is a real one
+        ids = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(step))
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    merged = strategy.unwrap(model)
+    assert merged.lm_head.weight is merged.transformer.wte.weight
+    check_signature("qlora", signature, architecture_signature(merged))
+
+
+def test_the_contract_refuses_a_model_whose_tied_weights_came_apart():
+    from adaptkit.plugin.contract import check_signature
+
+    base = _tiny_gpt2_lm()
+    untied = _tiny_gpt2_lm()
+    untied.lm_head.weight = torch.nn.Parameter(untied.transformer.wte.weight.detach().clone())
+    with pytest.raises(adaptkit.ContractViolation, match="'transformer.wte.weight' and 'lm_head.weight' are one "
+                                                         "tensor .tied weights. in the base model"):
+        check_signature("qlora", architecture_signature(base), architecture_signature(untied))

@@ -85,6 +85,9 @@ class Signature:
     modules: tuple[tuple[str, str], ...]
     buffers: tuple[tuple[str, tuple[int, ...], str], ...] = ()
     settings: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = ()
+    # Parameter names that are one tensor (tied weights: GPT-2's lm_head and wte). Two tensors of the
+    # same shapes are another architecture: saved, they load untied, larger, and train apart.
+    shared: tuple[tuple[str, ...], ...] = ()
 
 
 def module_settings(module: torch.nn.Module) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -119,7 +122,15 @@ def architecture_signature(model: torch.nn.Module) -> Signature:
     named = list(model.named_modules())
     modules = tuple((name, type(m).__name__) for name, m in named)
     settings = tuple((name, *module_settings(m)) for name, m in named)
-    return Signature(params, modules, buffers, settings)
+    return Signature(params, modules, buffers, settings, shared_parameters(model))
+
+
+def shared_parameters(model: torch.nn.Module) -> tuple[tuple[str, ...], ...]:
+    """The groups of parameter names that are one tensor (tied weights), in order."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return tuple(tuple(names) for names in groups.values() if len(names) > 1)
 
 
 def _first_difference(base: Iterable, other: Iterable) -> tuple[object, object] | None:
@@ -165,6 +176,15 @@ def check_signature(strategy: StrategyRef, base: Signature, result: Signature,
         else:
             detail = f"module {expected[0]!r} was {expected[1]}, is now {found[0]!r} {found[1]}"
         raise violation(strategy, "signature", detail, parameter=name)
+    if base.shared != result.shared:
+        untied = [group for group in base.shared if group not in result.shared]
+        tied = [group for group in result.shared if group not in base.shared]
+        group = (untied or tied)[0]
+        detail = (f"parameters {' and '.join(map(repr, group))} are one tensor (tied weights) in the base model and "
+                  f"separate tensors after it: saved so, the model loads untied, larger, and trains them apart"
+                  if untied else f"parameters {' and '.join(map(repr, group))} became one tensor; in the base model "
+                                 f"they are separate")
+        raise violation(strategy, "signature", detail, parameter=group[0])
     classes = dict(base.modules)
     for (name, text, scalars), (_, new_text, new_scalars) in zip(base.settings, result.settings):
         if text == new_text and scalars == new_scalars:

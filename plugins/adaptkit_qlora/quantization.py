@@ -179,13 +179,17 @@ def fp32_modules(model) -> list[str]:
 
 
 def tied_output(model) -> list[str]:
-    """The name of an output layer whose weight is the input embedding's (a tied lm_head), if any."""
+    """The names of an output layer whose weight is the input embedding's (a tied lm_head) and of that
+    embedding, if any: both stay in full precision. Quantizing either one (the embedding, with
+    ``quantize_embeddings``) gave two tensors where the base has one, and the merged model came out
+    untied (``tie_word_embeddings: false``, a second vocabulary-sized matrix), against the contract."""
     if model is None or not hasattr(model, "get_output_embeddings"):
         return []
     output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
     if output is None or inputs is None or getattr(output, "weight", None) is not getattr(inputs, "weight", None):
         return []
-    return [name for name, module in model.named_modules() if module is output][:1]
+    names = {id(module): name for name, module in model.named_modules()}
+    return [names[id(output)], names[id(inputs)]]
 
 
 # What transformers marks on a model it loaded quantized; the merged (de-quantized) model is a
