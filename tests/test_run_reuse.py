@@ -364,3 +364,26 @@ def test_keep_is_refused_at_plan_where_peft_cannot_hold_both(runs, lm_runs, tmp_
 def test_load_runs_refuses_a_run_trained_beside_a_kept_adapter(lm_runs):
     with pytest.raises(AdaptkitError, match="model.previous_adapter: keep"):
         adaptkit.load_runs([lm_runs["kept"], lm_runs["lm"]])
+
+
+def test_resuming_on_a_base_run_that_was_trained_again_is_refused(runs, tmp_path):
+    """The recipe names the same folder; the run in it is another one: resuming would continue training
+    weights learned on the old base on top of the new one."""
+    import shutil
+
+    from adaptkit.engine.checkpoint import STATE_FILE, check_same_recipe, identity_hash, recipe_identity
+    from adaptkit.recipe.schema import Recipe
+
+    base = tmp_path / "a"
+    shutil.copytree(runs["a"], base)
+    recipe = Recipe.from_dict(_recipe(tmp_path, "on-a", "lora", 3, name=str(base)))
+    identity = json.loads(json.dumps(recipe_identity(recipe), default=str))
+    checkpoint = tmp_path / "step-1"
+    checkpoint.mkdir()
+    (checkpoint / STATE_FILE).write_text(json.dumps({"recipe_hash": identity_hash(identity), "recipe": identity}))
+    check_same_recipe(checkpoint, recipe_identity(recipe))  # the same base run: resumes
+    summary = json.loads((base / "metrics.json").read_text())
+    summary["train_seconds"] = summary.get("train_seconds", 0) + 1.0  # what a second training of the run writes
+    (base / "metrics.json").write_text(json.dumps(summary))
+    with pytest.raises(adaptkit.AdaptkitError, match="the run model.name names was trained again"):
+        check_same_recipe(checkpoint, recipe_identity(recipe))

@@ -43,6 +43,7 @@ from adaptkit.errors import AdaptkitError, CheckpointDamaged, CheckpointWriteErr
 from adaptkit.engine.outputs import (CHECKPOINT_LEFTOVER, check_checkpoint_dir, record_checkpoint_logs,
                                      remove_checkpoint_dir, replace_folder, safe_join)
 from adaptkit.engine.write_errors import DISK_FULL, failed_write_errno, free_bytes, safetensors_errno
+from adaptkit.engine.stacking import run_folder
 
 if TYPE_CHECKING:
     import torch
@@ -95,6 +96,9 @@ def recipe_identity(recipe: Any) -> dict[str, Any]:
             files[key] = [_file_identity(recipe.resolve_path(source.path)) if source.path is not None else None
                           for source in recipe.data.sources(key)]
     identity["data_files"] = files
+    base_run = run_folder(recipe.model.name)
+    if base_run is not None:  # the same folder, retrained since, is another base: resuming would mix the two
+        identity["base_run"] = hashlib.sha256((base_run / "metrics.json").read_bytes()).hexdigest()[:16]
     identity["plugins"] = plugin_versions()
     return identity
 
@@ -129,6 +133,9 @@ def _differences(old: Any, new: Any, path: str = "") -> list[str]:
     if old != new:
         if path.startswith("data_files."):
             return [f"the contents of data.{path.split('.', 1)[1]} changed"]
+        if path == "base_run":
+            return ["the run model.name names was trained again (its metrics.json changed)" if old and new else
+                    "model.name " + ("is a finished run now" if new else "was a finished run")]
         return [f"{path}: {old!r} in the checkpoint, {new!r} now"]
     return []
 
