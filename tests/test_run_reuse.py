@@ -387,3 +387,24 @@ def test_resuming_on_a_base_run_that_was_trained_again_is_refused(runs, tmp_path
     (base / "metrics.json").write_text(json.dumps(summary))
     with pytest.raises(adaptkit.AdaptkitError, match="the run model.name names was trained again"):
         check_same_recipe(checkpoint, recipe_identity(recipe))
+
+
+def test_a_run_trained_again_replaces_its_merged_base_in_the_cache(runs, tmp_path, monkeypatch):
+    """Each training of a run gets a new cache key; the old merge went stale and stayed forever."""
+    import shutil
+
+    from adaptkit.engine.stacking import merged_run_folder
+
+    monkeypatch.setenv("ADAPTKIT_CACHE", str(tmp_path / "cache"))
+    other = tmp_path / "cache" / "run-bases" / "another-run"  # another run's merge is never touched
+    other.mkdir(parents=True)
+    (other / "adaptkit-run.json").write_text(json.dumps({"run": str(runs["b"].resolve())}))
+    base = tmp_path / "a"
+    shutil.copytree(runs["a"], base)
+    first = merged_run_folder(base)
+    summary = json.loads((base / "metrics.json").read_text())
+    summary["train_seconds"] = summary.get("train_seconds", 0) + 1.0
+    (base / "metrics.json").write_text(json.dumps(summary))
+    second = merged_run_folder(base)
+    assert second != first and (second / "config.json").is_file() and not first.exists()
+    assert other.is_dir()

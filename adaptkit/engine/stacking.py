@@ -173,7 +173,8 @@ def _whole_model_pooling(folder: Path, whole: Path, trust_remote_code: bool) -> 
 
 def _publish(target: Path, folder: Path, write: Any) -> Path:
     """``write(staging)`` into a temporary folder beside ``target``, then renamed into place: a killed merge
-    leaves no half model where the next session would read it."""
+    leaves no half model where the next session would read it. The run's older merges (the same folder,
+    trained again since: another key) are removed then; the cache holds one model per run folder."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".adaptkit-tmp-", dir=target.parent))
     try:
@@ -186,7 +187,26 @@ def _publish(target: Path, folder: Path, write: Any) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    remove_stale_merges(target, folder)
     return target
+
+
+def remove_stale_merges(current: Path, folder: Path) -> list[Path]:
+    """Delete the cache entries beside ``current`` made from the same run folder (by ``adaptkit-run.json``):
+    a run trained again gets a new key, and its old merged model would otherwise stay forever. The removed."""
+    removed = []
+    source = str(folder.resolve())
+    for entry in current.parent.iterdir():
+        if entry == current or entry.name.startswith(".") or not (entry / "adaptkit-run.json").is_file():
+            continue
+        try:
+            owner = json.loads((entry / "adaptkit-run.json").read_text()).get("run")
+        except (OSError, ValueError):
+            continue
+        if owner == source:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def resolve_base_source(name: str, revision: Optional[str] = None, allow_pickle: bool = False,
