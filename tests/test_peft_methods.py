@@ -27,7 +27,6 @@ REFUSED = {
     ("adaption_prompt", "bert"): "peft says: Unsupported model type for adaption prompt: 'bert'",
     ("adaption_prompt", "vit"): "peft says: Unsupported model type for adaption prompt: 'vit'",
     ("beft", "llama"): "cannot merge into this llama model: peft says: Base layer has no bias",
-    ("shadow", "bert"): "peft says: Unable to automatically find a `nn.ModuleList` of decoder layers",
     ("shadow", "vit"): "its input is pixel_values, not token ids",
     ("trainable_tokens", "vit"): "its input is pixel_values, not token ids",
     ("p_tuning", "vit"): "its input is pixel_values, not token ids",

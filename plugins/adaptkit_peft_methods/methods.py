@@ -40,6 +40,13 @@ RUN_STEPS: dict[str, str] = {"adalora": "total_step"}
 # adapted layer; peft's 256 divides 768 and 4096 but not MiniLM's 384, so C3A refused the shipped model.
 FITTED_TO_WIDTHS: dict[str, str] = {"c3a": "block_size"}
 
+# Methods that adapt whole blocks and find them by peft's own search for a decoder stack (a ModuleList
+# named ``layers`` or ``h``): on another stack (BERT's ``encoder.layer``) peft refuses ("Unable to
+# automatically find a nn.ModuleList of decoder layers"), so a recipe without target_modules gets the
+# model's block list (``adaptkit.find_block_list``) as a pattern of its blocks.
+BLOCK_TARGETS: set[str] = {"shadow"}
+PEFT_STACK_NAMES = ("layers", "h")
+
 # Methods that feed the backbone token ids (peft's Shadow builds its side network from input_ids;
 # trainable tokens retrains rows of the input embedding): a model whose input is not token ids
 # (an image model, main_input_name "pixel_values") is refused at wrap with this reason.

@@ -19,7 +19,8 @@ from typing import Any, ClassVar, Optional
 from adaptkit import PeftStrategy, PreflightError, WrapContext, families, resolve_targets
 
 from adaptkit_peft_methods.catalog import Method, peft_version
-from adaptkit_peft_methods.methods import FITTED_TO_WIDTHS, KIT_OPTIONS, NEEDS, RUN_STEPS, TOKEN_INPUT
+from adaptkit_peft_methods.methods import (BLOCK_TARGETS, FITTED_TO_WIDTHS, KIT_OPTIONS, NEEDS, PEFT_STACK_NAMES,
+                                           RUN_STEPS, TOKEN_INPUT)
 from adaptkit_peft_methods.options import HEAD_OPTION, config_kwargs, options_model
 
 # Layer kinds a recipe's target_modules entry may name: every kind some peft tuner adapts.
@@ -139,6 +140,16 @@ class PeftMethod(PeftStrategy):
                 kwargs["exclude_modules"] = [*given, *[h for h in heads if h not in given]]
         if "fan_in_fan_out" in fields:
             kwargs["fan_in_fan_out"] = context.model_type in families.CONV1D_FAMILIES
+        if self.method.name in BLOCK_TARGETS and "target_modules" in fields and kwargs.get("target_modules") is None \
+                and model is not None:
+            from adaptkit import find_block_list  # torch: imported when a model is wrapped, not with the plugin
+
+            try:
+                stack, _ = find_block_list(model)
+            except ValueError:  # no block stack: peft says what it lacks
+                stack = ""
+            if stack and stack.rsplit(".", 1)[-1] not in PEFT_STACK_NAMES:
+                kwargs["target_modules"] = rf"{re.escape(stack)}\.\d+"  # peft full-matches a string pattern
         fitted = FITTED_TO_WIDTHS.get(self.method.name)
         if fitted in fields and fitted not in kwargs and model is not None:  # the recipe's own value wins
             default = next((f.default for f in self.method.fields if f.name == fitted), None)
