@@ -283,3 +283,30 @@ def test_fp16_training_on_a_cpu_is_refused_by_plan_and_its_divergence_names_the_
     assert main(["run", str(path), "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert "training diverged" in error and "The likely cause is the dtype, not the learning rate" in error
+
+
+def test_what_libraries_say_while_wrapping_is_kept_under_the_strategy_not_printed(tiny_recipe, capsys, monkeypatch):
+    """A plan of every strategy printed peft's warnings and progress bars above the table, unattributed."""
+    import sys
+    import warnings
+
+    import adaptkit
+    from adaptkit.engine.planning import HEARD_LINES, render_text
+
+    lora = adaptkit.get_strategy("lora")
+    original = lora.wrap
+
+    def chatty(self, model, context):
+        warnings.warn("Unsupported layer type encountered, proceed at your own risk.", UserWarning)
+        warnings.warn("an old name", DeprecationWarning)  # for developers: left out
+        for step in range(5):
+            print(f"decomposition: {step}/4\r", end="", file=sys.stderr)
+        return original(self, model, context)
+
+    monkeypatch.setattr(lora, "wrap", chatty)
+    result = adaptkit.plan(tiny_recipe("lora"))
+    heard = result.strategies[0].heard
+    assert heard[0] == "Unsupported layer type encountered, proceed at your own risk."
+    assert len(heard) == HEARD_LINES and heard[1] == "decomposition: 0/4" and "an old name" not in heard
+    assert capsys.readouterr().err == ""
+    assert "lora: a library said: Unsupported layer type" in render_text(result)

@@ -7,11 +7,13 @@ sequence length.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from rich.console import Console, Group
@@ -47,6 +49,9 @@ class StrategyPlan:
     # The wrap needs weight values the meta device does not have (an SVD-initialised adapter): not a
     # refusal, a figure plan cannot give; a run wraps the real model and its pre-flight decides there.
     meta_limited: bool = False
+    # What the libraries said while this strategy was wrapped (warnings, a progress bar): kept under its
+    # name instead of scrolling past the table, where a plan of every strategy printed them unattributed.
+    heard: list[str] = field(default_factory=list)
     setup: str = ""
     # The exception behind ``error``; an AdaptkitError on the recipe's own strategy stops the run.
     failure: Optional[BaseException] = field(default=None, repr=False, compare=False)
@@ -333,27 +338,9 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
     model_type = getattr(config, "model_type", "unknown")
     for name in names:
         entry = StrategyPlan(name)
-        try:
-            strategy = session.strategy(name)
-            with session.on_meta_device():  # model.dtype's weight bytes, no weights read or allocated
-                base = session.build_meta()
-                # the raw training rows (plan reads no tokenizer): a task that windows rows trains more
-                # steps, which shifts a strategy's schedule (AdaLoRA's total_step), never a size
-                steps = session.planned_steps(len(session.splits.train))
-                context = session.context(base, distributed, total_steps=steps)
-                setup = setup_line(strategy, context, mixed_precision(recipe.training))
-                entry.setup = setup
-                model = session.wrap(strategy, base, context)
-            entry = describe(name, model, config, recipe, session.sequence_length, setup,
-                             quantization_bits=strategy.quantization_bits, task=session.task)
-        except Exception as exc:  # one strategy that cannot be planned must not hide the others
-            entry.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            if needs_weight_values(exc):
-                entry.meta_limited = True
-                entry.error = (f"not planned on the meta device: its wrap reads the weights' values ({entry.error}); "
-                               f"a run wraps the real model and checks it there")
-            else:
-                entry.failure = exc
+        with libraries_said() as heard:
+            entry = _plan_one(session, name, entry, distributed, config, recipe)
+        entry.heard = heard
         results.append(entry)
     result = Plan(model=section.name or f"config:{model_type}", model_type=model_type,
                   batch_size=recipe.training.batch_size, sequence_length=session.sequence_length, strategies=results,
@@ -361,6 +348,52 @@ def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan
     if strict:
         result.raise_for_recipe_strategy()
     return result
+
+
+HEARD_LINES = 3  # per strategy: the first distinct lines are the news, the rest repeats
+
+
+@contextlib.contextmanager
+def libraries_said() -> Iterator[list[str]]:
+    """Collect the warnings and stderr lines of the block (distinct, first lines, at most ``HEARD_LINES``)
+    into the list it yields, filled when the block ends."""
+    heard: list[str] = []
+    stream = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(stream):
+        yield heard  # the filters in force stay: what the user would have seen, now under a name
+    lines = [str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()
+             and not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))]  # for developers
+    lines += [line.strip() for line in stream.getvalue().replace("\r", "\n").splitlines() if line.strip()]
+    for line in lines:
+        if line not in heard and len(heard) < HEARD_LINES:
+            heard.append(line)
+
+
+def _plan_one(session: Session, name: str, entry: StrategyPlan, distributed: Any, config: Any,
+              recipe: Recipe) -> StrategyPlan:
+    """One strategy's entry: its figures, or why it cannot plan (never raised: one must not hide the others)."""
+    try:
+        strategy = session.strategy(name)
+        with session.on_meta_device():  # model.dtype's weight bytes, no weights read or allocated
+            base = session.build_meta()
+            # the raw training rows (plan reads no tokenizer): a task that windows rows trains more
+            # steps, which shifts a strategy's schedule (AdaLoRA's total_step), never a size
+            steps = session.planned_steps(len(session.splits.train))
+            context = session.context(base, distributed, total_steps=steps)
+            setup = setup_line(strategy, context, mixed_precision(recipe.training))
+            entry.setup = setup
+            model = session.wrap(strategy, base, context)
+        entry = describe(name, model, config, recipe, session.sequence_length, setup,
+                         quantization_bits=strategy.quantization_bits, task=session.task)
+    except Exception as exc:  # one strategy that cannot be planned must not hide the others
+        entry.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if needs_weight_values(exc):
+            entry.meta_limited = True
+            entry.error = (f"not planned on the meta device: its wrap reads the weights' values ({entry.error}); "
+                           f"a run wraps the real model and checks it there")
+        else:
+            entry.failure = exc
+    return entry
 
 
 def render(result: Plan) -> Any:
@@ -379,6 +412,7 @@ def render(result: Plan) -> Any:
         table.add_column(figure, no_wrap=True, justify="right")
     notes: list[Any] = list(result.notes)  # a line, or (line, style)
     for entry in result.strategies:
+        notes += [(f"{entry.strategy}: a library said: {line}", "dim") for line in entry.heard]
         if entry.setup:
             notes.append(f"{entry.strategy} runs as: {entry.setup} (quantization x distributed)")
         if entry.error:
