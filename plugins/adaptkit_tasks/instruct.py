@@ -13,67 +13,29 @@ from __future__ import annotations
 import sys
 from typing import Any, Literal, Optional
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt
 
-from adaptkit import DataError, TaskOptions
+from adaptkit import DataError
 from adaptkit_tasks.causal_lm import CausalLM
+from adaptkit_tasks.conversation_options import ConversationOptions, GenerationOptions
 from adaptkit_tasks.special_tokens import end_token, start_tokens
 
-# Below it, logits / temperature overflow float32 (a logit of 40 over 1e-37 is inf): sampling fails.
-MIN_TEMPERATURE = 1e-3
 FORMATS = ("messages", "prompt_completion", "alpaca", "text")
 
 
-class InstructOptions(TaskOptions):
+class InstructOptions(ConversationOptions, GenerationOptions):
     format: Literal["messages", "prompt_completion", "alpaca", "text"] = Field(
         "messages", description="Data layout: messages (conversations), prompt_completion, alpaca or text.")
     messages_column: str = Field("messages", description="messages: the column holding each conversation.")
-    role_key: str = Field("role", description="messages: the key naming a turn's speaker (sharegpt: from).")
-    content_key: str = Field("content", description="messages: the key holding a turn's text (sharegpt: value).")
-    role_map: dict[str, str] = Field(
-        default_factory=dict, description="Extra speaker names -> system/user/assistant (human and gpt are known).")
     prompt_column: str = Field("prompt", description="prompt_completion: the prompt column.")
     completion_column: str = Field("completion", description="prompt_completion: the answer column.")
     instruction_column: str = Field("instruction", description="alpaca: the instruction column.")
     input_column: str = Field("input", description="alpaca: the optional input column.")
     output_column: str = Field("output", description="alpaca: the answer column.")
     text_column: str = Field("text", description="text: the column of plain text.")
-    system_prompt: Optional[str] = Field(None, description="A system turn put first where a conversation has none.")
-    chat_template: Optional[str] = Field(
-        None, description="A named template (chatml, zephyr, plain) or Jinja text; overrides the tokenizer's own.")
     train_on_inputs: bool = Field(False, description="Also learn prompts, system and user turns (default: answers only).")
     max_length: PositiveInt = Field(512, description="Tokens kept per example; the end of a longer one is cut.")
     packing: bool = Field(False, description="Join training examples into max_length rows, each attending only to itself.")
-    max_new_tokens: PositiveInt = Field(64, description="predict: tokens generated per row at most.")
-    temperature: float = Field(0.0, ge=0, description="predict: 0 decodes greedily; above 0 samples.")
-    top_p: float = Field(1.0, gt=0, le=1, description="predict: nucleus sampling share (with temperature > 0).")
-
-    @field_validator("chat_template")
-    @classmethod
-    def _template_compiles(cls, value: Optional[str]) -> Optional[str]:
-        from adaptkit_tasks.chat_templates import compiling_template
-
-        return compiling_template(value)
-
-    @field_validator("temperature")
-    @classmethod
-    def _usable_temperature(cls, value: float) -> float:
-        """0 (greedy) or at least MIN_TEMPERATURE: logits divided by 1e-300 are inf, their softmax NaN,
-        and sampling then crashed in torch.multinomial mid-predict."""
-        if 0 < value < MIN_TEMPERATURE:
-            raise ValueError(f"{value!r} is too small to sample with: use 0 for greedy decoding or at least "
-                             f"{MIN_TEMPERATURE:g}")
-        return value
-
-    @field_validator("role_map")
-    @classmethod
-    def _known_roles(cls, value: dict[str, str]) -> dict[str, str]:
-        from adaptkit_tasks.instruct_formats import ROLES
-
-        wrong = {k: v for k, v in value.items() if v not in ROLES}
-        if wrong:
-            raise ValueError(f"role_map values must be one of {', '.join(ROLES)}; got {wrong}")
-        return value
 
 
 class Instruct(CausalLM):

@@ -36,8 +36,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from adaptkit import DataError, TaskOptions
+from adaptkit import DataError
 from adaptkit_tasks.causal_lm import CausalLM
+from adaptkit_tasks.conversation_options import ConversationOptions, GenerationOptions
 
 IGNORE = -100
 # Host bytes per entry of the precomputed reference table besides its token ids: a bytes object's
@@ -45,7 +46,7 @@ IGNORE = -100
 TABLE_ENTRY_BYTES = 120
 
 
-class PreferenceOptions(TaskOptions):
+class PreferenceOptions(ConversationOptions, GenerationOptions):
     objective: str = Field("dpo", description="Preference objective: dpo, simpo, orpo or kto (or a plugin's).")
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
         "sigmoid", description="dpo: sigmoid (the DPO paper), ipo (squared, per token) or hinge (SLiC).")
@@ -67,17 +68,8 @@ class PreferenceOptions(TaskOptions):
     rejected_column: str = Field("rejected", description="The dispreferred answer: text or messages.")
     completion_column: str = Field("completion", description="kto: the one answer of a row.")
     label_column: str = Field("label", description="kto: whether the completion is desirable (true/false).")
-    role_key: str = Field("role", description="Messages: the key naming a turn's speaker.")
-    content_key: str = Field("content", description="Messages: the key holding a turn's text.")
-    role_map: dict[str, str] = Field(default_factory=dict, description="Extra speaker names -> system/user/assistant.")
-    system_prompt: Optional[str] = Field(None, description="A system turn put first where a prompt has none.")
-    chat_template: Optional[str] = Field(
-        None, description="A named template (chatml, zephyr, plain) or Jinja text; overrides the tokenizer's own.")
     max_length: PositiveInt = Field(512, description="Tokens kept per prompt plus answer; the end of a longer one "
                                                      "is cut.")
-    max_new_tokens: PositiveInt = Field(64, description="predict: tokens generated per row at most.")
-    temperature: float = Field(0.0, ge=0, description="predict: 0 decodes greedily; above 0 samples.")
-    top_p: float = Field(1.0, gt=0, le=1, description="predict: nucleus sampling share (with temperature > 0).")
 
     @field_validator("objective")
     @classmethod
@@ -86,23 +78,6 @@ class PreferenceOptions(TaskOptions):
 
         if value not in OBJECTIVES:
             raise ValueError(f"unknown objective {value!r} (known: {', '.join(sorted(OBJECTIVES))})")
-        return value
-
-    @field_validator("chat_template")
-    @classmethod
-    def _template_compiles(cls, value: Optional[str]) -> Optional[str]:
-        from adaptkit_tasks.chat_templates import compiling_template
-
-        return compiling_template(value)
-
-    @field_validator("role_map")
-    @classmethod
-    def _known_roles(cls, value: dict[str, str]) -> dict[str, str]:
-        from adaptkit_tasks.instruct_formats import ROLES
-
-        wrong = {k: v for k, v in value.items() if v not in ROLES}
-        if wrong:
-            raise ValueError(f"role_map values must be one of {', '.join(ROLES)}; got {wrong}")
         return value
 
     @model_validator(mode="after")

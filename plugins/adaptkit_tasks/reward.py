@@ -20,9 +20,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, Optional
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt
 
-from adaptkit import DataError, Task, TaskOptions, write_label_maps
+from adaptkit import DataError, Task, write_label_maps
+from adaptkit_tasks.conversation_options import ConversationOptions
 
 
 def _number(value: Any) -> Optional[float]:
@@ -38,7 +39,7 @@ def _number(value: Any) -> Optional[float]:
     return number if math.isfinite(number) else None
 
 
-class RewardOptions(TaskOptions):
+class RewardOptions(ConversationOptions):
     prompt_column: str = Field("prompt", description="The prompt: text or a list of messages (absent: the turns "
                                                      "chosen and rejected share).")
     chosen_column: str = Field("chosen", description="The preferred answer: text or messages.")
@@ -46,21 +47,8 @@ class RewardOptions(TaskOptions):
     completion_column: str = Field("completion", description="predict: the answer to score, after its prompt.")
     margin_column: Optional[str] = Field(None, description="A column of per-pair margins the chosen score must "
                                                            "win by (e.g. a rating difference); none: 0.")
-    role_key: str = Field("role", description="Messages: the key naming a turn's speaker.")
-    content_key: str = Field("content", description="Messages: the key holding a turn's text.")
-    role_map: dict[str, str] = Field(default_factory=dict, description="Extra speaker names -> system/user/assistant.")
-    system_prompt: Optional[str] = Field(None, description="A system turn put first where a prompt has none.")
-    chat_template: Optional[str] = Field(
-        None, description="A named template (chatml, zephyr, plain) or Jinja text; overrides the tokenizer's own.")
     max_length: PositiveInt = Field(512, description="Tokens kept per prompt plus answer; the end of a longer one "
                                                      "is cut.")
-
-    @field_validator("chat_template")
-    @classmethod
-    def _template_compiles(cls, value: Optional[str]) -> Optional[str]:
-        from adaptkit_tasks.chat_templates import compiling_template
-
-        return compiling_template(value)
 
 
 class Reward(Task):
