@@ -179,17 +179,20 @@ def fp32_modules(model) -> list[str]:
 
 
 def tied_output(model) -> list[str]:
-    """The names of an output layer whose weight is the input embedding's (a tied lm_head) and of that
-    embedding, if any: both stay in full precision. Quantizing either one (the embedding, with
-    ``quantize_embeddings``) gave two tensors where the base has one, and the merged model came out
-    untied (``tie_word_embeddings: false``, a second vocabulary-sized matrix), against the contract."""
+    """The names of an output layer whose weight is the input embedding's (a tied lm_head) and of every
+    module holding that same tensor (the embedding; T5's encoder and decoder ``embed_tokens``), if any:
+    all stay in full precision. Quantizing any one of them (an embedding, with ``quantize_embeddings``)
+    gave two tensors where the base has one, and the merged model came out untied
+    (``tie_word_embeddings: false``, a second vocabulary-sized matrix), against the contract."""
     if model is None or not hasattr(model, "get_output_embeddings"):
         return []
     output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
-    if output is None or inputs is None or getattr(output, "weight", None) is not getattr(inputs, "weight", None):
+    shared = getattr(output, "weight", None)
+    if output is None or inputs is None or shared is None or shared is not getattr(inputs, "weight", None):
         return []
-    names = {id(module): name for name, module in model.named_modules()}
-    return [names[id(output)], names[id(inputs)]]
+    names = [name for name, module in model.named_modules(remove_duplicate=False)
+             if name and getattr(module, "weight", None) is shared]
+    return list(dict.fromkeys(names))
 
 
 # What transformers marks on a model it loaded quantized; the merged (de-quantized) model is a

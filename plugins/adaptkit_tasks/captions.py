@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Optional
 
-IGNORE = -100
+from adaptkit_tasks.padding import IGNORE
 
 
 def captions_of(value: Any) -> Optional[list[str]]:

@@ -13,9 +13,9 @@ from typing import Any, Literal, Optional
 from pydantic import Field, PositiveInt, model_validator
 
 from adaptkit import Task, TaskOptions
+from adaptkit_tasks.padding import IGNORE, padded_ids, right_padded
 from adaptkit_tasks.special_tokens import end_token, start_tokens
 
-IGNORE = -100
 
 
 class CausalLMOptions(TaskOptions):
@@ -115,21 +115,10 @@ class CausalLM(Task):
         return dataset.map(encode, remove_columns=dataset.column_names, desc="tokenizing")
 
     def collate(self, tokenizer):
-        import torch
-
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
         def collate(rows):
-            width = max(len(row["input_ids"]) for row in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-            for i, row in enumerate(rows):  # right padding: position ids stay 0..n-1 for training
-                n = len(row["input_ids"])
-                ids[i, :n] = torch.tensor(row["input_ids"])
-                mask[i, :n] = 1
-                labels[i, :n] = torch.tensor(row["labels"])
-            return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            return {**padded_ids(rows, pad), "labels": right_padded([row["labels"] for row in rows], IGNORE)}
 
         return collate
 

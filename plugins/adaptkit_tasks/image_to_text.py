@@ -215,7 +215,7 @@ class ImageToText(Task):
         (the contract's output checks, ``advise``); an unlabelled batch holds the start token alone."""
         import torch
 
-        from adaptkit_tasks.captions import IGNORE
+        from adaptkit_tasks.padding import IGNORE, right_padded
 
         start = self.start_id(processor.tokenizer)
         pad = processor.tokenizer.pad_token_id
@@ -224,12 +224,8 @@ class ImageToText(Task):
 
         def collate(rows):
             pixels = torch.stack([torch.as_tensor(row["pixel_values"], dtype=torch.float32) for row in rows])
-            labels = None
-            if all("labels" in row for row in rows):
-                width = max(len(row["labels"]) for row in rows)
-                labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-                for i, row in enumerate(rows):
-                    labels[i, :len(row["labels"])] = torch.tensor(row["labels"], dtype=torch.long)
+            labels = (right_padded([row["labels"] for row in rows], IGNORE)
+                      if all("labels" in row for row in rows) else None)
             return family.batch(pixels, labels, start, pad)
 
         return collate

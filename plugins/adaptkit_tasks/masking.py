@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-IGNORE = -100
+from adaptkit_tasks.padding import IGNORE
 
 
 def encode_pieces(tokenizer: Any, pieces: list[tuple[str, bool]], max_length: int,

@@ -15,7 +15,7 @@ import bisect
 import importlib
 from typing import Any, Optional
 
-IGNORE = -100
+from adaptkit_tasks.padding import IGNORE
 
 
 class Batch(dict):

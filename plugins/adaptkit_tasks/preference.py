@@ -39,8 +39,8 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_
 from adaptkit import DataError
 from adaptkit_tasks.causal_lm import CausalLM
 from adaptkit_tasks.conversation_options import ConversationOptions, GenerationOptions
+from adaptkit_tasks.padding import IGNORE
 
-IGNORE = -100
 # Host bytes per entry of the precomputed reference table besides its token ids: a bytes object's
 # header, a float, and the dict's slot for them (CPython).
 TABLE_ENTRY_BYTES = 120

@@ -26,8 +26,8 @@ from typing import Any, Optional
 
 from adaptkit import DataError
 from adaptkit_tasks.instruct_formats import as_messages, cell_text, with_system
+from adaptkit_tasks.padding import IGNORE
 
-IGNORE = -100
 TRUE_WORDS = {"true", "1", "yes", "desirable", "good", "chosen"}
 FALSE_WORDS = {"false", "0", "no", "undesirable", "bad", "rejected"}
 

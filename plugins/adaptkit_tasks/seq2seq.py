@@ -23,9 +23,9 @@ from typing import Any, Literal, Optional
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from adaptkit import DataError, RecipeError, Task, TaskOptions
+from adaptkit_tasks.padding import IGNORE, padded_ids, right_padded
 from adaptkit_tasks.special_tokens import end_token
 
-IGNORE = -100
 # Below it, logits / temperature overflow float32 and sampling fails (as in ``instruct``).
 MIN_TEMPERATURE = 1e-3
 TEXT_METRICS = ("rougeL", "chrf", "bleu", "cider")
@@ -162,24 +162,12 @@ class Seq2Seq(Task):
             remove_columns=dataset.column_names, desc="tokenizing")
 
     def collate(self, tokenizer):
-        import torch
-
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
         def collate(rows):
-            width = max(len(row["input_ids"]) for row in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row in enumerate(rows):
-                ids[i, :len(row["input_ids"])] = torch.tensor(row["input_ids"], dtype=torch.long)
-                mask[i, :len(row["input_ids"])] = 1
-            batch = {"input_ids": ids, "attention_mask": mask}
+            batch = padded_ids(rows, pad)
             if any(row["labels"] for row in rows):
-                target = max(len(row["labels"]) for row in rows)
-                labels = torch.full((len(rows), target), IGNORE, dtype=torch.long)
-                for i, row in enumerate(rows):
-                    labels[i, :len(row["labels"])] = torch.tensor(row["labels"], dtype=torch.long)
-                batch["labels"] = labels
+                batch["labels"] = right_padded([row["labels"] for row in rows], IGNORE)
             return batch
 
         return collate

@@ -11,8 +11,7 @@ from typing import Any, Optional, Union
 from pydantic import Field, PositiveInt
 
 from adaptkit import Task, TaskOptions, write_label_maps
-
-IGNORE = -100
+from adaptkit_tasks.padding import IGNORE
 
 
 class TokenClassificationOptions(TaskOptions):
