@@ -22,6 +22,8 @@ def test_a_meta_device_failure_is_told_from_a_refusal_by_its_cause_chain():
             raise adaptkit.PreflightError("strategy 'x' cannot adapt this bert model: peft says: boom") from inner
     except adaptkit.PreflightError as outer:
         assert needs_weight_values(outer)
+    assert needs_weight_values(NotImplementedError("The register_meta function for torch.nonzero() raises "
+                                                   "unimplemented by default"))  # peft's SHiRA
     assert not needs_weight_values(adaptkit.PreflightError("peft says: Unsupported model type 'bert'"))
     assert not needs_weight_values(ValueError("metadata missing"))  # "meta" alone is not the meta device
 

@@ -305,13 +305,16 @@ def plan(recipe: Recipe, strategies: Optional[list[str]] = None, strict: bool = 
         return _plan(recipe, strategies, strict)
 
 
-META_VALUES = re.compile(r"\bmeta (tensor|device)|\bis_meta\b|out of meta", re.IGNORECASE)
+# torch's words for an operation the meta device cannot do: a copy of values it has not got, or
+# torch.nonzero (peft's SHiRA builds its sparse mask from the weights with it)
+META_VALUES = re.compile(r"\bmeta (tensor|device)|\bis_meta\b|out of meta|register_meta|meta_nonzero", re.IGNORECASE)
 
 
 def needs_weight_values(exc: BaseException) -> bool:
     """Whether a wrap on the meta device failed for the values it has not got (an adapter initialised
-    from an SVD of the weights: peft's AdaMSS, OSF, PiSSA-style inits), judged by the message of the
-    error or of what caused it. Such a strategy is not refused at ``plan``: it may well run."""
+    from an SVD of the weights: peft's AdaMSS, FRoD, HiRA, PEANuT; SHiRA's mask from torch.nonzero),
+    judged by the message of the error or of what caused it. Such a strategy is not refused at
+    ``plan``: it may well run."""
     seen: Optional[BaseException] = exc
     for _ in range(8):  # the cause chain, bounded
         if seen is None:
