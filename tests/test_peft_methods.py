@@ -237,12 +237,16 @@ def test_an_unknown_option_in_a_recipe_suggests_the_closest(tmp_path):
 def test_plan_refuses_a_method_with_peft_reason(tmp_path):
     from conftest import tiny_recipe_dict
 
-    plan = adaptkit.plan(tiny_recipe_dict(tmp_path, strategy="loha"), strategies=["loha", "ln_tuning", "shadow"])
+    plan = adaptkit.plan(tiny_recipe_dict(tmp_path, strategy="loha"),
+                         strategies=["loha", "ln_tuning", "miss", "shadow"])
     by_name = {entry.strategy: entry for entry in plan.strategies}
     assert by_name["loha"].error is None and by_name["loha"].trainable > 0
     # peft has no LN-tuning targets for BERT: the family's normalisation layers are found by class
     assert by_name["ln_tuning"].error is None and any("LayerNorm" in t for t in by_name["ln_tuning"].touched)
-    assert "peft says: Unable to automatically find a `nn.ModuleList` of decoder layers" in by_name["shadow"].error
+    # MiSS's default rank (64) is wider than the tiny model's 32 inputs: peft's own words
+    assert "peft says: `r` (64) must be less than or equal to in_features" in by_name["miss"].error
+    # peft's Shadow finds only a layers/h stack; BERT's encoder.layer is given as its default targets
+    assert by_name["shadow"].error is None and by_name["shadow"].trainable > 0
 
 
 def test_adalora_reallocates_ranks_through_after_step():
