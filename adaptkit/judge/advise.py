@@ -32,7 +32,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from adaptkit.engine.device import mixed_precision, training_device
-from adaptkit.engine.planning import estimate_memory
+from adaptkit.engine.planning import estimate_memory, needs_weight_values
 from adaptkit.engine.session import Session, as_recipe
 from adaptkit.judge.baselines import aligned, cross_validated, installed_for, targets_of
 from adaptkit.judge.compare_checks import check_advise_arguments
@@ -356,6 +356,9 @@ def strategy_advice(session: Any, names: list[str], probe_steps: int, power_watt
             del model, meta
         except Exception as exc:  # one strategy that cannot wrap this model must not hide the others
             entry.skipped = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if needs_weight_values(exc):  # not a refusal: plan says the same, and a run checks it
+                entry.skipped = (f"not sized on the meta device: its wrap reads the weights' values "
+                                 f"({entry.skipped}); `adaptkit run` or `compare` measures it")
             log(f"advise: skipping strategy {name}: {entry.skipped}")
             continue
         if base is None:
