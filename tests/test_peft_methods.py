@@ -330,6 +330,8 @@ def test_c3a_block_size_is_fitted_to_the_model_when_the_recipe_leaves_it_out(tmp
     assert dividing_block(torch.nn.ModuleDict({"x": torch.nn.Linear(768, 3072)}), [], 256) == 256  # peft's default fits
     recipe = tiny_recipe_dict(tmp_path, "c3a")  # 32-wide: 256 divides nothing
     assert adaptkit.plan(recipe).strategies[0].error is None
+    vblora = adaptkit.plan(tiny_recipe_dict(tmp_path, "vblora")).strategies[0]  # vector_length fitted too
+    assert vblora.meta_limited and "vector_length" not in vblora.error  # its init calls .item(): not on meta
     recipe["strategy"]["block_size"] = 3  # the recipe's own value wins, and peft says why it cannot
     with pytest.raises(PreflightError, match="block size should be a factor of the input size"):
         adaptkit.plan(recipe)

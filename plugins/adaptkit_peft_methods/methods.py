@@ -36,9 +36,10 @@ NEEDS: dict[str, dict[str, str]] = {
 RUN_STEPS: dict[str, str] = {"adalora": "total_step"}
 
 # Options whose peft default assumes widths a model may not have, fitted to the model when a recipe
-# leaves them out: method -> option. C3A's circulant blocks must divide the in and out features of every
-# adapted layer; peft's 256 divides 768 and 4096 but not MiniLM's 384, so C3A refused the shipped model.
-FITTED_TO_WIDTHS: dict[str, str] = {"c3a": "block_size"}
+# leaves them out: method -> option. C3A's circulant blocks and VB-LoRA's vectors must divide the in and
+# out features of every adapted layer; peft's 256 divides 768 and 4096 but not MiniLM's 384, so both
+# refused the shipped model.
+FITTED_TO_WIDTHS: dict[str, str] = {"c3a": "block_size", "vblora": "vector_length"}
 
 # Methods that adapt whole blocks and find them by peft's own search for a decoder stack (a ModuleList
 # named ``layers`` or ``h``): on another stack (BERT's ``encoder.layer``) peft refuses ("Unable to
