@@ -12,6 +12,7 @@ so the fault-injection tests that replace them on the module reach this code too
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import os
 import shutil
@@ -37,6 +38,7 @@ from adaptkit.engine.stacking import chain_comment, chain_of
 from adaptkit.errors import AdaptkitError, ContractViolation
 from adaptkit.plugin import contract
 from adaptkit.plugin.contract import (FrozenWeights, architecture_signature, check_close, check_equivalence,
+                                      shared_parameters,
                                       check_removal, check_signature, reload_export, removal_reference,
                                       trained_head_state)
 from adaptkit.plugin.registry import blame, get_registry, name_plugin, plugin_error, recipe_plugins
@@ -187,6 +189,9 @@ def _prepare(session: Session, accelerator: Any) -> _Prepared:
     context = session.context(base, distributed_setting(recipe, accelerator.num_processes),
                               total_steps=session.planned_steps())
     base_signature = architecture_signature(full_precision_reference(base))  # a 4-bit base: its fp architecture
+    # ...but its ties as loaded: the weightless reference of a composite model (a captioner) is built from
+    # the config, where the decoder's embedding and output layer may not be tied as from_pretrained ties them
+    base_signature = dataclasses.replace(base_signature, shared=shared_parameters(base))
     probes = equivalence_batches(session)
     # Rule 4 (removal) compares with what the base computes before wrap on these same probes: kept
     # for a non-mergeable strategy only, on the main process, capped like the wrapped outputs.

@@ -179,20 +179,19 @@ def fp32_modules(model) -> list[str]:
 
 
 def tied_output(model) -> list[str]:
-    """The names of an output layer whose weight is the input embedding's (a tied lm_head) and of every
-    module holding that same tensor (the embedding; T5's encoder and decoder ``embed_tokens``), if any:
-    all stay in full precision. Quantizing any one of them (an embedding, with ``quantize_embeddings``)
-    gave two tensors where the base has one, and the merged model came out untied
-    (``tie_word_embeddings: false``, a second vocabulary-sized matrix), against the contract."""
-    if model is None or not hasattr(model, "get_output_embeddings"):
+    """The names of every module whose weight is tied to another module's (a tied ``lm_head`` and its
+    embedding; T5's encoder and decoder ``embed_tokens`` sharing ``shared``; BLIP's text decoder and its
+    prediction layer): all stay in full precision. Quantizing any one of them (an embedding, with
+    ``quantize_embeddings``) gave two tensors where the base has one, and the merged model came out
+    untied (``tie_word_embeddings: false``, a second vocabulary-sized matrix), against the contract."""
+    if model is None:
         return []
-    output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
-    shared = getattr(output, "weight", None)
-    if output is None or inputs is None or shared is None or shared is not getattr(inputs, "weight", None):
-        return []
-    names = [name for name, module in model.named_modules(remove_duplicate=False)
-             if name and getattr(module, "weight", None) is shared]
-    return list(dict.fromkeys(names))
+    holders: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        weight = getattr(module, "weight", None)
+        if name and weight is not None:
+            holders.setdefault(id(weight), []).append(name)
+    return list(dict.fromkeys(name for names in holders.values() if len(names) > 1 for name in names))
 
 
 # What transformers marks on a model it loaded quantized; the merged (de-quantized) model is a
