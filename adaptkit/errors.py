@@ -6,7 +6,7 @@ All of them subclass ``AdaptkitError``; the CLI prints its message and exits wit
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional
 
 
 class AdaptkitError(Exception):
@@ -100,3 +100,15 @@ class TaskContractViolation(AdaptkitError):
         self.failures: list[TaskContractViolation] = [self]
         on = f" on the tiny {family} model" if family else ""
         super().__init__(f"task {task!r} broke the rule '{rule}'{on}: {detail}")
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what caused it (``__cause__``, else ``__context__``), and so on; each once, so a
+    chain that loops back stops. Where an error's meaning is in what it wraps (torch re-raising a
+    file's OSError, peft's refusal wrapping a meta-device error), the readers walk it here."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from adaptkit.errors import AdaptkitError, CheckpointDamaged, CheckpointWriteError  # noqa: F401 (defined in errors, importable here too)
+from adaptkit.errors import AdaptkitError, CheckpointDamaged, CheckpointWriteError, exception_chain  # noqa: F401 (defined in errors, importable here too)
 from adaptkit.engine.outputs import (CHECKPOINT_LEFTOVER, check_checkpoint_dir, record_checkpoint_logs,
                                      remove_checkpoint_dir, replace_folder, safe_join)
 from adaptkit.engine.write_errors import DISK_FULL, failed_write_errno, free_bytes, safetensors_errno
@@ -744,12 +744,8 @@ def _release_files(exc: BaseException) -> None:
     """Let go of the files a failed writer still holds open (torch's zip writer lives on in the
     traceback's frames): a removed file's space comes back only when its last handle closes, so
     without this the partial write would keep the disk full and the free space reported short."""
-    seen: set[int] = set()
-    current: Optional[BaseException] = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in exception_chain(exc):
         traceback.clear_frames(current.__traceback__)
-        current = current.__cause__ or current.__context__
     gc.collect()
 
 

@@ -25,7 +25,7 @@ from adaptkit.engine.distributed import distributed_setting  # noqa: F401 (decid
 from adaptkit.engine import models  # half_training_on_cpu_problem through the module: tests replace it there
 from adaptkit.engine.models import check_device_map, gradient_checkpointing_problem
 from adaptkit.engine.session import Session
-from adaptkit.errors import AdaptkitError, PreflightError, RecipeError
+from adaptkit.errors import AdaptkitError, PreflightError, RecipeError, exception_chain
 from adaptkit.plugin.families import OUTPUT_LAYERS
 from adaptkit.plugin.registry import recipe_plugins
 from adaptkit.plugin.task import position_limit
@@ -315,14 +315,7 @@ def needs_weight_values(exc: BaseException) -> bool:
     from an SVD of the weights: peft's AdaMSS, FRoD, HiRA, PEANuT; SHiRA's mask from torch.nonzero),
     judged by the message of the error or of what caused it. Such a strategy is not refused at
     ``plan``: it may well run."""
-    seen: Optional[BaseException] = exc
-    for _ in range(8):  # the cause chain, bounded
-        if seen is None:
-            return False
-        if META_VALUES.search(str(seen)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(META_VALUES.search(str(cause)) for cause in exception_chain(exc))
 
 
 def _plan(recipe: Recipe, strategies: Optional[list[str]], strict: bool) -> Plan:

@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
-from adaptkit.errors import AdaptkitError
+from adaptkit.errors import AdaptkitError, exception_chain
 
 DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})  # no room left (or quota)
 DISK_ERRORS = DISK_FULL | {errno.EIO, errno.EFBIG, errno.EROFS}  # the disk's making, not a bug
@@ -48,11 +48,8 @@ def failed_write_errno(exc: BaseException) -> Optional[int]:
     RuntimeError whose ``__cause__``/``__context__`` chain holds one of those (torch.save to a
     Python file re-raises the file's OSError that way).
     """
-    seen: set[int] = set()
-    current: Optional[BaseException] = exc
     found: Optional[int] = None
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in exception_chain(exc):
         if isinstance(current, OSError):
             return current.errno or 0
         if type(current).__name__ == "SafetensorError":
@@ -65,7 +62,6 @@ def failed_write_errno(exc: BaseException) -> Optional[int]:
             break  # only torch's wrappers are looked through: any other error is what it says
         if raised_by_torch_writer(current):
             found = 0
-        current = current.__cause__ or current.__context__
     return found
 
 

@@ -663,7 +663,7 @@ def _compare(recipe: Recipe, strategies: list[str], seeds: Optional[list[int]], 
 
 def _plan(session: Any, spec: Recipe, arms: dict[str, Any], strategies: list[str], size_list: list[Optional[int]],
           seeds: list[int], parts: dict[Any, tuple], trials: int, finished: dict[tuple, dict[str, Any]],
-          max_minutes: Optional[float], log: Callable[[str], None], extend: int = EDGE_EXTENSIONS) -> Any:
+          max_minutes: Optional[float], log: Callable[[str], None], extend: int) -> Any:
     """The cells to train, their optimizer steps and estimated time (one timed step per strategy), trimmed
     to ``max_minutes``; printed before the first trial."""
 
@@ -709,7 +709,7 @@ def _plan(session: Any, spec: Recipe, arms: dict[str, Any], strategies: list[str
 
 
 def _reload(run: Optional[dict[str, Any]], folder: Path, tried: int,
-            extend: int = EDGE_EXTENSIONS) -> Optional[tuple[RunRecord, dict[str, Any]]]:
+            extend: int) -> Optional[tuple[RunRecord, dict[str, Any]]]:
     """A finished cell's record and eval predictions from an earlier process, or None to train it
     (not finished, tried fewer rates or fewer past an end than this run would, or its predictions are
     not in this folder). Retrained, it reuses the study's settled trials and trains only the new rates."""
@@ -818,7 +818,7 @@ def _notes(scratch_strategy: Optional[str], learning_rates: dict[str, float], me
         f"strategy, else the strategy's default), chosen on {validation_fraction:.0%} of the arm's rows held out "
         f"as validation; train examples in the table exclude them; the best epoch's weights are kept"
         + (f"; a best rate at an end of the grid is followed past it (up to {extend} more rate(s)), and an arm "
-           f"still best at an end is flagged \"{EDGE_FLAG}\"" if extend and trials > 1 else ""),
+           f"still best at an end is flagged \"{EDGE_FLAG}\"" if extend else ""),
         "budget: the recipe's epochs, raised to at least training.min_steps optimizer steps on small data",
         f"metric: {metric} on the eval rows (never used to choose); 95% CI from {rounds} bootstrap "
         f"resamples of the eval rows (averaged over seeds)",

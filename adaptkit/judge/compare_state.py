@@ -30,7 +30,7 @@ from adaptkit.errors import AdaptkitError
 from adaptkit.engine.checkpoint import NOT_HASHED, identity_hash, recipe_identity
 from adaptkit.engine.outputs import check_output_dir, foreign_entries, foreign_entries_error, manifest_kind, write_json
 from adaptkit.judge.advise import time_one_step
-from adaptkit.judge.tuning import EDGE_EXTENSIONS, middle_out, open_storage
+from adaptkit.judge.tuning import middle_out, open_storage
 
 LOCAL_STORAGE = "optuna.db"  # under the compare folder's trials/: the study when no --storage is given
 # A forward pass over a row costs about a third of a training step's share for it (forward, backward
@@ -229,7 +229,7 @@ def _minutes(seconds: Optional[float]) -> str:
 
 
 def describe(plan: Plan, arms: list[str], sizes: list[Optional[int]], seeds: list[int],
-             strategies: dict[str, str], extend: int = EDGE_EXTENSIONS) -> list[str]:
+             strategies: dict[str, str], extend: int) -> list[str]:
     """The plan in words, printed before the first trial."""
     todo = {(c.arm, c.size, c.seed) for c in plan.cells}
     lines = [f"compare plan: {len(arms)} arm(s) x {len(sizes)} size(s) x {len(seeds)} seed(s) x {plan.tried} "
@@ -248,7 +248,7 @@ def describe(plan: Plan, arms: list[str], sizes: list[Optional[int]], seeds: lis
     lines.append(f"  estimated {_minutes(plan.seconds())} on this machine (at most: a pruned trial stops at a "
                  f"third of its steps; trials already in the study are not trained again"
                  + (f"; an arm whose best rate is an end of its grid tries up to {extend} more past it, not "
-                    f"counted here)" if extend and plan.trials > 1 else ")"))
+                    f"counted here)" if extend else ")"))
     return lines
 
 
